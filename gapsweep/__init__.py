@@ -1,0 +1,43 @@
+"""gapsweep: hyperparameter sweeps for Keras models that hunt for models which generalize.
+
+The packages, in the order data flows through them:
+- ``search_spaces``: what is searched (spaces, files, the Keras model builder);
+- ``sweeps``: how a sweep runs (data, trainer, score, pruning, objective, launch, CLI);
+- ``storage``: where results live and how they are queried (SQLite, PostgreSQL).
+
+This module re-exports the public Python API lazily, so ``import gapsweep`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "launch": "sweeps.launch",
+    "SweepConfig": "sweeps.config",
+    "load_sweep_file": "sweeps.config",
+    "DataSpec": "sweeps.data",
+    "ObjectiveSettings": "sweeps.objective",
+    "SearchSpace": "search_spaces.space",
+    "Float": "search_spaces.space",
+    "Int": "search_spaces.space",
+    "Categorical": "search_spaces.space",
+    "Fixed": "search_spaces.space",
+    "load_space": "search_spaces.loader",
+    "best_trials": "gapsweep.api",
+    "list_trials": "gapsweep.api",
+    "list_studies": "gapsweep.api",
+    "get_trial": "gapsweep.api",
+    "GapsweepError": "gapsweep.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'gapsweep' has no attribute '{name}'")
+    return getattr(import_module(_EXPORTS[name]), name)

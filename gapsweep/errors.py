@@ -1,0 +1,33 @@
+"""The exceptions for user mistakes.
+
+A ``GapsweepError`` carries a message that says what is wrong and how to mend it; the CLI prints
+it as a single line and exits non-zero. Anything else is a programming error and keeps its
+traceback. Every package (``search_spaces``, ``storage``, ``sweeps``) raises these, so they live
+in the umbrella package that all of them may import.
+"""
+
+from __future__ import annotations
+
+
+class GapsweepError(Exception):
+    """A mistake in the user's input: a space, a data file, a study name, a database URL."""
+
+
+class SpaceError(GapsweepError):
+    """A search space that cannot be sampled: unknown kind, bad bounds, wrong types."""
+
+
+class DataError(GapsweepError):
+    """Data that cannot train a model: wrong shapes, NaNs, unknown data set, unreadable file."""
+
+
+class ConfigError(GapsweepError):
+    """A sweep file or flag with an unknown key or a value out of range."""
+
+
+class StudyNotFoundError(GapsweepError):
+    """A study name (or trial number) that is not in the database."""
+
+
+class StorageError(GapsweepError):
+    """A database that cannot be reached or is not a gapsweep/Optuna database."""

@@ -1,0 +1,33 @@
+"""Launch a sweep from a script: the Python API that ``gapsweep launch`` wraps.
+
+    python scripts/launch_sweep.py --study my-digits --trials 10
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from gapsweep import DataSpec, ObjectiveSettings, SweepConfig, best_trials, launch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", default="scripted-digits")
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--storage", default=None, help="database URL (default sqlite:///gapsweep.db)")
+    args = parser.parse_args()
+    config = SweepConfig(
+        study=args.study,
+        space="mlp",
+        data=DataSpec(source="digits", train_fraction=0.3),
+        objective=ObjectiveSettings(gap_penalty=1.0),
+        trials=args.trials,
+        storage=args.storage,
+    )
+    launch(config)
+    best = best_trials(args.study, args.storage, k=1)[0]
+    print(best.summary())
+
+
+if __name__ == "__main__":
+    main()

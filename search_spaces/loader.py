@@ -1,0 +1,96 @@
+"""Find a search space by reference: a built-in name, a TOML/YAML file, or ``module.py:NAME``."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gapsweep.errors import SpaceError
+from search_spaces.space import SearchSpace
+
+BUILTIN_DIR = Path(__file__).parent
+
+
+def builtin_names() -> list[str]:
+    """Names accepted by ``load_space`` without a path: one per shipped ``*.toml``."""
+    return sorted(path.stem for path in BUILTIN_DIR.glob("*.toml"))
+
+
+def load_space(ref: str | SearchSpace | dict[str, Any]) -> SearchSpace:
+    """Resolve ``ref`` to a validated ``SearchSpace``.
+
+    ``ref`` may already be a space (Python users), a dict in the declarative form, a built-in
+    name such as ``mlp``, a ``.toml``/``.yaml`` file, or ``path/to/module.py:NAME`` where NAME is
+    a ``SearchSpace``, a dict, or a function returning either.
+    """
+    if isinstance(ref, SearchSpace):
+        return ref
+    if isinstance(ref, dict):
+        return SearchSpace.from_dict(ref)
+    if ref in builtin_names():
+        return _from_file(BUILTIN_DIR / f"{ref}.toml")
+    if ".py:" in ref:
+        return _from_python(ref)
+    path = Path(ref)
+    if path.suffix.lower() in {".toml", ".yaml", ".yml"}:
+        return _from_file(path)
+    raise SpaceError(
+        f"unknown search space '{ref}': use a built-in name ({', '.join(builtin_names())}), "
+        "a .toml/.yaml file, or module.py:NAME"
+    )
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """Parse a TOML or YAML file into a dict; a parse error becomes one line naming the file."""
+    if not path.is_file():
+        raise SpaceError(f"file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            doc: Any = tomllib.loads(text)
+        else:
+            doc = yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise SpaceError(f"{path} is not valid {path.suffix.lstrip('.').upper()}: {reason}") from None
+    if not isinstance(doc, dict):
+        raise SpaceError(f"{path} must hold a table of parameters at the top level")
+    return doc
+
+
+def _from_file(path: Path) -> SearchSpace:
+    doc = read_document(path)
+    # A space file may hold the parameters at top level or under [space] like a sweep file.
+    raw = doc.get("space", doc) if isinstance(doc.get("space"), dict) else doc
+    try:
+        return SearchSpace.from_dict(raw)
+    except SpaceError as exc:
+        raise SpaceError(f"{path}: {exc}") from None
+
+
+def _from_python(ref: str) -> SearchSpace:
+    file_part, _, attr = ref.rpartition(":")
+    path = Path(file_part)
+    if not path.is_file():
+        raise SpaceError(f"file not found: {path} (from search space '{ref}')")
+    module_name = f"gapsweep_user_space_{abs(hash(path.resolve()))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    if not hasattr(module, attr):
+        raise SpaceError(f"{path} has no attribute '{attr}'")
+    value = getattr(module, attr)
+    if callable(value) and not isinstance(value, SearchSpace):
+        value = value()
+    if isinstance(value, (SearchSpace, dict)):
+        return load_space(value)
+    raise SpaceError(
+        f"{ref} must be a SearchSpace, a dict, or a function returning one; got {type(value).__name__}"
+    )

@@ -1,0 +1,240 @@
+"""A search space: parameter name → distribution, written in Python or in a file.
+
+The space is plain data so that it can be validated before any study is created, stored with the
+study as JSON, and compared when a study is resumed. ``sample`` is the only place that talks to
+Optuna's trial API.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Union
+
+import optuna
+
+from gapsweep.errors import SpaceError
+
+Scalar = Union[int, float, str, bool]
+
+
+@dataclass(frozen=True)
+class Float:
+    """A real number in ``[low, high]``; ``log`` samples evenly in log space."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    def check(self, name: str) -> None:
+        _check_bounds(name, self.low, self.high, self.log)
+        if self.step is not None and self.log:
+            raise SpaceError(f"parameter '{name}': 'step' and 'log' cannot be combined; drop one")
+        if self.step is not None and self.step <= 0:
+            raise SpaceError(f"parameter '{name}': 'step' must be > 0, got {self.step}")
+
+    def sample(self, trial: optuna.Trial, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
+
+
+@dataclass(frozen=True)
+class Int:
+    """An integer in ``[low, high]``; ``log`` favours small values (layer widths, epochs)."""
+
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+    def check(self, name: str) -> None:
+        for bound in (self.low, self.high, self.step):
+            if isinstance(bound, bool) or not isinstance(bound, int):
+                raise SpaceError(
+                    f"parameter '{name}': int bounds and step must be integers, got {bound!r}"
+                )
+        _check_bounds(name, self.low, self.high, self.log)
+        if self.step < 1:
+            raise SpaceError(f"parameter '{name}': 'step' must be >= 1, got {self.step}")
+        if self.log and self.step != 1:
+            raise SpaceError(f"parameter '{name}': 'log' needs step = 1, got step {self.step}")
+
+    def sample(self, trial: optuna.Trial, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high, log=self.log, step=self.step)
+
+
+@dataclass(frozen=True)
+class Categorical:
+    """One of a fixed list of choices (activations, optimizers, batch sizes)."""
+
+    choices: tuple[Scalar, ...]
+
+    def check(self, name: str) -> None:
+        if not self.choices:
+            raise SpaceError(f"parameter '{name}': 'choices' must list at least one value")
+        for choice in self.choices:
+            if not isinstance(choice, (int, float, str, bool)):
+                raise SpaceError(
+                    f"parameter '{name}': choices must be numbers, strings or booleans, "
+                    f"got {choice!r}"
+                )
+        if len(set(self.choices)) != len(self.choices):
+            raise SpaceError(f"parameter '{name}': 'choices' has duplicates: {list(self.choices)}")
+
+    def sample(self, trial: optuna.Trial, name: str) -> Scalar:
+        return trial.suggest_categorical(name, list(self.choices))
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A value that is not searched but still recorded with every trial."""
+
+    value: Scalar
+
+    def check(self, name: str) -> None:
+        if not isinstance(self.value, (int, float, str, bool)):
+            raise SpaceError(
+                f"parameter '{name}': a fixed value must be a number, string or boolean, "
+                f"got {self.value!r}"
+            )
+
+    def sample(self, trial: optuna.Trial, name: str) -> Scalar:
+        # Recorded as a user attribute: Optuna's own params stay the searched ones.
+        trial.set_user_attr(f"fixed.{name}", self.value)
+        return self.value
+
+
+Distribution = Union[Float, Int, Categorical, Fixed]
+
+
+def _check_bounds(name: str, low: float, high: float, log: bool) -> None:
+    for bound in (low, high):
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound):
+            raise SpaceError(f"parameter '{name}': bounds must be finite numbers, got {bound!r}")
+    if low > high:
+        raise SpaceError(f"parameter '{name}': low ({low}) is greater than high ({high}); swap them")
+    if log and low <= 0:
+        raise SpaceError(f"parameter '{name}': a log-scale range needs low > 0, got low = {low}")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Named distributions plus the parameter names the model builder requires."""
+
+    params: Mapping[str, Distribution] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.params:
+            raise SpaceError("the search space is empty: declare at least one parameter")
+        for name, dist in self.params.items():
+            if not isinstance(name, str) or not name:
+                raise SpaceError(f"parameter names must be non-empty strings, got {name!r}")
+            if not isinstance(dist, (Float, Int, Categorical, Fixed)):
+                raise SpaceError(
+                    f"parameter '{name}': expected Float, Int, Categorical or Fixed, got {dist!r}"
+                )
+            dist.check(name)
+
+    def sample(self, trial: optuna.Trial) -> dict[str, Scalar]:
+        """Draw one configuration; the order is the declaration order, so seeds reproduce."""
+        return {name: dist.sample(trial, name) for name, dist in self.params.items()}
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The declarative form, the same one ``from_dict`` reads and sweep files hold."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, dist in self.params.items():
+            if isinstance(dist, Float):
+                entry: dict[str, Any] = {"type": "float", "low": dist.low, "high": dist.high}
+                if dist.log:
+                    entry["log"] = True
+                if dist.step is not None:
+                    entry["step"] = dist.step
+            elif isinstance(dist, Int):
+                entry = {"type": "int", "low": dist.low, "high": dist.high}
+                if dist.log:
+                    entry["log"] = True
+                if dist.step != 1:
+                    entry["step"] = dist.step
+            elif isinstance(dist, Categorical):
+                entry = {"type": "categorical", "choices": list(dist.choices)}
+            else:
+                entry = {"type": "fixed", "value": dist.value}
+            out[name] = entry
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "SearchSpace":
+        """Read the declarative form: ``{name: {type: float|int|categorical|fixed, ...}}``.
+
+        A bare scalar is shorthand for a fixed value and a bare list for a categorical.
+        """
+        if not isinstance(raw, Mapping):
+            raise SpaceError(
+                f"a search space must be a table of parameters, got {type(raw).__name__}"
+            )
+        return cls({str(name): _parse_param(str(name), spec) for name, spec in raw.items()})
+
+
+_KEYS = {
+    "float": {"type", "low", "high", "log", "step"},
+    "int": {"type", "low", "high", "log", "step"},
+    "categorical": {"type", "choices"},
+    "fixed": {"type", "value"},
+}
+
+
+def _parse_param(name: str, spec: Any) -> Distribution:
+    if isinstance(spec, (int, float, str, bool)):
+        return Fixed(spec)
+    if isinstance(spec, list):
+        return Categorical(tuple(spec))
+    if not isinstance(spec, Mapping):
+        raise SpaceError(f"parameter '{name}': expected a table with a 'type', got {spec!r}")
+    kind = spec.get("type")
+    if kind not in _KEYS:
+        raise SpaceError(
+            f"parameter '{name}': unknown type {kind!r}; use one of {', '.join(sorted(_KEYS))}"
+        )
+    unknown = set(spec) - _KEYS[kind]
+    if unknown:
+        raise SpaceError(
+            f"parameter '{name}': unknown key(s) {', '.join(sorted(unknown))} for type '{kind}'; "
+            f"allowed: {', '.join(sorted(_KEYS[kind] - {'type'}))}"
+        )
+    try:
+        if kind == "float":
+            return Float(
+                low=_number(name, spec, "low"),
+                high=_number(name, spec, "high"),
+                log=_flag(name, spec, "log"),
+                step=_number(name, spec, "step") if "step" in spec else None,
+            )
+        if kind == "int":
+            return Int(
+                low=spec["low"],
+                high=spec["high"],
+                log=_flag(name, spec, "log"),
+                step=spec.get("step", 1),
+            )
+        if kind == "categorical":
+            choices = spec["choices"]
+            if not isinstance(choices, list):
+                raise SpaceError(f"parameter '{name}': 'choices' must be a list, got {choices!r}")
+            return Categorical(tuple(choices))
+        return Fixed(spec["value"])
+    except KeyError as missing:
+        raise SpaceError(f"parameter '{name}': missing key {missing} for type '{kind}'") from None
+
+
+def _number(name: str, spec: Mapping[str, Any], key: str) -> float:
+    value = spec.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpaceError(f"parameter '{name}': '{key}' must be a number, got {value!r}")
+    return float(value)
+
+
+def _flag(name: str, spec: Mapping[str, Any], key: str) -> bool:
+    value = spec.get(key, False)
+    if not isinstance(value, bool):
+        raise SpaceError(f"parameter '{name}': '{key}' must be true or false, got {value!r}")
+    return value

@@ -1,0 +1,102 @@
+"""SQLAlchemy engines and Optuna storages for SQLite and PostgreSQL, with readable failures.
+
+SQLite gets WAL mode and a busy timeout, so several local workers and a reader can share a file.
+PostgreSQL gets ``pool_pre_ping`` (Optuna enables it for MySQL only), so a worker survives a
+dropped connection, and a small pool, so many workers do not exhaust the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterator
+
+import optuna
+import sqlalchemy
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from gapsweep.errors import StorageError
+from storage.url import mask, parse
+
+SQLITE_BUSY_TIMEOUT_S = 60
+
+
+def engine_kwargs(url: URL) -> dict[str, Any]:
+    """Connection settings shared by gapsweep's engines and the Optuna storage."""
+    if url.get_backend_name() == "sqlite":
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 3, "pool_recycle": 1800}
+
+
+def _sqlite_path(url: URL) -> Path | None:
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def _prepare_sqlite(path: Path) -> None:
+    """WAL lets readers run beside a writer; the mode persists in the file once set."""
+    if not path.parent.exists():
+        raise StorageError(f"folder {path.parent} does not exist; create it or choose another --storage path")
+    with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)) as conn:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"{path} is not a SQLite database ({exc}); point --storage at another file") from None
+
+
+def describe_failure(url: URL, exc: BaseException) -> StorageError:
+    """One line naming the (masked) URL and the driver's reason, password scrubbed."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if url.password:
+        reason = reason.replace(str(url.password), "***")
+    return StorageError(f"cannot use database {mask(url)}: {reason}")
+
+
+def open_storage(url_text: str | None, **storage_kwargs: Any) -> optuna.storages.RDBStorage:
+    """An Optuna ``RDBStorage``; creates the schema on first use (Optuna's, left intact)."""
+    url = parse(url_text)
+    path = _sqlite_path(url)
+    if path is not None:
+        _prepare_sqlite(path)
+    try:
+        return optuna.storages.RDBStorage(
+            url.render_as_string(hide_password=False), engine_kwargs=engine_kwargs(url), **storage_kwargs
+        )
+    except (SQLAlchemyError, RuntimeError, ValueError) as exc:
+        raise describe_failure(url, exc) from None
+
+
+def connect_existing(url_text: str | None) -> Engine:
+    """An engine for reading a database that must already hold Optuna's schema.
+
+    Unlike ``open_storage`` this never creates a file or a table: asking for results from a
+    database that does not exist is a mistake to report, not a reason to write one.
+    """
+    url = parse(url_text)
+    path = _sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise StorageError(f"no database at {path}; launch a sweep first or pass --storage URL")
+    engine = sqlalchemy.create_engine(url, **engine_kwargs(url))
+    try:
+        with engine.connect() as conn:
+            tables = set(sqlalchemy.inspect(conn).get_table_names())
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise describe_failure(url, exc) from None
+    if not {"studies", "trials", "version_info"} <= tables:
+        engine.dispose()
+        raise StorageError(f"{mask(url)} is not a gapsweep/Optuna database (no Optuna tables in it)")
+    return engine
+
+
+@contextlib.contextmanager
+def reading(url_text: str | None) -> Iterator[Engine]:
+    """``connect_existing`` as a context that closes the pool when the query is done."""
+    engine = connect_existing(url_text)
+    try:
+        yield engine
+    finally:
+        engine.dispose()

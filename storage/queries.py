@@ -1,0 +1,215 @@
+"""Questions about finished sweeps, answered with SQL over Optuna's tables.
+
+These never load a whole study: "best k" is an ``ORDER BY … LIMIT k`` in the database, and the
+params and attributes of just those k trials are fetched afterwards. Nothing here imports
+TensorFlow, so the commands that use it start fast.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Iterable, Sequence
+
+import sqlalchemy as sa
+from optuna.distributions import json_to_distribution
+from optuna.storages._rdb import models  # Optuna's own table definitions: the schema we read.
+from optuna.trial import TrialState
+from sqlalchemy.engine import Engine
+
+from gapsweep.errors import ConfigError, StudyNotFoundError
+
+_studies = models.StudyModel.__table__
+_trials = models.TrialModel.__table__
+_values = models.TrialValueModel.__table__
+_params = models.TrialParamModel.__table__
+_attrs = models.TrialUserAttributeModel.__table__
+
+#: Orderings ``best`` accepts: the objective itself, or a recorded score component.
+RANK_BY = ("score", "val_loss", "gap", "train_loss")
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    name: str
+    counts: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"study": self.name, **{state.lower(): n for state, n in self.counts.items()}}
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as the query layer returns it: params, score parts and curves."""
+
+    number: int
+    state: str
+    value: float | None
+    params: dict[str, Any]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    started: datetime | None = None
+    completed: datetime | None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started is None or self.completed is None:
+            return None
+        return (self.completed - self.started).total_seconds()
+
+    def summary(self) -> dict[str, Any]:
+        """The trial without per-epoch curves: what tables and ``--json`` listings show."""
+        scalars = {key: value for key, value in self.attrs.items() if not key.startswith("curve.")}
+        return {
+            "number": self.number,
+            "state": self.state,
+            "score": self.value,
+            "val_loss": scalars.pop("val_loss", None),
+            "train_loss": scalars.pop("train_loss", None),
+            "gap": scalars.pop("gap", None),
+            "params": {**self.params, **{k[6:]: scalars.pop(k) for k in list(scalars) if k.startswith("fixed.")}},
+            "duration_s": self.duration_s,
+            **{key: value for key, value in scalars.items() if key != "score"},
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary plus the per-epoch curves."""
+        curves = {key[6:]: value for key, value in self.attrs.items() if key.startswith("curve.")}
+        return {**self.summary(), "curves": curves}
+
+
+def study_id(engine: Engine, name: str) -> int:
+    with engine.connect() as conn:
+        found = conn.execute(sa.select(_studies.c.study_id).where(_studies.c.study_name == name)).scalar()
+        if found is None:
+            names = conn.execute(sa.select(_studies.c.study_name).order_by(_studies.c.study_name)).scalars().all()
+    if found is None:
+        raise StudyNotFoundError(
+            f"no study named '{name}' in this database (studies: {', '.join(names) or 'none yet'})"
+        )
+    return int(found)
+
+
+def list_studies(engine: Engine) -> list[StudySummary]:
+    """Every study with its trial counts per state."""
+    query = (
+        sa.select(_studies.c.study_name, _trials.c.state, sa.func.count(_trials.c.trial_id))
+        .select_from(_studies.outerjoin(_trials, _trials.c.study_id == _studies.c.study_id))
+        .group_by(_studies.c.study_name, _trials.c.state)
+        .order_by(_studies.c.study_name)
+    )
+    counts: dict[str, dict[str, int]] = {}
+    with engine.connect() as conn:
+        for name, state, n in conn.execute(query):
+            per_state = counts.setdefault(name, {s.name: 0 for s in TrialState})
+            if state is not None:
+                per_state[_state_name(state)] += int(n)
+    return [StudySummary(name, per_state) for name, per_state in counts.items()]
+
+
+def best_trials(engine: Engine, study: str, k: int = 5, *, by: str = "score") -> list[TrialRecord]:
+    """The ``k`` complete trials with the lowest ``by`` (the score, or one of its parts)."""
+    if by not in RANK_BY:
+        raise ConfigError(f"cannot rank by '{by}'; use one of {', '.join(RANK_BY)}")
+    if k < 1:
+        raise ConfigError(f"--top must be >= 1, got {k}")
+    sid = study_id(engine, study)
+    complete = sa.and_(_trials.c.study_id == sid, _trials.c.state == TrialState.COMPLETE)
+    if by == "score":
+        key = _values.c.value
+        query = (
+            sa.select(_trials.c.trial_id)
+            .join(_values, sa.and_(_values.c.trial_id == _trials.c.trial_id, _values.c.objective == 0))
+            .where(complete, _values.c.value.is_not(None))
+        )
+    else:
+        key = sa.cast(_attrs.c.value_json, sa.Float)
+        query = (
+            sa.select(_trials.c.trial_id)
+            .join(_attrs, sa.and_(_attrs.c.trial_id == _trials.c.trial_id, _attrs.c.key == by))
+            .where(complete)
+        )
+    query = query.order_by(key.asc(), _trials.c.number.asc()).limit(k)
+    with engine.connect() as conn:
+        ids = [row[0] for row in conn.execute(query)]
+    return _load(engine, ids)
+
+
+def list_trials(engine: Engine, study: str, *, states: Sequence[str] | None = None) -> list[TrialRecord]:
+    """All trials of ``study`` in number order, optionally only those in ``states``."""
+    sid = study_id(engine, study)
+    query = sa.select(_trials.c.trial_id).where(_trials.c.study_id == sid)
+    if states:
+        query = query.where(_trials.c.state.in_([_parse_state(s) for s in states]))
+    with engine.connect() as conn:
+        ids = [row[0] for row in conn.execute(query.order_by(_trials.c.number))]
+    return _load(engine, ids)
+
+
+def get_trial(engine: Engine, study: str, number: int) -> TrialRecord:
+    sid = study_id(engine, study)
+    with engine.connect() as conn:
+        found = conn.execute(
+            sa.select(_trials.c.trial_id).where(_trials.c.study_id == sid, _trials.c.number == number)
+        ).scalar()
+    if found is None:
+        raise StudyNotFoundError(f"study '{study}' has no trial number {number}")
+    return _load(engine, [found])[0]
+
+
+def _load(engine: Engine, ids: Iterable[int]) -> list[TrialRecord]:
+    """Trials by id, in the order given, with values, params and user attributes."""
+    ids = list(ids)
+    if not ids:
+        return []
+    params: dict[int, dict[str, Any]] = defaultdict(dict)
+    attrs: dict[int, dict[str, Any]] = defaultdict(dict)
+    values: dict[int, float | None] = {}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                _trials.c.trial_id, _trials.c.number, _trials.c.state,
+                _trials.c.datetime_start, _trials.c.datetime_complete,
+            ).where(_trials.c.trial_id.in_(ids))
+        ).all()
+        for trial_id, value in conn.execute(
+            sa.select(_values.c.trial_id, _values.c.value).where(_values.c.trial_id.in_(ids), _values.c.objective == 0)
+        ):
+            values[trial_id] = value
+        for trial_id, name, value, dist in conn.execute(
+            sa.select(_params.c.trial_id, _params.c.param_name, _params.c.param_value, _params.c.distribution_json)
+            .where(_params.c.trial_id.in_(ids))
+        ):
+            params[trial_id][name] = json_to_distribution(dist).to_external_repr(value)
+        for trial_id, key, value_json in conn.execute(
+            sa.select(_attrs.c.trial_id, _attrs.c.key, _attrs.c.value_json).where(_attrs.c.trial_id.in_(ids))
+        ):
+            attrs[trial_id][key] = json.loads(value_json)
+    position = {trial_id: index for index, trial_id in enumerate(ids)}
+    rows = sorted(rows, key=lambda row: position[row[0]])
+    return [
+        TrialRecord(
+            number=number,
+            state=_state_name(state),
+            value=values.get(trial_id),
+            params=params[trial_id],
+            attrs=attrs[trial_id],
+            started=start,
+            completed=complete,
+        )
+        for trial_id, number, state, start, complete in rows
+    ]
+
+
+def _state_name(state: Any) -> str:
+    return state.name if isinstance(state, TrialState) else str(state)
+
+
+def _parse_state(text: str) -> TrialState:
+    try:
+        return TrialState[text.upper()]
+    except KeyError:
+        raise ConfigError(
+            f"unknown trial state '{text}'; use one of {', '.join(s.name.lower() for s in TrialState)}"
+        ) from None

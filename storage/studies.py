@@ -1,0 +1,46 @@
+"""Create, resume and look up studies by name.
+
+gapsweep keeps a study's configuration as one study user attribute (``gapsweep.config``), inside
+Optuna's schema, so the study carries everything a later launch or worker needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from gapsweep.errors import StudyNotFoundError
+
+CONFIG_ATTR = "gapsweep.config"
+
+
+def create_or_load(
+    name: str,
+    storage: optuna.storages.BaseStorage,
+    *,
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+    directions: list[str] | None = None,
+) -> optuna.Study:
+    """The study ``name``, created on first use and resumed afterwards."""
+    return optuna.create_study(
+        study_name=name,
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        directions=directions or ["minimize"],
+        load_if_exists=True,
+    )
+
+
+def stored_config(study: optuna.Study) -> dict[str, Any] | None:
+    return study.user_attrs.get(CONFIG_ATTR)
+
+
+def require_study(name: str, storage: optuna.storages.BaseStorage) -> None:
+    """Raise ``StudyNotFoundError`` naming the studies that do exist."""
+    names = [summary.study_name for summary in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none yet"
+        raise StudyNotFoundError(f"no study named '{name}' in this database (studies: {known})")

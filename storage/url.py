@@ -1,0 +1,63 @@
+"""Storage URLs: the SQLite default, driver normalization, and masking of passwords.
+
+Any URL that reaches a message, a log or ``--json`` goes through ``mask`` first.
+"""
+
+from __future__ import annotations
+
+import os
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from gapsweep.errors import StorageError
+
+DEFAULT_URL = "sqlite:///gapsweep.db"
+_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
+
+
+def parse(url: str | None) -> URL:
+    """The storage URL to use, with PostgreSQL bound to psycopg 3 (the driver gapsweep ships).
+
+    Without ``url``: ``$GAPSWEEP_STORAGE``, then the SQLite file ``gapsweep.db`` in the current folder.
+    """
+    text = url or os.environ.get("GAPSWEEP_STORAGE") or DEFAULT_URL
+    try:
+        parsed = make_url(text)
+    except ArgumentError:
+        raise StorageError(
+            f"'{mask_text(text)}' is not a database URL; use sqlite:///path.db or "
+            "postgresql://user:password@host:5432/dbname"
+        ) from None
+    if parsed.drivername not in _SCHEMES:
+        raise StorageError(
+            f"unsupported database driver '{parsed.drivername}' in {mask(parsed)}; "
+            "use sqlite:///path.db or postgresql://user@host/dbname"
+        )
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def resolve(url: str | None) -> str:
+    """``url`` (or the default) as a string SQLAlchemy and Optuna accept, password intact."""
+    return parse(url).render_as_string(hide_password=False)
+
+
+def mask(url: URL | str) -> str:
+    """The URL with its password replaced by ``***``, safe to print."""
+    if isinstance(url, str):
+        return mask_text(url)
+    return url.render_as_string(hide_password=True)
+
+
+def mask_text(text: str) -> str:
+    """Mask the password in a URL-like string, even one SQLAlchemy cannot parse."""
+    try:
+        return make_url(text).render_as_string(hide_password=True)
+    except ArgumentError:
+        scheme, sep, rest = text.partition("://")
+        userinfo, at, host = rest.rpartition("@")
+        if not sep or not at or ":" not in userinfo:
+            return text
+        return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"

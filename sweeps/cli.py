@@ -1,0 +1,215 @@
+"""The ``gapsweep`` command: launch sweeps and ask the database about them.
+
+User mistakes (``GapsweepError``) print one line and exit 1; argparse usage errors exit 2;
+Ctrl-C exits 130. Queries never import TensorFlow, so ``best``, ``trials`` and ``--help`` are fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from gapsweep.errors import GapsweepError
+from storage.url import DEFAULT_URL
+
+EXIT_USER_ERROR = 1
+
+
+def _storage_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help=f"database URL (default: $GAPSWEEP_STORAGE or {DEFAULT_URL}); "
+        "e.g. postgresql://user:pass@host:5432/db",
+    )
+
+
+def _study_flag(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--study", required=required, default=None, help="study name")
+
+
+def _format_flags(parser: argparse.ArgumentParser, csv: bool = True) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--json", action="store_true", help="print JSON for scripts")
+    if csv:
+        group.add_argument("--csv", action="store_true", help="print CSV for spreadsheets")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gapsweep",
+        description="Hyperparameter sweeps for Keras models that favour models which generalize: "
+        "Optuna studies in a SQL database, pruned per epoch, scored by val loss plus a penalty "
+        "on the train/val gap.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    launch = commands.add_parser(
+        "launch",
+        help="run (or resume) a sweep",
+        description="Run a sweep until the study holds --trials finished trials. A sweep file "
+        "(TOML/YAML) may hold every setting; flags override it. Launching an existing study "
+        "resumes it towards the same total budget.",
+    )
+    launch.add_argument("sweep_file", nargs="?", help="sweep file (.toml/.yaml) with the settings below")
+    _study_flag(launch, required=False)
+    launch.add_argument("--space", help="built-in space (mlp), a .toml/.yaml file, or module.py:NAME")
+    launch.add_argument("--data", help="digits, wine, breast_cancer, diabetes, synthetic, a .npz or a .csv file")
+    launch.add_argument("--target", help="target column of a CSV file")
+    launch.add_argument("--task", choices=("classification", "regression"), help="override the inferred task")
+    launch.add_argument("--train-fraction", type=float, help="share of rows for training (default 0.6)")
+    launch.add_argument("--trials", type=int, help="the study's total budget of finished trials (default 20)")
+    launch.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    launch.add_argument("--gap-penalty", type=float, help="λ in score = val + λ·max(0, val − train); 0 = plain val loss (default 1)")
+    launch.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 5)")
+    launch.add_argument("--pruner", choices=("median", "hyperband", "sha", "none"), help="per-epoch pruner (default median)")
+    launch.add_argument("--sampler", choices=("tpe", "random"), help="Optuna sampler (default tpe)")
+    launch.add_argument("--seed", type=int, help="seed for the sampler, the split and the weights (default 0)")
+    _storage_flag(launch)
+    launch.add_argument("--top", type=int, default=5, help="rows in the results table (default 5)")
+    launch.add_argument("--json", action="store_true", help="print the result summary as JSON")
+    launch.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    launch.set_defaults(run=_cmd_launch)
+
+    best = commands.add_parser("best", help="the best trials of a study", description="The k best complete trials, ranked in the database.")
+    _study_flag(best)
+    best.add_argument("--top", "-k", type=int, default=1, help="how many trials (default 1)")
+    best.add_argument("--by", default="score", choices=("score", "val_loss", "gap", "train_loss"), help="ranking (default score)")
+    _storage_flag(best)
+    _format_flags(best)
+    best.set_defaults(run=_cmd_best)
+
+    trials = commands.add_parser("trials", help="all trials of a study", description="Every trial with its state, score parts and parameters.")
+    _study_flag(trials)
+    trials.add_argument("--state", action="append", help="only trials in this state (repeatable): complete, pruned, fail, running")
+    _storage_flag(trials)
+    _format_flags(trials)
+    trials.set_defaults(run=_cmd_trials)
+
+    studies = commands.add_parser("studies", help="studies in a database", description="Each study with its trial counts per state.")
+    _storage_flag(studies)
+    _format_flags(studies, csv=False)
+    studies.set_defaults(run=_cmd_studies)
+
+    show = commands.add_parser("show", help="one trial in full", description="One trial with its parameters, score parts and per-epoch curves.")
+    show.add_argument("study_name", metavar="STUDY")
+    show.add_argument("trial", metavar="TRIAL", type=int, help="trial number")
+    _storage_flag(show)
+    _format_flags(show, csv=False)
+    show.set_defaults(run=_cmd_show)
+    return parser
+
+
+def _cmd_launch(args: argparse.Namespace) -> int:
+    from sweeps.config import SweepConfig, load_sweep_file
+    from sweeps.data import DataSpec
+    from sweeps.launch import launch
+    from dataclasses import replace
+
+    config = load_sweep_file(args.sweep_file) if args.sweep_file else SweepConfig()
+    data = config.data
+    if args.data is not None:
+        data = DataSpec(**{**data.to_dict(), "source": args.data, "options": {} if args.data != data.source else data.options})
+    data_changes = {"target": args.target, "task": args.task, "train_fraction": args.train_fraction}
+    data = replace(data, **{key: value for key, value in data_changes.items() if value is not None})
+    objective = replace(
+        config.objective,
+        **{key: value for key, value in {"gap_penalty": args.gap_penalty, "patience": args.patience}.items() if value is not None},
+    )
+    config = config.override(
+        study=args.study, space=args.space, trials=args.trials, timeout=args.timeout, pruner=args.pruner,
+        sampler=args.sampler, seed=args.seed, storage=args.storage, data=data, objective=objective,
+    )
+    import optuna
+
+    from gapsweep.api import best_trials, list_studies
+    from sweeps.output import to_json, trials_table
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and table say it all
+    launch(config, progress=False if args.no_progress or args.json else None)
+    top = best_trials(config.study, config.storage, args.top)
+    counts = next(s.counts for s in list_studies(config.storage) if s.name == config.study)
+    if args.json:
+        print(to_json({"study": config.study, "counts": counts, "best": [t.summary() for t in top]}))
+    else:
+        finished = ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n)
+        print(f"study '{config.study}': {finished}")
+        print(trials_table(top) if top else "no complete trial yet")
+    return 0
+
+
+def _cmd_best(args: argparse.Namespace) -> int:
+    from gapsweep.api import best_trials
+    from sweeps.output import to_json, trials_csv, trials_table
+
+    records = best_trials(args.study, args.storage, args.top, by=args.by)
+    if args.json:
+        print(to_json([record.summary() for record in records]))
+    elif args.csv:
+        sys.stdout.write(trials_csv(records))
+    else:
+        print(trials_table(records) if records else f"study '{args.study}' has no complete trial yet")
+    return 0
+
+
+def _cmd_trials(args: argparse.Namespace) -> int:
+    from gapsweep.api import list_trials
+    from sweeps.output import to_json, trials_csv, trials_table
+
+    records = list_trials(args.study, args.storage, states=args.state)
+    if args.json:
+        print(to_json([record.summary() for record in records]))
+    elif args.csv:
+        sys.stdout.write(trials_csv(records))
+    else:
+        print(trials_table(records))
+    return 0
+
+
+def _cmd_studies(args: argparse.Namespace) -> int:
+    from gapsweep.api import list_studies
+    from sweeps.output import studies_table, to_json
+
+    studies = list_studies(args.storage)
+    print(to_json([study.to_dict() for study in studies]) if args.json else studies_table(studies))
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from gapsweep.api import get_trial
+    from sweeps.output import to_json
+
+    record = get_trial(args.study_name, args.trial, args.storage)
+    payload = record.to_dict()
+    if args.json:
+        print(to_json(payload))
+        return 0
+    curves = payload.pop("curves")
+    params = payload.pop("params")
+    for key, value in payload.items():
+        print(f"{key:>14}: {value}")
+    for key, value in params.items():
+        print(f"{'param.' + key:>14}: {value}")
+    for name, values in curves.items():
+        print(f"{'curve.' + name:>14}: " + " ".join(f"{v:.4f}" for v in values))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except GapsweepError as exc:
+        print(f"gapsweep: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("gapsweep: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
