@@ -6,6 +6,7 @@ Any URL that reaches a message, a log or ``--json`` goes through ``mask`` first.
 from __future__ import annotations
 
 import os
+import re
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -13,6 +14,7 @@ from sqlalchemy.exc import ArgumentError
 from gapsweep.errors import StorageError
 
 DEFAULT_URL = "sqlite:///gapsweep.db"
+_USERINFO = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 _SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
 
 
@@ -52,12 +54,5 @@ def mask(url: URL | str) -> str:
 
 
 def mask_text(text: str) -> str:
-    """Mask the password in a URL-like string, even one SQLAlchemy cannot parse."""
-    try:
-        return make_url(text).render_as_string(hide_password=True)
-    except ArgumentError:
-        scheme, sep, rest = text.partition("://")
-        userinfo, at, host = rest.rpartition("@")
-        if not sep or not at or ":" not in userinfo:
-            return text
-        return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+    """Mask the password in any URL-like text, even one SQLAlchemy cannot parse."""
+    return _USERINFO.sub(r"\1***@", text)

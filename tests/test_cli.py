@@ -1,0 +1,89 @@
+"""The CLI: --help everywhere, and every user mistake as one line, exit 1, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from sweeps.cli import build_parser, main
+
+COMMANDS = ["launch", "best", "trials", "studies", "show"]
+
+
+@pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: gapsweep" in capsys.readouterr().out
+
+
+def test_parser_knows_every_command():
+    parser = build_parser()
+    choices = next(a for a in parser._actions if a.dest == "command").choices
+    assert sorted(choices) == sorted(COMMANDS)
+
+
+def _fails(argv: list[str], capsys, fragment: str) -> None:
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gapsweep: error: ") and "\n" not in err, err
+    assert fragment in err, err
+
+
+def test_launch_bad_inputs_write_nothing(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "out.db"
+    url = f"sqlite:///{db}"
+    malformed = tmp_path / "space.toml"
+    malformed.write_text('[l2]\ntype = "float"\nlow = 1\nhigh = 0.1\n')
+    _fails(["launch", "--space", str(malformed), "--storage", url], capsys, "greater than high")
+    _fails(["launch", "--space", "resnet", "--storage", url], capsys, "unknown search space 'resnet'")
+    _fails(["launch", "--data", "mnist", "--storage", url], capsys, "unknown data 'mnist'")
+    nan = tmp_path / "nan.npz"
+    np.savez(nan, x_train=np.full((20, 3), np.nan), y_train=np.zeros(20))
+    _fails(["launch", "--data", str(nan), "--storage", url], capsys, "NaN/inf")
+    shapes = tmp_path / "shapes.npz"
+    np.savez(shapes, x_train=np.zeros((20, 3)), y_train=np.zeros(19))
+    _fails(["launch", "--data", str(shapes), "--storage", url], capsys, "x has 20 rows but y has 19")
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text('study = "s"\npruner = "sometimes"\n')
+    _fails(["launch", str(sweep), "--storage", url], capsys, "unknown pruner 'sometimes'")
+    sweep.write_text('study = "s"\ntrails = 5\n')
+    _fails(["launch", str(sweep), "--storage", url], capsys, "unknown sweep setting(s) trails")
+    sweep.write_text('study = "s"\n[objective]\ngap_penalty = -1\n')
+    _fails(["launch", str(sweep), "--storage", url], capsys, "gap_penalty must be a number >= 0")
+    unknown_param = tmp_path / "typo.toml"
+    unknown_param.write_text("[dropuot]\ntype = 'float'\nlow = 0.0\nhigh = 0.5\n")
+    _fails(["launch", "--space", str(unknown_param), "--storage", url], capsys, "dropuot")
+    _fails(["launch", "--storage", "mysql://u:hunter2@localhost/db"], capsys, "unsupported database driver 'mysql'")
+    assert not db.exists()
+    assert not (tmp_path / "gapsweep.db").exists()
+
+
+def test_queries_on_unknown_studies_and_databases(tmp_path: Path, capsys):
+    db = tmp_path / "q.db"
+    url = f"sqlite:///{db}"
+    _fails(["best", "--study", "x", "--storage", url], capsys, "no database at")
+    assert not db.exists()
+    optuna.create_study(study_name="real", storage=url)
+    _fails(["best", "--study", "x", "--storage", url], capsys, "no study named 'x'")
+    _fails(["trials", "--study", "x", "--storage", url], capsys, "studies: real")
+    _fails(["show", "real", "3", "--storage", url], capsys, "has no trial number 3")
+    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["real"]
+
+
+def test_a_user_error_prints_no_traceback_from_the_real_command(tmp_path: Path):
+    db = tmp_path / "q.db"
+    optuna.create_study(study_name="real", storage=f"sqlite:///{db}")
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "best", "--study", "ghost", "--storage", f"sqlite:///{db}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == ["gapsweep: error: no study named 'ghost' in this database (studies: real)"]

@@ -1,0 +1,108 @@
+"""End-to-end sweeps on a real SQLite file: pruning, persistence, seeds, failures, Optuna's CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from gapsweep.api import best_trials, list_trials
+from gapsweep.errors import ConfigError
+from storage.studies import CONFIG_ATTR
+from sweeps.cli import main
+from sweeps.config import SweepConfig
+from sweeps.data import DataSpec
+from sweeps.launch import launch
+
+pytestmark = pytest.mark.slow
+
+
+def _config(tiny_space, url, **changes) -> SweepConfig:
+    base = SweepConfig(
+        study="e2e",
+        space=tiny_space,
+        data=DataSpec("digits", train_fraction=0.3),
+        trials=3,
+        storage=url,
+        seed=0,
+    )
+    return base.override(**changes)
+
+
+def test_ten_trial_sweep_prunes_stores_and_answers_queries(tiny_space, sqlite_url, capsys):
+    study = launch(_config(tiny_space, sqlite_url, trials=10, pruner="median"), progress=False)
+    states = [t.state for t in study.trials]
+    assert len(states) == 10
+    assert states.count(optuna.trial.TrialState.PRUNED) >= 1
+    assert states.count(optuna.trial.TrialState.COMPLETE) >= 3
+
+    assert main(["best", "--study", "e2e", "--storage", sqlite_url, "--json"]) == 0
+    best = json.loads(capsys.readouterr().out)[0]
+    assert best["number"] == study.best_trial.number
+    assert best["score"] == pytest.approx(study.best_value)
+    assert best["score"] == pytest.approx(best["val_loss"] + 1.0 * max(0.0, best["val_loss"] - best["train_loss"]))
+    assert best["gap"] == pytest.approx(max(0.0, best["val_loss"] - best["train_loss"]))
+    assert set(best["params"]) == set(tiny_space)
+    assert best["params"]["epochs"] == 6  # fixed values are reported with the searched ones
+
+    record = best_trials("e2e", sqlite_url, k=1)[0]
+    curves = record.to_dict()["curves"]
+    assert len(curves["train_loss"]) == len(curves["val_loss"]) == record.attrs["epochs_run"]
+    assert curves["val_loss"][record.attrs["best_epoch"]] == pytest.approx(record.attrs["val_loss"])
+
+
+def test_optuna_cli_reads_a_gapsweep_database(tiny_space, sqlite_url):
+    study = launch(_config(tiny_space, sqlite_url, trials=2), progress=False)
+    optuna_cli = shutil.which("optuna", path=str(__import__("pathlib").Path(sys.executable).parent))
+    assert optuna_cli, "Optuna's CLI is installed with optuna"
+    done = subprocess.run(
+        [optuna_cli, "best-trial", "--study-name", "e2e", "--storage", sqlite_url, "-f", "json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["number"] == study.best_trial.number
+
+
+def test_a_study_persists_across_launches(tiny_space, sqlite_url):
+    launch(_config(tiny_space, sqlite_url, trials=2), progress=False)
+    study = launch(_config(tiny_space, sqlite_url, trials=4), progress=False)
+    trials = list_trials("e2e", sqlite_url)
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 4  # resumed sampler draws anew
+    assert study.user_attrs[CONFIG_ATTR]["data"]["source"] == "digits"
+    assert "storage" not in study.user_attrs[CONFIG_ATTR]
+    # The budget is the study's: launching again with the same total trains nothing more.
+    launch(_config(tiny_space, sqlite_url, trials=4), progress=False)
+    assert len(list_trials("e2e", sqlite_url)) == 4
+
+
+def test_resuming_with_another_space_is_refused(tiny_space, sqlite_url):
+    launch(_config(tiny_space, sqlite_url, trials=1), progress=False)
+    other = {**tiny_space, "units": {"type": "int", "low": 8, "high": 64}}
+    with pytest.raises(ConfigError, match="different search space"):
+        launch(_config(other, sqlite_url, trials=2), progress=False)
+    assert len(list_trials("e2e", sqlite_url)) == 1
+
+
+def test_the_same_seed_samples_the_same_parameters(tiny_space, sqlite_url):
+    first = launch(_config(tiny_space, sqlite_url, study="a", trials=3, seed=7), progress=False)
+    second = launch(_config(tiny_space, sqlite_url, study="b", trials=3, seed=7), progress=False)
+    third = launch(_config(tiny_space, sqlite_url, study="c", trials=3, seed=8), progress=False)
+    assert [t.params for t in first.trials] == [t.params for t in second.trials]
+    assert [t.params for t in first.trials] != [t.params for t in third.trials]
+
+
+def test_a_nan_loss_fails_that_trial_and_the_sweep_goes_on(sqlite_url):
+    space = {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e6, "log": True}, "optimizer": "sgd", "epochs": 3, "units": 16}
+    study = optuna.create_study(study_name="nan", storage=sqlite_url)
+    study.enqueue_trial({"learning_rate": 1e6})
+    study.enqueue_trial({"learning_rate": 1e-2})
+    config = SweepConfig(study="nan", space=space, data=DataSpec("digits"), trials=2, storage=sqlite_url, pruner="none")
+    launch(config, progress=False)
+    diverged, healthy = list_trials("nan", sqlite_url)
+    assert diverged.state == "FAIL" and "non-finite" in diverged.attrs["fail_reason"]
+    assert healthy.state == "COMPLETE"

@@ -1,0 +1,102 @@
+"""Storage and queries against a real SQLite file and the real PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import optuna
+import pytest
+
+from gapsweep.api import best_trials, get_trial, list_studies, list_trials
+from gapsweep.errors import StorageError, StudyNotFoundError
+from storage.engine import connect_existing, open_storage
+from storage.url import mask, resolve
+from sweeps.cli import main
+
+
+def _constructed_study(url: str) -> optuna.Study:
+    """Trials with known scores, val losses and gaps, written the way the objective writes them."""
+    study = optuna.create_study(study_name="built", storage=open_storage(url))
+    rows = [  # (score, val_loss, gap)
+        (0.50, 0.30, 0.20),
+        (0.40, 0.35, 0.05),
+        (0.45, 0.25, 0.20),
+        (0.60, 0.60, 0.00),
+    ]
+    for score, val, gap in rows:
+        trial = study.ask({"units": optuna.distributions.IntDistribution(8, 64)})
+        for key, value in {"score": score, "val_loss": val, "gap": gap, "train_loss": val - gap, "curve.val_loss": [val + 0.1, val]}.items():
+            trial.set_user_attr(key, value)
+        study.tell(trial, score)
+    pruned = study.ask()
+    study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+    failed = study.ask()
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    study.ask()  # left running
+    return study
+
+
+def test_best_by_score_val_loss_and_gap(any_url):
+    _constructed_study(any_url)
+    assert [t.number for t in best_trials("built", any_url, k=3)] == [1, 2, 0]
+    assert [t.number for t in best_trials("built", any_url, k=2, by="val_loss")] == [2, 0]
+    assert [t.number for t in best_trials("built", any_url, k=2, by="gap")] == [3, 1]
+    top = best_trials("built", any_url, k=1)[0]
+    assert top.value == pytest.approx(0.40) and top.attrs["val_loss"] == pytest.approx(0.35)
+    assert isinstance(top.params["units"], int)
+
+
+def test_studies_trials_and_show(any_url, capsys):
+    _constructed_study(any_url)
+    (summary,) = list_studies(any_url)
+    assert summary.name == "built"
+    assert (summary.counts["COMPLETE"], summary.counts["PRUNED"], summary.counts["FAIL"], summary.counts["RUNNING"]) == (4, 1, 1, 1)
+    assert [t.state for t in list_trials("built", any_url, states=["pruned", "fail"])] == ["PRUNED", "FAIL"]
+    assert get_trial("built", 2, any_url).to_dict()["curves"]["val_loss"] == pytest.approx([0.35, 0.25])
+    assert main(["studies", "--storage", any_url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["complete"] == 4
+    assert main(["trials", "--study", "built", "--storage", any_url, "--csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("number,state,score") and len(lines) == 1 + 7
+    with pytest.raises(StudyNotFoundError):
+        get_trial("built", 99, any_url)
+
+
+def test_postgres_url_gets_the_psycopg_driver_and_a_masked_password():
+    assert resolve("postgresql://u:pw@h/db").startswith("postgresql+psycopg://u:pw@")
+    assert mask("postgresql://u:s3cret@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert mask("postgresql://u:s3cret@host:port/db") == "postgresql://u:***@host:port/db"
+
+
+def test_unreachable_database_is_one_line_without_the_password(capsys):
+    url = "postgresql://gapsweep:s3cret-pw@127.0.0.1:1/nowhere"
+    assert main(["studies", "--storage", url]) == 1
+    err = capsys.readouterr().err
+    assert "s3cret-pw" not in err and "***" in err and err.count("\n") == 1
+    with pytest.raises(StorageError, match="cannot use database"):
+        open_storage(url)
+
+
+def test_wrong_credentials_are_reported_masked(postgres_server, capsys):
+    url = postgres_server.replace("postgres@", "no_such_role:pw-xyz@")
+    assert main(["studies", "--storage", url]) == 1
+    err = capsys.readouterr().err
+    assert "pw-xyz" not in err and "no_such_role" in err
+
+
+def test_corrupt_and_foreign_sqlite_files(tmp_path: Path):
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StorageError, match="not a SQLite database|cannot use database"):
+        open_storage(f"sqlite:///{corrupt}")
+    with pytest.raises(StorageError):
+        connect_existing(f"sqlite:///{corrupt}")
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("create table people (name text)")
+    with pytest.raises(StorageError, match="not a gapsweep/Optuna database"):
+        connect_existing(f"sqlite:///{foreign}")
+    with pytest.raises(StorageError, match="does not exist"):
+        open_storage(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")

@@ -1,0 +1,78 @@
+"""The trainer: honest train loss, restored best epoch, pruning of a hopeless trial, NaN losses."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+
+from search_spaces.space import SearchSpace
+from sweeps.data import DataSpec, load
+from sweeps.objective import Objective, ObjectiveSettings
+from sweeps.trainer import Curves, TrainingDiverged, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load(DataSpec("digits", train_fraction=0.3, seed=0))
+
+
+def _cross_entropy(model, x, y) -> float:
+    """Mean cross-entropy of the model in inference mode, computed outside Keras' loss."""
+    probs = np.asarray(model(x, training=False))
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0))))
+
+
+def test_train_loss_is_honest_and_the_best_epoch_is_restored(digits):
+    params = {"l2": 1e-2, "dropout": 0.4, "units": 32, "n_layers": 2, "learning_rate": 1e-2, "epochs": 8, "batch_size": 64}
+    result = train(params, digits, penalty=1.0, patience=2, seed=0)
+    curves = result.curves
+    assert len(curves.train_loss) == len(curves.val_loss) >= 3
+    # The weights left in the model are those of the best epoch, and its curve values are the
+    # pure cross-entropy of those weights on the train and val data in inference mode.
+    assert _cross_entropy(result.model, digits.x_train, digits.y_train) == pytest.approx(result.score.train_loss, rel=1e-3, abs=1e-4)
+    assert _cross_entropy(result.model, digits.x_val, digits.y_val) == pytest.approx(result.score.val_loss, rel=1e-3, abs=1e-4)
+    assert result.score.epoch == int(np.argmin([v + max(0, v - t) for t, v in zip(curves.train_loss, curves.val_loss)]))
+    # Keras' own loss carries the L2 term; the honest one does not.
+    keras_loss = result.model.evaluate(digits.x_train, digits.y_train, verbose=0, return_dict=True)
+    assert keras_loss["loss"] > keras_loss["pure_loss"] + 0.01
+    assert keras_loss["pure_loss"] == pytest.approx(result.score.train_loss, rel=1e-3, abs=1e-4)
+
+
+def test_regression_uses_mean_squared_error():
+    splits = load(DataSpec("diabetes", seed=1))
+    result = train({"units": 16, "n_layers": 1, "epochs": 3, "learning_rate": 1e-2}, splits, penalty=0.5, patience=3, seed=0)
+    assert splits.task.task == "regression"
+    assert all(np.isfinite(result.curves.val_loss)) and result.score.val_loss > 0
+
+
+def test_a_nan_loss_raises_training_diverged(digits):
+    curves = Curves()
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        train({"learning_rate": 1e6, "optimizer": "sgd", "epochs": 3, "units": 16}, digits, penalty=1.0, patience=3, seed=0, curves=curves)
+    assert len(curves.val_loss) >= 1
+
+
+def test_pruning_stops_a_hopeless_trial(digits, sqlite_url):
+    space = SearchSpace.from_dict(
+        {
+            "learning_rate": {"type": "float", "low": 1e-7, "high": 1e-2, "log": True},
+            "units": 32,
+            "epochs": 12,
+            "batch_size": 64,
+        }
+    )
+    study = optuna.create_study(
+        storage=sqlite_url, pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    )
+    for rate in (1e-2, 5e-3, 1e-7):  # two healthy trials, then one that cannot learn in time
+        study.enqueue_trial({"learning_rate": rate})
+    study.optimize(Objective(space, digits, ObjectiveSettings(gap_penalty=1.0, patience=20), seed=0), n_trials=3)
+    healthy, _, hopeless = study.get_trials()
+    assert healthy.state == optuna.trial.TrialState.COMPLETE
+    assert healthy.user_attrs["epochs_run"] == 12
+    assert hopeless.state == optuna.trial.TrialState.PRUNED
+    assert hopeless.user_attrs["epochs_run"] < 12
+    assert "pruned at epoch" in hopeless.user_attrs["prune_reason"]
+    assert len(hopeless.user_attrs["curve.val_loss"]) == hopeless.user_attrs["epochs_run"]
+    assert len(hopeless.intermediate_values) == hopeless.user_attrs["epochs_run"]
