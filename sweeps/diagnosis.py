@@ -1,0 +1,135 @@
+"""A per-trial diagnosis from its learning curves: did it overfit, underfit, fit well or diverge?
+
+The score ranks trials; the diagnosis says *why* a trial looks the way it does, from its per-epoch
+pure train and val losses (train measured in inference mode, so the two compare like with like).
+The rule is scale-free — every threshold is a ratio of the trial's own losses — so it reads a
+cross-entropy and a mean squared error the same way. The first rule that matches wins:
+
+1. ``diverged``: a loss is NaN or infinite, or the last val loss is more than
+   ``DIVERGED_RATIO`` (3) times the lowest val loss: training blew up.
+2. ``too short``: fewer than ``MIN_EPOCHS`` (3) epochs, too few to tell a trend.
+3. ``overfitting``: at the best epoch the gap (val − train) is more than ``GAP_SHARE`` (0.5) of
+   the val loss, i.e. val loss is more than twice the train loss: the model memorized; or, by the
+   last epoch, val loss rose more than ``VAL_RISE`` (10 %) above its minimum while train loss
+   kept falling: it went on memorizing after it stopped generalizing.
+4. ``underfitting``: the last train loss is more than ``STALL_RATIO`` (0.8) of the first
+   epoch's: the model barely learned (too much L2 or dropout, too small, too low a rate); or the
+   last epoch still cut train loss by more than ``STILL_FALLING`` (10 %) to a new low: training
+   stopped (epoch budget, pruning) before the model converged.
+5. ``good fit``: none of the above.
+
+The best epoch is the one early stopping restored (the trial's ``best_epoch`` attribute); a
+pruned or failed trial has none, so the epoch of lowest val loss stands in.
+
+    >>> diagnose([1.0, 0.5, 0.2, 0.05], [1.0, 0.6, 0.45, 0.5]).label
+    'overfitting'
+    >>> diagnose([1.0, 0.5, 0.32, 0.3], [1.0, 0.55, 0.38, 0.36]).label
+    'good fit'
+
+Pure Python: no TensorFlow, no database, so ``best`` and ``show`` stay fast.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from storage.queries import TrialRecord
+
+DIVERGED = "diverged"
+TOO_SHORT = "too short"
+OVERFITTING = "overfitting"
+UNDERFITTING = "underfitting"
+GOOD_FIT = "good fit"
+LABELS = (DIVERGED, TOO_SHORT, OVERFITTING, UNDERFITTING, GOOD_FIT)
+
+MIN_EPOCHS = 3
+DIVERGED_RATIO = 3.0
+GAP_SHARE = 0.5
+VAL_RISE = 0.10
+STALL_RATIO = 0.8
+STILL_FALLING = 0.10
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """A label from ``LABELS`` and a one-line reason with the numbers that decided it."""
+
+    label: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.label}: {self.reason}"
+
+
+def diagnose(train: Sequence[float], val: Sequence[float], *, best_epoch: int | None = None) -> Diagnosis:
+    """Apply the module's rule to one trial's curves (epochs 0-based, shown 1-based)."""
+    if len(train) != len(val):
+        raise ValueError(f"train and val curves differ in length ({len(train)} vs {len(val)})")
+    for epoch, (t, v) in enumerate(zip(train, val)):
+        if not (_finite(t) and _finite(v)):
+            return Diagnosis(DIVERGED, f"loss became non-finite at epoch {epoch + 1} (train {t}, val {v})")
+    lowest = min(range(len(val)), key=lambda i: val[i], default=None)
+    if lowest is not None and val[-1] > DIVERGED_RATIO * val[lowest]:
+        return Diagnosis(
+            DIVERGED,
+            f"val loss ended at {val[-1]:.4g}, over {DIVERGED_RATIO:g}× its minimum {val[lowest]:.4g} "
+            f"(epoch {lowest + 1})",
+        )
+    if lowest is None or len(val) < MIN_EPOCHS:
+        return Diagnosis(TOO_SHORT, f"{len(val)} epoch(s) recorded; the rule needs at least {MIN_EPOCHS}")
+    best = best_epoch if best_epoch is not None and 0 <= best_epoch < len(val) else lowest
+    gap = val[best] - train[best]
+    if gap > GAP_SHARE * val[best]:
+        return Diagnosis(
+            OVERFITTING,
+            f"at best epoch {best + 1} val loss {val[best]:.4g} is {_times(val[best], train[best])} "
+            f"train loss {train[best]:.4g} (gap {gap:.4g} > {GAP_SHARE:.0%} of val)",
+        )
+    if val[-1] > (1 + VAL_RISE) * val[lowest] and train[-1] < train[lowest]:
+        return Diagnosis(
+            OVERFITTING,
+            f"val loss rose {val[-1] / val[lowest] - 1:.0%} from its minimum {val[lowest]:.4g} (epoch "
+            f"{lowest + 1}) to {val[-1]:.4g} while train loss kept falling to {train[-1]:.4g}",
+        )
+    if train[-1] > STALL_RATIO * train[0]:
+        return Diagnosis(
+            UNDERFITTING,
+            f"train loss only fell from {train[0]:.4g} to {train[-1]:.4g} "
+            f"(above {STALL_RATIO:.0%} of the first epoch's) in {len(train)} epochs",
+        )
+    if train[-1] < (1 - STILL_FALLING) * train[-2] and train[-1] <= min(train):
+        return Diagnosis(
+            UNDERFITTING,
+            f"train loss was still falling when training stopped ({train[-2]:.4g} to {train[-1]:.4g} "
+            f"in the last epoch, {1 - train[-1] / train[-2]:.0%})",
+        )
+    return Diagnosis(
+        GOOD_FIT,
+        f"at best epoch {best + 1} val loss {val[best]:.4g} tracks train loss {train[best]:.4g} "
+        f"(gap {gap:.4g}), and train loss fell from {train[0]:.4g} to {train[-1]:.4g}",
+    )
+
+
+def diagnose_record(record: "TrialRecord") -> Diagnosis:
+    """The diagnosis of a trial as the query layer returns it (curves from its user attrs)."""
+    best_epoch = record.attrs.get("best_epoch")
+    return diagnose(
+        record.attrs.get("curve.train_loss") or [],
+        record.attrs.get("curve.val_loss") or [],
+        best_epoch=best_epoch if isinstance(best_epoch, int) else None,
+    )
+
+
+def _finite(value: Any) -> bool:
+    """A stored curve holds floats; NaN comes back as NaN and a JSON null as None."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _times(numerator: float, denominator: float) -> str:
+    return f"{numerator / denominator:.1f}×" if denominator > 0 else "far above"
