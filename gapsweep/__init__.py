@@ -31,6 +31,8 @@ _EXPORTS = {
     "list_trials": "gapsweep.api",
     "list_studies": "gapsweep.api",
     "get_trial": "gapsweep.api",
+    "load_best_model": "sweeps.models",
+    "export_best": "sweeps.models",
     "GapsweepError": "gapsweep.errors",
 }
 

@@ -4,7 +4,8 @@
     launch(SweepConfig(study="digits", data=DataSpec("digits"), trials=20))
     print(best_trials("digits", k=3)[0].summary())
 
-Query functions take a storage URL (default ``sqlite:///gapsweep.db``) and open and close their
+``load_best_model`` and ``export_best`` give back the best trial's trained model. Query
+functions take a storage URL (default ``sqlite:///gapsweep.db``) and open and close their
 own connection pool, so they are safe to call from any process.
 """
 
@@ -12,19 +13,24 @@ from __future__ import annotations
 
 from storage import queries
 from storage.engine import reading
-from storage.queries import StudySummary, TrialRecord
+from storage.queries import ParamRange, StudySummary, TrialRecord
 
 
-def best_trials(study: str, storage: str | None = None, k: int = 1, *, by: str = "score") -> list[TrialRecord]:
-    """The ``k`` best complete trials of ``study`` by ``by`` (score, val_loss, gap, train_loss)."""
+def best_trials(
+    study: str, storage: str | None = None, k: int = 1, *, by: str = "score", params: dict[str, ParamRange] | None = None
+) -> list[TrialRecord]:
+    """The ``k`` best complete trials of ``study`` by ``by`` (score, val_loss, gap, train_loss),
+    optionally only those whose numeric ``params`` lie in ``{name: (low, high)}``."""
     with reading(storage) as engine:
-        return queries.best_trials(engine, study, k, by=by)
+        return queries.best_trials(engine, study, k, by=by, params=params)
 
 
-def list_trials(study: str, storage: str | None = None, *, states: list[str] | None = None) -> list[TrialRecord]:
-    """All trials of ``study`` in number order, optionally only those in ``states``."""
+def list_trials(
+    study: str, storage: str | None = None, *, states: list[str] | None = None, params: dict[str, ParamRange] | None = None
+) -> list[TrialRecord]:
+    """All trials of ``study`` in number order, optionally filtered by state and parameter ranges."""
     with reading(storage) as engine:
-        return queries.list_trials(engine, study, states=states)
+        return queries.list_trials(engine, study, states=states, params=params)
 
 
 def list_studies(storage: str | None = None) -> list[StudySummary]:

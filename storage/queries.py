@@ -27,6 +27,9 @@ _values = models.TrialValueModel.__table__
 _params = models.TrialParamModel.__table__
 _attrs = models.TrialUserAttributeModel.__table__
 
+#: A filter on a numeric parameter: inclusive bounds, either may be open (None).
+ParamRange = tuple[float | None, float | None]
+
 #: Orderings ``best`` accepts: the objective itself, or a recorded score component.
 RANK_BY = ("score", "val_loss", "gap", "train_loss")
 
@@ -108,8 +111,24 @@ def list_studies(engine: Engine) -> list[StudySummary]:
     return [StudySummary(name, per_state) for name, per_state in counts.items()]
 
 
-def best_trials(engine: Engine, study: str, k: int = 5, *, by: str = "score") -> list[TrialRecord]:
-    """The ``k`` complete trials with the lowest ``by`` (the score, or one of its parts)."""
+def _param_filters(ranges: dict[str, ParamRange] | None) -> list[Any]:
+    """One EXISTS clause per parameter range, evaluated in the database."""
+    clauses = []
+    for name, (low, high) in (ranges or {}).items():
+        conditions = [_params.c.trial_id == _trials.c.trial_id, _params.c.param_name == name]
+        if low is not None:
+            conditions.append(_params.c.param_value >= low)
+        if high is not None:
+            conditions.append(_params.c.param_value <= high)
+        clauses.append(sa.exists().where(*conditions))
+    return clauses
+
+
+def best_trials(
+    engine: Engine, study: str, k: int = 5, *, by: str = "score", params: dict[str, ParamRange] | None = None
+) -> list[TrialRecord]:
+    """The ``k`` complete trials with the lowest ``by`` (the score, or one of its parts),
+    optionally among those whose numeric ``params`` lie in the given ranges."""
     if by not in RANK_BY:
         raise ConfigError(f"cannot rank by '{by}'; use one of {', '.join(RANK_BY)}")
     if k < 1:
@@ -130,16 +149,18 @@ def best_trials(engine: Engine, study: str, k: int = 5, *, by: str = "score") ->
             .join(_attrs, sa.and_(_attrs.c.trial_id == _trials.c.trial_id, _attrs.c.key == by))
             .where(complete)
         )
-    query = query.order_by(key.asc(), _trials.c.number.asc()).limit(k)
+    query = query.where(*_param_filters(params)).order_by(key.asc(), _trials.c.number.asc()).limit(k)
     with engine.connect() as conn:
         ids = [row[0] for row in conn.execute(query)]
     return _load(engine, ids)
 
 
-def list_trials(engine: Engine, study: str, *, states: Sequence[str] | None = None) -> list[TrialRecord]:
-    """All trials of ``study`` in number order, optionally only those in ``states``."""
+def list_trials(
+    engine: Engine, study: str, *, states: Sequence[str] | None = None, params: dict[str, ParamRange] | None = None
+) -> list[TrialRecord]:
+    """All trials of ``study`` in number order, optionally only those in ``states`` and ranges."""
     sid = study_id(engine, study)
-    query = sa.select(_trials.c.trial_id).where(_trials.c.study_id == sid)
+    query = sa.select(_trials.c.trial_id).where(_trials.c.study_id == sid, *_param_filters(params))
     if states:
         query = query.where(_trials.c.state.in_([_parse_state(s) for s in states]))
     with engine.connect() as conn:

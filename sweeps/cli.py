@@ -38,6 +38,25 @@ def _format_flags(parser: argparse.ArgumentParser, csv: bool = True) -> None:
         group.add_argument("--csv", action="store_true", help="print CSV for spreadsheets")
 
 
+def _param_range(text: str) -> tuple[str, tuple[float | None, float | None]]:
+    """Parse ``NAME=LOW:HIGH`` (either bound may be empty) for ``--param``."""
+    name, sep, bounds = text.partition("=")
+    low, colon, high = bounds.partition(":")
+    try:
+        if not (name and sep and colon):
+            raise ValueError
+        return name, (float(low) if low else None, float(high) if high else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=LOW:HIGH (e.g. units=32:128 or l2=:1e-3), got '{text}'") from None
+
+
+def _param_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--param", action="append", type=_param_range, default=[], metavar="NAME=LOW:HIGH",
+        help="only trials whose numeric parameter lies in the range (repeatable; a bound may be empty)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gapsweep",
@@ -78,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     _study_flag(best)
     best.add_argument("--top", "-k", type=int, default=1, help="how many trials (default 1)")
     best.add_argument("--by", default="score", choices=("score", "val_loss", "gap", "train_loss"), help="ranking (default score)")
+    _param_flag(best)
     _storage_flag(best)
     _format_flags(best)
     best.set_defaults(run=_cmd_best)
@@ -85,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     trials = commands.add_parser("trials", help="all trials of a study", description="Every trial with its state, score parts and parameters.")
     _study_flag(trials)
     trials.add_argument("--state", action="append", help="only trials in this state (repeatable): complete, pruned, fail, running")
+    _param_flag(trials)
     _storage_flag(trials)
     _format_flags(trials)
     trials.set_defaults(run=_cmd_trials)
@@ -100,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_flag(show)
     _format_flags(show, csv=False)
     show.set_defaults(run=_cmd_show)
+
+    export = commands.add_parser(
+        "export", help="write the best trial's trained model to a .keras file",
+        description="Write the stored model of the study's best trial (or --trial N) to a .keras file. "
+        "Models are kept for the top trials only (objective.keep_models, default 3).",
+    )
+    export.add_argument("study_name", metavar="STUDY")
+    export.add_argument("--out", required=True, help="output path, e.g. model.keras")
+    export.add_argument("--trial", type=int, help="trial number (default: the best trial)")
+    _storage_flag(export)
+    export.add_argument("--json", action="store_true", help="print what was exported as JSON")
+    export.set_defaults(run=_cmd_export)
     return parser
 
 
@@ -145,7 +178,7 @@ def _cmd_best(args: argparse.Namespace) -> int:
     from gapsweep.api import best_trials
     from sweeps.output import to_json, trials_csv, trials_table
 
-    records = best_trials(args.study, args.storage, args.top, by=args.by)
+    records = best_trials(args.study, args.storage, args.top, by=args.by, params=dict(args.param))
     if args.json:
         print(to_json([record.summary() for record in records]))
     elif args.csv:
@@ -159,7 +192,7 @@ def _cmd_trials(args: argparse.Namespace) -> int:
     from gapsweep.api import list_trials
     from sweeps.output import to_json, trials_csv, trials_table
 
-    records = list_trials(args.study, args.storage, states=args.state)
+    records = list_trials(args.study, args.storage, states=args.state, params=dict(args.param))
     if args.json:
         print(to_json([record.summary() for record in records]))
     elif args.csv:
@@ -195,6 +228,19 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(f"{'param.' + key:>14}: {value}")
     for name, values in curves.items():
         print(f"{'curve.' + name:>14}: " + " ".join(f"{v:.4f}" for v in values))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from sweeps.models import export_best
+    from sweeps.output import to_json
+
+    artifact = export_best(args.study_name, args.out, args.storage, trial=args.trial)
+    summary = {"study": args.study_name, "trial": artifact.trial_number, "out": str(args.out), **artifact.meta}
+    if args.json:
+        print(to_json(summary))
+    else:
+        print(f"wrote trial {artifact.trial_number} of '{args.study_name}' to {args.out} (score {artifact.meta.get('score', float('nan')):.4f})")
     return 0
 
 

@@ -63,6 +63,8 @@ class SweepConfig:
             raise ConfigError(f"gap_penalty must be a number >= 0, got {penalty!r}")
         if isinstance(self.objective.patience, bool) or not isinstance(self.objective.patience, int) or self.objective.patience < 1:
             raise ConfigError(f"patience must be a whole number >= 1, got {self.objective.patience!r}")
+        if isinstance(self.objective.keep_models, bool) or not isinstance(self.objective.keep_models, int) or self.objective.keep_models < 0:
+            raise ConfigError(f"keep_models must be a whole number >= 0, got {self.objective.keep_models!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The study's stored configuration (no storage URL: it may hold a password)."""

@@ -23,6 +23,7 @@ from storage.engine import open_storage
 from storage.studies import CONFIG_ATTR, create_or_load, stored_config
 from sweeps import data as datasets
 from sweeps.config import SweepConfig
+from sweeps.models import ModelKeeper
 from sweeps.objective import Objective
 from sweeps.pruning import make_pruner
 from sweeps.trainer import TrainingDiverged
@@ -62,7 +63,8 @@ def launch(config: SweepConfig, *, progress: bool | None = None) -> optuna.Study
     remaining = config.trials - _count(study, FINISHED)
     if remaining <= 0:
         return study
-    objective = Objective(space, splits, config.objective, seed=config.seed)
+    keeper = ModelKeeper(storage.engine, config.study, config.objective.keep_models)
+    objective = Objective(space, splits, config.objective, seed=config.seed, keeper=keeper)
     with _progress_bar(remaining, progress) as bar:
         study.optimize(
             objective,

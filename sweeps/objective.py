@@ -17,15 +17,18 @@ import optuna
 
 from search_spaces.space import SearchSpace
 from sweeps.data import Splits
+from sweeps.models import ModelKeeper, held_out_metrics
 from sweeps.trainer import Curves, TrainingDiverged, train
 
 
 @dataclass(frozen=True)
 class ObjectiveSettings:
-    """How a trial is scored: the gap penalty λ and early stopping's patience."""
+    """How a trial is scored (gap penalty λ, early stopping's patience) and how many of the
+    best trials keep their trained model in the database."""
 
     gap_penalty: float = 1.0
     patience: int = 5
+    keep_models: int = 3
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -34,11 +37,14 @@ class ObjectiveSettings:
 class Objective:
     """Callable handed to ``study.optimize``; one instance serves every trial of a worker."""
 
-    def __init__(self, space: SearchSpace, splits: Splits, settings: ObjectiveSettings, seed: int) -> None:
+    def __init__(
+        self, space: SearchSpace, splits: Splits, settings: ObjectiveSettings, seed: int, keeper: ModelKeeper | None = None
+    ) -> None:
         self.space = space
         self.splits = splits
         self.settings = settings
         self.seed = seed
+        self.keeper = keeper
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = self.space.sample(trial)
@@ -71,6 +77,17 @@ class Objective:
         trial.set_user_attr("best_epoch", score.epoch)
         if curves.val_accuracy:
             trial.set_user_attr("val_accuracy", curves.val_accuracy[score.epoch])
+        if self.keeper is not None:
+            meta = {
+                "params": params,
+                "score": score.value,
+                "val_loss": score.val_loss,
+                "train_loss": score.train_loss,
+                "gap": score.gap,
+                "best_epoch": score.epoch,
+                **held_out_metrics(result.model, self.splits),
+            }
+            self.keeper.offer(trial.number, score.value, result.model, meta)
         return score.value
 
 

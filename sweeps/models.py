@@ -1,0 +1,103 @@
+"""Trained models in the database: keep the top k, export the best, load it back safely.
+
+A ``.keras`` file is a zip of config and weights; it is stored whole, so any worker or laptop
+that reaches the database gets a ready model. Loading uses Keras' safe mode, which refuses
+models that would run arbitrary code (lambda layers) on deserialization.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import Engine
+
+from gapsweep.errors import StudyNotFoundError
+from storage import artifacts, queries
+from storage.engine import reading
+
+if TYPE_CHECKING:
+    import keras
+
+    from sweeps.data import Splits
+
+
+def model_to_bytes(model: "keras.Model") -> bytes:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.keras"
+        model.save(path)
+        return path.read_bytes()
+
+
+def model_from_bytes(data: bytes) -> "keras.Model":
+    from sweeps.trainer import init_tensorflow
+
+    init_tensorflow()
+    import keras
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.keras"
+        path.write_bytes(data)
+        return keras.saving.load_model(path, safe_mode=True)
+
+
+def held_out_metrics(model: "keras.Model", splits: "Splits") -> dict[str, float]:
+    """Pure loss and accuracy on the test split: recorded with the model, never used to rank."""
+    if not len(splits.x_test):
+        return {}
+    scores = model.evaluate(splits.x_test, splits.y_test, verbose=0, return_dict=True, batch_size=1024)
+    return {f"test_{key}": float(value) for key, value in scores.items() if key != "loss"}
+
+
+class ModelKeeper:
+    """Stores a finished trial's model when it ranks in the top ``keep``; drops the rest."""
+
+    def __init__(self, engine: Engine, study: str, keep: int) -> None:
+        self.engine = engine
+        self.study = study
+        self.keep = keep
+        artifacts.ensure_schema(engine)
+
+    def offer(self, trial_number: int, value: float, model: "keras.Model", meta: dict[str, Any]) -> bool:
+        """Save ``model`` if ``value`` places it among the best; returns whether it was kept."""
+        if self.keep < 1:
+            return False
+        top = [(t.value, t.number) for t in queries.best_trials(self.engine, self.study, self.keep) if t.value is not None]
+        ranked = sorted(top + [(value, trial_number)])[: self.keep]
+        kept = {number for _, number in ranked}
+        if trial_number not in kept:
+            return False
+        artifacts.save(self.engine, self.study, trial_number, artifacts.MODEL, model_to_bytes(model), meta=meta)
+        artifacts.delete(self.engine, self.study, kind=artifacts.MODEL, keep=kept)
+        return True
+
+
+def load_best_model(study: str, storage: str | None = None, *, trial: int | None = None) -> "keras.Model":
+    """The stored model of the study's best trial (or of trial number ``trial``)."""
+    return model_from_bytes(_best_artifact(study, storage, trial).data)
+
+
+def export_best(study: str, out: str | os.PathLike[str], storage: str | None = None, *, trial: int | None = None) -> artifacts.Artifact:
+    """Write the best (or a given) trial's model to ``out`` as a ``.keras`` file."""
+    artifact = _best_artifact(study, storage, trial)
+    Path(out).write_bytes(artifact.data)
+    return artifact
+
+
+def _best_artifact(study: str, storage: str | None, trial: int | None) -> artifacts.Artifact:
+    with reading(storage) as engine:
+        queries.study_id(engine, study)
+        if trial is None:
+            best = queries.best_trials(engine, study, 1)
+            if not best:
+                raise StudyNotFoundError(f"study '{study}' has no complete trial yet; nothing to export")
+            trial = best[0].number
+        found = artifacts.load(engine, study, trial, artifacts.MODEL) if artifacts.schema_version(engine) else None
+    if found is None:
+        raise StudyNotFoundError(
+            f"trial {trial} of study '{study}' has no stored model (models are kept for the top trials only); "
+            "pass --trial with one of the best trials"
+        )
+    return found

@@ -1,0 +1,99 @@
+"""Best-model artifacts and cross-process queries, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from gapsweep.api import best_trials, list_trials
+from gapsweep.errors import StorageError
+from storage import artifacts
+from storage.engine import open_storage
+from sweeps.config import SweepConfig
+from sweeps.data import DataSpec, load
+from sweeps.launch import launch
+from sweeps.models import load_best_model
+from sweeps.objective import ObjectiveSettings
+
+GAPSWEEP = str(Path(sys.executable).parent / "gapsweep")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([GAPSWEEP, *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_a_sweep_is_queryable_from_another_process_and_its_best_model_exports(any_url, tiny_space, tmp_path):
+    data = DataSpec("digits", train_fraction=0.3)
+    config = SweepConfig(
+        study="shared", space=tiny_space, data=data, trials=4, storage=any_url, pruner="none",
+        objective=ObjectiveSettings(keep_models=2),
+    )
+    launch(config, progress=False)
+
+    for args in (["studies"], ["best", "--study", "shared", "--top", "2"], ["trials", "--study", "shared"], ["show", "shared", "0"]):
+        done = _cli(*args, "--storage", any_url, "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)
+    out = tmp_path / "best.keras"
+    done = _cli("export", "shared", "--out", str(out), "--storage", any_url, "--json")
+    assert done.returncode == 0, done.stderr
+    exported = json.loads(done.stdout)
+    best = best_trials("shared", any_url, k=1)[0]
+    assert exported["trial"] == best.number and exported["score"] == pytest.approx(best.value)
+
+    # Only the top 2 trials keep a model, and the exported one predicts as recorded.
+    engine = open_storage(any_url).engine
+    assert len(artifacts.trial_numbers(engine, "shared", artifacts.MODEL)) == 2
+    import keras
+
+    model = keras.saving.load_model(out, safe_mode=True)
+    splits = load(data)
+    accuracy = float(np.mean(np.argmax(model.predict(splits.x_test, verbose=0), axis=1) == splits.y_test))
+    assert accuracy == pytest.approx(exported["test_accuracy"], abs=1e-6)
+    again = load_best_model("shared", any_url)
+    np.testing.assert_allclose(again.predict(splits.x_test[:5], verbose=0), model.predict(splits.x_test[:5], verbose=0), rtol=1e-6)
+
+
+def test_schema_is_versioned_and_refuses_a_newer_one(any_url):
+    engine = open_storage(any_url).engine
+    artifacts.ensure_schema(engine)
+    artifacts.ensure_schema(engine)  # idempotent
+    assert artifacts.schema_version(engine) == artifacts.SCHEMA_VERSION
+    with engine.begin() as conn:
+        conn.execute(sa.update(artifacts.schema_table).values(version=artifacts.SCHEMA_VERSION + 1))
+    with pytest.raises(StorageError, match="newer than this gapsweep"):
+        artifacts.ensure_schema(engine)
+
+
+def test_artifacts_replace_copy_and_delete(any_url, sqlite_url):
+    engine = open_storage(any_url).engine
+    artifacts.ensure_schema(engine)
+    artifacts.save(engine, "s", 1, artifacts.MODEL, b"one", meta={"score": 1.0})
+    artifacts.save(engine, "s", 1, artifacts.MODEL, b"uno", meta={"score": 0.9})
+    artifacts.save(engine, "s", 2, artifacts.MODEL, b"two")
+    found = artifacts.load(engine, "s", 1, artifacts.MODEL)
+    assert found is not None and found.data == b"uno" and found.meta == {"score": 0.9}
+    target = open_storage(sqlite_url.replace("sweeps.db", "copy.db")).engine
+    assert artifacts.copy(engine, target, "s") == 2
+    assert artifacts.delete(engine, "s", kind=artifacts.MODEL, keep={2}) == 1
+    assert artifacts.trial_numbers(engine, "s", artifacts.MODEL) == [2]
+    assert artifacts.trial_numbers(target, "s", artifacts.MODEL) == [1, 2]
+
+
+def test_parameter_range_filters(any_url):
+    import optuna
+
+    study = optuna.create_study(study_name="ranges", storage=open_storage(any_url))
+    for units, value in ((8, 0.3), (32, 0.2), (64, 0.1), (128, 0.4)):
+        study.enqueue_trial({"units": units})
+        trial = study.ask({"units": optuna.distributions.IntDistribution(8, 128)})
+        study.tell(trial, value)
+    assert [t.number for t in best_trials("ranges", any_url, k=5, params={"units": (16, 100)})] == [2, 1]
+    assert [t.params["units"] for t in list_trials("ranges", any_url, params={"units": (None, 32)})] == [8, 32]
