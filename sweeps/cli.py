@@ -176,15 +176,16 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
 def _cmd_best(args: argparse.Namespace) -> int:
     from gapsweep.api import best_trials
-    from sweeps.output import to_json, trials_csv, trials_table
+    from sweeps.diagnosed import diagnosed_summary, diagnosed_table
+    from sweeps.output import to_json, trials_csv
 
     records = best_trials(args.study, args.storage, args.top, by=args.by, params=dict(args.param))
     if args.json:
-        print(to_json([record.summary() for record in records]))
+        print(to_json([diagnosed_summary(record) for record in records]))
     elif args.csv:
         sys.stdout.write(trials_csv(records))
     else:
-        print(trials_table(records) if records else f"study '{args.study}' has no complete trial yet")
+        print(diagnosed_table(records) if records else f"study '{args.study}' has no complete trial yet")
     return 0
 
 
@@ -213,13 +214,16 @@ def _cmd_studies(args: argparse.Namespace) -> int:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from gapsweep.api import get_trial
+    from sweeps.diagnosis import diagnose_record
     from sweeps.output import to_json
 
     record = get_trial(args.study_name, args.trial, args.storage)
-    payload = record.to_dict()
+    diagnosis = diagnose_record(record)
+    payload = {**record.to_dict(), "diagnosis": diagnosis.to_dict()}
     if args.json:
         print(to_json(payload))
         return 0
+    payload["diagnosis"] = str(diagnosis)
     curves = payload.pop("curves")
     params = payload.pop("params")
     for key, value in payload.items():

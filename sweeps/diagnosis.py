@@ -19,7 +19,8 @@ cross-entropy and a mean squared error the same way. The first rule that matches
 5. ``good fit``: none of the above.
 
 The best epoch is the one early stopping restored (the trial's ``best_epoch`` attribute); a
-pruned or failed trial has none, so the epoch of lowest val loss stands in.
+pruned or failed trial has none, so the epoch of lowest val loss stands in. Epochs are
+0-based, as ``best_epoch`` is stored.
 
     >>> diagnose([1.0, 0.5, 0.2, 0.05], [1.0, 0.6, 0.45, 0.5]).label
     'overfitting'
@@ -68,18 +69,18 @@ class Diagnosis:
 
 
 def diagnose(train: Sequence[float], val: Sequence[float], *, best_epoch: int | None = None) -> Diagnosis:
-    """Apply the module's rule to one trial's curves (epochs 0-based, shown 1-based)."""
+    """Apply the module's rule to one trial's curves."""
     if len(train) != len(val):
         raise ValueError(f"train and val curves differ in length ({len(train)} vs {len(val)})")
     for epoch, (t, v) in enumerate(zip(train, val)):
         if not (_finite(t) and _finite(v)):
-            return Diagnosis(DIVERGED, f"loss became non-finite at epoch {epoch + 1} (train {t}, val {v})")
+            return Diagnosis(DIVERGED, f"loss became non-finite at epoch {epoch} (train {t}, val {v})")
     lowest = min(range(len(val)), key=lambda i: val[i], default=None)
     if lowest is not None and val[-1] > DIVERGED_RATIO * val[lowest]:
         return Diagnosis(
             DIVERGED,
             f"val loss ended at {val[-1]:.4g}, over {DIVERGED_RATIO:g}× its minimum {val[lowest]:.4g} "
-            f"(epoch {lowest + 1})",
+            f"(epoch {lowest})",
         )
     if lowest is None or len(val) < MIN_EPOCHS:
         return Diagnosis(TOO_SHORT, f"{len(val)} epoch(s) recorded; the rule needs at least {MIN_EPOCHS}")
@@ -88,14 +89,14 @@ def diagnose(train: Sequence[float], val: Sequence[float], *, best_epoch: int | 
     if gap > GAP_SHARE * val[best]:
         return Diagnosis(
             OVERFITTING,
-            f"at best epoch {best + 1} val loss {val[best]:.4g} is {_times(val[best], train[best])} "
+            f"at best epoch {best} val loss {val[best]:.4g} is {_times(val[best], train[best])} "
             f"train loss {train[best]:.4g} (gap {gap:.4g} > {GAP_SHARE:.0%} of val)",
         )
     if val[-1] > (1 + VAL_RISE) * val[lowest] and train[-1] < train[lowest]:
         return Diagnosis(
             OVERFITTING,
             f"val loss rose {val[-1] / val[lowest] - 1:.0%} from its minimum {val[lowest]:.4g} (epoch "
-            f"{lowest + 1}) to {val[-1]:.4g} while train loss kept falling to {train[-1]:.4g}",
+            f"{lowest}) to {val[-1]:.4g} while train loss kept falling to {train[-1]:.4g}",
         )
     if train[-1] > STALL_RATIO * train[0]:
         return Diagnosis(
@@ -111,7 +112,7 @@ def diagnose(train: Sequence[float], val: Sequence[float], *, best_epoch: int | 
         )
     return Diagnosis(
         GOOD_FIT,
-        f"at best epoch {best + 1} val loss {val[best]:.4g} tracks train loss {train[best]:.4g} "
+        f"at best epoch {best} val loss {val[best]:.4g} tracks train loss {train[best]:.4g} "
         f"(gap {gap:.4g}), and train loss fell from {train[0]:.4g} to {train[-1]:.4g}",
     )
 

@@ -1,0 +1,116 @@
+"""The per-trial diagnosis: each label from constructed curves, and in the CLI's outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import optuna
+import pytest
+
+from fake_trials import add_mixed_trials
+from storage.engine import open_storage
+from storage.queries import TrialRecord
+from sweeps.cli import main
+from sweeps.diagnosis import (
+    DIVERGED,
+    GOOD_FIT,
+    LABELS,
+    OVERFITTING,
+    TOO_SHORT,
+    UNDERFITTING,
+    diagnose,
+    diagnose_record,
+)
+
+CASES = {
+    "plateau with a small gap": ([1.0, 0.5, 0.32, 0.3, 0.3], [1.0, 0.55, 0.38, 0.36, 0.37], GOOD_FIT),
+    "val far above train at the best epoch": ([1.0, 0.4, 0.1, 0.03], [1.0, 0.6, 0.45, 0.5], OVERFITTING),
+    "val climbs while train falls": ([1.0, 0.6, 0.4, 0.35, 0.3, 0.25], [1.0, 0.65, 0.45, 0.42, 0.5, 0.55], OVERFITTING),
+    "train loss barely moved": ([2.3, 2.25, 2.2, 2.15, 2.1], [2.3, 2.26, 2.21, 2.17, 2.12], UNDERFITTING),
+    "stopped while still learning": ([2.0, 1.5, 1.0], [2.05, 1.55, 1.05], UNDERFITTING),
+    "NaN loss": ([1.0, 0.5, math.nan, math.nan], [1.0, 0.6, math.nan, math.nan], DIVERGED),
+    "infinite val loss": ([1.0, 0.5, 0.4], [1.0, 0.6, math.inf], DIVERGED),
+    "val blew up to 5x its minimum": ([1.0, 0.5, 0.4, 0.4], [1.0, 0.5, 0.4, 2.0], DIVERGED),
+    "stored null (JSON) in a curve": ([1.0, None, 0.5], [1.0, 0.8, 0.7], DIVERGED),
+    "two epochs": ([1.0, 0.5], [1.0, 0.6], TOO_SHORT),
+    "no epoch": ([], [], TOO_SHORT),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_each_label_from_constructed_curves(case: str):
+    train, val, expected = CASES[case]
+    diagnosis = diagnose(train, val)
+    assert diagnosis.label == expected, diagnosis
+    assert diagnosis.reason and "\n" not in diagnosis.reason
+    assert diagnosis.label in LABELS
+
+
+def test_every_label_is_reachable():
+    assert {expected for _, _, expected in CASES.values()} == set(LABELS)
+
+
+def test_reasons_carry_the_deciding_numbers():
+    gap = diagnose([1.0, 0.4, 0.1, 0.03], [1.0, 0.6, 0.45, 0.5], best_epoch=2)
+    assert "best epoch 2" in gap.reason and "0.45" in gap.reason and "0.1" in gap.reason
+    rise = diagnose(*CASES["val climbs while train falls"][:2])
+    assert "rose 31%" in rise.reason and "epoch 3" in rise.reason
+    assert "epoch 2" in diagnose(*CASES["NaN loss"][:2]).reason
+
+
+def test_nan_beats_too_short():
+    """A two-epoch trial that blew up is diverged, not merely short."""
+    assert diagnose([1.0, math.nan], [1.0, math.nan]).label == DIVERGED
+
+
+def test_stored_best_epoch_is_used_and_val_minimum_stands_in_without_it():
+    train, val = [1.0, 0.5, 0.32, 0.1, 0.095], [1.0, 0.55, 0.36, 0.35, 0.37]
+    # Lowest val loss (epoch 3) comes with a big gap; the restored epoch 2 does not.
+    assert diagnose(train, val).label == OVERFITTING
+    assert diagnose(train, val, best_epoch=2).label == GOOD_FIT
+    assert diagnose(train, val, best_epoch=99).label == OVERFITTING  # out of range: ignored
+
+
+def test_thresholds_are_strict():
+    # gap exactly half of val is not yet overfitting; a hair more is.
+    assert diagnose([1.0, 0.6, 0.5, 0.5], [1.0, 1.2, 1.0, 1.0], best_epoch=2).label == GOOD_FIT
+    assert diagnose([1.0, 0.6, 0.49, 0.5], [1.0, 1.2, 1.0, 1.0], best_epoch=2).label == OVERFITTING
+
+
+def test_unequal_curves_are_a_programming_error():
+    with pytest.raises(ValueError, match="differ in length"):
+        diagnose([1.0, 0.5, 0.4], [1.0, 0.5])
+
+
+def test_diagnose_record_reads_curves_and_best_epoch_from_user_attrs():
+    train, val = [1.0, 0.5, 0.32, 0.1, 0.095], [1.0, 0.55, 0.36, 0.35, 0.37]
+    record = TrialRecord(
+        number=3, state="COMPLETE", value=0.4, params={},
+        attrs={"curve.train_loss": train, "curve.val_loss": val, "best_epoch": 2},
+    )
+    assert diagnose_record(record) == diagnose(train, val, best_epoch=2)
+    running = TrialRecord(number=4, state="RUNNING", value=None, params={})
+    assert diagnose_record(running).label == TOO_SHORT
+
+
+def test_best_and_show_outputs_carry_the_diagnosis(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    add_mixed_trials(optuna.create_study(study_name="mixed", storage=open_storage(url)))
+
+    assert main(["best", "--study", "mixed", "--top", "4", "--by", "val_loss", "--storage", url, "--json"]) == 0
+    best = json.loads(capsys.readouterr().out)
+    assert {row["number"]: row["diagnosis"]["label"] for row in best} == {
+        0: GOOD_FIT, 1: OVERFITTING, 2: UNDERFITTING, 3: GOOD_FIT,
+    }
+    assert all(row["diagnosis"]["reason"] for row in best)
+
+    assert main(["best", "--study", "mixed", "--top", "4", "--storage", url]) == 0
+    header, _, *rows = capsys.readouterr().out.splitlines()
+    assert "diagnosis" in header.split()
+    assert any(OVERFITTING in row.split() for row in rows)
+
+    assert main(["show", "mixed", "5", "--storage", url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["diagnosis"]["label"] == DIVERGED
+    assert main(["show", "mixed", "1", "--storage", url]) == 0
+    assert any(line.strip().startswith("diagnosis: overfitting:") for line in capsys.readouterr().out.splitlines())
