@@ -1,15 +1,26 @@
-"""Run a sweep: validate everything, then open the study and train trials into it.
+"""Run a sweep: validate everything, open the study, then claim and train trials until the
+study's budget is spent.
 
 Order matters for "bad input loses nothing": the space, the builder's parameter names and the
 data are all checked before the database is touched, so a mistake never leaves a half-made
 study behind.
+
+Crash safety: the storage records a heartbeat for every running trial; a trial whose worker
+died is failed once its heartbeat is older than the grace period, and Optuna's
+``RetryHeartbeatStaleTrialCallback`` queues its parameters again. The retried trial resumes
+from the dead one's last checkpoint (see ``sweeps.checkpoints``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
-from typing import Any
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -20,30 +31,77 @@ from search_spaces.builder import DEFAULTS, check_params
 from search_spaces.loader import load_space
 from search_spaces.space import Categorical, Fixed, Float, Int, SearchSpace
 from storage.engine import open_storage
+from storage.locks import StudyLock
 from storage.studies import CONFIG_ATTR, create_or_load, stored_config
 from sweeps import data as datasets
 from sweeps.config import SweepConfig
+from sweeps.data import Splits
 from sweeps.models import ModelKeeper
 from sweeps.objective import Objective
 from sweeps.pruning import make_pruner
 from sweeps.trainer import TrainingDiverged
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+#: Trials that use up the budget. A failed trial does not: its parameters may be retried.
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def launch(config: SweepConfig, *, progress: bool | None = None) -> optuna.Study:
-    """Run ``config`` until the study holds ``config.trials`` finished trials (or time is up).
+def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in seconds; ``$GAPSWEEP_HEARTBEAT_S`` shortens both."""
+    interval = int(os.environ.get("GAPSWEEP_HEARTBEAT_S", "10"))
+    return interval, 3 * interval
 
-    The budget is the study's, not this call's: launching the same study again continues to
-    the same total, and a larger ``trials`` extends it. ``progress=None`` shows a bar only on a
-    terminal.
+
+def open_crash_safe_storage(url: str | None) -> optuna.storages.RDBStorage:
+    """A storage with heartbeats on and stale trials queued again (at most 3 times each)."""
+    interval, grace = heartbeat_settings()
+    with _quiet_experimental():
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
+        return open_storage(url, heartbeat_interval=interval, grace_period=grace, heartbeat_stale_trial_callback=retry)
+
+
+def reap(study: optuna.Study) -> None:
+    """Fail trials whose worker stopped sending heartbeats, and queue their parameters again.
+
+    Optuna does this only when a worker asks for a new trial, so a study whose last worker died
+    would keep zombie RUNNING trials; every launch, worker and ``gapsweep reap`` calls this.
     """
+    with _quiet_experimental():
+        optuna.storages.fail_stale_trials(study)
+
+
+@contextlib.contextmanager
+def _quiet_experimental() -> Iterator[None]:
+    """Heartbeats and retries are stable in practice but still flagged experimental by Optuna."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+@dataclass
+class Sweep:
+    """A validated configuration bound to its open study: what workers run trials against."""
+
+    config: SweepConfig
+    space: SearchSpace
+    splits: Splits
+    storage: optuna.storages.RDBStorage
+    study: optuna.Study
+    stop_requested: bool = False
+
+    def close(self) -> None:
+        """Give the connections back: many short-lived workers must not exhaust the server."""
+        self.storage.engine.dispose()
+
+
+def prepare(config: SweepConfig) -> Sweep:
+    """Validate ``config``, then create or resume its study. Nothing is written before the
+    space and data have passed their checks."""
     space = load_space(config.space)
     check_params(set(space.params))
     splits = datasets.load(config.data)
     stored = {**config.to_dict(), "space": space.to_dict()}
 
-    storage = open_storage(config.storage)
+    storage = open_crash_safe_storage(config.storage)
     study = create_or_load(
         config.study,
         storage,
@@ -52,29 +110,76 @@ def launch(config: SweepConfig, *, progress: bool | None = None) -> optuna.Study
     )
     previous = stored_config(study)
     if previous is not None and previous.get("space") != stored["space"]:
+        storage.engine.dispose()
         raise ConfigError(
             f"study '{config.study}' was started with a different search space; "
             "resume it with the same space or launch under a new --study name"
         )
-    if previous is None:
+    if previous is None or previous != stored:
         study.set_user_attr(CONFIG_ATTR, stored)
     study.sampler = _sampler(config, n_existing=len(study.get_trials(deepcopy=False)))
+    return Sweep(config, space, splits, storage, study)
 
-    remaining = config.trials - _count(study, FINISHED)
-    if remaining <= 0:
-        return study
-    keeper = ModelKeeper(storage.engine, config.study, config.objective.keep_models)
-    objective = Objective(space, splits, config.objective, seed=config.seed, keeper=keeper)
-    with _progress_bar(remaining, progress) as bar:
-        study.optimize(
-            objective,
-            n_trials=remaining,
-            timeout=config.timeout,
-            catch=(TrainingDiverged,),
-            callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=FINISHED), bar],
-            gc_after_trial=False,
-        )
-    return study
+
+def launch(config: SweepConfig, *, progress: bool | None = None) -> optuna.Study:
+    """Run ``config`` until the study holds ``config.trials`` complete or pruned trials.
+
+    The budget is the study's, not this call's: launching the same study again continues to
+    the same total, and a larger ``trials`` extends it. ``progress=None`` shows a bar only on a
+    terminal.
+    """
+    sweep = prepare(config)
+    try:
+        run_trials(sweep, progress=progress)
+    finally:
+        sweep.close()
+    return sweep.study
+
+
+def run_trials(sweep: Sweep, *, max_trials: int | None = None, progress: bool | None = None) -> int:
+    """Claim and train trials until the budget, the timeout or ``max_trials`` is reached.
+
+    Each trial is claimed under a study-wide lock that covers the budget check and the trial's
+    creation, so concurrent workers never overshoot. Returns the number of trials this call
+    ran.
+    """
+    config, study = sweep.config, sweep.study
+    keeper = ModelKeeper(sweep.storage.engine, config.study, config.objective.keep_models)
+    lock = StudyLock(sweep.storage.engine, config.study)
+    objective = Objective(
+        sweep.space, sweep.splits, config.objective, seed=config.seed, keeper=keeper,
+        checkpoint_engine=sweep.storage.engine, on_start=lock.release,
+    )
+    deadline = None if config.timeout is None else time.monotonic() + config.timeout
+    ran = 0
+    with _ProgressBar(study, config.trials, progress) as bar:
+        while max_trials is None or ran < max_trials:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            lock.acquire()
+            try:
+                reap(study)
+                if not _has_work(study, config.trials):
+                    break
+                study.optimize(objective, n_trials=1, catch=(TrainingDiverged,), callbacks=[bar], gc_after_trial=False)
+            finally:
+                lock.release()
+            ran += 1
+            if sweep.stop_requested:  # set on SIGTERM/Ctrl-C: this trial finished, now leave
+                break
+    return ran
+
+
+def _has_work(study: optuna.Study, budget: int) -> bool:
+    """A queued (retried or enqueued) trial is always run; a new one only within the budget."""
+    trials = study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING, TrialState.WAITING))
+    if any(t.state == TrialState.WAITING for t in trials):
+        return True
+    return len(trials) < budget
+
+
+def counted(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=COUNTED))
 
 
 def _sampler(config: SweepConfig, n_existing: int) -> optuna.samplers.BaseSampler:
@@ -101,16 +206,18 @@ def _max_epochs(space: SearchSpace) -> int:
     return int(DEFAULTS["epochs"])
 
 
-def _count(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
-    return len(study.get_trials(deepcopy=False, states=states))
-
-
 class _ProgressBar:
-    """An Optuna callback that advances a tqdm bar and shows the best score and state counts."""
+    """An Optuna callback: a tqdm bar over the study's budget with best score and state counts.
 
-    def __init__(self, bar: tqdm) -> None:
-        self.bar = bar
-        self.counts = {state: 0 for state in FINISHED}
+    tqdm's ``disable=None`` turns the bar off when stderr is not a terminal (CI logs, pipes).
+    """
+
+    def __init__(self, study: optuna.Study, budget: int, enabled: bool | None) -> None:
+        self.counts = {state: 0 for state in (*COUNTED, TrialState.FAIL)}
+        self.bar = tqdm(
+            total=budget, initial=min(counted(study), budget), desc="trials", unit="trial",
+            disable=None if enabled is None else not enabled,
+        )
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state in self.counts:
@@ -123,7 +230,10 @@ class _ProgressBar:
         if best is not None:
             postfix["best"] = f"{best:.4f}"
         self.bar.set_postfix(postfix, refresh=False)
-        self.bar.update(1)
+        if trial.state in COUNTED:
+            self.bar.update(1)
+        else:
+            self.bar.refresh()
 
     def __enter__(self) -> "_ProgressBar":
         return self
@@ -138,9 +248,3 @@ def _best_value(study: optuna.Study) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
-
-
-def _progress_bar(total: int, enabled: bool | None) -> _ProgressBar:
-    # tqdm's disable=None turns the bar off when stderr is not a terminal (CI logs, pipes).
-    return _ProgressBar(tqdm(total=total, desc="trials", unit="trial", disable=None if enabled is None else not enabled))
-

@@ -11,11 +11,13 @@ What a trial records (all in Optuna's own tables, so Optuna's CLI and dashboard 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import optuna
+from sqlalchemy.engine import Engine
 
 from search_spaces.space import SearchSpace
+from sweeps.checkpoints import CheckpointStore
 from sweeps.data import Splits
 from sweeps.models import ModelKeeper, held_out_metrics
 from sweeps.trainer import Curves, TrainingDiverged, train
@@ -38,36 +40,59 @@ class Objective:
     """Callable handed to ``study.optimize``; one instance serves every trial of a worker."""
 
     def __init__(
-        self, space: SearchSpace, splits: Splits, settings: ObjectiveSettings, seed: int, keeper: ModelKeeper | None = None
+        self,
+        space: SearchSpace,
+        splits: Splits,
+        settings: ObjectiveSettings,
+        seed: int,
+        keeper: ModelKeeper | None = None,
+        *,
+        checkpoint_engine: Engine | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         self.space = space
         self.splits = splits
         self.settings = settings
         self.seed = seed
         self.keeper = keeper
+        self.checkpoint_engine = checkpoint_engine
+        self.on_start = on_start
 
     def __call__(self, trial: optuna.Trial) -> float:
+        if self.on_start is not None:
+            self.on_start()
         params = self.space.sample(trial)
         curves = Curves()
+        retry = _retry_attrs(trial)
+        checkpoints = self._checkpoints(trial, retry.get("retry_history", []))
+        # A retried trial trains with its original trial's seed, so a resumed run matches.
+        origin = int(retry.get("failed_trial", trial.number))
         try:
             result = train(
                 params,
                 self.splits,
                 penalty=self.settings.gap_penalty,
                 patience=self.settings.patience,
-                seed=self.seed + trial.number,
+                seed=self.seed + origin,
                 trial=trial,
                 curves=curves,
+                checkpoints=checkpoints,
             )
         except optuna.TrialPruned as pruned:
             _record_curves(trial, curves)
+            if checkpoints is not None:
+                checkpoints.clear()
             trial.set_user_attr("prune_reason", str(pruned))
             raise
         except TrainingDiverged as diverged:
             _record_curves(trial, curves)
+            if checkpoints is not None:
+                checkpoints.clear()
             trial.set_user_attr("fail_reason", str(diverged))
             raise
         _record_curves(trial, curves)
+        if checkpoints is not None:
+            checkpoints.clear()
         score = result.score
         trial.set_user_attr("score", score.value)
         trial.set_user_attr("val_loss", score.val_loss)
@@ -89,6 +114,17 @@ class Objective:
             }
             self.keeper.offer(trial.number, score.value, result.model, meta)
         return score.value
+
+    def _checkpoints(self, trial: optuna.Trial, history: list[int]) -> CheckpointStore | None:
+        if self.checkpoint_engine is None:
+            return None
+        return CheckpointStore(self.checkpoint_engine, trial.study.study_name, trial.number, retries_of=history)
+
+
+def _retry_attrs(trial: optuna.Trial) -> dict[str, Any]:
+    """What ``RetryHeartbeatStaleTrialCallback`` wrote on a retried trial (empty otherwise)."""
+    attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
+    return {key: attrs[key] for key in ("failed_trial", "retry_history") if key in attrs}
 
 
 def _record_curves(trial: optuna.Trial, curves: Curves) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import optuna
 
 from search_spaces.builder import build_model, resolve
+from sweeps.checkpoints import CheckpointStore, TrainingState
 from sweeps.data import Splits
 from sweeps.pruning import pruning_callback
 from sweeps.score import Score, best_score, gap_score
@@ -115,6 +116,43 @@ def _gap_monitor(train_eval: "tf.data.Dataset", curves: Curves, penalty: float) 
     return GapMonitor()
 
 
+def _early_stopping(patience: int, resume: TrainingState | None) -> Any:
+    """Keras' EarlyStopping on the score, restoring the best epoch; resumable from a checkpoint."""
+    import keras
+
+    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+        def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+            super().on_train_begin(logs)
+            if resume is not None:
+                self.best, self.best_epoch, self.wait = resume.best, resume.best_epoch, resume.wait
+                self.best_weights = resume.best_weights or None
+
+    return ResumableEarlyStopping(monitor="score", mode="min", patience=patience, restore_best_weights=True)
+
+
+def _checkpointer(store: CheckpointStore, early_stopping: Any, curves: Curves) -> Any:
+    """Saves the training state after every epoch (after early stopping has updated its own)."""
+    import keras
+
+    from sweeps.models import model_to_bytes
+
+    class Checkpointer(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            store.save(
+                TrainingState(
+                    epoch=epoch,
+                    curves={key: list(values) for key, values in curves.to_dict().items()},
+                    best=float(early_stopping.best),
+                    best_epoch=int(early_stopping.best_epoch),
+                    wait=int(early_stopping.wait),
+                    model=model_to_bytes(self.model),
+                    best_weights=list(early_stopping.best_weights or []),
+                )
+            )
+
+    return Checkpointer()
+
+
 def train(
     params: Mapping[str, Any],
     splits: Splits,
@@ -124,11 +162,13 @@ def train(
     seed: int,
     trial: optuna.Trial | None = None,
     curves: Curves | None = None,
+    checkpoints: CheckpointStore | None = None,
 ) -> TrainResult:
     """Fit the model ``params`` describe; prune through ``trial`` when one is given.
 
     ``curves`` is filled in place, so a caller still holds them when pruning or divergence
-    interrupts ``fit`` with an exception.
+    interrupts ``fit`` with an exception. With ``checkpoints``, the training state is saved
+    after every epoch, and training resumes from the latest saved state if there is one.
     """
     init_tensorflow()
     import keras
@@ -136,14 +176,30 @@ def train(
     keras.backend.clear_session(free_memory=True)
     keras.utils.set_random_seed(seed)
     values = resolve(params)
-    model = build_model(values, splits.task)
-    train_ds, train_eval, val_ds = _datasets(splits, int(values["batch_size"]), seed)
+    resume = checkpoints.latest() if checkpoints is not None else None
     curves = curves if curves is not None else Curves()
-    callbacks: list[Any] = [
-        _gap_monitor(train_eval, curves, penalty),
-        keras.callbacks.EarlyStopping(monitor="score", mode="min", patience=patience, restore_best_weights=True),
-    ]
+    if resume is None:
+        model = build_model(values, splits.task)
+    else:
+        from sweeps.models import model_from_bytes
+
+        model = model_from_bytes(resume.model)
+        curves.train_loss[:], curves.val_loss[:] = resume.curves["train_loss"], resume.curves["val_loss"]
+        curves.val_accuracy[:] = resume.curves.get("val_accuracy", [])
+    train_ds, train_eval, val_ds = _datasets(splits, int(values["batch_size"]), seed)
+    early_stopping = _early_stopping(patience, resume)
+    callbacks: list[Any] = [_gap_monitor(train_eval, curves, penalty), early_stopping]
     if trial is not None:
         callbacks.append(pruning_callback(trial, monitor="score"))
-    model.fit(train_ds, validation_data=val_ds, epochs=int(values["epochs"]), callbacks=callbacks, verbose=0, shuffle=False)
+    if checkpoints is not None:
+        callbacks.append(_checkpointer(checkpoints, early_stopping, curves))
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=int(values["epochs"]),
+        initial_epoch=0 if resume is None else resume.epoch + 1,
+        callbacks=callbacks,
+        verbose=0,
+        shuffle=False,
+    )
     return TrainResult(model=model, curves=curves, score=best_score(curves.train_loss, curves.val_loss, penalty))

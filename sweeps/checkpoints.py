@@ -1,0 +1,77 @@
+"""Per-epoch checkpoints in the database, so a retried trial resumes where its worker died.
+
+A checkpoint holds the model after the last finished epoch (weights and optimizer state), the
+weights of the best epoch so far (what early stopping will restore), early stopping's counters
+and the curves. It is one row in ``gapsweep_artifacts``, replaced after every epoch in a single
+transaction and deleted when the trial finishes.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy.engine import Engine
+
+from storage import artifacts
+
+
+@dataclass
+class TrainingState:
+    """Everything ``fit`` needs to continue after ``epoch`` (0-based) as if never stopped."""
+
+    epoch: int
+    curves: dict[str, list[float]]
+    best: float
+    best_epoch: int
+    wait: int
+    model: bytes
+    best_weights: list[np.ndarray] = field(default_factory=list)
+
+    def pack(self) -> tuple[bytes, dict[str, Any]]:
+        buffer = io.BytesIO()
+        arrays = {f"best_{i}": w for i, w in enumerate(self.best_weights)}
+        np.savez(buffer, model=np.frombuffer(self.model, dtype=np.uint8), **arrays)
+        meta = {"curves": self.curves, "best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "n_best": len(self.best_weights)}
+        return buffer.getvalue(), meta
+
+    @classmethod
+    def unpack(cls, epoch: int, data: bytes, meta: dict[str, Any]) -> "TrainingState":
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            model = archive["model"].tobytes()
+            best_weights = [archive[f"best_{i}"] for i in range(int(meta["n_best"]))]
+        return cls(epoch, meta["curves"], float(meta["best"]), int(meta["best_epoch"]), int(meta["wait"]), model, best_weights)
+
+
+class CheckpointStore:
+    """The checkpoints of one trial, and of the dead trials it retries."""
+
+    def __init__(self, engine: Engine, study: str, trial_number: int, retries_of: list[int] | None = None) -> None:
+        self.engine = engine
+        self.study = study
+        self.trial_number = trial_number
+        self.retries_of = list(retries_of or [])
+
+    def latest(self) -> TrainingState | None:
+        """The most advanced checkpoint among this trial and the ones it retries."""
+        found = [
+            artifact
+            for number in [self.trial_number, *reversed(self.retries_of)]
+            if (artifact := artifacts.load(self.engine, self.study, number, artifacts.CHECKPOINT)) is not None
+        ]
+        if not found:
+            return None
+        best = max(found, key=lambda artifact: artifact.epoch if artifact.epoch is not None else -1)
+        assert best.epoch is not None
+        return TrainingState.unpack(best.epoch, best.data, best.meta)
+
+    def save(self, state: TrainingState) -> None:
+        data, meta = state.pack()
+        artifacts.save(self.engine, self.study, self.trial_number, artifacts.CHECKPOINT, data, meta=meta, epoch=state.epoch)
+
+    def clear(self) -> None:
+        """Drop this trial's checkpoints and those of the trials it retried."""
+        for number in [self.trial_number, *self.retries_of]:
+            artifacts.delete(self.engine, self.study, kind=artifacts.CHECKPOINT, trial_number=number)
