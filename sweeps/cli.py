@@ -133,6 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_flag(export)
     export.add_argument("--json", action="store_true", help="print what was exported as JSON")
     export.set_defaults(run=_cmd_export)
+
+    report = commands.add_parser(
+        "report", help="an HTML report (or PNG plots) of a study",
+        description="One self-contained HTML file: optimization history, learning curves of the best trials, "
+        "val loss against gap with the Pareto front, parameter importances, and every trial with its diagnosis. "
+        "--format png writes the plots alone into the folder --out.",
+    )
+    _study_flag(report)
+    report.add_argument("--out", required=True, help="the HTML file to write, or with --format png the folder for the PNGs")
+    report.add_argument("--top", "-k", type=int, default=5, help="trials whose learning curves are drawn (default 5)")
+    report.add_argument("--format", choices=("html", "png"), default="html", help="html (default) or png")
+    _storage_flag(report)
+    report.set_defaults(run=_cmd_report)
     return parser
 
 
@@ -245,6 +258,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(to_json(summary))
     else:
         print(f"wrote trial {artifact.trial_number} of '{args.study_name}' to {args.out} (score {artifact.meta.get('score', float('nan')):.4f})")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from sweeps.report import build_report, check_destination, write_html, write_pngs
+
+    check_destination(Path(args.out), args.format)
+    report = build_report(args.study, args.storage, top=args.top)
+    if args.format == "png":
+        for path in write_pngs(report, Path(args.out)):
+            print(f"wrote {path}")
+        for section in report.sections:
+            if section.note:
+                print(f"no {section.name}.png: {section.note}")
+    else:
+        print(f"wrote {write_html(report, Path(args.out))}")
     return 0
 
 

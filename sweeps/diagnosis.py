@@ -117,7 +117,7 @@ def diagnose(train: Sequence[float], val: Sequence[float], *, best_epoch: int | 
     )
 
 
-def diagnose_record(record: "TrialRecord") -> Diagnosis:
+def diagnose_record(record: TrialRecord) -> Diagnosis:
     """The diagnosis of a trial as the query layer returns it (curves from its user attrs)."""
     best_epoch = record.attrs.get("best_epoch")
     return diagnose(

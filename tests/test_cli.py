@@ -12,7 +12,7 @@ import pytest
 
 from sweeps.cli import build_parser, main
 
-COMMANDS = ["launch", "best", "trials", "studies", "show", "export"]
+COMMANDS = ["launch", "best", "trials", "studies", "show", "export", "report"]
 
 
 @pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
