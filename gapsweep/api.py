@@ -11,8 +11,10 @@ own connection pool, so they are safe to call from any process.
 
 from __future__ import annotations
 
+from typing import Any
+
 from storage import queries
-from storage.engine import reading
+from storage.engine import heartbeat_settings, reading
 from storage.queries import ParamRange, StudySummary, TrialRecord
 
 
@@ -34,12 +36,65 @@ def list_trials(
 
 
 def list_studies(storage: str | None = None) -> list[StudySummary]:
-    """Every study in the database with its trial counts per state."""
+    """Every study in the database with its trial counts per state; running trials of dead
+    workers count as ``STALE``, not ``RUNNING``."""
     with reading(storage) as engine:
-        return queries.list_studies(engine)
+        return queries.list_studies(engine, stale_after_s=heartbeat_settings()[1])
 
 
 def get_trial(study: str, number: int, storage: str | None = None) -> TrialRecord:
     """One trial with its parameters, score parts and per-epoch curves."""
     with reading(storage) as engine:
         return queries.get_trial(engine, study, number)
+
+
+def reap_study(study: str, storage: str | None = None) -> list[int]:
+    """Fail the study's trials whose workers died (stale heartbeat) and queue them again.
+
+    Returns the numbers of the trials it failed.
+    """
+    import optuna
+
+    from storage.studies import require_study
+    from sweeps.launch import open_crash_safe_storage, reap
+
+    rdb = open_crash_safe_storage(storage)
+    try:
+        require_study(study, rdb)
+        loaded = optuna.load_study(study_name=study, storage=rdb)
+        running = {t.number for t in loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+        reap(loaded)
+        still = {t.number for t in loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+        return sorted(running - still)
+    finally:
+        rdb.engine.dispose()
+
+
+def migrate(source: str, target: str, *, studies: list[str] | None = None) -> list[dict[str, Any]]:
+    """Copy studies (all, or the named ones) with their trials, configuration and stored models
+    from one database into another; a study that already exists in the target is refused."""
+    import optuna
+
+    from gapsweep.errors import ConfigError
+    from storage import artifacts
+    from storage.engine import open_storage
+    from storage.studies import require_study
+
+    src, dst = open_storage(source), open_storage(target)
+    try:
+        names = studies or [s.study_name for s in optuna.get_all_study_summaries(src, include_best_trial=False)]
+        existing = {s.study_name for s in optuna.get_all_study_summaries(dst, include_best_trial=False)}
+        for name in names:
+            require_study(name, src)
+            if name in existing:
+                raise ConfigError(f"study '{name}' already exists in the target database; nothing was copied")
+        copied = []
+        for name in names:
+            optuna.copy_study(from_study_name=name, from_storage=src, to_storage=dst)
+            moved = artifacts.copy(src.engine, dst.engine, name) if artifacts.schema_version(src.engine) else 0
+            n_trials = len(optuna.load_study(study_name=name, storage=dst).get_trials(deepcopy=False))
+            copied.append({"study": name, "trials": n_trials, "artifacts": moved})
+        return copied
+    finally:
+        src.engine.dispose()
+        dst.engine.dispose()

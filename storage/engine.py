@@ -8,6 +8,7 @@ dropped connection, and a small pool, so many workers do not exhaust the server.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,6 +22,15 @@ from gapsweep.errors import StorageError
 from storage.url import mask, parse
 
 SQLITE_BUSY_TIMEOUT_S = 60
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in seconds; ``$GAPSWEEP_HEARTBEAT_S`` sets the interval.
+
+    A running trial whose last heartbeat is older than the grace period belongs to a dead worker.
+    """
+    interval = int(os.environ.get("GAPSWEEP_HEARTBEAT_S", "10"))
+    return interval, 3 * interval
 
 
 def engine_kwargs(url: URL) -> dict[str, Any]:

@@ -26,6 +26,7 @@ _trials = models.TrialModel.__table__
 _values = models.TrialValueModel.__table__
 _params = models.TrialParamModel.__table__
 _attrs = models.TrialUserAttributeModel.__table__
+_heartbeats = models.TrialHeartbeatModel.__table__
 
 #: A filter on a numeric parameter: inclusive bounds, either may be open (None).
 ParamRange = tuple[float | None, float | None]
@@ -36,6 +37,9 @@ RANK_BY = ("score", "val_loss", "gap", "train_loss")
 
 @dataclass(frozen=True)
 class StudySummary:
+    """Trial counts per state. ``STALE`` counts RUNNING trials whose worker stopped sending
+    heartbeats (zombies): they are not in ``RUNNING``, which is live work only."""
+
     name: str
     counts: dict[str, int]
 
@@ -94,8 +98,9 @@ def study_id(engine: Engine, name: str) -> int:
     return int(found)
 
 
-def list_studies(engine: Engine) -> list[StudySummary]:
-    """Every study with its trial counts per state."""
+def list_studies(engine: Engine, *, stale_after_s: float | None = None) -> list[StudySummary]:
+    """Every study with its trial counts per state; with ``stale_after_s``, running trials
+    without a heartbeat for that long are counted as ``STALE`` instead of ``RUNNING``."""
     query = (
         sa.select(_studies.c.study_name, _trials.c.state, sa.func.count(_trials.c.trial_id))
         .select_from(_studies.outerjoin(_trials, _trials.c.study_id == _studies.c.study_id))
@@ -105,10 +110,34 @@ def list_studies(engine: Engine) -> list[StudySummary]:
     counts: dict[str, dict[str, int]] = {}
     with engine.connect() as conn:
         for name, state, n in conn.execute(query):
-            per_state = counts.setdefault(name, {s.name: 0 for s in TrialState})
+            per_state = counts.setdefault(name, {**{s.name: 0 for s in TrialState}, "STALE": 0})
             if state is not None:
                 per_state[_state_name(state)] += int(n)
+        if stale_after_s is not None:
+            for name in _stale_running(conn, stale_after_s):
+                counts[name]["RUNNING"] -= 1
+                counts[name]["STALE"] += 1
     return [StudySummary(name, per_state) for name, per_state in counts.items()]
+
+
+def _stale_running(conn: Any, stale_after_s: float) -> list[str]:
+    """Study names, once per RUNNING trial whose latest heartbeat is older than the limit.
+
+    "Now" is the database's clock, as Optuna's own staleness check uses, so worker clocks do
+    not matter.
+    """
+    now = conn.execute(sa.select(sa.func.now())).scalar().replace(tzinfo=None)
+    latest = (
+        sa.select(_studies.c.study_name, sa.func.max(_heartbeats.c.heartbeat))
+        .select_from(
+            _trials.join(_heartbeats, _heartbeats.c.trial_id == _trials.c.trial_id).join(
+                _studies, _studies.c.study_id == _trials.c.study_id
+            )
+        )
+        .where(_trials.c.state == TrialState.RUNNING)
+        .group_by(_trials.c.trial_id, _studies.c.study_name)
+    )
+    return [name for name, beat in conn.execute(latest) if (now - beat).total_seconds() > stale_after_s]
 
 
 def _param_filters(ranges: dict[str, ParamRange] | None) -> list[Any]:

@@ -53,6 +53,8 @@ class CheckpointStore:
         self.study = study
         self.trial_number = trial_number
         self.retries_of = list(retries_of or [])
+        #: The epoch training resumed after, once ``latest`` found a checkpoint.
+        self.resumed_epoch: int | None = None
 
     def latest(self) -> TrainingState | None:
         """The most advanced checkpoint among this trial and the ones it retries."""
@@ -65,6 +67,7 @@ class CheckpointStore:
             return None
         best = max(found, key=lambda artifact: artifact.epoch if artifact.epoch is not None else -1)
         assert best.epoch is not None
+        self.resumed_epoch = best.epoch
         return TrainingState.unpack(best.epoch, best.data, best.meta)
 
     def save(self, state: TrainingState) -> None:

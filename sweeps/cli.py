@@ -122,6 +122,45 @@ def build_parser() -> argparse.ArgumentParser:
     _format_flags(show, csv=False)
     show.set_defaults(run=_cmd_show)
 
+    worker = commands.add_parser(
+        "worker",
+        help="continue a study from its stored configuration (one worker per GPU or core)",
+        description="Run trials of an existing study until its global budget is reached. The study "
+        "stores its space, data, objective and pruner, so the name and the database URL are all a "
+        "worker needs. Stale trials of dead workers are failed and retried, resuming from their last "
+        "checkpoint. SIGTERM/Ctrl-C finishes the current trial, then exits; a second one stops at once.",
+    )
+    _study_flag(worker)
+    _storage_flag(worker)
+    worker.add_argument("--gpu", help="GPU index to train on (e.g. 0), or 'none' for the CPU; set before TensorFlow starts")
+    worker.add_argument(
+        "--trials-per-process", type=int, default=25,
+        help="after this many trials the worker replaces itself with a fresh process, keeping memory flat (default 25)",
+    )
+    worker.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    worker.set_defaults(run=_cmd_worker)
+
+    reap = commands.add_parser(
+        "reap", help="fail trials of dead workers and queue them again",
+        description="Mark RUNNING trials whose heartbeat is older than the grace period as failed and "
+        "queue their parameters again (Optuna does this only when a worker asks for a trial).",
+    )
+    _study_flag(reap)
+    _storage_flag(reap)
+    reap.add_argument("--json", action="store_true", help="print the result as JSON")
+    reap.set_defaults(run=_cmd_reap)
+
+    migrate = commands.add_parser(
+        "migrate", help="copy studies (trials, config, models) into another database",
+        description="Copy a study started on a laptop (e.g. SQLite) into a shared database (e.g. "
+        "PostgreSQL): Optuna's copy_study plus gapsweep's stored models and checkpoints.",
+    )
+    migrate.add_argument("--from", dest="source", required=True, metavar="URL", help="database to copy from")
+    migrate.add_argument("--to", dest="target", required=True, metavar="URL", help="database to copy into")
+    migrate.add_argument("--study", action="append", help="study to copy (repeatable; default: all)")
+    migrate.add_argument("--json", action="store_true", help="print what was copied as JSON")
+    migrate.set_defaults(run=_cmd_migrate)
+
     export = commands.add_parser(
         "export", help="write the best trial's trained model to a .keras file",
         description="Write the stored model of the study's best trial (or --trial N) to a .keras file. "
@@ -152,7 +191,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_launch(args: argparse.Namespace) -> int:
     from sweeps.config import SweepConfig, load_sweep_file
     from sweeps.data import DataSpec
-    from sweeps.launch import launch
     from dataclasses import replace
 
     config = load_sweep_file(args.sweep_file) if args.sweep_file else SweepConfig()
@@ -175,7 +213,15 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     from sweeps.output import to_json, trials_table
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and table say it all
-    launch(config, progress=False if args.no_progress or args.json else None)
+    from sweeps.launch import prepare, run_trials
+    from sweeps.worker import graceful_stop
+
+    sweep = prepare(config)
+    try:
+        with graceful_stop(sweep):
+            run_trials(sweep, progress=False if args.no_progress or args.json else None)
+    finally:
+        sweep.close()
     top = best_trials(config.study, config.storage, args.top)
     counts = next(s.counts for s in list_studies(config.storage) if s.name == config.study)
     if args.json:
@@ -248,6 +294,46 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from sweeps.worker import select_device, stored_sweep, work
+
+    select_device(args.gpu)
+    config = stored_sweep(args.study, args.storage)
+    from sweeps.trainer import init_tensorflow
+
+    print(f"gapsweep worker {os.getpid()}: study '{args.study}', training on {init_tensorflow()}", file=sys.stderr, flush=True)
+    ran = work(
+        config,
+        trials_per_process=args.trials_per_process,
+        progress=False if args.no_progress else None,
+        argv=args.argv,
+    )
+    print(f"gapsweep worker {os.getpid()}: ran {ran} trial(s); study '{args.study}' needs no more work from it", file=sys.stderr)
+    return 0
+
+
+def _cmd_reap(args: argparse.Namespace) -> int:
+    from gapsweep.api import reap_study
+    from sweeps.output import to_json
+
+    reaped = reap_study(args.study, args.storage)
+    print(to_json({"study": args.study, "reaped": reaped}) if args.json else f"study '{args.study}': {len(reaped)} stale trial(s) failed and queued again {reaped or ''}".rstrip())
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from gapsweep.api import migrate
+    from sweeps.output import to_json
+
+    copied = migrate(args.source, args.target, studies=args.study)
+    if args.json:
+        print(to_json(copied))
+    else:
+        for row in copied:
+            print(f"copied study '{row['study']}': {row['trials']} trial(s), {row['artifacts']} stored model(s)/checkpoint(s)")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from sweeps.models import export_best
     from sweeps.output import to_json
@@ -280,6 +366,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
+    # Only a real command line may be re-executed by a worker; an in-process call never is.
+    args.argv = sys.argv[1:] if argv is None else None
     try:
         return int(args.run(args))
     except GapsweepError as exc:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,13 +24,14 @@ from typing import Any, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
 from gapsweep.errors import ConfigError
 from search_spaces.builder import DEFAULTS, check_params
 from search_spaces.loader import load_space
 from search_spaces.space import Categorical, Fixed, Float, Int, SearchSpace
-from storage.engine import open_storage
+from storage.engine import describe_failure, heartbeat_settings, open_storage
 from storage.locks import StudyLock
 from storage.studies import CONFIG_ATTR, create_or_load, stored_config
 from sweeps import data as datasets
@@ -41,14 +42,11 @@ from sweeps.objective import Objective
 from sweeps.pruning import make_pruner
 from sweeps.trainer import TrainingDiverged
 
+#: Consecutive database errors a worker rides out before it gives up.
+MAX_DB_ERRORS = 5
+
 #: Trials that use up the budget. A failed trial does not: its parameters may be retried.
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def heartbeat_settings() -> tuple[int, int]:
-    """(heartbeat interval, grace period) in seconds; ``$GAPSWEEP_HEARTBEAT_S`` shortens both."""
-    interval = int(os.environ.get("GAPSWEEP_HEARTBEAT_S", "10"))
-    return interval, 3 * interval
 
 
 def open_crash_safe_storage(url: str | None) -> optuna.storages.RDBStorage:
@@ -151,31 +149,51 @@ def run_trials(sweep: Sweep, *, max_trials: int | None = None, progress: bool | 
         checkpoint_engine=sweep.storage.engine, on_start=lock.release,
     )
     deadline = None if config.timeout is None else time.monotonic() + config.timeout
-    ran = 0
+    ran = db_errors = 0
     with _ProgressBar(study, config.trials, progress) as bar:
         while max_trials is None or ran < max_trials:
-            if deadline is not None and time.monotonic() >= deadline:
+            if sweep.stop_requested or (deadline is not None and time.monotonic() >= deadline):
                 break
-            lock.acquire()
             try:
+                lock.acquire()
                 reap(study)
-                if not _has_work(study, config.trials):
+                work = has_work(study, config.trials)
+                if work is None:
                     break
-                study.optimize(objective, n_trials=1, catch=(TrainingDiverged,), callbacks=[bar], gc_after_trial=False)
+                if work:
+                    study.optimize(objective, n_trials=1, catch=(TrainingDiverged,), callbacks=[bar], gc_after_trial=False)
+            except SQLAlchemyError as exc:
+                # A dropped connection fails at most this trial (Optuna retries it once it is
+                # stale); the pool reconnects on the next checkout (pool_pre_ping).
+                error = describe_failure(sweep.storage.engine.url, exc)
+                db_errors += 1
+                if db_errors > MAX_DB_ERRORS:
+                    raise error from None
+                print(f"gapsweep: database error {db_errors}/{MAX_DB_ERRORS}, continuing: {error}", file=sys.stderr)
+                time.sleep(1.0)
+                continue
             finally:
                 lock.release()
+            if not work:
+                # Other workers' trials are still running; if one of them died, its trial turns
+                # stale and is queued again, so wait instead of leaving it behind.
+                time.sleep(heartbeat_settings()[0])
+                continue
             ran += 1
-            if sweep.stop_requested:  # set on SIGTERM/Ctrl-C: this trial finished, now leave
-                break
+            db_errors = 0
     return ran
 
 
-def _has_work(study: optuna.Study, budget: int) -> bool:
-    """A queued (retried or enqueued) trial is always run; a new one only within the budget."""
+def has_work(study: optuna.Study, budget: int) -> bool | None:
+    """True: claim a trial now. False: nothing to claim, but other workers' trials are still
+    running and may come back if their worker died. None: the study is done.
+
+    A queued (retried or enqueued) trial is always run; a new one only within the budget.
+    """
     trials = study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING, TrialState.WAITING))
-    if any(t.state == TrialState.WAITING for t in trials):
+    if any(t.state == TrialState.WAITING for t in trials) or len(trials) < budget:
         return True
-    return len(trials) < budget
+    return False if any(t.state == TrialState.RUNNING for t in trials) else None
 
 
 def counted(study: optuna.Study) -> int:

@@ -5,11 +5,14 @@ What a trial records (all in Optuna's own tables, so Optuna's CLI and dashboard 
 - ``score``, ``val_loss``, ``train_loss``, ``gap``, ``gap_penalty``, ``best_epoch``,
   ``epochs_run`` and, for classifiers, ``val_accuracy`` as user attributes;
 - ``curve.train_loss``, ``curve.val_loss`` (and ``curve.val_accuracy``): one value per epoch;
-- ``fail_reason`` when training diverged, ``prune_reason`` when the pruner stopped it.
+- ``fail_reason`` when training diverged, ``prune_reason`` when the pruner stopped it;
+- ``worker`` (host:pid) and, for a retried trial, ``resumed_from_epoch``.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -62,6 +65,7 @@ class Objective:
         if self.on_start is not None:
             self.on_start()
         params = self.space.sample(trial)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         curves = Curves()
         retry = _retry_attrs(trial)
         checkpoints = self._checkpoints(trial, retry.get("retry_history", []))
@@ -79,18 +83,18 @@ class Objective:
                 checkpoints=checkpoints,
             )
         except optuna.TrialPruned as pruned:
-            _record_curves(trial, curves)
+            _record_curves(trial, curves, checkpoints)
             if checkpoints is not None:
                 checkpoints.clear()
             trial.set_user_attr("prune_reason", str(pruned))
             raise
         except TrainingDiverged as diverged:
-            _record_curves(trial, curves)
+            _record_curves(trial, curves, checkpoints)
             if checkpoints is not None:
                 checkpoints.clear()
             trial.set_user_attr("fail_reason", str(diverged))
             raise
-        _record_curves(trial, curves)
+        _record_curves(trial, curves, checkpoints)
         if checkpoints is not None:
             checkpoints.clear()
         score = result.score
@@ -127,7 +131,9 @@ def _retry_attrs(trial: optuna.Trial) -> dict[str, Any]:
     return {key: attrs[key] for key in ("failed_trial", "retry_history") if key in attrs}
 
 
-def _record_curves(trial: optuna.Trial, curves: Curves) -> None:
+def _record_curves(trial: optuna.Trial, curves: Curves, checkpoints: CheckpointStore | None) -> None:
+    if checkpoints is not None and checkpoints.resumed_epoch is not None:
+        trial.set_user_attr("resumed_from_epoch", checkpoints.resumed_epoch)
     trial.set_user_attr("epochs_run", len(curves.val_loss))
     for name, values in curves.to_dict().items():
         trial.set_user_attr(f"curve.{name}", values)

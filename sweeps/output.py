@@ -69,4 +69,4 @@ def trials_csv(records: Sequence[TrialRecord]) -> str:
 
 def studies_table(studies: Sequence[StudySummary]) -> str:
     rows = [study.to_dict() for study in studies]
-    return table(rows, ["study", "complete", "pruned", "fail", "running", "waiting"])
+    return table(rows, ["study", "complete", "pruned", "fail", "running", "waiting", "stale"])

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 _EVAL_BATCH = 1024
-_tf_ready = False
+_device: str | None = None
 
 
 class TrainingDiverged(RuntimeError):
@@ -56,26 +56,32 @@ class TrainResult:
     score: Score
 
 
-def init_tensorflow(threads: int | None = 1) -> None:
-    """Import TensorFlow quietly and fix its thread pools; must run before the first op.
+def init_tensorflow(threads: int | None = 1) -> str:
+    """Import TensorFlow quietly, fix its thread pools and let GPU memory grow on demand.
 
-    One thread per pool was as fast as the defaults for these small models and lets one worker
-    process per core scale; ``None`` keeps TensorFlow's defaults.
+    Must run before the first op. One thread per pool was as fast as the defaults for these
+    small models and lets one worker process per core scale; ``None`` keeps TensorFlow's
+    defaults. Returns the device that trains, e.g. ``GPU:0`` or ``CPU``.
     """
-    global _tf_ready
-    if _tf_ready:
-        return
+    global _device
+    if _device is not None:
+        return _device
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
-    if threads:
-        try:
+    gpus = tf.config.list_physical_devices("GPU")
+    try:
+        for gpu in gpus:
+            # Without this one process claims all GPU memory and a second worker cannot start.
+            tf.config.experimental.set_memory_growth(gpu, True)
+        if threads:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(threads)
-        except RuntimeError:
-            pass  # TensorFlow already ran an op in this process; its pools are fixed.
-    _tf_ready = True
+    except RuntimeError:
+        pass  # TensorFlow already ran an op in this process; its settings are fixed.
+    _device = "GPU:0" if gpus else "CPU"
+    return _device
 
 
 def _datasets(splits: Splits, batch_size: int, seed: int) -> tuple["tf.data.Dataset", ...]:

@@ -1,0 +1,103 @@
+"""Workers: continue a study on any machine that knows only its name and the database URL.
+
+The study carries its configuration (``gapsweep.config``), so ``gapsweep worker --study NAME
+--storage URL`` needs nothing else. One worker per GPU (or per CPU core) is the pattern; start as
+many as you like, on as many machines as reach the database.
+
+TensorFlow does not give memory back between models in one process, and Keras leaves Python
+objects behind that slow ``gc`` down over hundreds of models. A worker therefore runs at most
+``trials_per_process`` trials and then replaces itself with a fresh process (``exec``: same PID,
+same arguments), so its memory and speed stay flat however long it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from types import FrameType
+from typing import Iterator, Sequence
+
+import optuna
+
+from gapsweep.errors import ConfigError, StudyNotFoundError
+from storage.engine import open_storage
+from storage.studies import CONFIG_ATTR, require_study
+from sweeps.config import SweepConfig
+from sweeps.launch import Sweep, has_work, prepare, run_trials
+
+
+def select_device(gpu: str | None) -> None:
+    """Pin this process to one GPU (``"0"``, ``"1"``…) or to the CPU (``"none"``).
+
+    Must run before TensorFlow is imported: CUDA reads ``CUDA_VISIBLE_DEVICES`` once.
+    """
+    if gpu is None:
+        return
+    if "tensorflow" in sys.modules:
+        raise RuntimeError("select_device must run before TensorFlow is imported")
+    if gpu == "none":
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+    elif gpu.isdigit():
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    else:
+        raise ConfigError(f"--gpu takes a GPU index such as 0 or 'none', got '{gpu}'")
+
+
+def stored_sweep(study: str, storage: str | None) -> SweepConfig:
+    """The configuration a study was launched with, bound to ``storage``."""
+    rdb = open_storage(storage)
+    try:
+        require_study(study, rdb)
+        attrs = optuna.load_study(study_name=study, storage=rdb).user_attrs
+    finally:
+        rdb.engine.dispose()
+    if CONFIG_ATTR not in attrs:
+        raise StudyNotFoundError(
+            f"study '{study}' was not created by gapsweep launch (it has no {CONFIG_ATTR}); "
+            "start it with gapsweep launch first"
+        )
+    return SweepConfig.from_dict(attrs[CONFIG_ATTR]).override(storage=storage)
+
+
+@contextlib.contextmanager
+def graceful_stop(sweep: Sweep) -> Iterator[None]:
+    """First SIGTERM/SIGINT: finish the current trial, then stop. Second: stop now (the trial
+    is marked failed by Optuna and the worker exits)."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if sweep.stop_requested:
+            raise KeyboardInterrupt
+        sweep.stop_requested = True
+        print(f"gapsweep: {signal.Signals(signum).name}: finishing the current trial, then stopping "
+              "(send it again to stop now)", file=sys.stderr, flush=True)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def work(config: SweepConfig, *, trials_per_process: int, progress: bool | None, argv: Sequence[str] | None) -> int:
+    """Run trials of ``config``'s study in this process; ``exec`` a fresh one to go on.
+
+    Returns the number of trials this process ran. ``argv`` is the command line to re-run
+    after ``trials_per_process`` trials (None: never re-exec, as in tests).
+    """
+    if trials_per_process < 1:
+        raise ConfigError(f"--trials-per-process must be >= 1, got {trials_per_process}")
+    sweep = prepare(config)
+    try:
+        with graceful_stop(sweep):
+            ran = run_trials(sweep, max_trials=trials_per_process, progress=progress)
+        more = not sweep.stop_requested and ran == trials_per_process and has_work(sweep.study, config.trials) is not None
+    finally:
+        sweep.close()
+    if more and argv is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "sweeps.cli", *argv])
+    return ran
