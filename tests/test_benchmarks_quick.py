@@ -1,0 +1,82 @@
+"""Each benchmark's ``--quick`` run, as CI would start it, writing into a temporary folder.
+
+Only the shape of the results is checked: timings depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_quick(name: str, out: Path) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--out", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    payload = json.loads((out / "benchmarks" / f"{name}.json").read_text())
+    assert payload["benchmark"] == name and payload["quick"] is True
+    assert {"nproc", "cpu", "date", "commit"} <= set(payload["machine"])
+    assert (out / "benchmarks" / f"{name}.png").stat().st_size > 0
+    doc = (out / "benchmarks.md").read_text()
+    assert f"<!-- BEGIN {name} -->" in doc and f"<!-- END {name} -->" in doc
+    assert "| " in doc and "Target:" in doc
+    return payload
+
+
+def test_overhead_quick(tmp_path):
+    payload = run_quick("overhead", tmp_path)
+    backends = {row["backend"] for row in payload["rows"]}
+    assert "sqlite" in backends
+    assert backends | set(payload["skipped"]) == {"sqlite", "postgresql"}
+    for backend in backends:
+        variants = {row["variant"] for row in payload["rows"] if row["backend"] == backend}
+        assert {"optuna no-op", "optuna same work", "gapsweep launch"} <= variants
+        assert payload["target"]["ratio"][backend] > 0
+    for row in payload["rows"]:
+        assert row["trials_per_s"] > 0 and row["commits_per_trial"] > 0
+    gapsweep = next(r for r in payload["rows"] if r["variant"] == "gapsweep launch")
+    assert gapsweep["user_attrs_per_trial"] > 0
+
+
+def test_pruning_quick(tmp_path):
+    payload = run_quick("pruning", tmp_path)
+    assert [row["pruner"] for row in payload["rows"]] == ["none", "median"]
+    for run in payload["runs"]:
+        assert len(run["trials"]) == payload["settings"]["trials"]
+        assert run["epochs"] == sum(t["epochs_run"] for t in run["trials"]) > 0
+        assert run["wall_s"] > 0
+    assert {"epoch_cut", "time_cut", "best_val_change"} <= set(payload["target"]["mean"])
+
+
+def test_generalization_quick(tmp_path):
+    payload = run_quick("generalization", tmp_path)
+    assert {(row["task"], row["penalty"]) for row in payload["rows"]} == {
+        (task, penalty) for task in ("digits", "synthetic") for penalty in payload["settings"]["penalties"]
+    }
+    for result in payload["results"]:
+        assert result["test_loss"] > 0 and 0 <= result["test_accuracy"] <= 1 and result["gap"] >= 0
+        assert result["val_loss"] == pytest.approx(result["sweep_val_loss"], rel=0.05)  # the retrain matches the trial
+    assert set(payload["target"]["outcomes"]) == {"digits, λ=2", "synthetic, λ=2"}
+
+
+def test_vs_kerastuner_quick(tmp_path):
+    payload = run_quick("vs_kerastuner", tmp_path)
+    assert [run["method"] for run in payload["runs"]] == ["gapsweep", "kt_random", "kt_hyperband"]
+    for run in payload["runs"]:
+        assert run["trials"] >= 1 and run["epochs"] >= 1 and run["timeline"]
+        times = [point["t"] for point in run["timeline"]]
+        assert times == sorted(times) and times[-1] <= run["wall_s"]
+        assert all(point["test_loss"] > 0 for point in run["timeline"])
+    assert set(payload["target"]["per_seed"]["0"]) >= {"hyperband_final_test_loss", "time_fraction", "met"}
