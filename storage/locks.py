@@ -14,6 +14,7 @@ from typing import IO
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 
 def _key(study: str) -> int:
@@ -46,8 +47,12 @@ class StudyLock:
             try:
                 self._conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _key(self.study)})
                 self._conn.commit()
+            except SQLAlchemyError:
+                # The connection is gone (e.g. terminated by the server), and with its session
+                # the server already dropped the lock: nothing is left to release.
+                self._conn.invalidate()
             finally:
-                self._conn.close()  # closing the session also frees the lock if the unlock failed
+                self._conn.close()
                 self._conn = None
         if self._file is not None:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)

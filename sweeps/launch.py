@@ -31,6 +31,7 @@ from gapsweep.errors import ConfigError
 from search_spaces.builder import DEFAULTS, check_params
 from search_spaces.loader import load_space
 from search_spaces.space import Categorical, Fixed, Float, Int, SearchSpace
+from storage import artifacts
 from storage.engine import describe_failure, heartbeat_settings, open_storage
 from storage.locks import StudyLock
 from storage.studies import CONFIG_ATTR, create_or_load, stored_config
@@ -100,6 +101,7 @@ def prepare(config: SweepConfig) -> Sweep:
     stored = {**config.to_dict(), "space": space.to_dict()}
 
     storage = open_crash_safe_storage(config.storage)
+    artifacts.ensure_schema(storage.engine)
     study = create_or_load(
         config.study,
         storage,

@@ -52,13 +52,15 @@ def held_out_metrics(model: "keras.Model", splits: "Splits") -> dict[str, float]
 
 
 class ModelKeeper:
-    """Stores a finished trial's model when it ranks in the top ``keep``; drops the rest."""
+    """Stores a finished trial's model when it ranks in the top ``keep``; drops the rest.
+
+    Expects gapsweep's tables to exist (``storage.artifacts.ensure_schema``).
+    """
 
     def __init__(self, engine: Engine, study: str, keep: int) -> None:
         self.engine = engine
         self.study = study
         self.keep = keep
-        artifacts.ensure_schema(engine)
 
     def offer(self, trial_number: int, value: float, model: "keras.Model", meta: dict[str, Any]) -> bool:
         """Save ``model`` if ``value`` places it among the best; returns whether it was kept."""
