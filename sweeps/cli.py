@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--top", type=int, default=5, help="rows in the results table (default 5)")
     launch.add_argument("--json", action="store_true", help="print the result summary as JSON")
     launch.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    launch.add_argument(
+        "--create-only", action="store_true",
+        help="validate the settings and create (or update) the study without training; workers then run it",
+    )
     launch.set_defaults(run=_cmd_launch)
 
     best = commands.add_parser("best", help="the best trials of a study", description="The k best complete trials, ranked in the database.")
@@ -217,6 +221,10 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     from sweeps.worker import graceful_stop
 
     sweep = prepare(config)
+    if args.create_only:
+        sweep.close()
+        print(f"study '{config.study}' is ready: start workers with gapsweep worker --study {config.study} --storage URL")
+        return 0
     try:
         with graceful_stop(sweep):
             run_trials(sweep, progress=False if args.no_progress or args.json else None)
