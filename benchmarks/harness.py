@@ -15,6 +15,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 import uuid
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -89,6 +90,12 @@ def machine() -> dict[str, Any]:
     }
 
 
+def finish(facts: dict[str, Any], started: float) -> None:
+    """Add the run's length (from ``time.monotonic()`` at ``started``) and the load at its end."""
+    facts["run_minutes"] = round((time.monotonic() - started) / 60, 1)
+    facts["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
+
+
 def _commit() -> str:
     """HEAD's short hash, marked ``+changes`` when the code under test has uncommitted edits."""
     def git(*args: str) -> str:
@@ -105,6 +112,16 @@ def in_fresh_process(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         return pool.submit(fn, *args, **kwargs).result()
+
+
+def in_fresh_processes(fn: Callable[..., T], calls: list[tuple[Any, ...]], workers: int) -> list[T]:
+    """``fn(*call)`` for every call, ``workers`` at a time, each in its own spawned interpreter.
+
+    Only for work whose clock does not matter: parallel processes share the cores.
+    """
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, max_tasks_per_child=1) as pool:
+        return list(pool.map(fn, *zip(*calls)))
 
 
 def quiet_optuna() -> None:

@@ -128,7 +128,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     options = harness.parse_args(__doc__.splitlines()[0], argv)
     seeds, trials, space = ((0,), 4, harness.QUICK_SPACE) if options.quick else ((0, 1, 2), 20, "mlp")
-    machine = harness.machine()
+    started, machine = time.monotonic(), harness.machine()
     runs = [harness.in_fresh_process(sweep, pruner, seed, trials, space) for seed in seeds for pruner in PRUNERS]
 
     rows = summarize(runs)
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
 
     plot(runs, report.plot_path(options.out, NAME))
     mean = outcome["mean"]
+    harness.finish(machine, started)
     payload = {
         "benchmark": NAME, "quick": options.quick, "machine": machine,
         "settings": {"seeds": list(seeds), "trials": trials, "space": space, "data": DATA.to_dict(), "sampler": "tpe"},

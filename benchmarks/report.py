@@ -37,7 +37,8 @@ def machine_line(machine: dict[str, Any]) -> str:
     versions = ", ".join(f"{name} {version}" for name, version in machine["versions"].items())
     return (
         f"Machine: nproc {machine['nproc']}, CPU `{machine['cpu']}`, {machine['date']}, "
-        f"1-min load average {machine['loadavg_1m']} at start; code at `{machine['commit']}`; "
+        f"1-min load average {machine['loadavg_1m']} at start and {machine['loadavg_1m_end']} at the end of a "
+        f"{machine['run_minutes']}-minute run; code at `{machine['commit']}`; "
         f"Python {machine['python']}, {versions}."
     )
 

@@ -214,7 +214,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     options = harness.parse_args(__doc__.splitlines()[0], argv)
     seeds, trials, space = ((0,), 3, quick_space()) if options.quick else ((0,), 20, SPACE)
-    machine = harness.machine()
+    started, machine = time.monotonic(), harness.machine()
     runs = []
     for seed in seeds:
         runs.append(harness.in_fresh_process(run_gapsweep, seed, trials, space))
@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table, timeline_table, sep="\n\n")
 
     plot(runs, report.plot_path(options.out, NAME))
+    harness.finish(machine, started)
     payload = {
         "benchmark": NAME, "quick": options.quick, "machine": machine,
         "settings": {"seeds": list(seeds), "trials": trials, "space": space, "data": DATA.to_dict(),
