@@ -8,8 +8,8 @@ costs. Everything else is gapsweep's own loop, as ``launch`` runs it: its storag
 its study-wide budget and progress bookkeeping, the objective's user attributes and the model
 keeper. The plain-Optuna baseline
 samples the same parameters and reports the same epochs on the same kind of storage; a no-op
-objective shows the bare loop. Two diagnostic variants price the model keeper and the user
-attributes by switching them off.
+objective shows the bare loop. Three diagnostic variants switch off, one after another, the
+per-epoch checkpoints, the kept models and the user attributes, to price each.
 
 Throughput is measured from the stored timestamps (first trial's start to last trial's end), so
 setup is left out on both sides. SQL statements and commits per trial, counted in a separate
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import statistics
@@ -176,33 +177,38 @@ def run_plain(url: str, trials: int) -> optuna.Study:
     return study
 
 
-def run_gapsweep(url: str, trials: int, **objective: Any) -> optuna.Study:
-    settings = dataclasses.replace(ObjectiveSettings(gap_penalty=1.0), **objective)
+def run_gapsweep(
+    url: str, trials: int, *, checkpoints: bool = True, keep_models: int | None = None, user_attrs: bool = True
+) -> optuna.Study:
+    """``launch`` with the stub trainer; the switches turn parts off only to price them."""
+    settings = ObjectiveSettings(gap_penalty=1.0)
+    if keep_models is not None:
+        settings = dataclasses.replace(settings, keep_models=keep_models)
     config = SweepConfig(
         study="gapsweep", space=SPACE, data=DataSpec("digits"), objective=settings,
         pruner="none", sampler="random", trials=trials, seed=0, storage=url,
     )
-    with mock.patch.object(objective_module, "train", stub_train):
+    trainer = stub_train if checkpoints else stub_train_without_checkpoints
+    with contextlib.ExitStack() as patches:
+        patches.enter_context(mock.patch.object(objective_module, "train", trainer))
+        if not user_attrs:
+            patches.enter_context(mock.patch.object(optuna.Trial, "set_user_attr", lambda self, key, value: None))
         return launch(config, progress=False)
 
 
-def run_gapsweep_keeping_no_models(url: str, trials: int) -> optuna.Study:
-    """Diagnostic: gapsweep's loop with ``keep_models=0``, to price the model keeper."""
-    return run_gapsweep(url, trials, keep_models=0)
-
-
-def run_gapsweep_bare(url: str, trials: int) -> optuna.Study:
-    """Diagnostic: no models kept and ``set_user_attr`` made a no-op, to price the attributes too."""
-    with mock.patch.object(optuna.Trial, "set_user_attr", lambda self, key, value: None):
-        return run_gapsweep(url, trials, keep_models=0)
+def stub_train_without_checkpoints(*args: Any, checkpoints: Any = None, **kwargs: Any) -> TrainResult:
+    return stub_train(*args, **kwargs)
 
 
 VARIANTS: dict[str, Callable[[str, int], optuna.Study]] = {
     "optuna no-op": run_noop,
     "optuna same work": run_plain,
     "gapsweep launch": run_gapsweep,
-    "gapsweep, keep_models=0": run_gapsweep_keeping_no_models,
-    "gapsweep, keep_models=0, no user attrs": run_gapsweep_bare,
+    "gapsweep − checkpoints": functools.partial(run_gapsweep, checkpoints=False),
+    "gapsweep − checkpoints, kept models": functools.partial(run_gapsweep, checkpoints=False, keep_models=0),
+    "gapsweep − checkpoints, kept models, user attrs": functools.partial(
+        run_gapsweep, checkpoints=False, keep_models=0, user_attrs=False
+    ),
 }
 BASELINE, SUBJECT = "optuna same work", "gapsweep launch"
 
@@ -318,8 +324,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     options = harness.parse_args(__doc__.splitlines()[0], argv)
     harness.quiet_optuna()
-    trials, repeats, count_trials = (10, 1, 5) if options.quick else (300, 3, 50)
-    machine = harness.machine()
+    trials, repeats, count_trials = (10, 1, 5) if options.quick else (100, 2, 20)
+    started, machine = time.monotonic(), harness.machine()
     backends = {"sqlite": None, "postgresql": harness.postgres_reason()}
     rows: list[dict[str, Any]] = []
     for backend, reason in backends.items():
@@ -339,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{backend} skipped: {reason}")
 
     plot(rows, report.plot_path(options.out, NAME))
+    harness.finish(machine, started)
     payload = {
         "benchmark": NAME, "quick": options.quick, "machine": machine,
         "settings": {"trials": trials, "repeats": repeats, "count_trials": count_trials, "epochs_reported": EPOCHS,
