@@ -28,9 +28,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
 from gapsweep.errors import ConfigError
-from search_spaces.builder import DEFAULTS, check_params
+from search_spaces.hypermodel import Hypermodel, SpaceHypermodel
 from search_spaces.loader import load_space
-from search_spaces.space import Categorical, Fixed, Float, Int, SearchSpace
 from storage import artifacts
 from storage.engine import describe_failure, heartbeat_settings, open_storage
 from storage.locks import StudyLock
@@ -81,7 +80,7 @@ class Sweep:
     """A validated configuration bound to its open study: what workers run trials against."""
 
     config: SweepConfig
-    space: SearchSpace
+    hypermodel: Hypermodel
     splits: Splits
     storage: optuna.storages.RDBStorage
     study: optuna.Study
@@ -95,10 +94,9 @@ class Sweep:
 def prepare(config: SweepConfig) -> Sweep:
     """Validate ``config``, then create or resume its study. Nothing is written before the
     space and data have passed their checks."""
-    space = load_space(config.space)
-    check_params(set(space.params))
+    hypermodel = load_hypermodel(config)
     splits = datasets.load(config.data)
-    stored = {**config.to_dict(), "space": space.to_dict()}
+    stored = {**config.to_dict(), **hypermodel.describe()}
 
     storage = open_crash_safe_storage(config.storage)
     artifacts.ensure_schema(storage.engine)
@@ -106,10 +104,10 @@ def prepare(config: SweepConfig) -> Sweep:
         config.study,
         storage,
         sampler=optuna.samplers.RandomSampler(seed=0),  # replaced below once the study's size is known
-        pruner=make_pruner(config.pruner, max_epochs=_max_epochs(space)),
+        pruner=make_pruner(config.pruner, max_epochs=hypermodel.max_epochs),
     )
     previous = stored_config(study)
-    if previous is not None and previous.get("space") != stored["space"]:
+    if previous is not None and previous.get("space") != stored.get("space"):
         storage.engine.dispose()
         raise ConfigError(
             f"study '{config.study}' was started with a different search space; "
@@ -118,7 +116,7 @@ def prepare(config: SweepConfig) -> Sweep:
     if previous is None or previous != stored:
         study.set_user_attr(CONFIG_ATTR, stored)
     study.sampler = _sampler(config, n_existing=len(study.get_trials(deepcopy=False)))
-    return Sweep(config, space, splits, storage, study)
+    return Sweep(config, hypermodel, splits, storage, study)
 
 
 def launch(config: SweepConfig, *, progress: bool | None = None) -> optuna.Study:
@@ -147,7 +145,7 @@ def run_trials(sweep: Sweep, *, max_trials: int | None = None, progress: bool | 
     keeper = ModelKeeper(sweep.storage.engine, config.study, config.objective.keep_models)
     lock = StudyLock(sweep.storage.engine, config.study)
     objective = Objective(
-        sweep.space, sweep.splits, config.objective, seed=config.seed, keeper=keeper,
+        sweep.hypermodel, sweep.splits, config.objective, seed=config.seed, keeper=keeper,
         checkpoint_engine=sweep.storage.engine, on_start=lock.release,
     )
     deadline = None if config.timeout is None else time.monotonic() + config.timeout
@@ -214,16 +212,9 @@ def _derive_seed(seed: int, salt: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{salt}".encode()).digest()[:4], "big")
 
 
-def _max_epochs(space: SearchSpace) -> int:
-    """The most epochs any trial may train: the resource Hyperband divides."""
-    dist = space.params.get("epochs")
-    if isinstance(dist, (Int, Float)):
-        return int(dist.high)
-    if isinstance(dist, Categorical):
-        return int(max(float(choice) for choice in dist.choices))
-    if isinstance(dist, Fixed):
-        return int(dist.value)
-    return int(DEFAULTS["epochs"])
+def load_hypermodel(config: SweepConfig) -> Hypermodel:
+    """The hypermodel ``config`` names: its search space sampled into the MLP builder."""
+    return SpaceHypermodel(load_space(config.space))
 
 
 class _ProgressBar:

@@ -1,4 +1,4 @@
-"""The Optuna objective: space → builder → trainer → score, recorded on the trial.
+"""The Optuna objective: hypermodel → trainer → score, recorded on the trial.
 
 What a trial records (all in Optuna's own tables, so Optuna's CLI and dashboard read it):
 - the searched values as Optuna params (fixed values as ``fixed.*`` user attributes);
@@ -19,11 +19,11 @@ from typing import Any, Callable
 import optuna
 from sqlalchemy.engine import Engine
 
-from search_spaces.space import SearchSpace
+from search_spaces.hypermodel import Hypermodel
 from sweeps.checkpoints import CheckpointStore
 from sweeps.data import Splits
 from sweeps.models import ModelKeeper, held_out_metrics
-from sweeps.trainer import Curves, TrainingDiverged, train
+from sweeps.trainer import Curves, TrainingDiverged, fresh_session, train
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Objective:
 
     def __init__(
         self,
-        space: SearchSpace,
+        hypermodel: Hypermodel,
         splits: Splits,
         settings: ObjectiveSettings,
         seed: int,
@@ -53,7 +53,7 @@ class Objective:
         checkpoint_engine: Engine | None = None,
         on_start: Callable[[], None] | None = None,
     ) -> None:
-        self.space = space
+        self.hypermodel = hypermodel
         self.splits = splits
         self.settings = settings
         self.seed = seed
@@ -64,20 +64,22 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         if self.on_start is not None:
             self.on_start()
-        params = self.space.sample(trial)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         curves = Curves()
         retry = _retry_attrs(trial)
         checkpoints = self._checkpoints(trial, retry.get("retry_history", []))
         # A retried trial trains with its original trial's seed, so a resumed run matches.
-        origin = int(retry.get("failed_trial", trial.number))
+        seed = self.seed + int(retry.get("failed_trial", trial.number))
+        fresh_session(seed)
+        model, fit = self.hypermodel.build(trial, self.splits.task)
         try:
             result = train(
-                params,
+                model,
+                fit,
                 self.splits,
                 penalty=self.settings.gap_penalty,
                 patience=self.settings.patience,
-                seed=self.seed + origin,
+                seed=seed,
                 trial=trial,
                 curves=curves,
                 checkpoints=checkpoints,
@@ -108,7 +110,7 @@ class Objective:
             trial.set_user_attr("val_accuracy", curves.val_accuracy[score.epoch])
         if self.keeper is not None:
             meta = {
-                "params": params,
+                "params": {**trial.params, **_fixed(trial)},
                 "score": score.value,
                 "val_loss": score.val_loss,
                 "train_loss": score.train_loss,
@@ -123,6 +125,11 @@ class Objective:
         if self.checkpoint_engine is None:
             return None
         return CheckpointStore(self.checkpoint_engine, trial.study.study_name, trial.number, retries_of=history)
+
+
+def _fixed(trial: optuna.Trial) -> dict[str, Any]:
+    """Values a space fixes (recorded as ``fixed.*`` user attributes, not Optuna params)."""
+    return {key[6:]: value for key, value in trial.user_attrs.items() if key.startswith("fixed.")}
 
 
 def _retry_attrs(trial: optuna.Trial) -> dict[str, Any]:

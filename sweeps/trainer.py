@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import optuna
 
+from gapsweep.errors import ConfigError
 from search_spaces.builder import build_model, resolve
+from search_spaces.hypermodel import FitSettings
 from sweeps.checkpoints import CheckpointStore, TrainingState
 from sweeps.data import Splits
 from sweeps.pruning import pruning_callback
@@ -54,6 +56,15 @@ class TrainResult:
     model: "keras.Model"
     curves: Curves
     score: Score
+
+
+def fresh_session(seed: int) -> None:
+    """Free the previous model's graph and seed weights, shuffling and dropout for the next."""
+    init_tensorflow()
+    import keras
+
+    keras.backend.clear_session(free_memory=True)
+    keras.utils.set_random_seed(seed)
 
 
 def init_tensorflow(threads: int | None = 1) -> str:
@@ -159,8 +170,28 @@ def _checkpointer(store: CheckpointStore, early_stopping: Any, curves: Curves) -
     return Checkpointer()
 
 
+def ensure_pure_loss(model: "keras.Model") -> None:
+    """Give a user-compiled model the ``pure_loss`` metric: its own loss without the L2 term.
+
+    The MLP builder compiles with it already; another model (a KerasTuner hypermodel's) is
+    recompiled with its own optimizer, loss and metrics plus this one, before any training.
+    """
+    import keras
+
+    compiled = getattr(model, "_compile_config", None)
+    metrics = list((compiled.config.get("metrics") if compiled is not None else None) or [])
+    if any(getattr(metric, "name", metric) == "pure_loss" for metric in metrics):
+        return
+    if model.loss is None:
+        raise ConfigError("the hypermodel's model has no loss: compile it with a loss in build(hp)")
+    loss = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
+    pure = keras.metrics.MeanMetricWrapper(fn=loss, name="pure_loss")
+    model.compile(optimizer=model.optimizer, loss=model.loss, metrics=[pure, *metrics])
+
+
 def train(
-    params: Mapping[str, Any],
+    model: "keras.Model",
+    fit: FitSettings,
     splits: Splits,
     *,
     penalty: float,
@@ -170,29 +201,23 @@ def train(
     curves: Curves | None = None,
     checkpoints: CheckpointStore | None = None,
 ) -> TrainResult:
-    """Fit the model ``params`` describe; prune through ``trial`` when one is given.
+    """Fit ``model`` as ``fit`` says; prune through ``trial`` when one is given.
 
     ``curves`` is filled in place, so a caller still holds them when pruning or divergence
     interrupts ``fit`` with an exception. With ``checkpoints``, the training state is saved
-    after every epoch, and training resumes from the latest saved state if there is one.
+    after every epoch, and training resumes from the latest saved state if there is one (the
+    checkpointed model then replaces ``model``).
     """
-    init_tensorflow()
-    import keras
-
-    keras.backend.clear_session(free_memory=True)
-    keras.utils.set_random_seed(seed)
-    values = resolve(params)
     resume = checkpoints.latest() if checkpoints is not None else None
     curves = curves if curves is not None else Curves()
-    if resume is None:
-        model = build_model(values, splits.task)
-    else:
+    if resume is not None:
         from sweeps.models import model_from_bytes
 
         model = model_from_bytes(resume.model)
         curves.train_loss[:], curves.val_loss[:] = resume.curves["train_loss"], resume.curves["val_loss"]
         curves.val_accuracy[:] = resume.curves.get("val_accuracy", [])
-    train_ds, train_eval, val_ds = _datasets(splits, int(values["batch_size"]), seed)
+    ensure_pure_loss(model)
+    train_ds, train_eval, val_ds = _datasets(splits, fit.batch_size, seed)
     early_stopping = _early_stopping(patience, resume)
     callbacks: list[Any] = [_gap_monitor(train_eval, curves, penalty), early_stopping]
     if trial is not None:
@@ -202,10 +227,20 @@ def train(
     model.fit(
         train_ds,
         validation_data=val_ds,
-        epochs=int(values["epochs"]),
+        epochs=fit.epochs,
         initial_epoch=0 if resume is None else resume.epoch + 1,
         callbacks=callbacks,
         verbose=0,
         shuffle=False,
+        **fit.extra,
     )
     return TrainResult(model=model, curves=curves, score=best_score(curves.train_loss, curves.val_loss, penalty))
+
+
+def train_params(params: Mapping[str, Any], splits: Splits, *, seed: int, **kwargs: Any) -> TrainResult:
+    """Build the MLP ``params`` describe (missing values take the builder's defaults) and train it
+    from a fresh, seeded session: one configuration retrained outside a sweep."""
+    fresh_session(seed)
+    values = resolve(params)
+    model = build_model(values, splits.task)
+    return train(model, FitSettings(int(values["epochs"]), int(values["batch_size"])), splits, seed=seed, **kwargs)

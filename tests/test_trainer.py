@@ -6,10 +6,11 @@ import numpy as np
 import optuna
 import pytest
 
+from search_spaces.hypermodel import SpaceHypermodel
 from search_spaces.space import SearchSpace
 from sweeps.data import DataSpec, load
 from sweeps.objective import Objective, ObjectiveSettings
-from sweeps.trainer import Curves, TrainingDiverged, train
+from sweeps.trainer import Curves, TrainingDiverged, train_params
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def _cross_entropy(model, x, y) -> float:
 
 def test_train_loss_is_honest_and_the_best_epoch_is_restored(digits):
     params = {"l2": 1e-2, "dropout": 0.4, "units": 32, "n_layers": 2, "learning_rate": 1e-2, "epochs": 8, "batch_size": 64}
-    result = train(params, digits, penalty=1.0, patience=2, seed=0)
+    result = train_params(params, digits, penalty=1.0, patience=2, seed=0)
     curves = result.curves
     assert len(curves.train_loss) == len(curves.val_loss) >= 3
     # The weights left in the model are those of the best epoch, and its curve values are the
@@ -41,7 +42,7 @@ def test_train_loss_is_honest_and_the_best_epoch_is_restored(digits):
 
 def test_regression_uses_mean_squared_error():
     splits = load(DataSpec("diabetes", seed=1))
-    result = train({"units": 16, "n_layers": 1, "epochs": 3, "learning_rate": 1e-2}, splits, penalty=0.5, patience=3, seed=0)
+    result = train_params({"units": 16, "n_layers": 1, "epochs": 3, "learning_rate": 1e-2}, splits, penalty=0.5, patience=3, seed=0)
     assert splits.task.task == "regression"
     assert all(np.isfinite(result.curves.val_loss)) and result.score.val_loss > 0
 
@@ -49,7 +50,7 @@ def test_regression_uses_mean_squared_error():
 def test_a_nan_loss_raises_training_diverged(digits):
     curves = Curves()
     with pytest.raises(TrainingDiverged, match="non-finite"):
-        train({"learning_rate": 1e6, "optimizer": "sgd", "epochs": 3, "units": 16}, digits, penalty=1.0, patience=3, seed=0, curves=curves)
+        train_params({"learning_rate": 1e6, "optimizer": "sgd", "epochs": 3, "units": 16}, digits, penalty=1.0, patience=3, seed=0, curves=curves)
     assert len(curves.val_loss) >= 1
 
 
@@ -67,7 +68,7 @@ def test_pruning_stops_a_hopeless_trial(digits, sqlite_url):
     )
     for rate in (1e-2, 5e-3, 1e-7):  # two healthy trials, then one that cannot learn in time
         study.enqueue_trial({"learning_rate": rate})
-    study.optimize(Objective(space, digits, ObjectiveSettings(gap_penalty=1.0, patience=20), seed=0), n_trials=3)
+    study.optimize(Objective(SpaceHypermodel(space), digits, ObjectiveSettings(gap_penalty=1.0, patience=20), seed=0), n_trials=3)
     healthy, _, hopeless = study.get_trials()
     assert healthy.state == optuna.trial.TrialState.COMPLETE
     assert healthy.user_attrs["epochs_run"] == 12
@@ -76,3 +77,24 @@ def test_pruning_stops_a_hopeless_trial(digits, sqlite_url):
     assert "pruned at epoch" in hopeless.user_attrs["prune_reason"]
     assert len(hopeless.user_attrs["curve.val_loss"]) == hopeless.user_attrs["epochs_run"]
     assert len(hopeless.intermediate_values) == hopeless.user_attrs["epochs_run"]
+
+
+def test_a_model_compiled_by_the_user_gets_the_pure_loss_metric(digits):
+    import keras
+
+    from search_spaces.hypermodel import FitSettings
+    from sweeps.trainer import fresh_session, train
+
+    fresh_session(0)
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(32, activation="relu", kernel_regularizer=keras.regularizers.L2(1e-2)),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    result = train(model, FitSettings(epochs=4, batch_size=64), digits, penalty=1.0, patience=5, seed=0)
+    assert len(result.curves.val_accuracy) == 4  # the user's own metric is kept
+    assert _cross_entropy(result.model, digits.x_train, digits.y_train) == pytest.approx(result.score.train_loss, rel=1e-3, abs=1e-4)
+    assert _cross_entropy(result.model, digits.x_val, digits.y_val) == pytest.approx(result.score.val_loss, rel=1e-3, abs=1e-4)

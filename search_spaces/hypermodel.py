@@ -1,0 +1,70 @@
+"""The hypermodel: what a trial builds. One small interface for every way to define a model.
+
+A hypermodel turns an Optuna trial into a compiled Keras model and the settings to fit it with.
+The built-in one samples a declarative ``SearchSpace`` and hands the values to the MLP builder;
+``search_spaces.keras_tuner`` adapts a KerasTuner ``build_model(hp)`` or ``HyperModel`` to the
+same interface, so the trainer, the objective and the workers see one type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import optuna
+
+from search_spaces.builder import DEFAULTS, TaskSpec, build_model, check_params, resolve
+from search_spaces.space import Categorical, Fixed, Float, Int, SearchSpace
+
+if TYPE_CHECKING:
+    import keras
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How a built model is fitted: the epoch budget, batch size and any extra ``fit`` kwargs."""
+
+    epochs: int
+    batch_size: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Hypermodel(Protocol):
+    """Builds one trial's model. ``max_epochs`` bounds every trial (Hyperband's resource)."""
+
+    max_epochs: int
+
+    def build(self, trial: optuna.Trial, task: TaskSpec) -> tuple["keras.Model", FitSettings]:
+        """Sample the trial's values and return the compiled model and how to fit it."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What the study stores to recognise (and refuse to mix) its search space."""
+        ...
+
+
+class SpaceHypermodel:
+    """A declarative ``SearchSpace`` sampled into the built-in MLP builder."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        check_params(set(space.params))
+        self.space = space
+        self.max_epochs = _max_epochs(space)
+
+    def build(self, trial: optuna.Trial, task: TaskSpec) -> tuple["keras.Model", FitSettings]:
+        values = resolve(self.space.sample(trial))
+        return build_model(values, task), FitSettings(int(values["epochs"]), int(values["batch_size"]))
+
+    def describe(self) -> dict[str, Any]:
+        return {"space": self.space.to_dict()}
+
+
+def _max_epochs(space: SearchSpace) -> int:
+    dist = space.params.get("epochs")
+    if isinstance(dist, (Int, Float)):
+        return int(dist.high)
+    if isinstance(dist, Categorical):
+        return int(max(float(choice) for choice in dist.choices))
+    if isinstance(dist, Fixed):
+        return int(dist.value)
+    return int(DEFAULTS["epochs"])
