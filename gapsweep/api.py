@@ -11,11 +11,14 @@ own connection pool, so they are safe to call from any process.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from storage import queries
 from storage.engine import heartbeat_settings, reading
 from storage.queries import ParamRange, StudySummary, TrialRecord
+
+if TYPE_CHECKING:
+    from sweeps.rerank import Reranked
 
 
 def best_trials(
@@ -98,3 +101,24 @@ def migrate(source: str, target: str, *, studies: list[str] | None = None) -> li
     finally:
         src.engine.dispose()
         dst.engine.dispose()
+
+
+def rerank_trials(
+    study: str, storage: str | None = None, k: int = 1, *, gap_penalty: float, epoch: str = "best"
+) -> list[Reranked]:
+    """The ``k`` best complete trials for another gap penalty or epoch rule, from stored curves."""
+    from sweeps.rerank import rerank
+
+    return rerank(list_trials(study, storage, states=["complete"]), penalty=gap_penalty, epoch=epoch)[:k]
+
+
+def get_study_config(study: str, storage: str | None = None) -> dict[str, Any]:
+    """The configuration ``gapsweep launch`` stored with the study (space, data, objective, …)."""
+    from gapsweep.errors import StudyNotFoundError
+    from storage.studies import CONFIG_ATTR
+
+    with reading(storage) as engine:
+        attrs = queries.study_user_attrs(engine, study)
+    if CONFIG_ATTR not in attrs:
+        raise StudyNotFoundError(f"study '{study}' was not created by gapsweep launch (it has no {CONFIG_ATTR})")
+    return attrs[CONFIG_ATTR]

@@ -98,6 +98,15 @@ def study_id(engine: Engine, name: str) -> int:
     return int(found)
 
 
+def study_user_attrs(engine: Engine, study: str) -> dict[str, Any]:
+    """The study's user attributes (gapsweep keeps its configuration there)."""
+    sid = study_id(engine, study)
+    table = models.StudyUserAttributeModel.__table__
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(table.c.key, table.c.value_json).where(table.c.study_id == sid)).all()
+    return {key: json.loads(value) for key, value in rows}
+
+
 def list_studies(engine: Engine, *, stale_after_s: float | None = None) -> list[StudySummary]:
     """Every study with its trial counts per state; with ``stale_after_s``, running trials
     without a heartbeat for that long are counted as ``STALE`` instead of ``RUNNING``."""

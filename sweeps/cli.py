@@ -16,6 +16,7 @@ from gapsweep.errors import GapsweepError
 from storage.url import DEFAULT_URL
 
 EXIT_USER_ERROR = 1
+EXIT_NOT_REPRODUCED = 3
 
 
 def _storage_flag(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     _study_flag(best)
     best.add_argument("--top", "-k", type=int, default=1, help="how many trials (default 1)")
     best.add_argument("--by", default="score", choices=("score", "val_loss", "gap", "train_loss"), help="ranking (default score)")
+    best.add_argument(
+        "--gap-penalty", type=float,
+        help="re-rank from the stored curves with this λ instead of the study's (no training)",
+    )
+    best.add_argument(
+        "--epoch", choices=("best", "last"),
+        help="with re-ranking: score each trial at its best epoch for the new λ, or at its last epoch",
+    )
     _param_flag(best)
     _storage_flag(best)
     _format_flags(best)
@@ -164,6 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--study", action="append", help="study to copy (repeatable; default: all)")
     migrate.add_argument("--json", action="store_true", help="print what was copied as JSON")
     migrate.set_defaults(run=_cmd_migrate)
+
+    rerun = commands.add_parser(
+        "rerun", help="retrain one trial from its reproducibility record and compare",
+        description="Retrain a complete trial with its recorded seed, parameters and data, and report "
+        "whether its val loss matches the stored one within the tolerance (exit 3 when it does not).",
+    )
+    rerun.add_argument("study_name", metavar="STUDY")
+    rerun.add_argument("trial", metavar="TRIAL", type=int, help="trial number")
+    _storage_flag(rerun)
+    rerun.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    rerun.set_defaults(run=_cmd_rerun)
 
     export = commands.add_parser(
         "export", help="write the best trial's trained model to a .keras file",
@@ -246,6 +266,8 @@ def _cmd_best(args: argparse.Namespace) -> int:
     from sweeps.diagnosed import diagnosed_summary, diagnosed_table
     from sweeps.output import to_json, trials_csv
 
+    if args.gap_penalty is not None or args.epoch is not None:
+        return _rerank(args)
     records = best_trials(args.study, args.storage, args.top, by=args.by, params=dict(args.param))
     if args.json:
         print(to_json([diagnosed_summary(record) for record in records]))
@@ -253,6 +275,31 @@ def _cmd_best(args: argparse.Namespace) -> int:
         sys.stdout.write(trials_csv(records))
     else:
         print(diagnosed_table(records) if records else f"study '{args.study}' has no complete trial yet")
+    return 0
+
+
+def _rerank(args: argparse.Namespace) -> int:
+    from gapsweep.api import get_study_config, rerank_trials
+    from sweeps.output import table, to_json
+
+    if args.by != "score" or args.param:
+        raise GapsweepError("re-ranking (--gap-penalty/--epoch) ranks by the recomputed score: drop --by and --param")
+    penalty = args.gap_penalty
+    if penalty is None:
+        penalty = float(get_study_config(args.study, args.storage)["objective"]["gap_penalty"])
+    ranked = rerank_trials(args.study, args.storage, args.top, gap_penalty=penalty, epoch=args.epoch or "best")
+    rows = [item.summary() for item in ranked]
+    if args.json:
+        print(to_json(rows))
+    elif args.csv:
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["number"], lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        columns = ["number", "score", "stored_score", "val_loss", "train_loss", "gap", "best_epoch", "epochs_run"]
+        print(table(rows, columns) if rows else f"study '{args.study}' has no complete trial yet")
     return 0
 
 
@@ -340,6 +387,22 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         for row in copied:
             print(f"copied study '{row['study']}': {row['trials']} trial(s), {row['artifacts']} stored model(s)/checkpoint(s)")
     return 0
+
+
+def _cmd_rerun(args: argparse.Namespace) -> int:
+    from sweeps.output import to_json
+    from sweeps.reproduce import rerun
+
+    result = rerun(args.study_name, args.trial, args.storage)
+    if args.json:
+        print(to_json(result.to_dict()))
+    else:
+        verdict = "reproduced" if result.reproduced else "NOT reproduced"
+        print(
+            f"trial {args.trial} of '{args.study_name}': recorded val loss {result.recorded_val_loss:.6f}, "
+            f"rerun {result.rerun_val_loss:.6f} (relative difference {result.relative_difference:.2e}): {verdict}"
+        )
+    return 0 if result.reproduced else EXIT_NOT_REPRODUCED
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

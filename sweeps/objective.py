@@ -6,7 +6,8 @@ What a trial records (all in Optuna's own tables, so Optuna's CLI and dashboard 
   ``epochs_run`` and, for classifiers, ``val_accuracy`` as user attributes;
 - ``curve.train_loss``, ``curve.val_loss`` (and ``curve.val_accuracy``): one value per epoch;
 - ``fail_reason`` when training diverged, ``prune_reason`` when the pruner stopped it;
-- ``worker`` (host:pid) and, for a retried trial, ``resumed_from_epoch``.
+- ``worker`` (host:pid) and, for a retried trial, ``resumed_from_epoch``;
+- ``repro``: seed, data fingerprint, library versions, device, threads (``sweeps.reproduce``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from search_spaces.hypermodel import Hypermodel
 from sweeps.checkpoints import CheckpointStore
 from sweeps.data import Splits
 from sweeps.models import ModelKeeper, held_out_metrics
+from sweeps.reproduce import record
 from sweeps.trainer import Curves, TrainingDiverged, fresh_session, train
 
 
@@ -71,6 +73,7 @@ class Objective:
         # A retried trial trains with its original trial's seed, so a resumed run matches.
         seed = self.seed + int(retry.get("failed_trial", trial.number))
         fresh_session(seed)
+        trial.set_user_attr("repro", record(seed, self.splits))
         model, fit = self.hypermodel.build(trial, self.splits.task)
         try:
             result = train(

@@ -19,11 +19,7 @@ import sys
 from types import FrameType
 from typing import Iterator, Sequence
 
-import optuna
-
-from gapsweep.errors import ConfigError, StudyNotFoundError
-from storage.engine import open_storage
-from storage.studies import CONFIG_ATTR, require_study
+from gapsweep.errors import ConfigError
 from sweeps.config import SweepConfig
 from sweeps.launch import Sweep, has_work, prepare, run_trials
 
@@ -47,18 +43,9 @@ def select_device(gpu: str | None) -> None:
 
 def stored_sweep(study: str, storage: str | None) -> SweepConfig:
     """The configuration a study was launched with, bound to ``storage``."""
-    rdb = open_storage(storage)
-    try:
-        require_study(study, rdb)
-        attrs = optuna.load_study(study_name=study, storage=rdb).user_attrs
-    finally:
-        rdb.engine.dispose()
-    if CONFIG_ATTR not in attrs:
-        raise StudyNotFoundError(
-            f"study '{study}' was not created by gapsweep launch (it has no {CONFIG_ATTR}); "
-            "start it with gapsweep launch first"
-        )
-    return SweepConfig.from_dict(attrs[CONFIG_ATTR]).override(storage=storage)
+    from gapsweep.api import get_study_config
+
+    return SweepConfig.from_dict(get_study_config(study, storage)).override(storage=storage)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,118 @@
+"""Reproducibility: what a trial needs to be trained again, and ``rerun`` that does it.
+
+Every trial records its seed, the data's fingerprint, the library versions, the device and the
+determinism settings (user attribute ``repro``). ``rerun`` rebuilds the trial's model from the
+study's stored configuration and the trial's parameters (an ``optuna.trial.FixedTrial`` stands
+in for the live trial), retrains it with the recorded seed and compares the val loss.
+
+On a CPU with gapsweep's single-threaded TensorFlow pools, the same seed gives the same weights;
+``RERUN_TOLERANCE`` allows for floating-point noise across machines (oneDNN kernels differ by
+CPU). On GPUs, reduction order varies and the match is looser unless op determinism is on.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from gapsweep.errors import StudyNotFoundError
+from sweeps.data import Splits
+from sweeps.trainer import TrainResult, fresh_session, init_tensorflow, train
+
+if TYPE_CHECKING:
+    from sweeps.config import SweepConfig
+
+#: Relative difference of val loss within which a rerun counts as a reproduction.
+RERUN_TOLERANCE = 1e-3
+_PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "optuna", "numpy", "gapsweep")
+
+
+def record(seed: int, splits: Splits) -> dict[str, Any]:
+    """The reproducibility record of a trial trained with ``seed`` on ``splits``."""
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config  # the only getter TF offers
+
+    versions = {}
+    for package in _PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {
+        "seed": seed,
+        "data_fingerprint": splits.fingerprint(),
+        "versions": versions,
+        "device": init_tensorflow(),
+        "threads": {
+            "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+        },
+        "op_determinism": bool(tf_config.is_op_determinism_enabled()),
+    }
+
+
+def retrain(config: "SweepConfig", params: dict[str, Any], seed: int, splits: Splits) -> TrainResult:
+    """Train ``params`` again exactly as a trial of ``config`` would, without any study."""
+    from sweeps.launch import load_hypermodel
+
+    hypermodel = load_hypermodel(config)
+    fresh_session(seed)
+    model, fit = hypermodel.build(optuna.trial.FixedTrial(params), splits.task)
+    return train(
+        model, fit, splits, penalty=config.objective.gap_penalty, patience=config.objective.patience, seed=seed
+    )
+
+
+@dataclass(frozen=True)
+class Rerun:
+    study: str
+    trial: int
+    recorded_val_loss: float
+    rerun_val_loss: float
+    recorded_fingerprint: str
+    rerun_fingerprint: str
+
+    @property
+    def relative_difference(self) -> float:
+        return abs(self.rerun_val_loss - self.recorded_val_loss) / max(abs(self.recorded_val_loss), 1e-12)
+
+    @property
+    def reproduced(self) -> bool:
+        return self.recorded_fingerprint == self.rerun_fingerprint and self.relative_difference <= RERUN_TOLERANCE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study": self.study,
+            "trial": self.trial,
+            "recorded_val_loss": self.recorded_val_loss,
+            "rerun_val_loss": self.rerun_val_loss,
+            "relative_difference": self.relative_difference,
+            "tolerance": RERUN_TOLERANCE,
+            "same_data": self.recorded_fingerprint == self.rerun_fingerprint,
+            "reproduced": self.reproduced,
+        }
+
+
+def rerun(study: str, number: int, storage: str | None = None) -> Rerun:
+    """Retrain trial ``number`` of ``study`` from its record and compare its val loss."""
+    from gapsweep.api import get_trial
+    from sweeps import data as datasets
+    from sweeps.worker import stored_sweep
+
+    config = stored_sweep(study, storage)
+    trial = get_trial(study, number, storage)
+    repro = trial.attrs.get("repro")
+    if trial.state != "COMPLETE" or repro is None or trial.attrs.get("val_loss") is None:
+        raise StudyNotFoundError(
+            f"trial {number} of study '{study}' is {trial.state.lower()} or has no reproducibility record; "
+            "rerun a complete trial"
+        )
+    splits = datasets.load(config.data)
+    result = retrain(config, trial.summary()["params"], int(repro["seed"]), splits)
+    recorded = float(trial.attrs["val_loss"])
+    return Rerun(study, number, recorded, result.score.val_loss, str(repro["data_fingerprint"]), splits.fingerprint())
+
+
