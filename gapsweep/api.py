@@ -122,3 +122,9 @@ def get_study_config(study: str, storage: str | None = None) -> dict[str, Any]:
     if CONFIG_ATTR not in attrs:
         raise StudyNotFoundError(f"study '{study}' was not created by gapsweep launch (it has no {CONFIG_ATTR})")
     return attrs[CONFIG_ATTR]
+
+
+def baseline_trial(study: str, storage: str | None = None) -> TrialRecord | None:
+    """The trial that ran the user's ``--baseline`` configuration, or None."""
+    with reading(storage) as engine:
+        return queries.baseline_trial(engine, study)

@@ -107,6 +107,21 @@ def study_user_attrs(engine: Engine, study: str) -> dict[str, Any]:
     return {key: json.loads(value) for key, value in rows}
 
 
+def baseline_trial(engine: Engine, study: str) -> TrialRecord | None:
+    """The trial that ran the user's baseline configuration (``--baseline``), if any."""
+    sid = study_id(engine, study)
+    query = (
+        sa.select(_trials.c.trial_id)
+        .join(_attrs, sa.and_(_attrs.c.trial_id == _trials.c.trial_id, _attrs.c.key == "baseline"))
+        .where(_trials.c.study_id == sid, _attrs.c.value_json == "true")
+        .order_by(_trials.c.number)
+        .limit(1)
+    )
+    with engine.connect() as conn:
+        found = conn.execute(query).scalar()
+    return None if found is None else _load(engine, [found])[0]
+
+
 def list_studies(engine: Engine, *, stale_after_s: float | None = None) -> list[StudySummary]:
     """Every study with its trial counts per state; with ``stale_after_s``, running trials
     without a heartbeat for that long are counted as ``STALE`` instead of ``RUNNING``."""
@@ -187,7 +202,12 @@ def best_trials(
             .join(_attrs, sa.and_(_attrs.c.trial_id == _trials.c.trial_id, _attrs.c.key == by))
             .where(complete)
         )
-    query = query.where(*_param_filters(params)).order_by(key.asc(), _trials.c.number.asc()).limit(k)
+    # Trials that break a --max-gap constraint rank after every feasible one.
+    infeasible = sa.exists().where(
+        _attrs.c.trial_id == _trials.c.trial_id, _attrs.c.key == "feasible", _attrs.c.value_json == "false"
+    )
+    order = (sa.case((infeasible, 1), else_=0), key.asc(), _trials.c.number.asc())
+    query = query.where(*_param_filters(params)).order_by(*order).limit(k)
     with engine.connect() as conn:
         ids = [row[0] for row in conn.execute(query)]
     return _load(engine, ids)

@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     launch.add_argument("--gap-penalty", type=float, help="λ in score = val + λ·max(0, val − train); 0 = plain val loss (default 1)")
     launch.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 5)")
+    launch.add_argument(
+        "--max-gap", type=float,
+        help="gap constraint τ: trials with val − train > τ are infeasible and rank last (TPE's constraints)",
+    )
+    launch.add_argument("--cv", type=int, help="score each trial by k-fold cross-validation on the training split (k >= 2)")
+    launch.add_argument("--baseline", help="JSON file of your current parameter values: run first, compared in every summary")
     launch.add_argument("--pruner", choices=("median", "hyperband", "sha", "none"), help="per-epoch pruner (default median)")
     launch.add_argument("--sampler", choices=("tpe", "random"), help="Optuna sampler (default tpe)")
     launch.add_argument("--seed", type=int, help="seed for the sampler, the split and the weights (default 0)")
@@ -213,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
-    from sweeps.config import SweepConfig, load_sweep_file
+    from sweeps.config import SweepConfig, load_baseline, load_sweep_file
     from sweeps.data import DataSpec
     from dataclasses import replace
 
@@ -225,15 +231,22 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     data = replace(data, **{key: value for key, value in data_changes.items() if value is not None})
     objective = replace(
         config.objective,
-        **{key: value for key, value in {"gap_penalty": args.gap_penalty, "patience": args.patience}.items() if value is not None},
+        **{
+            key: value
+            for key, value in {
+                "gap_penalty": args.gap_penalty, "patience": args.patience, "max_gap": args.max_gap, "cv": args.cv,
+            }.items()
+            if value is not None
+        },
     )
     config = config.override(
         study=args.study, space=args.space, trials=args.trials, timeout=args.timeout, pruner=args.pruner,
         sampler=args.sampler, seed=args.seed, storage=args.storage, data=data, objective=objective,
+        baseline=load_baseline(args.baseline) if args.baseline else None,
     )
     import optuna
 
-    from gapsweep.api import best_trials, list_studies
+    from gapsweep.api import baseline_trial, best_trials, list_studies
     from sweeps.output import to_json, trials_table
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and table say it all
@@ -252,17 +265,32 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         sweep.close()
     top = best_trials(config.study, config.storage, args.top)
     counts = next(s.counts for s in list_studies(config.storage) if s.name == config.study)
+    baseline = baseline_trial(config.study, config.storage)
     if args.json:
-        print(to_json({"study": config.study, "counts": counts, "best": [t.summary() for t in top]}))
+        summary = {"study": config.study, "counts": counts, "best": [t.summary() for t in top]}
+        print(to_json({**summary, "baseline": baseline.summary() if baseline else None}))
     else:
         finished = ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n)
         print(f"study '{config.study}': {finished}")
         print(trials_table(top) if top else "no complete trial yet")
+        if baseline is not None:
+            print(_against_baseline(baseline, top[0] if top else None))
     return 0
 
 
+def _against_baseline(baseline: Any, best: Any) -> str:
+    """One line: the best trial's score against the user's own configuration."""
+    if baseline.value is None:
+        return f"baseline: trial {baseline.number} is {baseline.state.lower()}, with no score to compare"
+    line = f"baseline: trial {baseline.number}, score {baseline.value:.4f} (gap {baseline.attrs.get('gap', float('nan')):.4f})"
+    if best is None or best.value is None:
+        return line
+    change = (baseline.value - best.value) / abs(baseline.value) * 100 if baseline.value else 0.0
+    return f"{line}; best: trial {best.number}, score {best.value:.4f}, {change:.1f}% lower"
+
+
 def _cmd_best(args: argparse.Namespace) -> int:
-    from gapsweep.api import best_trials
+    from gapsweep.api import baseline_trial, best_trials
     from sweeps.diagnosed import diagnosed_summary, diagnosed_table
     from sweeps.output import to_json, trials_csv
 
@@ -275,6 +303,9 @@ def _cmd_best(args: argparse.Namespace) -> int:
         sys.stdout.write(trials_csv(records))
     else:
         print(diagnosed_table(records) if records else f"study '{args.study}' has no complete trial yet")
+        baseline = baseline_trial(args.study, args.storage)
+        if baseline is not None:
+            print(_against_baseline(baseline, records[0] if records else None))
     return 0
 
 

@@ -18,6 +18,7 @@ to the file.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -46,6 +47,7 @@ class SweepConfig:
     timeout: float | None = None
     seed: int = 0
     storage: str | None = None
+    baseline: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.study or not isinstance(self.study, str):
@@ -54,17 +56,21 @@ class SweepConfig:
             raise ConfigError(f"unknown pruner '{self.pruner}'; use one of {', '.join(PRUNERS)}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler '{self.sampler}'; use one of {', '.join(SAMPLERS)}")
-        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
-            raise ConfigError(f"trials must be a whole number >= 1, got {self.trials!r}")
+        _whole("trials", self.trials, 1)
         if self.timeout is not None and not (self.timeout > 0):
             raise ConfigError(f"timeout must be > 0 seconds, got {self.timeout!r}")
-        penalty = self.objective.gap_penalty
-        if not isinstance(penalty, (int, float)) or not math.isfinite(penalty) or penalty < 0:
-            raise ConfigError(f"gap_penalty must be a number >= 0, got {penalty!r}")
-        if isinstance(self.objective.patience, bool) or not isinstance(self.objective.patience, int) or self.objective.patience < 1:
-            raise ConfigError(f"patience must be a whole number >= 1, got {self.objective.patience!r}")
-        if isinstance(self.objective.keep_models, bool) or not isinstance(self.objective.keep_models, int) or self.objective.keep_models < 0:
-            raise ConfigError(f"keep_models must be a whole number >= 0, got {self.objective.keep_models!r}")
+        objective = self.objective
+        _non_negative("gap_penalty", objective.gap_penalty)
+        _whole("patience", objective.patience, 1)
+        _whole("keep_models", objective.keep_models, 0)
+        if objective.max_gap is not None:
+            _non_negative("max_gap", objective.max_gap)
+            if self.sampler != "tpe":
+                raise ConfigError("max_gap needs the tpe sampler (it supports constraints); drop --sampler random")
+        if objective.cv:
+            _whole("cv", objective.cv, 2)
+        if self.baseline is not None and not isinstance(self.baseline, dict):
+            raise ConfigError(f"baseline must be a table of parameter values, got {self.baseline!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The study's stored configuration (no storage URL: it may hold a password)."""
@@ -78,6 +84,7 @@ class SweepConfig:
             "trials": self.trials,
             "timeout": self.timeout,
             "seed": self.seed,
+            "baseline": self.baseline,
         }
 
     @classmethod
@@ -104,6 +111,30 @@ class SweepConfig:
     def override(self, **changes: Any) -> "SweepConfig":
         """A copy with the given (non-None) settings replaced: flags over the file."""
         return replace(self, **{key: value for key, value in changes.items() if value is not None})
+
+
+def _whole(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+
+
+def _non_negative(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+
+
+def load_baseline(path: str | Path) -> dict[str, Any]:
+    """The user's current configuration, as a JSON object of parameter values."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"baseline file not found: {path}")
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a JSON object of parameter values, e.g. {{\"units\": 64}}")
+    return values
 
 
 def load_sweep_file(path: str | Path) -> SweepConfig:

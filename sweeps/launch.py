@@ -38,7 +38,7 @@ from sweeps import data as datasets
 from sweeps.config import SweepConfig
 from sweeps.data import Splits
 from sweeps.models import ModelKeeper
-from sweeps.objective import Objective
+from sweeps.objective import GapConstraint, Objective
 from sweeps.pruning import make_pruner
 from sweeps.trainer import TrainingDiverged
 
@@ -95,6 +95,8 @@ def prepare(config: SweepConfig) -> Sweep:
     """Validate ``config``, then create or resume its study. Nothing is written before the
     space and data have passed their checks."""
     hypermodel = load_hypermodel(config)
+    if config.baseline is not None:
+        _check_baseline(config.baseline, hypermodel)
     splits = datasets.load(config.data)
     stored = {**config.to_dict(), **hypermodel.describe()}
 
@@ -115,7 +117,11 @@ def prepare(config: SweepConfig) -> Sweep:
         )
     if previous is None or previous != stored:
         study.set_user_attr(CONFIG_ATTR, stored)
-    study.sampler = _sampler(config, n_existing=len(study.get_trials(deepcopy=False)))
+    n_existing = len(study.get_trials(deepcopy=False))
+    study.sampler = _sampler(config, n_existing=n_existing)
+    if config.baseline is not None and n_existing == 0:
+        # The user's current configuration runs first, so every summary can compare against it.
+        study.enqueue_trial(config.baseline, user_attrs={"baseline": True})
     return Sweep(config, hypermodel, splits, storage, study)
 
 
@@ -205,11 +211,20 @@ def _sampler(config: SweepConfig, n_existing: int) -> optuna.samplers.BaseSample
     seed = config.seed if n_existing == 0 else _derive_seed(config.seed, n_existing)
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    max_gap = config.objective.max_gap
+    with _quiet_experimental():
+        return optuna.samplers.TPESampler(seed=seed, constraints_func=None if max_gap is None else GapConstraint(max_gap))
 
 
 def _derive_seed(seed: int, salt: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{salt}".encode()).digest()[:4], "big")
+
+
+def _check_baseline(baseline: dict[str, Any], hypermodel: Hypermodel) -> None:
+    space = getattr(hypermodel, "space", None)
+    unknown = sorted(set(baseline) - set(space.params)) if space is not None else []
+    if unknown:
+        raise ConfigError(f"baseline names parameter(s) {', '.join(unknown)} that the search space does not have")
 
 
 def load_hypermodel(config: SweepConfig) -> Hypermodel:

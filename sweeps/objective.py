@@ -2,7 +2,8 @@
 
 What a trial records (all in Optuna's own tables, so Optuna's CLI and dashboard read it):
 - the searched values as Optuna params (fixed values as ``fixed.*`` user attributes);
-- ``score``, ``val_loss``, ``train_loss``, ``gap``, ``gap_penalty``, ``best_epoch``,
+- ``score``, ``val_loss``, ``train_loss``, ``gap``, ``gap_penalty``, ``best_epoch``, ``feasible``
+  (with ``max_gap``),
   ``epochs_run`` and, for classifiers, ``val_accuracy`` as user attributes;
 - ``curve.train_loss``, ``curve.val_loss`` (and ``curve.val_accuracy``): one value per epoch;
 - ``fail_reason`` when training diverged, ``prune_reason`` when the pruner stopped it;
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import optuna
+from optuna.trial import FrozenTrial
 from sqlalchemy.engine import Engine
 
 from search_spaces.hypermodel import Hypermodel
@@ -30,12 +32,16 @@ from sweeps.trainer import Curves, TrainingDiverged, fresh_session, train
 
 @dataclass(frozen=True)
 class ObjectiveSettings:
-    """How a trial is scored (gap penalty λ, early stopping's patience) and how many of the
-    best trials keep their trained model in the database."""
+    """How a trial is scored (gap penalty λ or a gap constraint, early stopping's patience,
+    cross-validation) and how many of the best trials keep their trained model."""
 
     gap_penalty: float = 1.0
     patience: int = 5
     keep_models: int = 3
+    #: Instead of (or beside) the penalty: trials whose gap exceeds this are infeasible.
+    max_gap: float | None = None
+    #: k > 1 scores each trial by k-fold cross-validation on the training split.
+    cv: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,6 +115,8 @@ class Objective:
         trial.set_user_attr("gap", score.gap)
         trial.set_user_attr("gap_penalty", score.penalty)
         trial.set_user_attr("best_epoch", score.epoch)
+        if self.settings.max_gap is not None:
+            trial.set_user_attr("feasible", score.gap <= self.settings.max_gap)
         if curves.val_accuracy:
             trial.set_user_attr("val_accuracy", curves.val_accuracy[score.epoch])
         if self.keeper is not None:
@@ -128,6 +136,27 @@ class Objective:
         if self.checkpoint_engine is None:
             return None
         return CheckpointStore(self.checkpoint_engine, trial.study.study_name, trial.number, retries_of=history)
+
+
+class GapConstraint:
+    """Optuna ``constraints_func`` for ``max_gap``: feasible when gap − τ <= 0.
+
+    A complete trial is judged by the gap at its restored epoch; a pruned one by the gap at
+    the epoch of its lowest val loss so far, from its stored curves.
+    """
+
+    def __init__(self, max_gap: float) -> None:
+        self.max_gap = max_gap
+
+    def __call__(self, trial: FrozenTrial) -> list[float]:
+        gap = trial.user_attrs.get("gap")
+        if gap is None:
+            train, val = trial.user_attrs.get("curve.train_loss"), trial.user_attrs.get("curve.val_loss")
+            if not train or not val or len(train) != len(val):
+                return [0.0]  # nothing measured: neither feasible nor infeasible evidence
+            epoch = min(range(len(val)), key=lambda i: val[i])
+            gap = max(0.0, val[epoch] - train[epoch])
+        return [float(gap) - self.max_gap]
 
 
 def _fixed(trial: optuna.Trial) -> dict[str, Any]:

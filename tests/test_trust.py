@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -77,3 +78,50 @@ def test_a_trial_reruns_to_its_recorded_val_loss(sqlite_url, tiny_space, capsys)
     assert result.reproduced and result.relative_difference <= RERUN_TOLERANCE
     assert main(["rerun", "repro", "0", "--storage", sqlite_url, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["reproduced"] is True
+
+
+@pytest.mark.slow
+def test_a_gap_constraint_marks_and_ranks_infeasible_trials_last(sqlite_url, tiny_space):
+    from gapsweep.api import best_trials, list_trials
+    from sweeps.objective import ObjectiveSettings
+
+    config = SweepConfig(
+        study="constrained", space=tiny_space, data=DataSpec("digits", train_fraction=0.3), trials=4,
+        storage=sqlite_url, pruner="none", objective=ObjectiveSettings(max_gap=0.05),
+    )
+    study = launch(config, progress=False)
+    trials = list_trials("constrained", sqlite_url, states=["complete"])
+    feasible = {t.number: t.attrs["gap"] <= 0.05 for t in trials}
+    assert all(t.attrs["feasible"] == feasible[t.number] for t in trials)
+    assert True in feasible.values() and False in feasible.values(), feasible  # both kinds occur here
+    # Optuna's own record of the constraint agrees, and best ranks every feasible trial first.
+    assert all((t.system_attrs["constraints"][0] <= 0) == feasible[t.number] for t in study.trials)
+    ranked = [t.number for t in best_trials("constrained", sqlite_url, k=4)]
+    n_feasible = sum(feasible.values())
+    assert all(feasible[n] for n in ranked[:n_feasible]) and not any(feasible[n] for n in ranked[n_feasible:])
+
+
+@pytest.mark.slow
+def test_a_baseline_runs_first_and_is_compared(sqlite_url, tiny_space, tmp_path, capsys):
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"units": 8, "n_layers": 1, "l2": 1e-6, "dropout": 0.0, "learning_rate": 1e-3}))
+    space_file = tmp_path / "space.toml"
+    space_file.write_text("\n".join(
+        f"[{name}]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in spec.items()) for name, spec in tiny_space.items()
+    ))
+    def argv(study: str, baseline_file: Path) -> list[str]:
+        return ["launch", "--study", study, "--space", str(space_file), "--data", "digits", "--trials", "2",
+                "--storage", sqlite_url, "--pruner", "none", "--baseline", str(baseline_file), "--no-progress"]
+
+    assert main(argv("b", baseline)) == 0
+    out = capsys.readouterr().out
+    assert "baseline: trial 0, score" in out
+    from gapsweep.api import baseline_trial
+
+    record = baseline_trial("b", sqlite_url)
+    assert record.number == 0 and record.params["units"] == 8 and record.attrs["baseline"] is True
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"unitz": 8}))
+    assert main(argv("c", bad)) == 1
+    assert "unitz" in capsys.readouterr().err
+    assert [s.study_name for s in optuna.get_all_study_summaries(sqlite_url)] == ["b"]  # nothing half-written
