@@ -180,6 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--json", action="store_true", help="print what was copied as JSON")
     migrate.set_defaults(run=_cmd_migrate)
 
+    verify = commands.add_parser(
+        "verify", help="retrain the top trials with fresh seeds and check them on the test split",
+        description="The overtuning check: retrain the top k trials with s fresh seeds, score them on the "
+        "held-out test split, and flag when the best trial by validation is beaten on test beyond the "
+        "seed noise (mean difference > 2 standard errors). Names the most robust trial (lowest mean + std).",
+    )
+    verify.add_argument("study_name", metavar="STUDY")
+    verify.add_argument("--top", type=int, default=3, help="how many of the best trials (default 3)")
+    verify.add_argument("--seeds", type=int, default=3, help="fresh seeds per trial (default 3)")
+    _storage_flag(verify)
+    verify.add_argument("--json", action="store_true", help="print the results as JSON")
+    verify.set_defaults(run=_cmd_verify)
+
     rerun = commands.add_parser(
         "rerun", help="retrain one trial from its reproducibility record and compare",
         description="Retrain a complete trial with its recorded seed, parameters and data, and report "
@@ -417,6 +430,24 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     else:
         for row in copied:
             print(f"copied study '{row['study']}': {row['trials']} trial(s), {row['artifacts']} stored model(s)/checkpoint(s)")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from sweeps.output import table, to_json
+    from sweeps.verify import verify
+
+    checked, verdict = verify(args.study_name, args.storage, top=args.top, seeds=args.seeds)
+    rows = [c.to_dict() for c in checked]
+    if args.json:
+        print(to_json({"trials": rows, **verdict.__dict__}))
+        return 0
+    columns = ["number", "rank_by_validation", "stored_val_loss", "val_loss_mean", "val_loss_std", "test_loss_mean", "test_loss_std"]
+    if any("test_accuracy_mean" in row for row in rows):
+        columns.append("test_accuracy_mean")
+    print(table(rows, columns))
+    print(("OVERTUNED: " if verdict.overtuned else "ok: ") + verdict.reason)
+    print(f"most robust (lowest test mean + std): trial {verdict.most_robust}")
     return 0
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from sweeps.cli import build_parser, main
 
-COMMANDS = ["launch", "best", "trials", "studies", "show", "export", "worker", "reap", "migrate", "report", "rerun"]
+COMMANDS = ["launch", "best", "trials", "studies", "show", "export", "worker", "reap", "migrate", "report", "rerun", "verify"]
 
 
 @pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])

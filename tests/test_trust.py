@@ -125,3 +125,41 @@ def test_a_baseline_runs_first_and_is_compared(sqlite_url, tiny_space, tmp_path,
     assert main(argv("c", bad)) == 1
     assert "unitz" in capsys.readouterr().err
     assert [s.study_name for s in optuna.get_all_study_summaries(sqlite_url)] == ["b"]  # nothing half-written
+
+
+def _checked(number: int, rank: int, tests: list[float]):
+    from sweeps.verify import Checked
+
+    return Checked(number, rank, 0.1, [0.1] * len(tests), tests)
+
+
+def test_verify_flags_a_pick_beaten_beyond_the_noise():
+    from sweeps.verify import judge
+
+    verdict = judge([_checked(4, 0, [0.50, 0.52, 0.51]), _checked(7, 1, [0.30, 0.31, 0.29])])
+    assert verdict.overtuned and verdict.best_on_test == 7 and verdict.most_robust == 7
+    assert "trial 4" in verdict.reason and "trial 7" in verdict.reason
+
+
+def test_verify_does_not_flag_differences_within_the_noise():
+    from sweeps.verify import judge
+
+    verdict = judge([_checked(4, 0, [0.50, 0.20, 0.35]), _checked(7, 1, [0.30, 0.31, 0.29])])
+    assert not verdict.overtuned and verdict.best_on_test == 7
+    # the pick's mean is higher and its spread wide: the steady trial is the most robust
+    assert verdict.most_robust == 7
+    steady = judge([_checked(1, 0, [0.30, 0.30, 0.30]), _checked(2, 1, [0.29, 0.10, 0.45])])
+    assert not steady.overtuned and steady.most_robust == 1 and steady.best_on_test == 2
+
+
+@pytest.mark.slow
+def test_verify_prints_the_table_on_a_small_study(sqlite_url, tiny_space, capsys):
+    config = SweepConfig(study="v", space=tiny_space, data=DataSpec("digits", train_fraction=0.3), trials=2, storage=sqlite_url, pruner="none")
+    launch(config, progress=False)
+    assert main(["verify", "v", "--top", "2", "--seeds", "2", "--storage", sqlite_url]) == 0
+    out = capsys.readouterr().out
+    assert "test_loss_mean" in out and "most robust" in out
+    assert main(["verify", "v", "--top", "1", "--seeds", "2", "--storage", sqlite_url, "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    (row,) = payload["trials"]
+    assert len(row["test_losses"]) == 2 and row["test_accuracy_mean"] > 0.5
