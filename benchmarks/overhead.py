@@ -307,14 +307,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     backends = sorted({r["backend"] for r in rows})
     variants = list(VARIANTS)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    width = 0.8 / len(backends)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    height = 0.8 / len(backends)
     for i, backend in enumerate(backends):
         values = [next(r["ms_per_trial"] for r in rows if r["backend"] == backend and r["variant"] == v) for v in variants]
-        ax.bar([x + i * width for x in range(len(variants))], values, width, label=backend)
-    ax.set_xticks([x + width * (len(backends) - 1) / 2 for x in range(len(variants))], variants, fontsize=8)
-    ax.set_ylabel("ms per trial (lower is better)")
-    ax.set_title("Trial-loop cost without Keras")
+        ax.barh([y + i * height for y in range(len(variants))], values, height, label=backend)
+    ax.set_yticks([y + height * (len(backends) - 1) / 2 for y in range(len(variants))], variants, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms per trial (lower is better)")
+    ax.set_title("Trial-loop cost without Keras (10 epochs reported per trial)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
