@@ -62,13 +62,20 @@ class ModelKeeper:
         self.study = study
         self.keep = keep
 
+    def _kept(self, trial_number: int, value: float) -> set[int]:
+        """The trials whose models stay if this one finishes with ``value``."""
+        top = [(t.value, t.number) for t in queries.best_trials(self.engine, self.study, self.keep) if t.value is not None]
+        return {number for _, number in sorted(top + [(value, trial_number)])[: self.keep]}
+
+    def qualifies(self, trial_number: int, value: float) -> bool:
+        """Whether a trial finishing with ``value`` would be kept (asked before costly work)."""
+        return self.keep >= 1 and trial_number in self._kept(trial_number, value)
+
     def offer(self, trial_number: int, value: float, model: "keras.Model", meta: dict[str, Any]) -> bool:
         """Save ``model`` if ``value`` places it among the best; returns whether it was kept."""
         if self.keep < 1:
             return False
-        top = [(t.value, t.number) for t in queries.best_trials(self.engine, self.study, self.keep) if t.value is not None]
-        ranked = sorted(top + [(value, trial_number)])[: self.keep]
-        kept = {number for _, number in ranked}
+        kept = self._kept(trial_number, value)
         if trial_number not in kept:
             return False
         artifacts.save(self.engine, self.study, trial_number, artifacts.MODEL, model_to_bytes(model), meta=meta)

@@ -13,10 +13,12 @@ What a trial records (all in Optuna's own tables, so Optuna's CLI and dashboard 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import statistics
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -27,7 +29,9 @@ from sweeps.checkpoints import CheckpointStore
 from sweeps.data import Splits
 from sweeps.models import ModelKeeper, held_out_metrics
 from sweeps.reproduce import record
-from sweeps.trainer import Curves, TrainingDiverged, fresh_session, train
+from sweeps.cv import k_folds, mean_curves
+from sweeps.score import Score
+from sweeps.trainer import Curves, TrainingDiverged, TrainResult, fresh_session, train
 
 
 @dataclass(frozen=True)
@@ -73,53 +77,23 @@ class Objective:
         if self.on_start is not None:
             self.on_start()
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        curves = Curves()
         retry = _retry_attrs(trial)
-        checkpoints = self._checkpoints(trial, retry.get("retry_history", []))
         # A retried trial trains with its original trial's seed, so a resumed run matches.
         seed = self.seed + int(retry.get("failed_trial", trial.number))
-        fresh_session(seed)
         trial.set_user_attr("repro", record(seed, self.splits))
-        model, fit = self.hypermodel.build(trial, self.splits.task)
-        try:
-            result = train(
-                model,
-                fit,
-                self.splits,
-                penalty=self.settings.gap_penalty,
-                patience=self.settings.patience,
-                seed=seed,
-                trial=trial,
-                curves=curves,
-                checkpoints=checkpoints,
-            )
-        except optuna.TrialPruned as pruned:
-            _record_curves(trial, curves, checkpoints)
-            if checkpoints is not None:
-                checkpoints.clear()
-            trial.set_user_attr("prune_reason", str(pruned))
-            raise
-        except TrainingDiverged as diverged:
-            _record_curves(trial, curves, checkpoints)
-            if checkpoints is not None:
-                checkpoints.clear()
-            trial.set_user_attr("fail_reason", str(diverged))
-            raise
-        _record_curves(trial, curves, checkpoints)
-        if checkpoints is not None:
-            checkpoints.clear()
-        score = result.score
-        trial.set_user_attr("score", score.value)
-        trial.set_user_attr("val_loss", score.val_loss)
-        trial.set_user_attr("train_loss", score.train_loss)
-        trial.set_user_attr("gap", score.gap)
-        trial.set_user_attr("gap_penalty", score.penalty)
-        trial.set_user_attr("best_epoch", score.epoch)
-        if self.settings.max_gap is not None:
-            trial.set_user_attr("feasible", score.gap <= self.settings.max_gap)
-        if curves.val_accuracy:
-            trial.set_user_attr("val_accuracy", curves.val_accuracy[score.epoch])
-        if self.keeper is not None:
+        if self.settings.cv:
+            score, curves = self._cross_validate(trial, seed)
+            model = None
+        else:
+            checkpoints = self._checkpoints(trial, retry.get("retry_history", []))
+            curves = Curves()
+            with _recorded(trial, curves, checkpoints):
+                result = self._fit(trial, self.splits, seed, curves, checkpoints=checkpoints, prune=True)
+            score, model = result.score, result.model
+        _record_score(trial, score, curves, self.settings)
+        if self.keeper is not None and self.keeper.qualifies(trial.number, score.value):
+            if model is None:  # cross-validated: the kept model trains on all training data
+                model = self._fit(trial, self.splits, seed, Curves()).model
             meta = {
                 "params": {**trial.params, **_fixed(trial)},
                 "score": score.value,
@@ -127,10 +101,51 @@ class Objective:
                 "train_loss": score.train_loss,
                 "gap": score.gap,
                 "best_epoch": score.epoch,
-                **held_out_metrics(result.model, self.splits),
+                **held_out_metrics(model, self.splits),
             }
-            self.keeper.offer(trial.number, score.value, result.model, meta)
+            self.keeper.offer(trial.number, score.value, model, meta)
         return score.value
+
+    def _fit(
+        self, trial: optuna.Trial, splits: Splits, seed: int, curves: Curves, *,
+        checkpoints: CheckpointStore | None = None, prune: bool = False,
+    ) -> TrainResult:
+        fresh_session(seed)
+        model, fit = self.hypermodel.build(trial, splits.task)
+        return train(
+            model, fit, splits,
+            penalty=self.settings.gap_penalty, patience=self.settings.patience, seed=seed,
+            trial=trial if prune else None, curves=curves, checkpoints=checkpoints,
+        )
+
+    def _cross_validate(self, trial: optuna.Trial, seed: int) -> tuple[Score, Curves]:
+        """k folds of the training split; the pruner sees the running mean after each fold.
+
+        Each fold's curves are stored (``curve.fold{i}.*``); the trial's own curves are the
+        folds' mean over the epochs every fold ran, and its score parts are the folds' means.
+        """
+        scores: list[Score] = []
+        fold_curves: list[Curves] = []
+        for index, fold in enumerate(k_folds(self.splits, self.settings.cv, seed)):
+            curves = Curves()
+            fold_curves.append(curves)
+            with _recorded(trial, curves, None, prefix=f"curve.fold{index}."):
+                scores.append(self._fit(trial, fold, seed + index, curves).score)
+                running = statistics.fmean(s.value for s in scores)
+                trial.report(running, step=index)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after fold {index} with mean score {running:.4f}")
+        trial.set_user_attr("fold_scores", [s.value for s in scores])
+        trial.set_user_attr("fold_best_epochs", [s.epoch for s in scores])
+        score = Score(
+            value=statistics.fmean(s.value for s in scores),
+            val_loss=statistics.fmean(s.val_loss for s in scores),
+            train_loss=statistics.fmean(s.train_loss for s in scores),
+            gap=statistics.fmean(s.gap for s in scores),
+            penalty=self.settings.gap_penalty,
+            epoch=round(statistics.fmean(s.epoch for s in scores)),
+        )
+        return score, mean_curves(fold_curves)
 
     def _checkpoints(self, trial: optuna.Trial, history: list[int]) -> CheckpointStore | None:
         if self.checkpoint_engine is None:
@@ -170,9 +185,49 @@ def _retry_attrs(trial: optuna.Trial) -> dict[str, Any]:
     return {key: attrs[key] for key in ("failed_trial", "retry_history") if key in attrs}
 
 
-def _record_curves(trial: optuna.Trial, curves: Curves, checkpoints: CheckpointStore | None) -> None:
-    if checkpoints is not None and checkpoints.resumed_epoch is not None:
-        trial.set_user_attr("resumed_from_epoch", checkpoints.resumed_epoch)
-    trial.set_user_attr("epochs_run", len(curves.val_loss))
+@contextlib.contextmanager
+def _recorded(
+    trial: optuna.Trial, curves: Curves, checkpoints: CheckpointStore | None, *, prefix: str = "curve."
+) -> Iterator[None]:
+    """Store the curves however training ends; a pruned or diverged trial keeps its reason,
+    and an ended one drops its checkpoints (a killed worker's stay for its retry)."""
+    ended = True
+    try:
+        yield
+    except optuna.TrialPruned as pruned:
+        trial.set_user_attr("prune_reason", str(pruned))
+        raise
+    except TrainingDiverged as diverged:
+        trial.set_user_attr("fail_reason", str(diverged))
+        raise
+    except BaseException:
+        ended = False  # interrupted, not finished: keep the checkpoint for a retry
+        raise
+    finally:
+        if checkpoints is not None and checkpoints.resumed_epoch is not None:
+            trial.set_user_attr("resumed_from_epoch", checkpoints.resumed_epoch)
+        _store_curves(trial, curves, prefix)
+        if checkpoints is not None and ended:
+            checkpoints.clear()
+
+
+def _store_curves(trial: optuna.Trial, curves: Curves, prefix: str = "curve.") -> None:
+    if prefix == "curve.":
+        trial.set_user_attr("epochs_run", len(curves.val_loss))
     for name, values in curves.to_dict().items():
-        trial.set_user_attr(f"curve.{name}", values)
+        trial.set_user_attr(f"{prefix}{name}", values)
+
+
+def _record_score(trial: optuna.Trial, score: Score, curves: Curves, settings: ObjectiveSettings) -> None:
+    if settings.cv:
+        _store_curves(trial, curves)  # the folds' mean curves
+    trial.set_user_attr("score", score.value)
+    trial.set_user_attr("val_loss", score.val_loss)
+    trial.set_user_attr("train_loss", score.train_loss)
+    trial.set_user_attr("gap", score.gap)
+    trial.set_user_attr("gap_penalty", score.penalty)
+    trial.set_user_attr("best_epoch", score.epoch)
+    if settings.max_gap is not None:
+        trial.set_user_attr("feasible", score.gap <= settings.max_gap)
+    if curves.val_accuracy and score.epoch < len(curves.val_accuracy):
+        trial.set_user_attr("val_accuracy", curves.val_accuracy[score.epoch])

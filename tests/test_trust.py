@@ -163,3 +163,41 @@ def test_verify_prints_the_table_on_a_small_study(sqlite_url, tiny_space, capsys
     payload = json.loads(capsys.readouterr().out)
     (row,) = payload["trials"]
     assert len(row["test_losses"]) == 2 and row["test_accuracy_mean"] > 0.5
+
+
+@pytest.mark.slow
+def test_cross_validation_runs_k_folds_and_stores_each_fold(sqlite_url, tiny_space, tmp_path):
+    from gapsweep.api import list_trials
+    from sweeps.models import load_best_model
+    from sweeps.objective import ObjectiveSettings
+
+    config = SweepConfig(
+        study="cv", space=tiny_space, data=DataSpec("wine", train_fraction=0.5), trials=2,
+        storage=sqlite_url, pruner="none", objective=ObjectiveSettings(cv=3, keep_models=1),
+    )
+    launch(config, progress=False)
+    for trial in list_trials("cv", sqlite_url):
+        assert trial.state == "COMPLETE"
+        folds = [trial.attrs[f"curve.fold{i}.val_loss"] for i in range(3)]
+        assert all(len(curve) == 6 for curve in folds) and "curve.fold3.val_loss" not in trial.attrs
+        assert trial.value == pytest.approx(sum(trial.attrs["fold_scores"]) / 3)
+        assert len(trial.attrs["curve.val_loss"]) == 6  # the folds' mean curve
+    # the kept model was retrained on all training data: it predicts the right number of classes
+    model = load_best_model("cv", sqlite_url)
+    assert model.output_shape[-1] == 3
+
+
+def test_k_folds_partition_the_training_rows():
+    import numpy as np
+
+    from sweeps.cv import k_folds
+    from sweeps.data import load
+
+    splits = load(DataSpec("wine", train_fraction=0.5))
+    folds = k_folds(splits, 4, seed=0)
+    held = np.concatenate([fold.x_val for fold in folds])
+    assert len(held) == len(splits.x_train)
+    assert {row.tobytes() for row in held} == {row.tobytes() for row in splits.x_train}
+    for fold in folds:
+        assert len(fold.x_train) + len(fold.x_val) == len(splits.x_train)
+        assert not {r.tobytes() for r in fold.x_train} & {r.tobytes() for r in fold.x_val}

@@ -1,0 +1,47 @@
+"""k-fold cross-validation on the training split, for data too small to trust one val split.
+
+Folds are drawn once from the seed; each fold's model trains on the other k − 1 folds and is
+validated on its own. The val split of the sweep stays unused for scoring, and the test split is
+never touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from gapsweep.errors import DataError
+from sweeps.data import Splits
+from sweeps.trainer import Curves
+
+
+def k_folds(splits: Splits, k: int, seed: int) -> list[Splits]:
+    """``k`` train/val splits carved from ``splits``' training rows."""
+    n = len(splits.x_train)
+    if k > n // 2:
+        raise DataError(f"{n} training rows cannot make {k} folds of at least 2 rows; lower --cv")
+    order = np.random.default_rng(seed).permutation(n)
+    parts = np.array_split(order, k)
+    folds = []
+    for index, held in enumerate(parts):
+        rest = np.concatenate([part for other, part in enumerate(parts) if other != index])
+        folds.append(
+            replace(
+                splits,
+                x_train=splits.x_train[rest], y_train=splits.y_train[rest],
+                x_val=splits.x_train[held], y_val=splits.y_train[held],
+            )
+        )
+    return folds
+
+
+def mean_curves(folds: list[Curves]) -> Curves:
+    """The folds' mean curves over the epochs every fold ran."""
+    length = min(len(curves.val_loss) for curves in folds)
+
+    def mean(name: str) -> list[float]:
+        rows = [getattr(curves, name)[:length] for curves in folds]
+        return [float(v) for v in np.mean(rows, axis=0)] if rows and all(len(r) == length for r in rows) and length else []
+
+    return Curves(train_loss=mean("train_loss"), val_loss=mean("val_loss"), val_accuracy=mean("val_accuracy"))
