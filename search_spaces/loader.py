@@ -73,11 +73,13 @@ def _from_file(path: Path) -> SearchSpace:
         raise SpaceError(f"{path}: {exc}") from None
 
 
-def _from_python(ref: str) -> SearchSpace:
+def python_object(ref: str, what: str) -> Any:
+    """Import the file of ``path/to/module.py:NAME`` and return its ``NAME``; ``what`` names the
+    reference in errors (a search space, a hypermodel)."""
     file_part, _, attr = ref.rpartition(":")
     path = Path(file_part)
     if not path.is_file():
-        raise SpaceError(f"file not found: {path} (from search space '{ref}')")
+        raise SpaceError(f"file not found: {path} (from {what} '{ref}')")
     module_name = f"gapsweep_user_space_{abs(hash(path.resolve()))}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
@@ -86,7 +88,11 @@ def _from_python(ref: str) -> SearchSpace:
     spec.loader.exec_module(module)
     if not hasattr(module, attr):
         raise SpaceError(f"{path} has no attribute '{attr}'")
-    value = getattr(module, attr)
+    return getattr(module, attr)
+
+
+def _from_python(ref: str) -> SearchSpace:
+    value = python_object(ref, "search space")
     if callable(value) and not isinstance(value, SearchSpace):
         value = value()
     if isinstance(value, (SearchSpace, dict)):
