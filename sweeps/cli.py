@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("sweep_file", nargs="?", help="sweep file (.toml/.yaml) with the settings below")
     _study_flag(launch, required=False)
     launch.add_argument("--space", help="built-in space (mlp), a .toml/.yaml file, or module.py:NAME")
+    launch.add_argument(
+        "--hypermodel", metavar="MODULE.py:NAME",
+        help="instead of --space: a KerasTuner build_model(hp) function or HyperModel in a Python file",
+    )
+    launch.add_argument("--max-epochs", type=int, help="epoch budget of a --hypermodel trial whose fit sets none, and the cap on any (default 20)")
     launch.add_argument("--data", help="digits, wine, breast_cancer, diabetes, synthetic, a .npz or a .csv file")
     launch.add_argument("--target", help="target column of a CSV file")
     launch.add_argument("--task", choices=("classification", "regression"), help="override the inferred task")
@@ -232,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
+    from gapsweep.errors import ConfigError
     from sweeps.config import SweepConfig, load_baseline, load_sweep_file
     from sweeps.data import DataSpec
     from dataclasses import replace
@@ -252,10 +258,15 @@ def _cmd_launch(args: argparse.Namespace) -> int:
             if value is not None
         },
     )
+    if args.space and args.hypermodel:
+        raise ConfigError("--space and --hypermodel both name what to search; give one of them")
+    if args.space:
+        config = replace(config, hypermodel=None)  # the flag overrides a sweep file's hypermodel
     config = config.override(
         study=args.study, space=args.space, trials=args.trials, timeout=args.timeout, pruner=args.pruner,
         sampler=args.sampler, seed=args.seed, storage=args.storage, data=data, objective=objective,
         baseline=load_baseline(args.baseline) if args.baseline else None,
+        hypermodel=args.hypermodel, max_epochs=args.max_epochs,
     )
     import optuna
 

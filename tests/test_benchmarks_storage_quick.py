@@ -1,0 +1,91 @@
+"""The storage benchmarks' ``--quick`` runs (query scale, worker scaling) into a temporary folder.
+
+Both need the PostgreSQL server (``postgres_server`` skips without it, fails under CI). Only
+the shape of the results and the benchmarks' own correctness checks are asserted: timings
+depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_quick(name: str, out: Path) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--out", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    payload = json.loads((out / "benchmarks" / f"{name}.json").read_text())
+    assert payload["benchmark"] == name and payload["quick"] is True
+    assert {"nproc", "cpu", "date", "commit", "postgresql", "run_minutes"} <= set(payload["machine"])
+    assert payload["skipped"] == {}
+    assert (out / "benchmarks" / f"{name}.png").stat().st_size > 0
+    doc = (out / "benchmarks.md").read_text()
+    assert f"<!-- BEGIN {name} -->" in doc and f"<!-- END {name} -->" in doc
+    assert "| " in doc and "Target:" in doc
+    return payload
+
+
+def test_query_scale_quick(tmp_path, postgres_server):
+    from benchmarks.query_scale import APPROACHES, QUERIES, applies
+
+    payload = run_quick("query_scale", tmp_path)
+    settings = payload["settings"]
+    assert settings["trials"] == 500
+    backends = ("sqlite", "postgresql")
+    for build in payload["builds"]:
+        assert build["trials"] == build["complete"] + build["pruned"] + build["fail"] == 500
+        assert build["add_trials"] + build["bulk"] == 500
+        assert build["read_back_mismatches"] == 0  # Optuna reads back exactly the trials made
+    assert [b["backend"] for b in payload["builds"]] == list(backends)
+
+    skipped = set(payload["skipped_approaches"])
+    expected = {
+        (backend, query.name, approach)
+        for backend in backends for query in QUERIES for approach in APPROACHES
+        if applies(approach, query) and approach not in skipped
+    }
+    rows = payload["rows"]
+    assert {(r["backend"], r["query"], r["approach"]) for r in rows} == expected
+    for row in rows:
+        if row["error"] is None:
+            assert row["correct"], row  # every answer that came back is the right top 10
+            assert len(row["runs_s"]) == settings["repeats"] and row["median_s"] > 0
+            assert row["returned"] == (1 if row["approach"] == "optuna best_trials" else 10)
+        else:
+            assert row["median_s"] is None and row["error"]
+    assert all(r["error"] is None for r in rows if r["query"] == "top 10 by score")
+
+    memory = {(m["backend"], m["approach"]): m for m in payload["memory"]}
+    assert set(memory) == {(b, a) for b in backends for a in APPROACHES if a not in skipped}
+    for (backend, approach), row in memory.items():
+        if approach == "gapsweep cli":
+            assert row["process_peak_rss_mb"] > 0
+        else:
+            assert row["tracemalloc_peak_mb"] > 0 and row["rss_growth_mb"] is not None
+
+
+def test_workers_quick(tmp_path, postgres_server):
+    payload = run_quick("workers", tmp_path)
+    budget = payload["settings"]["budget"]
+    assert [row["workers"] for row in payload["rows"]] == [1, 2]
+    for row in payload["rows"]:
+        assert row["correct"] is True
+        assert row["states"]["complete"] == budget and row["states"]["running"] == 0
+        assert sum(row["per_worker"]) == budget and len(row["per_worker"]) == row["workers"]
+        assert row["tensorflow_imported"] is False
+        assert row["trials_per_s"] > 0 and row["claims"] >= budget
+    assert payload["rows"][0]["speedup"] == pytest.approx(1.0)
+    assert payload["target"]["all_correct"] is True
