@@ -264,9 +264,9 @@ def ask_gapsweep_api(url: str, study: str, query: Query) -> list[int]:
 
 
 def cli_command() -> list[str]:
-    """The installed ``gapsweep`` entry point beside this interpreter, else ``python -m sweeps.cli``."""
-    script = Path(sys.executable).with_name("gapsweep")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "sweeps.cli"]
+    """``gapsweep`` as ``python -m sweeps.cli`` (the entry point's module), run from the repository, so
+    the process runs this checkout's code even where an installed ``gapsweep`` maps elsewhere."""
+    return [sys.executable, "-m", "sweeps.cli"]
 
 
 def cli_args(url: str, study: str, query: Query) -> list[str]:
@@ -520,7 +520,7 @@ def plot(rows: list[dict[str, Any]], trials: int, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     options = harness.parse_args(__doc__.splitlines()[0], argv)
     harness.quiet_optuna()
-    n, through_optuna, repeats = (500, 50, 1) if options.quick else (10_000, 200, 5)
+    n, through_optuna, repeats = (500, 50, 1) if options.quick else (10_000, 200, 3)
     started, machine = time.monotonic(), harness.machine()
     skipped_approaches = available()
     backends = {"sqlite": None, "postgresql": harness.postgres_reason()}
@@ -568,7 +568,7 @@ def main(argv: list[str] | None = None) -> None:
         "settings": {"trials": n, "through_add_trials": through_optuna, "top": TOP, "repeats": repeats, "batch": BATCH, "space": "mlp (built-in)",
                      "states": {"pruned": PRUNED_SHARE, "fail": FAILED_SHARE, "complete": 1 - PRUNED_SHARE - FAILED_SHARE},
                      "queries": [{"name": q.name, "by": q.by, "params": q.params} for q in QUERIES],
-                     "cli": " ".join(Path(part).name if i == 0 else part for i, part in enumerate(cli_command()))},
+                     "cli": "python -m sweeps.cli best --study S --top 10 --json --storage URL [--by B] [--param P]"},
         "skipped": skipped, "skipped_approaches": skipped_approaches,
         "builds": builds, "rows": rows, "memory": memory, "target": target,
     }
@@ -582,7 +582,7 @@ def main(argv: list[str] | None = None) -> None:
         f"(7 `mlp` parameters, score parts, 16–24-epoch curves and intermediate values; 70 % complete, 20 % pruned, "
         f"10 % failed) on each backend; every way asked once untimed, then {repeats} interleaved timed rounds (median "
         f"and min in seconds). Each in-process call opens and closes its own connection pool, as `gapsweep.api` does; "
-        f"`gapsweep cli` is a whole `gapsweep best --top {TOP} --json` process. `optuna best_trials` gives Optuna's "
+        f"`gapsweep cli` is a whole `gapsweep best --top {TOP} --json` process (as `python -m sweeps.cli`). `optuna best_trials` gives Optuna's "
         f"best (one trial), the others the top {TOP}; `correct` compares each answer with the top {TOP} computed from "
         "the trials in memory.",
         report.machine_line(machine) + (f" PostgreSQL {machine['postgresql']}." if "postgresql" in machine else ""),
