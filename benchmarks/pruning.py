@@ -116,7 +116,8 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     left.set_xlabel("trial")
     left.set_ylabel("epochs trained, cumulative")
     right.set_xlabel("wall time (s)")
-    right.set_ylabel("best val loss so far")
+    right.set_ylabel("best val loss so far (log scale)")
+    right.set_yscale("log")
     for axis in (left, right):
         axis.legend()
     fig.suptitle("digits, train_fraction 0.3: median pruning vs none (one line per seed)")
