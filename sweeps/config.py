@@ -4,6 +4,7 @@ A sweep file keeps space, data, objective, pruner, budget and storage in version
 
     study = "digits-small"
     space = "mlp"                 # a built-in name, a file, module.py:NAME, or an inline table
+    # hypermodel = "models.py:build_model"   # or, instead of space, a KerasTuner hypermodel
     trials = 20
     pruner = "median"             # median | hyperband | sha | none
     [data]
@@ -22,13 +23,16 @@ import json
 import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from gapsweep.errors import ConfigError, GapsweepError
 from search_spaces.loader import read_document
 from sweeps.data import DataSpec
 from sweeps.objective import ObjectiveSettings
 from sweeps.pruning import PRUNERS
+
+if TYPE_CHECKING:
+    import keras_tuner
 
 SAMPLERS = ("tpe", "random")
 
@@ -48,6 +52,10 @@ class SweepConfig:
     seed: int = 0
     storage: str | None = None
     baseline: dict[str, Any] | None = None
+    #: A KerasTuner build function or HyperModel (``path/to/module.py:NAME``, or the object itself)
+    #: searched instead of ``space``; ``max_epochs`` is its epoch budget.
+    hypermodel: str | Callable[..., Any] | keras_tuner.HyperModel | None = None
+    max_epochs: int = 20
 
     def __post_init__(self) -> None:
         if not self.study or not isinstance(self.study, str):
@@ -71,12 +79,21 @@ class SweepConfig:
             _whole("cv", objective.cv, 2)
         if self.baseline is not None and not isinstance(self.baseline, dict):
             raise ConfigError(f"baseline must be a table of parameter values, got {self.baseline!r}")
+        if isinstance(self.hypermodel, str) and not _python_ref(self.hypermodel):
+            raise ConfigError(
+                "hypermodel must be 'path/to/module.py:NAME' (a KerasTuner build function or HyperModel), "
+                f"got {self.hypermodel!r}"
+            )
+        _whole("max_epochs", self.max_epochs, 1)
 
     def to_dict(self) -> dict[str, Any]:
         """The study's stored configuration (no storage URL: it may hold a password)."""
         return {
             "study": self.study,
-            "space": self.space,
+            "space": self.space if self.hypermodel is None else None,
+            # For a hypermodel given as an object, the hypermodel's describe() stores where it lives.
+            "hypermodel": self.hypermodel if isinstance(self.hypermodel, str) else None,
+            "max_epochs": self.max_epochs,
             "data": self.data.to_dict(),
             "objective": self.objective.to_dict(),
             "pruner": self.pruner,
@@ -101,8 +118,13 @@ class SweepConfig:
             values["data"] = _data_spec(values["data"], base)
         if "objective" in values:
             values["objective"] = _section(ObjectiveSettings, values["objective"], "objective")
-        if isinstance(values.get("space"), str) and base is not None:
-            values["space"] = _relative(values["space"], base)
+        if values.get("space") is None:
+            values.pop("space", None)  # a hypermodel study stores no space
+        if "space" in values and values.get("hypermodel") is not None:
+            raise ConfigError("a sweep searches either a space or a hypermodel; drop one of the two settings")
+        for key in ("space", "hypermodel"):
+            if isinstance(values.get(key), str) and base is not None:
+                values[key] = _relative(values[key], base)
         try:
             return cls(**values)
         except TypeError as exc:
@@ -111,6 +133,12 @@ class SweepConfig:
     def override(self, **changes: Any) -> "SweepConfig":
         """A copy with the given (non-None) settings replaced: flags over the file."""
         return replace(self, **{key: value for key, value in changes.items() if value is not None})
+
+
+def _python_ref(ref: str) -> bool:
+    """Whether ``ref`` reads ``path/to/module.py:NAME``."""
+    file_part, colon, name = ref.rpartition(":")
+    return bool(colon) and file_part.endswith(".py") and name.isidentifier()
 
 
 def _whole(name: str, value: Any, minimum: int) -> None:

@@ -40,7 +40,7 @@ from sweeps.data import Splits
 from sweeps.models import ModelKeeper
 from sweeps.objective import GapConstraint, Objective
 from sweeps.pruning import make_pruner
-from sweeps.trainer import TrainingDiverged
+from sweeps.trainer import TrainingDiverged, init_tensorflow
 
 #: Consecutive database errors a worker rides out before it gives up.
 MAX_DB_ERRORS = 5
@@ -109,11 +109,14 @@ def prepare(config: SweepConfig) -> Sweep:
         pruner=make_pruner(config.pruner, max_epochs=hypermodel.max_epochs),
     )
     previous = stored_config(study)
-    if previous is not None and previous.get("space") != stored.get("space"):
+    keys = ("space", *hypermodel.describe())
+    changed = [key for key in keys if previous is not None and previous.get(key) != stored.get(key)]
+    if changed:
         storage.engine.dispose()
+        what = "hypermodel" if "hypermodel" in changed else "search space"
         raise ConfigError(
-            f"study '{config.study}' was started with a different search space; "
-            "resume it with the same space or launch under a new --study name"
+            f"study '{config.study}' was started with a different {what}; "
+            f"resume it with the same {what} or launch under a new --study name"
         )
     if previous is None or previous != stored:
         study.set_user_attr(CONFIG_ATTR, stored)
@@ -228,8 +231,16 @@ def _check_baseline(baseline: dict[str, Any], hypermodel: Hypermodel) -> None:
 
 
 def load_hypermodel(config: SweepConfig) -> Hypermodel:
-    """The hypermodel ``config`` names: its search space sampled into the MLP builder."""
-    return SpaceHypermodel(load_space(config.space))
+    """The hypermodel ``config`` names: a KerasTuner build function or HyperModel, checked by one
+    build, or else its search space sampled into the MLP builder."""
+    if config.hypermodel is None:
+        return SpaceHypermodel(load_space(config.space))
+    from search_spaces import keras_tuner
+
+    init_tensorflow()  # the check builds a model, and TensorFlow's thread settings must come first
+    hypermodel = keras_tuner.load(config.hypermodel, max_epochs=config.max_epochs)
+    hypermodel.check()
+    return hypermodel
 
 
 class _ProgressBar:
