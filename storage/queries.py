@@ -203,8 +203,9 @@ def best_trials(
             .where(complete)
         )
     # Trials that break a --max-gap constraint rank after every feasible one.
+    flags = _attrs.alias("flags")
     infeasible = sa.exists().where(
-        _attrs.c.trial_id == _trials.c.trial_id, _attrs.c.key == "feasible", _attrs.c.value_json == "false"
+        flags.c.trial_id == _trials.c.trial_id, flags.c.key == "feasible", flags.c.value_json == "false"
     )
     order = (sa.case((infeasible, 1), else_=0), key.asc(), _trials.c.number.asc())
     query = query.where(*_param_filters(params)).order_by(*order).limit(k)

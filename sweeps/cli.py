@@ -296,7 +296,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     else:
         finished = ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n)
         print(f"study '{config.study}': {finished}")
-        print(trials_table(top) if top else "no complete trial yet")
+        print(trials_table([t.summary() for t in top]) if top else "no complete trial yet")
         if baseline is not None:
             print(_against_baseline(baseline, top[0] if top else None))
     return 0
@@ -314,47 +314,34 @@ def _against_baseline(baseline: Any, best: Any) -> str:
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
-    from gapsweep.api import baseline_trial, best_trials
-    from sweeps.diagnosed import diagnosed_summary, diagnosed_table
-    from sweeps.output import to_json, trials_csv
+    from gapsweep.api import baseline_trial, best_trials, get_study_config, rerank_trials
+    from sweeps.output import TRIAL_COLUMNS, to_json, trials_csv, trials_table, with_diagnosis
 
+    columns = TRIAL_COLUMNS
     if args.gap_penalty is not None or args.epoch is not None:
-        return _rerank(args)
-    records = best_trials(args.study, args.storage, args.top, by=args.by, params=dict(args.param))
-    if args.json:
-        print(to_json([diagnosed_summary(record) for record in records]))
-    elif args.csv:
-        sys.stdout.write(trials_csv(records))
+        # Re-rank from the stored curves: the recomputed score parts, the stored score beside.
+        if args.by != "score" or args.param:
+            raise GapsweepError("re-ranking (--gap-penalty/--epoch) ranks by the recomputed score: drop --by and --param")
+        penalty = args.gap_penalty
+        if penalty is None:
+            penalty = float(get_study_config(args.study, args.storage)["objective"]["gap_penalty"])
+        ranked = rerank_trials(args.study, args.storage, args.top, gap_penalty=penalty, epoch=args.epoch or "best")
+        rows = [with_diagnosis(item.record, item.summary()) for item in ranked]
+        columns = ("number", "score", "stored_score", "val_loss", "train_loss", "gap", "best_epoch", "epochs_run")
+        best = None
     else:
-        print(diagnosed_table(records) if records else f"study '{args.study}' has no complete trial yet")
-        baseline = baseline_trial(args.study, args.storage)
-        if baseline is not None:
-            print(_against_baseline(baseline, records[0] if records else None))
-    return 0
-
-
-def _rerank(args: argparse.Namespace) -> int:
-    from gapsweep.api import get_study_config, rerank_trials
-    from sweeps.output import table, to_json
-
-    if args.by != "score" or args.param:
-        raise GapsweepError("re-ranking (--gap-penalty/--epoch) ranks by the recomputed score: drop --by and --param")
-    penalty = args.gap_penalty
-    if penalty is None:
-        penalty = float(get_study_config(args.study, args.storage)["objective"]["gap_penalty"])
-    ranked = rerank_trials(args.study, args.storage, args.top, gap_penalty=penalty, epoch=args.epoch or "best")
-    rows = [item.summary() for item in ranked]
+        records = best_trials(args.study, args.storage, args.top, by=args.by, params=dict(args.param))
+        rows = [with_diagnosis(record) for record in records]
+        best = records[0] if records else None
     if args.json:
         print(to_json(rows))
     elif args.csv:
-        import csv
-
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["number"], lineterminator="\n", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+        sys.stdout.write(trials_csv(rows))
     else:
-        columns = ["number", "score", "stored_score", "val_loss", "train_loss", "gap", "best_epoch", "epochs_run"]
-        print(table(rows, columns) if rows else f"study '{args.study}' has no complete trial yet")
+        print(trials_table(rows, columns) if rows else f"study '{args.study}' has no complete trial yet")
+        baseline = baseline_trial(args.study, args.storage)
+        if baseline is not None:
+            print(_against_baseline(baseline, best))
     return 0
 
 
@@ -362,13 +349,13 @@ def _cmd_trials(args: argparse.Namespace) -> int:
     from gapsweep.api import list_trials
     from sweeps.output import to_json, trials_csv, trials_table
 
-    records = list_trials(args.study, args.storage, states=args.state, params=dict(args.param))
+    rows = [record.summary() for record in list_trials(args.study, args.storage, states=args.state, params=dict(args.param))]
     if args.json:
-        print(to_json([record.summary() for record in records]))
+        print(to_json(rows))
     elif args.csv:
-        sys.stdout.write(trials_csv(records))
+        sys.stdout.write(trials_csv(rows))
     else:
-        print(trials_table(records))
+        print(trials_table(rows))
     return 0
 
 
@@ -383,16 +370,14 @@ def _cmd_studies(args: argparse.Namespace) -> int:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from gapsweep.api import get_trial
-    from sweeps.diagnosis import diagnose_record
-    from sweeps.output import to_json
+    from sweeps.output import to_json, with_diagnosis
 
     record = get_trial(args.study_name, args.trial, args.storage)
-    diagnosis = diagnose_record(record)
-    payload = {**record.to_dict(), "diagnosis": diagnosis.to_dict()}
+    payload = with_diagnosis(record, record.to_dict())
     if args.json:
         print(to_json(payload))
         return 0
-    payload["diagnosis"] = str(diagnosis)
+    payload["diagnosis"] = "{label}: {reason}".format(**payload["diagnosis"])
     curves = payload.pop("curves")
     params = payload.pop("params")
     for key, value in payload.items():

@@ -9,8 +9,9 @@ import math
 from typing import Any, Sequence
 
 from storage.queries import StudySummary, TrialRecord
+from sweeps.diagnosis import diagnose_record
 
-_TRIAL_COLUMNS = ("number", "state", "score", "val_loss", "train_loss", "gap", "best_epoch", "epochs_run")
+TRIAL_COLUMNS = ("number", "state", "score", "val_loss", "train_loss", "gap", "best_epoch", "epochs_run")
 
 
 def to_json(payload: Any) -> str:
@@ -45,20 +46,28 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def _flat(record: TrialRecord) -> dict[str, Any]:
-    summary = record.summary()
-    params = summary.pop("params")
-    return {**summary, **{f"param.{key}": value for key, value in params.items()}}
+def with_diagnosis(record: TrialRecord, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A trial summary (``record.summary()`` unless given) with its curves' diagnosis."""
+    return {**(summary or record.summary()), "diagnosis": diagnose_record(record).to_dict()}
 
 
-def trials_table(records: Sequence[TrialRecord]) -> str:
-    rows = [_flat(record) for record in records]
+def _flat(summary: dict[str, Any]) -> dict[str, Any]:
+    row = {key: value for key, value in summary.items() if key != "params"}
+    if isinstance(row.get("diagnosis"), dict):
+        row["diagnosis"] = row["diagnosis"]["label"]
+    return {**row, **{f"param.{key}": value for key, value in summary.get("params", {}).items()}}
+
+
+def trials_table(summaries: Sequence[dict[str, Any]], columns: Sequence[str] = TRIAL_COLUMNS) -> str:
+    """Trial summaries as a table: the given columns (and diagnosis, if present), then params."""
+    rows = [_flat(summary) for summary in summaries]
+    extra = ["diagnosis"] if any("diagnosis" in row for row in rows) else []
     params = sorted({key for row in rows for key in row if key.startswith("param.")})
-    return table(rows, list(_TRIAL_COLUMNS) + params)
+    return table(rows, [*columns, *extra, *params])
 
 
-def trials_csv(records: Sequence[TrialRecord]) -> str:
-    rows = [_flat(record) for record in records]
+def trials_csv(summaries: Sequence[dict[str, Any]]) -> str:
+    rows = [_flat(summary) for summary in summaries]
     columns = list(dict.fromkeys(key for row in rows for key in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
