@@ -10,7 +10,9 @@ COPY sweeps ./sweeps
 COPY search_spaces ./search_spaces
 COPY storage ./storage
 COPY examples ./examples
-RUN pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}"
+COPY scripts ./scripts
+RUN PIP_NO_CACHE_DIR=1 scripts/setup.sh "$EXTRAS"
+ENV PATH=/app/.venv/bin:$PATH
 # Stop with SIGTERM: the worker finishes its current trial, then exits.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["gapsweep"]

@@ -41,5 +41,6 @@ def test_compose_services_are_complete_and_run_real_commands():
 def test_the_worker_image_installs_the_cli():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["gapsweep"]' in dockerfile
-    for package in ("gapsweep", "sweeps", "search_spaces", "storage"):
+    for package in ("gapsweep", "sweeps", "search_spaces", "storage", "scripts"):
         assert f"COPY {package} ./{package}" in dockerfile
+    assert 'scripts/setup.sh "$EXTRAS"' in dockerfile  # the same install, CPU or GPU, as on a laptop
