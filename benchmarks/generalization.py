@@ -1,7 +1,7 @@
 """Generalization: the gap-penalized score (λ > 0) against plain val loss (λ = 0) on small data.
 
 For every task and seed, one sweep per λ on the same splits. Each sweep's best trial (by its own
-score) is retrained with ``sweeps.trainer.train`` on the same splits and seed, then measured on
+score) is retrained with ``sweeps.trainer.train_params`` on the same splits and seed, then measured on
 the held-out test split the sweep never saw: test loss (pure cross-entropy), test accuracy, and
 the train/val gap at the epoch early stopping restored. One fresh process per task and seed.
 """
@@ -17,7 +17,7 @@ from typing import Any
 from benchmarks import harness, report
 from gapsweep import DataSpec, ObjectiveSettings, SweepConfig, best_trials, launch
 from sweeps.data import load
-from sweeps.trainer import train
+from sweeps.trainer import train_params
 
 NAME = "generalization"
 TITLE = "Generalization: gap penalty vs plain val loss"
@@ -49,7 +49,7 @@ def sweep_and_retrain(
     task: str, seed: int, trials: int, space: dict[str, Any], penalties: tuple[float, ...]
 ) -> list[dict[str, Any]]:
     """One sweep per λ on the task's splits for ``seed``; each best trial retrained and tested."""
-    harness.prepare_child()
+    harness.prepare_process()
     data = dataclasses.replace(TASKS[task], seed=seed)
     splits = load(data)
     results = []
@@ -65,8 +65,10 @@ def sweep_and_retrain(
             wall = time.perf_counter() - start
             best = best_trials(config.study, url, k=1)[0]
         params = best.summary()["params"]
-        # The objective seeds trial n with seed + n: the retrain starts where the trial started.
-        result = train(params, splits, penalty=penalty, patience=objective.patience, seed=seed + best.number)
+        # The trial's reproducibility record holds its seed: the retrain starts where it started.
+        result = train_params(
+            params, splits, seed=int(best.attrs["repro"]["seed"]), penalty=penalty, patience=objective.patience
+        )
         test = result.model.evaluate(splits.x_test, splits.y_test, verbose=0, return_dict=True, batch_size=1024)
         results.append({
             "task": task,

@@ -132,7 +132,7 @@ def quiet_optuna() -> None:
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
 
 
-def prepare_child() -> None:
+def prepare_process() -> None:
     """Quiet Optuna, import TensorFlow and fix its threads as gapsweep does, so no clock pays the import."""
     from sweeps.trainer import init_tensorflow
 

@@ -1,19 +1,22 @@
 """Trial-loop overhead: gapsweep's ``launch`` against plain ``optuna.create_study().optimize()``.
 
-No Keras runs. gapsweep's trainer is replaced by a stub that returns instantly with fake curves
-but does the trainer's storage work: one ``report``/``should_prune`` per epoch. It returns a
-stand-in model that evaluates instantly and saves a file the size a trained Keras model of the
-sampled shape would have, so keeping the top models in the database costs what it really
-costs. Everything else is gapsweep's own loop, as ``launch`` runs it: its storage settings,
-its study-wide budget and progress bookkeeping, the objective's user attributes and the model
-keeper. The plain-Optuna baseline
-samples the same parameters and reports the same epochs on the same kind of storage; a no-op
-objective shows the bare loop. Three diagnostic variants switch off, one after another, the
-per-epoch checkpoints, the kept models and the user attributes, to price each.
+No Keras model is built or trained. Three seams are stubbed: the hypermodel samples the space
+as a trial does but builds a stand-in model; the per-trial Keras session reset is skipped; the
+trainer returns at once with fake curves, after the trainer's storage work: one
+``report``/``should_prune`` per epoch and, given a checkpoint store, one checkpoint per epoch.
+The stand-in model evaluates instantly and saves as many bytes as a trained Keras model of the
+sampled shape would, so checkpoints and kept models cost what they really cost in the
+database (not the Keras serialization around them). Everything else is gapsweep's own loop,
+as ``launch`` runs it: storage settings, study lock and budget checks, stale-trial reaping,
+heartbeats, the reproducibility record, user attributes, the model keeper, the progress
+callback. TensorFlow is imported before the clock starts.
 
-Throughput is measured from the stored timestamps (first trial's start to last trial's end), so
-setup is left out on both sides. SQL statements and commits per trial, counted in a separate
-short pass, say where the time goes.
+The plain-Optuna baseline samples the same parameters and reports the same epochs on the same
+kind of storage; a no-op objective shows the bare loop. Three diagnostic variants switch off,
+one after another, the per-epoch checkpoints, the kept models and the user attributes, to price
+each. Throughput is measured from the stored timestamps (first trial's start to last trial's
+end), so setup is left out on both sides. SQL statements and commits per trial, counted in a
+separate short pass, say where the time goes.
 """
 
 from __future__ import annotations
@@ -35,7 +38,10 @@ import sqlalchemy as sa
 
 from benchmarks import harness, report
 from gapsweep import DataSpec, ObjectiveSettings, SweepConfig, launch
+from search_spaces.builder import resolve
+from search_spaces.hypermodel import FitSettings, SpaceHypermodel
 from sweeps import objective as objective_module
+from sweeps.checkpoints import CheckpointStore, TrainingState
 from sweeps.data import Splits
 from sweeps.score import best_score, gap_score
 from sweeps.trainer import Curves, TrainResult
@@ -72,16 +78,18 @@ def noise(n_bytes: int) -> bytes:
 
 
 class StandInModel:
-    """Duck-types the two calls gapsweep makes on a trained model: ``evaluate`` and ``save``."""
+    """Duck-types what gapsweep calls on a trained model (``evaluate``, ``save``), and carries
+    the sampled values the stub trainer needs."""
 
-    def __init__(self, n_bytes: int) -> None:
-        self.n_bytes = n_bytes
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self.learning_rate = float(values["learning_rate"])
+        self.weights = weight_count(int(values["units"]), int(values["n_layers"]))
 
     def evaluate(self, *_: Any, **__: Any) -> dict[str, float]:
         return {"loss": 0.3, "pure_loss": 0.25, "accuracy": 0.9}
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        Path(path).write_bytes(noise(self.n_bytes))
+        Path(path).write_bytes(noise(model_bytes(self.weights)))
 
 
 def weight_count(units: int, n_layers: int, n_features: int = 64, n_classes: int = 10) -> int:
@@ -99,8 +107,15 @@ def model_bytes(weights: int) -> int:
     return 12 * weights + 25_000
 
 
+def stub_build(self: SpaceHypermodel, trial: optuna.Trial, task: Any) -> tuple[StandInModel, FitSettings]:
+    """``SpaceHypermodel.build`` without Keras: samples the space as a trial does, builds nothing."""
+    values = resolve(self.space.sample(trial))
+    return StandInModel(values), FitSettings(int(values["epochs"]), int(values["batch_size"]))
+
+
 def stub_train(
-    params: Mapping[str, Any],
+    model: StandInModel,
+    fit: FitSettings,
     splits: Splits,
     *,
     penalty: float,
@@ -108,20 +123,18 @@ def stub_train(
     seed: int,
     trial: optuna.Trial | None = None,
     curves: Curves | None = None,
-    checkpoints: Any = None,
+    checkpoints: CheckpointStore | None = None,
 ) -> TrainResult:
     """``sweeps.trainer.train`` without Keras: fills the curves and reports each epoch to the pruner.
 
-    Where the trainer is given a checkpoint store (gapsweep's per-epoch crash safety), the stub
-    looks for a checkpoint to resume and saves one per epoch, as the trainer does, with stand-in
-    model bytes of the real size.
+    Given a checkpoint store (gapsweep's per-epoch crash safety), it asks for a state to resume
+    and saves one per epoch, as the trainer does, with stand-in model bytes of the real size.
     """
     curves = curves if curves is not None else Curves()
-    weights = weight_count(int(params["units"]), int(params["n_layers"]))
     if checkpoints is not None:
         checkpoints.latest()
-    for epoch in range(int(params["epochs"])):
-        train, val = fake_curve(float(params["learning_rate"]), epoch)
+    for epoch in range(fit.epochs):
+        train, val = fake_curve(model.learning_rate, epoch)
         curves.train_loss.append(train)
         curves.val_loss.append(val)
         curves.val_accuracy.append(0.9)
@@ -130,15 +143,12 @@ def stub_train(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
         if checkpoints is not None:
-            checkpoints.save(stand_in_checkpoint(epoch, curves, weights))
-    model = StandInModel(model_bytes(weights))
+            checkpoints.save(stand_in_checkpoint(epoch, curves, model.weights))
     return TrainResult(model=model, curves=curves, score=best_score(curves.train_loss, curves.val_loss, penalty))
 
 
-def stand_in_checkpoint(epoch: int, curves: Curves, weights: int) -> Any:
+def stand_in_checkpoint(epoch: int, curves: Curves, weights: int) -> TrainingState:
     """A ``TrainingState`` as big as the trainer's: model bytes plus the best epoch's weights."""
-    from sweeps.checkpoints import TrainingState
-
     return TrainingState(
         epoch=epoch, curves=curves.to_dict(), best=min(curves.val_loss), best_epoch=len(curves.val_loss) - 1, wait=0,
         model=noise(model_bytes(weights)), best_weights=[np.zeros(weights, dtype="float32")],
@@ -190,6 +200,8 @@ def run_gapsweep(
     )
     trainer = stub_train if checkpoints else stub_train_without_checkpoints
     with contextlib.ExitStack() as patches:
+        patches.enter_context(mock.patch.object(SpaceHypermodel, "build", stub_build))
+        patches.enter_context(mock.patch.object(objective_module, "fresh_session", lambda seed: None))
         patches.enter_context(mock.patch.object(objective_module, "train", trainer))
         if not user_attrs:
             patches.enter_context(mock.patch.object(optuna.Trial, "set_user_attr", lambda self, key, value: None))
@@ -324,7 +336,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     options = harness.parse_args(__doc__.splitlines()[0], argv)
-    harness.quiet_optuna()
+    harness.prepare_process()
     trials, repeats, count_trials = (10, 1, 5) if options.quick else (100, 2, 20)
     started, machine = time.monotonic(), harness.machine()
     backends = {"sqlite": None, "postgresql": harness.postgres_reason()}

@@ -24,7 +24,7 @@ DATA = DataSpec("digits", train_fraction=0.3)
 
 def sweep(pruner: str, seed: int, trials: int, space: str | dict[str, Any]) -> dict[str, Any]:
     """One timed ``launch`` (meant for a fresh process); its trials as plain dicts."""
-    harness.prepare_child()
+    harness.prepare_process()
     with harness.sqlite_file() as url:
         config = SweepConfig(
             study=f"pruning-{pruner}", space=space, data=DATA, pruner=pruner, trials=trials, seed=seed, storage=url

@@ -20,8 +20,10 @@ import time
 import warnings
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from unittest import mock
+
+import optuna
 
 from benchmarks import harness, report
 from gapsweep import DataSpec, SweepConfig, launch, list_trials
@@ -60,17 +62,18 @@ def test_metrics(model: Any, splits: Splits) -> dict[str, float]:
 
 def run_gapsweep(seed: int, trials: int, space: dict[str, Any]) -> dict[str, Any]:
     """gapsweep's ``launch`` (TPE, median pruning); each trial's weights kept when it improves."""
-    harness.prepare_child()
+    harness.prepare_process()
     splits = load(DATA)
     kept: dict[int, tuple[dict[str, Any], list[Any]]] = {}
     best = math.inf
 
-    def keeping_train(params: Mapping[str, Any], *args: Any, trial: Any = None, **kwargs: Any) -> TrainResult:
+    def keeping_train(*args: Any, trial: optuna.Trial | None = None, **kwargs: Any) -> TrainResult:
         nonlocal best
-        result = train(params, *args, trial=trial, **kwargs)
+        result = train(*args, trial=trial, **kwargs)
         if trial is not None and result.score.value < best:
             best = result.score.value
-            kept[trial.number] = (dict(params), result.model.get_weights())
+            fixed = {key[6:]: value for key, value in trial.user_attrs.items() if key.startswith("fixed.")}
+            kept[trial.number] = ({**trial.params, **fixed}, result.model.get_weights())
         return result
 
     with harness.sqlite_file() as url:
@@ -97,7 +100,7 @@ def run_gapsweep(seed: int, trials: int, space: dict[str, Any]) -> dict[str, Any
 
 def run_kerastuner(method: str, seed: int, trials: int, space: dict[str, Any]) -> dict[str, Any]:
     """KerasTuner RandomSearch (``trials`` trials) or Hyperband (one iteration up to the max epochs)."""
-    harness.prepare_child()
+    harness.prepare_process()
     import keras
     import keras_tuner as kt
     import tensorflow as tf
