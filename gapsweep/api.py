@@ -25,8 +25,14 @@ def best_trials(
     study: str, storage: str | None = None, k: int = 1, *, by: str = "score", params: dict[str, ParamRange] | None = None
 ) -> list[TrialRecord]:
     """The ``k`` best complete trials of ``study`` by ``by`` (score, val_loss, gap, train_loss),
-    optionally only those whose numeric ``params`` lie in ``{name: (low, high)}``."""
+    optionally only those whose numeric ``params`` lie in ``{name: (low, high)}``.
+
+    For a multi-objective (val loss, gap) study with the default ranking: its whole Pareto
+    front, by val loss (``k`` does not cut a front).
+    """
     with reading(storage) as engine:
+        if by == "score" and not params and queries.n_objectives(engine, study) > 1:
+            return queries.pareto_trials(engine, study)
         return queries.best_trials(engine, study, k, by=by, params=params)
 
 

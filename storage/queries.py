@@ -8,6 +8,7 @@ TensorFlow, so the commands that use it start fast.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +21,7 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import Engine
 
 from gapsweep.errors import ConfigError, StudyNotFoundError
+from storage.pareto import pareto_front
 
 _studies = models.StudyModel.__table__
 _trials = models.TrialModel.__table__
@@ -71,13 +73,13 @@ class TrialRecord:
         return {
             "number": self.number,
             "state": self.state,
-            "score": self.value,
+            "score": scalars.pop("score", self.value),  # the objective value, unless multi-objective
             "val_loss": scalars.pop("val_loss", None),
             "train_loss": scalars.pop("train_loss", None),
             "gap": scalars.pop("gap", None),
             "params": {**self.params, **{k[6:]: scalars.pop(k) for k in list(scalars) if k.startswith("fixed.")}},
             "duration_s": self.duration_s,
-            **{key: value for key, value in scalars.items() if key != "score"},
+            **scalars,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,6 +107,34 @@ def study_user_attrs(engine: Engine, study: str) -> dict[str, Any]:
     with engine.connect() as conn:
         rows = conn.execute(sa.select(table.c.key, table.c.value_json).where(table.c.study_id == sid)).all()
     return {key: json.loads(value) for key, value in rows}
+
+
+def n_objectives(engine: Engine, study: str) -> int:
+    """1 for a study ranked by its score, 2 for a multi-objective (val loss, gap) study."""
+    sid = study_id(engine, study)
+    directions = models.StudyDirectionModel.__table__
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).where(directions.c.study_id == sid)).scalar() or 1)
+
+
+def pareto_trials(engine: Engine, study: str) -> list[TrialRecord]:
+    """The complete trials no other beats on both objectives, by the first objective.
+
+    Only two floats per trial are read to find the front; the front's trials are loaded whole.
+    """
+    sid = study_id(engine, study)
+    query = (
+        sa.select(_trials.c.trial_id, _values.c.objective, _values.c.value)
+        .join(_values, _values.c.trial_id == _trials.c.trial_id)
+        .where(_trials.c.study_id == sid, _trials.c.state == TrialState.COMPLETE, _values.c.objective.in_((0, 1)))
+    )
+    points: dict[int, list[float]] = defaultdict(lambda: [math.nan, math.nan])
+    with engine.connect() as conn:
+        for trial_id, objective, value in conn.execute(query):
+            points[trial_id][objective] = math.nan if value is None else float(value)
+    ids = [i for i, p in points.items() if all(math.isfinite(v) for v in p)]
+    front = [ids[i] for i in pareto_front([tuple(points[i]) for i in ids])]
+    return _load(engine, sorted(front, key=lambda i: (points[i][0], points[i][1])))
 
 
 def baseline_trial(engine: Engine, study: str) -> TrialRecord | None:

@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-gap", type=float,
         help="gap constraint τ: trials with val − train > τ are infeasible and rank last (TPE's constraints)",
     )
+    launch.add_argument(
+        "--multi-objective", action="store_true", default=None,
+        help="minimize (val loss, gap) together; best then returns the Pareto front. Optuna cannot prune "
+        "multi-objective studies, so trials run with early stopping only (--pruner is ignored); the "
+        "single gap-penalized score stays the pruned default",
+    )
     launch.add_argument("--cv", type=int, help="score each trial by k-fold cross-validation on the training split (k >= 2)")
     launch.add_argument("--baseline", help="JSON file of your current parameter values: run first, compared in every summary")
     launch.add_argument("--pruner", choices=("median", "hyperband", "sha", "none"), help="per-epoch pruner (default median)")
@@ -254,6 +260,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
             key: value
             for key, value in {
                 "gap_penalty": args.gap_penalty, "patience": args.patience, "max_gap": args.max_gap, "cv": args.cv,
+                "multi_objective": args.multi_objective,
             }.items()
             if value is not None
         },

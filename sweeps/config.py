@@ -77,6 +77,8 @@ class SweepConfig:
                 raise ConfigError("max_gap needs the tpe sampler (it supports constraints); drop --sampler random")
         if objective.cv:
             _whole("cv", objective.cv, 2)
+        if not isinstance(objective.multi_objective, bool):
+            raise ConfigError(f"multi_objective must be true or false, got {objective.multi_objective!r}")
         if self.baseline is not None and not isinstance(self.baseline, dict):
             raise ConfigError(f"baseline must be a table of parameter values, got {self.baseline!r}")
         if isinstance(self.hypermodel, str) and not _python_ref(self.hypermodel):

@@ -100,17 +100,26 @@ def prepare(config: SweepConfig) -> Sweep:
     splits = datasets.load(config.data)
     stored = {**config.to_dict(), **hypermodel.describe()}
 
+    multi = config.objective.multi_objective
+    directions = ["minimize", "minimize"] if multi else ["minimize"]
     storage = open_crash_safe_storage(config.storage)
     artifacts.ensure_schema(storage.engine)
     study = create_or_load(
         config.study,
         storage,
         sampler=optuna.samplers.RandomSampler(seed=0),  # replaced below once the study's size is known
-        pruner=make_pruner(config.pruner, max_epochs=hypermodel.max_epochs),
+        pruner=make_pruner("none" if multi else config.pruner, max_epochs=hypermodel.max_epochs),
+        directions=directions,
     )
     previous = stored_config(study)
     keys = ("space", *hypermodel.describe())
     changed = [key for key in keys if previous is not None and previous.get(key) != stored.get(key)]
+    if len(study.directions) != len(directions):
+        storage.engine.dispose()
+        kinds = {1: "single-objective", 2: "multi-objective (val loss, gap)"}
+        raise ConfigError(
+            f"study '{config.study}' is {kinds[len(study.directions)]}; launch it the same way or under a new --study name"
+        )
     if changed:
         storage.engine.dispose()
         what = "hypermodel" if "hypermodel" in changed else "search space"
@@ -263,8 +272,9 @@ class _ProgressBar:
             "pruned": self.counts[TrialState.PRUNED],
             "failed": self.counts[TrialState.FAIL],
         }
-        best = _best_value(study)
-        if best is not None:
+        if len(study.directions) > 1:
+            postfix["front"] = len(study.best_trials)
+        elif (best := _best_value(study)) is not None:
             postfix["best"] = f"{best:.4f}"
         self.bar.set_postfix(postfix, refresh=False)
         if trial.state in COUNTED:

@@ -46,6 +46,9 @@ class ObjectiveSettings:
     max_gap: float | None = None
     #: k > 1 scores each trial by k-fold cross-validation on the training split.
     cv: int = 0
+    #: Minimize (val loss, gap) together: the study keeps a Pareto front, and Optuna refuses
+    #: ``trial.report`` in such studies, so trials run with early stopping only (no pruning).
+    multi_objective: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,7 +76,7 @@ class Objective:
         self.checkpoint_engine = checkpoint_engine
         self.on_start = on_start
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         if self.on_start is not None:
             self.on_start()
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -88,10 +91,14 @@ class Objective:
             checkpoints = self._checkpoints(trial, retry.get("retry_history", []))
             curves = Curves()
             with _recorded(trial, curves, checkpoints):
-                result = self._fit(trial, self.splits, seed, curves, checkpoints=checkpoints, prune=True)
+                result = self._fit(
+                    trial, self.splits, seed, curves, checkpoints=checkpoints, prune=not self.settings.multi_objective
+                )
             score, model = result.score, result.model
         _record_score(trial, score, curves, self.settings)
-        if self.keeper is not None and self.keeper.qualifies(trial.number, score.value):
+        # Models are ranked by the study's first value: the score, or val loss when multi-objective.
+        rank = score.val_loss if self.settings.multi_objective else score.value
+        if self.keeper is not None and self.keeper.qualifies(trial.number, rank):
             if model is None:  # cross-validated: the kept model trains on all training data
                 model = self._fit(trial, self.splits, seed, Curves()).model
             meta = {
@@ -103,7 +110,9 @@ class Objective:
                 "best_epoch": score.epoch,
                 **held_out_metrics(model, self.splits),
             }
-            self.keeper.offer(trial.number, score.value, model, meta)
+            self.keeper.offer(trial.number, rank, model, meta)
+        if self.settings.multi_objective:
+            return score.val_loss, score.gap
         return score.value
 
     def _fit(
@@ -132,9 +141,10 @@ class Objective:
             with _recorded(trial, curves, None, prefix=f"curve.fold{index}."):
                 scores.append(self._fit(trial, fold, seed + index, curves).score)
                 running = statistics.fmean(s.value for s in scores)
-                trial.report(running, step=index)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned after fold {index} with mean score {running:.4f}")
+                if not self.settings.multi_objective:
+                    trial.report(running, step=index)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"pruned after fold {index} with mean score {running:.4f}")
         trial.set_user_attr("fold_scores", [s.value for s in scores])
         trial.set_user_attr("fold_best_epochs", [s.epoch for s in scores])
         score = Score(

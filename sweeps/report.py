@@ -31,7 +31,7 @@ from gapsweep.api import best_trials, list_trials
 from gapsweep.errors import ConfigError
 from storage.queries import TrialRecord
 from sweeps.diagnosis import LABELS, Diagnosis, diagnose_record
-from sweeps.pareto import pareto_front
+from storage.pareto import pareto_front
 
 FORMATS = ("html", "png")
 _DPI = 100

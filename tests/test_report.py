@@ -14,7 +14,7 @@ import pytest
 from fake_trials import MIXED, add_mixed_trials, gapsweep_trial
 from storage.engine import open_storage
 from sweeps.cli import main
-from sweeps.pareto import pareto_front
+from storage.pareto import pareto_front
 from sweeps.report import build_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

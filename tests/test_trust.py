@@ -201,3 +201,47 @@ def test_k_folds_partition_the_training_rows():
     for fold in folds:
         assert len(fold.x_train) + len(fold.x_val) == len(splits.x_train)
         assert not {r.tobytes() for r in fold.x_train} & {r.tobytes() for r in fold.x_val}
+
+
+def test_multi_objective_best_is_the_exact_pareto_front(sqlite_url):
+    import random
+
+    from gapsweep.api import best_trials
+
+    rng = random.Random(3)
+    study = optuna.create_study(study_name="mo", storage=open_storage(sqlite_url), directions=["minimize", "minimize"])
+    points = [(round(rng.uniform(0, 1), 3), round(rng.uniform(0, 1), 3)) for _ in range(40)] + [(0.5, 0.5), (0.5, 0.5)]
+    for point in points:
+        trial = study.ask()
+        study.tell(trial, list(point))
+    study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)
+
+    def dominated(p: tuple[float, float]) -> bool:
+        return any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in points)
+
+    expected = sorted(i for i, p in enumerate(points) if not dominated(p))
+    front = best_trials("mo", sqlite_url, k=1)
+    assert sorted(t.number for t in front) == expected  # the whole front, whatever k
+    assert [t.value for t in front] == sorted(t.value for t in front)  # by val loss
+    assert {t.number for t in front} == {t.number for t in study.best_trials}  # Optuna agrees
+
+
+@pytest.mark.slow
+def test_a_multi_objective_sweep_runs_without_pruning(sqlite_url, tiny_space, capsys):
+    from sweeps.objective import ObjectiveSettings
+
+    config = SweepConfig(
+        study="mo-run", space=tiny_space, data=DataSpec("digits", train_fraction=0.3), trials=3,
+        storage=sqlite_url, pruner="median", objective=ObjectiveSettings(multi_objective=True),
+    )
+    study = launch(config, progress=False)
+    assert len(study.directions) == 2
+    for trial in study.trials:
+        assert trial.state == optuna.trial.TrialState.COMPLETE and not trial.intermediate_values
+        assert trial.values == pytest.approx([trial.user_attrs["val_loss"], trial.user_attrs["gap"]])
+    assert main(["best", "--study", "mo-run", "--storage", sqlite_url, "--json"]) == 0
+    front = json.loads(capsys.readouterr().out)
+    assert {row["number"] for row in front} == {t.number for t in study.best_trials}
+    single = config.override(objective=ObjectiveSettings())
+    with pytest.raises(Exception, match="multi-objective"):
+        launch(single, progress=False)
