@@ -180,15 +180,16 @@ def run_trials(sweep: Sweep, *, max_trials: int | None = None, progress: bool | 
                     break
                 if work:
                     study.optimize(objective, n_trials=1, catch=(TrainingDiverged,), callbacks=[bar], gc_after_trial=False)
-            except SQLAlchemyError as exc:
-                # A dropped connection fails at most this trial (Optuna retries it once it is
-                # stale); the pool reconnects on the next checkout (pool_pre_ping).
-                error = describe_failure(sweep.storage.engine.url, exc)
+            except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+                # A dropped connection fails at most this trial, whose parameters are queued
+                # again; the pool reconnects on the next checkout (pool_pre_ping).
+                error = describe_failure(sweep.storage.engine.url, exc.__cause__ or exc)
                 db_errors += 1
                 if db_errors > MAX_DB_ERRORS:
                     raise error from None
                 print(f"gapsweep: database error {db_errors}/{MAX_DB_ERRORS}, continuing: {error}", file=sys.stderr)
                 time.sleep(1.0)
+                _requeue(study, objective.last_trial)
                 continue
             finally:
                 lock.release()
@@ -200,6 +201,22 @@ def run_trials(sweep: Sweep, *, max_trials: int | None = None, progress: bool | 
             ran += 1
             db_errors = 0
     return ran
+
+
+def _requeue(study: optuna.Study, number: int | None) -> None:
+    """Queue the parameters of a trial that a database error failed, so none is lost.
+
+    A trial left RUNNING (its final write never arrived) needs nothing: its heartbeat goes
+    stale and Optuna's retry callback queues it.
+    """
+    if number is None:
+        return
+    try:
+        trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+        if trial is not None and trial.state == TrialState.FAIL and "fail_reason" not in trial.user_attrs:
+            study.enqueue_trial(trial.params, user_attrs={"requeued_from": number})
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError):
+        pass  # still unreachable: the next claim reports it
 
 
 def has_work(study: optuna.Study, budget: int) -> bool | None:

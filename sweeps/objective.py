@@ -75,8 +75,11 @@ class Objective:
         self.keeper = keeper
         self.checkpoint_engine = checkpoint_engine
         self.on_start = on_start
+        #: The number of the trial this objective ran last (to requeue it after a database error).
+        self.last_trial: int | None = None
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        self.last_trial = trial.number
         if self.on_start is not None:
             self.on_start()
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
