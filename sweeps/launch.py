@@ -213,8 +213,10 @@ def _requeue(study: optuna.Study, number: int | None) -> None:
         return
     try:
         trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
-        if trial is not None and trial.state == TrialState.FAIL and "fail_reason" not in trial.user_attrs:
-            study.enqueue_trial(trial.params, user_attrs={"requeued_from": number})
+        # Diverged trials keep their verdict; one that failed before sampling lost nothing.
+        if trial is None or trial.state != TrialState.FAIL or "fail_reason" in trial.user_attrs or not trial.params:
+            return
+        study.enqueue_trial(trial.params, user_attrs={"requeued_from": number})
     except (SQLAlchemyError, optuna.exceptions.StorageInternalError):
         pass  # still unreachable: the next claim reports it
 

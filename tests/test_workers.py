@@ -151,7 +151,7 @@ def test_workers_ride_out_dropped_postgres_connections(postgres_server, tiny_spa
         assert states.count("COMPLETE") == 5 and "RUNNING" not in states, (states, errors)
         # Nothing lost: a trial the dropped connection failed was queued again with its parameters.
         study = optuna.load_study(study_name="shared", storage=url)
-        for failed in (t for t in study.trials if t.state == optuna.trial.TrialState.FAIL):
+        for failed in (t for t in study.trials if t.state == optuna.trial.TrialState.FAIL and t.params):
             again = [
                 t for t in study.trials
                 if t.user_attrs.get("requeued_from") == failed.number or t.system_attrs.get("failed_trial") == failed.number
