@@ -213,7 +213,6 @@ def _pareto_section(complete: Sequence[TrialRecord]) -> Section:
     ]
     if not points:
         return Section(name, heading, note="No complete trial with a val loss and gap yet.")
-    numbers = [number for number, _ in points]
     xy = [point for _, point in points]
     front = pareto_front(xy)
     figure = _figure(10, 4.5)
