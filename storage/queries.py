@@ -100,6 +100,21 @@ def study_id(engine: Engine, name: str) -> int:
     return int(found)
 
 
+def state_counts(engine: Engine, study: str) -> dict[str, int]:
+    """Trials of one study per state, counted in the database (no trial is loaded)."""
+    sid = study_id(engine, study)
+    query = (
+        sa.select(_trials.c.state, sa.func.count(_trials.c.trial_id))
+        .where(_trials.c.study_id == sid)
+        .group_by(_trials.c.state)
+    )
+    counts = {state.name: 0 for state in TrialState}
+    with engine.connect() as conn:
+        for state, n in conn.execute(query):
+            counts[_state_name(state)] = int(n)
+    return counts
+
+
 def study_user_attrs(engine: Engine, study: str) -> dict[str, Any]:
     """The study's user attributes (gapsweep keeps its configuration there)."""
     sid = study_id(engine, study)

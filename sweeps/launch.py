@@ -30,7 +30,7 @@ from tqdm import tqdm
 from gapsweep.errors import ConfigError
 from search_spaces.hypermodel import Hypermodel, SpaceHypermodel
 from search_spaces.loader import load_space
-from storage import artifacts
+from storage import artifacts, queries
 from storage.engine import describe_failure, heartbeat_settings, open_storage
 from storage.locks import StudyLock
 from storage.studies import CONFIG_ATTR, create_or_load, stored_config
@@ -175,7 +175,7 @@ def run_trials(sweep: Sweep, *, max_trials: int | None = None, progress: bool | 
             try:
                 lock.acquire()
                 reap(study)
-                work = has_work(study, config.trials)
+                work = has_work(sweep)
                 if work is None:
                     break
                 if work:
@@ -221,16 +221,18 @@ def _requeue(study: optuna.Study, number: int | None) -> None:
         pass  # still unreachable: the next claim reports it
 
 
-def has_work(study: optuna.Study, budget: int) -> bool | None:
+def has_work(sweep: Sweep) -> bool | None:
     """True: claim a trial now. False: nothing to claim, but other workers' trials are still
     running and may come back if their worker died. None: the study is done.
 
     A queued (retried or enqueued) trial is always run; a new one only within the budget.
+    Counted in SQL: loading every trial (with its curves) before each claim would grow with
+    the study.
     """
-    trials = study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING, TrialState.WAITING))
-    if any(t.state == TrialState.WAITING for t in trials) or len(trials) < budget:
+    counts = queries.state_counts(sweep.storage.engine, sweep.config.study)
+    if counts["WAITING"] or sum(counts[state.name] for state in COUNTED) + counts["RUNNING"] < sweep.config.trials:
         return True
-    return False if any(t.state == TrialState.RUNNING for t in trials) else None
+    return False if counts["RUNNING"] else None
 
 
 def counted(study: optuna.Study) -> int:

@@ -80,7 +80,7 @@ def work(config: SweepConfig, *, trials_per_process: int, progress: bool | None,
     try:
         with graceful_stop(sweep):
             ran = run_trials(sweep, max_trials=trials_per_process, progress=progress)
-        more = not sweep.stop_requested and ran == trials_per_process and has_work(sweep.study, config.trials) is not None
+        more = not sweep.stop_requested and ran == trials_per_process and has_work(sweep) is not None
     finally:
         sweep.close()
     if more and argv is not None:
