@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         report.write_section(options.out, NAME, TITLE, f"Skipped: PostgreSQL unavailable ({reason}).\n\nTarget: not measured.")
         return
     oversubscribed = [r["workers"] for r in rows if r["oversubscribed"]]
-    verdict = ", ".join(f"{n} workers {e:.0%}" for n, e in target["efficiency_within_cores"].items())
+    verdict = ", ".join(f"{n} workers {e:.0%}" for n, e in target["efficiency_within_cores"].items() if n != "1")
     body = "\n\n".join([
         f"`python -m benchmarks.workers{' --quick' if options.quick else ''}`: {', '.join(map(str, counts))} worker "
         f"processes on one PostgreSQL study with a budget of {budget} trials; each trial sleeps {SLEEP_S * 1000:.0f} ms "
