@@ -15,6 +15,7 @@ best-epoch checkpoints. Testing happens after the search, off the clock.
 from __future__ import annotations
 
 import math
+import statistics
 import tempfile
 import time
 import warnings
@@ -181,6 +182,21 @@ def hypermodel(space: dict[str, dict[str, Any]], splits: Splits) -> Any:
     return build
 
 
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method: means over seeds, and the spread of the final test loss."""
+    out = []
+    for method in METHODS:
+        mine = [r for r in rows if r["method"] == method]
+        losses = [r["final_test_loss"] for r in mine if r["final_test_loss"] is not None]
+        row: dict[str, Any] = {"method": method, "seeds": len(mine)}
+        for key in ("trials", "epochs", "wall_s", "final_test_loss", "final_test_accuracy"):
+            values = [r[key] for r in mine if r[key] is not None]
+            row[key] = statistics.mean(values) if values else None
+        row["final_test_loss_std"] = statistics.stdev(losses) if len(losses) > 1 else 0.0
+        out.append(row)
+    return out
+
+
 def time_to_reach(timeline: list[dict[str, Any]], loss: float) -> float | None:
     """When the method's pick first had a test loss at or below ``loss``; None if never."""
     return next((point["t"] for point in timeline if point["test_loss"] <= loss), None)
@@ -216,7 +232,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     options = harness.parse_args(__doc__.splitlines()[0], argv)
-    seeds, trials, space = ((0,), 3, quick_space()) if options.quick else ((0,), 20, SPACE)
+    seeds, trials, space = ((0,), 3, quick_space()) if options.quick else ((0, 1, 2), 20, SPACE)
     started, machine = time.monotonic(), harness.machine()
     runs = []
     for seed in seeds:
@@ -239,12 +255,18 @@ def main(argv: list[str] | None = None) -> None:
         outcome[str(seed)] = {"hyperband_final_test_loss": target, "hyperband_wall_s": hyperband["wall_s"],
                               "gapsweep_reached_s": reached, "time_fraction": fraction,
                               "met": fraction is not None and fraction <= TARGET_TIME_FRACTION}
+    means = summarize(rows)
+    fractions = [o["time_fraction"] for o in outcome.values()]
+    overall = {"seeds_met": sum(o["met"] for o in outcome.values()), "seeds": len(outcome),
+               "median_time_fraction": statistics.median(f if f is not None else math.inf for f in fractions)}
     table = report.markdown_table(rows, ["seed", "method", "trials", "epochs", "wall_s", "final_test_loss",
                                          "final_test_accuracy"])
+    means_table = report.markdown_table(means, ["method", "seeds", "trials", "epochs", "wall_s", "final_test_loss",
+                                                "final_test_loss_std", "final_test_accuracy"])
     timeline_rows = [{"seed": run["seed"], "method": run["method"], **point} for run in runs for point in run["timeline"]]
     timeline_table = report.markdown_table(timeline_rows, ["seed", "method", "t", "trial", "objective", "test_loss",
                                                            "test_accuracy"])
-    print(table, timeline_table, sep="\n\n")
+    print(table, means_table, timeline_table, sep="\n\n")
 
     plot(runs, report.plot_path(options.out, NAME))
     harness.finish(machine, started)
@@ -254,7 +276,8 @@ def main(argv: list[str] | None = None) -> None:
                      "patience": PATIENCE, "hyperband": {"factor": 3, "hyperband_iterations": 1,
                                                          "max_epochs": space["epochs"]["value"]}},
         "rows": rows, "runs": runs,
-        "target": {"time_fraction_at_most": TARGET_TIME_FRACTION, "per_seed": outcome},
+        "means": means,
+        "target": {"time_fraction_at_most": TARGET_TIME_FRACTION, "per_seed": outcome, **overall},
     }
     report.write_json(options.out, NAME, payload)
     verdicts = "; ".join(
@@ -274,11 +297,14 @@ def main(argv: list[str] | None = None) -> None:
         "one TensorFlow thread, each method alone in a fresh process. Time includes building, training and "
         "each library's own bookkeeping (gapsweep's database writes, KerasTuner's checkpoints).",
         report.machine_line(machine),
-        table,
+        "Per seed:\n\n" + table,
+        "Means over seeds:\n\n" + means_table,
         "![test loss of the current pick over wall time](benchmarks/vs_kerastuner.png)",
         "Each improvement of a method's pick:\n\n" + timeline_table,
         f"Target: gapsweep reaches Hyperband's final test loss in ≤ {TARGET_TIME_FRACTION}× Hyperband's time. "
-        f"{verdicts}.",
+        f"{verdicts}. Met on {overall['seeds_met']} of {overall['seeds']} seed(s); median time fraction: "
+        + ("not reached" if math.isinf(overall["median_time_fraction"]) else f"{overall['median_time_fraction']:.2f}×")
+        + ".",
         "Space: `" + ", ".join(f"{k}: {v}" for k, v in space.items()) + "`",
     ])
     report.write_section(options.out, NAME, TITLE, body)
