@@ -91,7 +91,7 @@ class Sweep:
         self.storage.engine.dispose()
 
 
-def prepare(config: SweepConfig) -> Sweep:
+def prepare(config: SweepConfig, *, salt: str | None = None) -> Sweep:
     """Validate ``config``, then create or resume its study. Nothing is written before the
     space and data have passed their checks."""
     hypermodel = load_hypermodel(config)
@@ -130,7 +130,7 @@ def prepare(config: SweepConfig) -> Sweep:
     if previous is None or previous != stored:
         study.set_user_attr(CONFIG_ATTR, stored)
     n_existing = len(study.get_trials(deepcopy=False))
-    study.sampler = _sampler(config, n_existing=n_existing)
+    study.sampler = _sampler(config, n_existing=n_existing, salt=salt)
     if config.baseline is not None and n_existing == 0:
         # The user's current configuration runs first, so every summary can compare against it.
         study.enqueue_trial(config.baseline, user_attrs={"baseline": True})
@@ -239,17 +239,21 @@ def counted(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=COUNTED))
 
 
-def _sampler(config: SweepConfig, n_existing: int) -> optuna.samplers.BaseSampler:
-    """A seeded sampler; a resumed study gets a seed derived from its size so it draws anew."""
-    seed = config.seed if n_existing == 0 else _derive_seed(config.seed, n_existing)
+def _sampler(config: SweepConfig, n_existing: int, salt: str | None = None) -> optuna.samplers.BaseSampler:
+    """A seeded sampler. A resumed study gets a seed derived from its size so it draws anew;
+    a worker mixes in its own identity (``salt``), so workers that start together on the same
+    study do not draw the same parameters. TPE's constant liar steers concurrent workers apart."""
+    seed = config.seed if n_existing == 0 and salt is None else _derive_seed(config.seed, f"{n_existing}:{salt}")
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     max_gap = config.objective.max_gap
     with _quiet_experimental():
-        return optuna.samplers.TPESampler(seed=seed, constraints_func=None if max_gap is None else GapConstraint(max_gap))
+        return optuna.samplers.TPESampler(
+            seed=seed, constant_liar=True, constraints_func=None if max_gap is None else GapConstraint(max_gap)
+        )
 
 
-def _derive_seed(seed: int, salt: int) -> int:
+def _derive_seed(seed: int, salt: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{salt}".encode()).digest()[:4], "big")
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sys
+import time
 from types import FrameType
 from typing import Iterator, Sequence
 
@@ -76,7 +78,7 @@ def work(config: SweepConfig, *, trials_per_process: int, progress: bool | None,
     """
     if trials_per_process < 1:
         raise ConfigError(f"--trials-per-process must be >= 1, got {trials_per_process}")
-    sweep = prepare(config)
+    sweep = prepare(config, salt=f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}")
     try:
         with graceful_stop(sweep):
             ran = run_trials(sweep, max_trials=trials_per_process, progress=progress)
