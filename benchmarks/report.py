@@ -7,11 +7,12 @@ prose around the markers (the reading of the figures) is kept.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
 from typing import Any, Sequence
+
+from sweeps.output import to_json
 
 DOC_NAME = "benchmarks.md"
 _DOC_HEADER = "# Benchmarks\n\nFigures written by `python -m benchmarks.NAME`; see `benchmarks/`.\n"
@@ -47,7 +48,7 @@ def write_json(out: Path, name: str, payload: dict[str, Any]) -> Path:
     """``out/benchmarks/name.json``, strict JSON (NaN and infinities become null)."""
     path = out / "benchmarks" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(payload), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    path.write_text(to_json(payload) + "\n", encoding="utf-8")
     return path
 
 
@@ -73,11 +74,3 @@ def write_section(out: Path, name: str, title: str, body: str) -> Path:
     return path
 
 
-def _finite(payload: Any) -> Any:
-    if isinstance(payload, float):
-        return payload if math.isfinite(payload) else None
-    if isinstance(payload, dict):
-        return {key: _finite(value) for key, value in payload.items()}
-    if isinstance(payload, (list, tuple)):
-        return [_finite(value) for value in payload]
-    return payload
