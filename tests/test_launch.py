@@ -100,7 +100,9 @@ def test_a_nan_loss_fails_that_trial_and_the_sweep_goes_on(sqlite_url):
     space = {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e6, "log": True}, "optimizer": "sgd", "epochs": 3, "units": 16}
     study = optuna.create_study(study_name="nan", storage=sqlite_url)
     study.enqueue_trial({"learning_rate": 1e6})
+    # Every trial after the diverging one is enqueued too: a sampled rate from this range could diverge.
     study.enqueue_trial({"learning_rate": 1e-2})
+    study.enqueue_trial({"learning_rate": 3e-3})
     config = SweepConfig(study="nan", space=space, data=DataSpec("digits"), trials=2, storage=sqlite_url, pruner="none")
     launch(config, progress=False)
     diverged, *healthy = list_trials("nan", sqlite_url)
