@@ -72,7 +72,7 @@ def reap_study(study: str, storage: str | None = None) -> list[int]:
         require_study(study, rdb)
         loaded = optuna.load_study(study_name=study, storage=rdb)
         running = {t.number for t in loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
-        reap(loaded)
+        reap(loaded, rdb.engine)
         still = {t.number for t in loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
         return sorted(running - still)
     finally:

@@ -190,23 +190,62 @@ def list_studies(engine: Engine, *, stale_after_s: float | None = None) -> list[
 
 
 def _stale_running(conn: Any, stale_after_s: float) -> list[str]:
-    """Study names, once per RUNNING trial whose latest heartbeat is older than the limit.
+    """Study names, once per RUNNING trial whose latest heartbeat (or, without one, its start)
+    is older than the limit.
 
     "Now" is the database's clock, as Optuna's own staleness check uses, so worker clocks do
     not matter.
     """
-    now = conn.execute(sa.select(sa.func.now())).scalar().replace(tzinfo=None)
+    last_seen = sa.func.coalesce(sa.func.max(_heartbeats.c.heartbeat), _trials.c.datetime_start)
     latest = (
-        sa.select(_studies.c.study_name, sa.func.max(_heartbeats.c.heartbeat))
+        sa.select(_studies.c.study_name, last_seen)
         .select_from(
-            _trials.join(_heartbeats, _heartbeats.c.trial_id == _trials.c.trial_id).join(
+            _trials.outerjoin(_heartbeats, _heartbeats.c.trial_id == _trials.c.trial_id).join(
                 _studies, _studies.c.study_id == _trials.c.study_id
             )
         )
         .where(_trials.c.state == TrialState.RUNNING)
-        .group_by(_trials.c.trial_id, _studies.c.study_name)
+        .group_by(_trials.c.trial_id, _trials.c.datetime_start, _studies.c.study_name)
     )
-    return [name for name, beat in conn.execute(latest) if (now - beat).total_seconds() > stale_after_s]
+    now = _now(conn)
+    return [name for name, seen in conn.execute(latest) if (now - seen).total_seconds() > stale_after_s]
+
+
+def backdate_silent_trials(engine: Engine, study: str, older_than_s: float) -> int:
+    """Give each RUNNING trial of ``study`` that never sent a heartbeat one, dated at its start.
+
+    A worker that dies or loses its connection between creating a trial and its first
+    heartbeat leaves a RUNNING trial that Optuna's stale-trial check skips (it reads heartbeats
+    only), and the study's other workers would wait on it for ever. Once such a trial is older
+    than the grace period, this makes it stale the ordinary way, so Optuna fails it and its
+    retry callback queues it again. Returns how many trials it dated.
+    """
+    silent = (
+        sa.select(_trials.c.trial_id, _trials.c.datetime_start)
+        .select_from(
+            _trials.join(_studies, _studies.c.study_id == _trials.c.study_id).outerjoin(
+                _heartbeats, _heartbeats.c.trial_id == _trials.c.trial_id
+            )
+        )
+        .where(_studies.c.study_name == study, _trials.c.state == TrialState.RUNNING, _heartbeats.c.trial_id.is_(None))
+    )
+    try:
+        with engine.begin() as conn:
+            now = _now(conn)
+            rows = [
+                {"trial_id": trial_id, "heartbeat": start}
+                for trial_id, start in conn.execute(silent)
+                if (now - start).total_seconds() > older_than_s
+            ]
+            if rows:
+                conn.execute(sa.insert(_heartbeats), rows)
+    except sa.exc.IntegrityError:
+        return 0  # another worker dated them (or a heartbeat arrived) first
+    return len(rows)
+
+
+def _now(conn: Any) -> datetime:
+    return conn.execute(sa.select(sa.func.now())).scalar().replace(tzinfo=None)
 
 
 def _param_filters(ranges: dict[str, ParamRange] | None) -> list[Any]:

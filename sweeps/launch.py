@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
@@ -57,12 +58,14 @@ def open_crash_safe_storage(url: str | None) -> optuna.storages.RDBStorage:
         return open_storage(url, heartbeat_interval=interval, grace_period=grace, heartbeat_stale_trial_callback=retry)
 
 
-def reap(study: optuna.Study) -> None:
+def reap(study: optuna.Study, engine: Engine) -> None:
     """Fail trials whose worker stopped sending heartbeats, and queue their parameters again.
 
     Optuna does this only when a worker asks for a new trial, so a study whose last worker died
     would keep zombie RUNNING trials; every launch, worker and ``gapsweep reap`` calls this.
+    A trial whose worker died before its first heartbeat counts as last seen when it started.
     """
+    queries.backdate_silent_trials(engine, study.study_name, older_than_s=heartbeat_settings()[1])
     with _quiet_experimental():
         optuna.storages.fail_stale_trials(study)
 
@@ -174,7 +177,7 @@ def run_trials(sweep: Sweep, *, max_trials: int | None = None, progress: bool | 
                 break
             try:
                 lock.acquire()
-                reap(study)
+                reap(study, sweep.storage.engine)
                 work = has_work(sweep)
                 if work is None:
                     break
