@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial
 from sqlalchemy.engine import Engine
 
 from search_spaces.hypermodel import Hypermodel
+from storage.studies import set_user_attrs
 from sweeps.checkpoints import CheckpointStore
 from sweeps.data import Splits
 from sweeps.models import ModelKeeper, held_out_metrics
@@ -82,23 +83,23 @@ class Objective:
         self.last_trial = trial.number
         if self.on_start is not None:
             self.on_start()
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         retry = _retry_attrs(trial)
         # A retried trial trains with its original trial's seed, so a resumed run matches.
         seed = self.seed + int(retry.get("failed_trial", trial.number))
-        trial.set_user_attr("repro", record(seed, self.splits))
+        set_user_attrs(trial, {"worker": f"{socket.gethostname()}:{os.getpid()}", "repro": record(seed, self.splits)})
+        attrs: dict[str, Any] = {}  # what the finished trial records, written in one transaction
         if self.settings.cv:
-            score, curves = self._cross_validate(trial, seed)
+            score, curves = self._cross_validate(trial, seed, attrs)
             model = None
         else:
             checkpoints = self._checkpoints(trial, retry.get("retry_history", []))
             curves = Curves()
-            with _recorded(trial, curves, checkpoints):
+            with _recorded(trial, curves, checkpoints, attrs):
                 result = self._fit(
                     trial, self.splits, seed, curves, checkpoints=checkpoints, prune=not self.settings.multi_objective
                 )
             score, model = result.score, result.model
-        _record_score(trial, score, curves, self.settings)
+        set_user_attrs(trial, {**attrs, **_score_attrs(score, curves, self.settings)})
         # Models are ranked by the study's first value: the score, or val loss when multi-objective.
         rank = score.val_loss if self.settings.multi_objective else score.value
         if self.keeper is not None and self.keeper.qualifies(trial.number, rank):
@@ -130,7 +131,7 @@ class Objective:
             trial=trial if prune else None, curves=curves, checkpoints=checkpoints,
         )
 
-    def _cross_validate(self, trial: optuna.Trial, seed: int) -> tuple[Score, Curves]:
+    def _cross_validate(self, trial: optuna.Trial, seed: int, attrs: dict[str, Any]) -> tuple[Score, Curves]:
         """k folds of the training split; the pruner sees the running mean after each fold.
 
         Each fold's curves are stored (``curve.fold{i}.*``); the trial's own curves are the
@@ -141,15 +142,15 @@ class Objective:
         for index, fold in enumerate(k_folds(self.splits, self.settings.cv, seed)):
             curves = Curves()
             fold_curves.append(curves)
-            with _recorded(trial, curves, None, prefix=f"curve.fold{index}."):
+            with _recorded(trial, curves, None, attrs, prefix=f"curve.fold{index}."):
                 scores.append(self._fit(trial, fold, seed + index, curves).score)
                 running = statistics.fmean(s.value for s in scores)
                 if not self.settings.multi_objective:
                     trial.report(running, step=index)
                     if trial.should_prune():
                         raise optuna.TrialPruned(f"pruned after fold {index} with mean score {running:.4f}")
-        trial.set_user_attr("fold_scores", [s.value for s in scores])
-        trial.set_user_attr("fold_best_epochs", [s.epoch for s in scores])
+        attrs["fold_scores"] = [s.value for s in scores]
+        attrs["fold_best_epochs"] = [s.epoch for s in scores]
         score = Score(
             value=statistics.fmean(s.value for s in scores),
             val_loss=statistics.fmean(s.val_loss for s in scores),
@@ -200,47 +201,50 @@ def _retry_attrs(trial: optuna.Trial) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _recorded(
-    trial: optuna.Trial, curves: Curves, checkpoints: CheckpointStore | None, *, prefix: str = "curve."
+    trial: optuna.Trial, curves: Curves, checkpoints: CheckpointStore | None, attrs: dict[str, Any], *,
+    prefix: str = "curve.",
 ) -> Iterator[None]:
-    """Store the curves however training ends; a pruned or diverged trial keeps its reason,
-    and an ended one drops its checkpoints (a killed worker's stay for its retry)."""
-    ended = True
+    """Add the curves to ``attrs`` however training ends. A trial that stops here (pruned,
+    diverged, interrupted) writes them at once with its reason, since no score follows; an
+    ended one drops its checkpoints (a killed worker's stay for its retry)."""
+    ended = stopped = True
     try:
         yield
+        stopped = False
     except optuna.TrialPruned as pruned:
-        trial.set_user_attr("prune_reason", str(pruned))
+        attrs["prune_reason"] = str(pruned)
         raise
     except TrainingDiverged as diverged:
-        trial.set_user_attr("fail_reason", str(diverged))
+        attrs["fail_reason"] = str(diverged)
         raise
     except BaseException:
         ended = False  # interrupted, not finished: keep the checkpoint for a retry
         raise
     finally:
         if checkpoints is not None and checkpoints.resumed_epoch is not None:
-            trial.set_user_attr("resumed_from_epoch", checkpoints.resumed_epoch)
-        _store_curves(trial, curves, prefix)
+            attrs["resumed_from_epoch"] = checkpoints.resumed_epoch
+        attrs.update(_curve_attrs(curves, prefix))
+        if stopped:
+            set_user_attrs(trial, attrs)
         if checkpoints is not None and ended:
             checkpoints.clear()
 
 
-def _store_curves(trial: optuna.Trial, curves: Curves, prefix: str = "curve.") -> None:
+def _curve_attrs(curves: Curves, prefix: str = "curve.") -> dict[str, Any]:
+    attrs: dict[str, Any] = {f"{prefix}{name}": list(values) for name, values in curves.to_dict().items()}
     if prefix == "curve.":
-        trial.set_user_attr("epochs_run", len(curves.val_loss))
-    for name, values in curves.to_dict().items():
-        trial.set_user_attr(f"{prefix}{name}", values)
+        attrs["epochs_run"] = len(curves.val_loss)
+    return attrs
 
 
-def _record_score(trial: optuna.Trial, score: Score, curves: Curves, settings: ObjectiveSettings) -> None:
-    if settings.cv:
-        _store_curves(trial, curves)  # the folds' mean curves
-    trial.set_user_attr("score", score.value)
-    trial.set_user_attr("val_loss", score.val_loss)
-    trial.set_user_attr("train_loss", score.train_loss)
-    trial.set_user_attr("gap", score.gap)
-    trial.set_user_attr("gap_penalty", score.penalty)
-    trial.set_user_attr("best_epoch", score.epoch)
+def _score_attrs(score: Score, curves: Curves, settings: ObjectiveSettings) -> dict[str, Any]:
+    attrs = _curve_attrs(curves) if settings.cv else {}  # the folds' mean curves
+    attrs.update(
+        score=score.value, val_loss=score.val_loss, train_loss=score.train_loss, gap=score.gap,
+        gap_penalty=score.penalty, best_epoch=score.epoch,
+    )
     if settings.max_gap is not None:
-        trial.set_user_attr("feasible", score.gap <= settings.max_gap)
+        attrs["feasible"] = score.gap <= settings.max_gap
     if curves.val_accuracy and score.epoch < len(curves.val_accuracy):
-        trial.set_user_attr("val_accuracy", curves.val_accuracy[score.epoch])
+        attrs["val_accuracy"] = curves.val_accuracy[score.epoch]
+    return attrs

@@ -148,13 +148,16 @@ def _early_stopping(patience: int, resume: TrainingState | None) -> Any:
 
 
 def _checkpointer(store: CheckpointStore, early_stopping: Any, curves: Curves) -> Any:
-    """Saves the training state after every epoch (after early stopping has updated its own)."""
+    """Saves the training state after an epoch when one is due (after early stopping has updated
+    its own)."""
     import keras
 
     from sweeps.models import model_to_bytes
 
     class Checkpointer(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            if not store.due():
+                return
             store.save(
                 TrainingState(
                     epoch=epoch,
@@ -205,8 +208,8 @@ def train(
 
     ``curves`` is filled in place, so a caller still holds them when pruning or divergence
     interrupts ``fit`` with an exception. With ``checkpoints``, the training state is saved
-    after every epoch, and training resumes from the latest saved state if there is one (the
-    checkpointed model then replaces ``model``).
+    whenever a checkpoint is due (``sweeps.checkpoints``), and training resumes from the latest
+    saved state if there is one (the checkpointed model then replaces ``model``).
     """
     resume = checkpoints.latest() if checkpoints is not None else None
     curves = curves if curves is not None else Curves()

@@ -7,6 +7,9 @@ import optuna
 import pytest
 
 from search_spaces.hypermodel import SpaceHypermodel
+from storage import artifacts
+from storage.engine import open_storage
+from sweeps.checkpoints import CheckpointStore, TrainingState
 from search_spaces.space import SearchSpace
 from sweeps.data import DataSpec, load
 from sweeps.objective import Objective, ObjectiveSettings
@@ -98,3 +101,27 @@ def test_a_model_compiled_by_the_user_gets_the_pure_loss_metric(digits):
     assert len(result.curves.val_accuracy) == 4  # the user's own metric is kept
     assert _cross_entropy(result.model, digits.x_train, digits.y_train) == pytest.approx(result.score.train_loss, rel=1e-3, abs=1e-4)
     assert _cross_entropy(result.model, digits.x_val, digits.y_val) == pytest.approx(result.score.val_loss, rel=1e-3, abs=1e-4)
+
+
+class _CountingStore(CheckpointStore):
+    """A real checkpoint store that also notes which epochs it saved."""
+
+    saved: list[int]
+
+    def save(self, state: TrainingState) -> None:
+        self.saved.append(state.epoch)
+        super().save(state)
+
+
+@pytest.mark.parametrize(("interval", "expected"), [(0.0, [0, 1, 2, 3]), (3600.0, [])])
+def test_checkpoints_are_taken_by_time_not_by_epoch(digits, sqlite_url, interval, expected):
+    engine = open_storage(sqlite_url).engine
+    artifacts.ensure_schema(engine)
+    store = _CountingStore(engine, "ckpt", 0, interval=interval)
+    store.saved = []
+    params = {"units": 16, "n_layers": 1, "epochs": 4, "learning_rate": 1e-2}
+    train_params(params, digits, penalty=1.0, patience=10, seed=0, checkpoints=store)
+    assert store.saved == expected
+    stored = artifacts.load(engine, "ckpt", 0, artifacts.CHECKPOINT)
+    assert (stored.epoch if stored is not None else None) == (expected[-1] if expected else None)
+    engine.dispose()

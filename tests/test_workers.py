@@ -23,12 +23,14 @@ from sweeps.objective import ObjectiveSettings
 
 pytestmark = pytest.mark.slow
 GAPSWEEP = str(Path(sys.executable).parent / "gapsweep")
-ENV = {**os.environ, "GAPSWEEP_HEARTBEAT_S": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+# Fast heartbeats, and a checkpoint after every epoch, so a kill mid-trial has one to resume.
+ENV = {**os.environ, "GAPSWEEP_HEARTBEAT_S": "1", "GAPSWEEP_CHECKPOINT_S": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 @pytest.fixture(autouse=True)
 def fast_heartbeat(monkeypatch):
     monkeypatch.setenv("GAPSWEEP_HEARTBEAT_S", "1")
+    monkeypatch.setenv("GAPSWEEP_CHECKPOINT_S", "0")
 
 
 def _create(url: str, space: dict, trials: int, *, study: str = "shared", epochs: int = 6) -> SweepConfig:
@@ -178,6 +180,16 @@ def test_reap_clears_zombies_left_by_the_last_worker(sqlite_url, tiny_space):
     assert list_studies(sqlite_url)[0].counts["RUNNING"] == 0
     assert reap_study("shared", sqlite_url) == [0]
     assert _states(sqlite_url) == ["FAIL", "WAITING"]
+
+
+def test_reap_clears_a_trial_whose_worker_died_before_its_first_heartbeat(any_url, tiny_space):
+    _create(any_url, tiny_space, 2)
+    optuna.load_study(study_name="shared", storage=any_url).ask()  # RUNNING, and never a heartbeat
+    assert list_studies(any_url)[0].counts["RUNNING"] == 1
+    time.sleep(3.5)  # past the grace period since the trial started
+    assert list_studies(any_url)[0].counts["STALE"] == 1
+    assert reap_study("shared", any_url) == [0]
+    assert _states(any_url) == ["FAIL", "WAITING"]  # failed and queued again, as any zombie
 
 
 def test_a_worker_keeps_its_memory_flat_by_replacing_itself(sqlite_url, tiny_space):
