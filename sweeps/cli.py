@@ -158,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run trials of an existing study until its global budget is reached. The study "
         "stores its space, data, objective and pruner, so the name and the database URL are all a "
         "worker needs. Stale trials of dead workers are failed and retried, resuming from their last "
-        "checkpoint. SIGTERM/Ctrl-C finishes the current trial, then exits; a second one stops at once.",
+        "checkpoint. SIGTERM/Ctrl-C finishes the current trial, then exits; a second one stops at once. "
+        "Environment: GAPSWEEP_HEARTBEAT_S (heartbeat interval, default 10 s; a trial is stale after 3 "
+        "intervals without one) and GAPSWEEP_CHECKPOINT_S (seconds of training between checkpoints, "
+        "default 30; 0 checkpoints every epoch).",
     )
     _study_flag(worker)
     _storage_flag(worker)
