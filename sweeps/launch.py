@@ -39,7 +39,7 @@ from sweeps import data as datasets
 from sweeps.config import SweepConfig
 from sweeps.data import Splits
 from sweeps.models import ModelKeeper
-from sweeps.objective import GapConstraint, Objective
+from sweeps.objective import Objective
 from sweeps.pruning import make_pruner
 from sweeps.trainer import TrainingDiverged, init_tensorflow
 
@@ -245,15 +245,13 @@ def counted(study: optuna.Study) -> int:
 def _sampler(config: SweepConfig, n_existing: int, salt: str | None = None) -> optuna.samplers.BaseSampler:
     """A seeded sampler. A resumed study gets a seed derived from its size so it draws anew;
     a worker mixes in its own identity (``salt``), so workers that start together on the same
-    study do not draw the same parameters. TPE's constant liar steers concurrent workers apart."""
+    study do not draw the same parameters. TPE's constant liar steers concurrent workers apart;
+    it reads ``max_gap`` from the constraint each trial records."""
     seed = config.seed if n_existing == 0 and salt is None else _derive_seed(config.seed, f"{n_existing}:{salt}")
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    max_gap = config.objective.max_gap
     with _quiet_experimental():
-        return optuna.samplers.TPESampler(
-            seed=seed, constant_liar=True, constraints_func=None if max_gap is None else GapConstraint(max_gap)
-        )
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
 def _derive_seed(seed: int, salt: str) -> int:

@@ -3,7 +3,7 @@
 What a trial records (all in Optuna's own tables, so Optuna's CLI and dashboard read it):
 - the searched values as Optuna params (fixed values as ``fixed.*`` user attributes);
 - ``score``, ``val_loss``, ``train_loss``, ``gap``, ``gap_penalty``, ``best_epoch``, ``feasible``
-  (with ``max_gap``),
+  (with ``max_gap``, also recorded as Optuna's constraint ``gap`` − τ for its samplers),
   ``epochs_run`` and, for classifiers, ``val_accuracy`` as user attributes;
 - ``curve.train_loss``, ``curve.val_loss`` (and ``curve.val_accuracy``): one value per epoch;
 - ``fail_reason`` when training diverged, ``prune_reason`` when the pruner stopped it;
@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
 
 import optuna
-from optuna.trial import FrozenTrial
 from sqlalchemy.engine import Engine
 
 from search_spaces.hypermodel import Hypermodel
@@ -31,7 +30,7 @@ from sweeps.data import Splits
 from sweeps.models import ModelKeeper, held_out_metrics
 from sweeps.reproduce import record
 from sweeps.cv import k_folds, mean_curves
-from sweeps.score import Score
+from sweeps.score import Score, best_score
 from sweeps.trainer import Curves, TrainingDiverged, TrainResult, fresh_session, train
 
 
@@ -94,12 +93,15 @@ class Objective:
         else:
             checkpoints = self._checkpoints(trial, retry.get("retry_history", []))
             curves = Curves()
-            with _recorded(trial, curves, checkpoints, attrs):
+            # A pruned trial is judged by its best epoch so far.
+            on_prune = lambda: self._constrain(trial, best_score(curves.train_loss, curves.val_loss, self.settings.gap_penalty))  # noqa: E731
+            with _recorded(trial, curves, checkpoints, attrs, on_prune=on_prune):
                 result = self._fit(
                     trial, self.splits, seed, curves, checkpoints=checkpoints, prune=not self.settings.multi_objective
                 )
             score, model = result.score, result.model
         set_user_attrs(trial, {**attrs, **_score_attrs(score, curves, self.settings)})
+        self._constrain(trial, score)
         # Models are ranked by the study's first value: the score, or val loss when multi-objective.
         rank = score.val_loss if self.settings.multi_objective else score.value
         if self.keeper is not None and self.keeper.qualifies(trial.number, rank):
@@ -161,31 +163,15 @@ class Objective:
         )
         return score, mean_curves(fold_curves)
 
+    def _constrain(self, trial: optuna.Trial, score: Score) -> None:
+        """With ``max_gap``, tell Optuna's samplers the trial's gap − τ (feasible when <= 0)."""
+        if self.settings.max_gap is not None:
+            trial.set_constraint("gap", score.gap - self.settings.max_gap)
+
     def _checkpoints(self, trial: optuna.Trial, history: list[int]) -> CheckpointStore | None:
         if self.checkpoint_engine is None:
             return None
         return CheckpointStore(self.checkpoint_engine, trial.study.study_name, trial.number, retries_of=history)
-
-
-class GapConstraint:
-    """Optuna ``constraints_func`` for ``max_gap``: feasible when gap − τ <= 0.
-
-    A complete trial is judged by the gap at its restored epoch; a pruned one by the gap at
-    the epoch of its lowest val loss so far, from its stored curves.
-    """
-
-    def __init__(self, max_gap: float) -> None:
-        self.max_gap = max_gap
-
-    def __call__(self, trial: FrozenTrial) -> list[float]:
-        gap = trial.user_attrs.get("gap")
-        if gap is None:
-            train, val = trial.user_attrs.get("curve.train_loss"), trial.user_attrs.get("curve.val_loss")
-            if not train or not val or len(train) != len(val):
-                return [0.0]  # nothing measured: neither feasible nor infeasible evidence
-            epoch = min(range(len(val)), key=lambda i: val[i])
-            gap = max(0.0, val[epoch] - train[epoch])
-        return [float(gap) - self.max_gap]
 
 
 def _fixed(trial: optuna.Trial) -> dict[str, Any]:
@@ -202,7 +188,7 @@ def _retry_attrs(trial: optuna.Trial) -> dict[str, Any]:
 @contextlib.contextmanager
 def _recorded(
     trial: optuna.Trial, curves: Curves, checkpoints: CheckpointStore | None, attrs: dict[str, Any], *,
-    prefix: str = "curve.",
+    prefix: str = "curve.", on_prune: Callable[[], None] | None = None,
 ) -> Iterator[None]:
     """Add the curves to ``attrs`` however training ends. A trial that stops here (pruned,
     diverged, interrupted) writes them at once with its reason, since no score follows; an
@@ -213,6 +199,8 @@ def _recorded(
         stopped = False
     except optuna.TrialPruned as pruned:
         attrs["prune_reason"] = str(pruned)
+        if on_prune is not None:
+            on_prune()
         raise
     except TrainingDiverged as diverged:
         attrs["fail_reason"] = str(diverged)

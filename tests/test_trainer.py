@@ -13,6 +13,7 @@ from sweeps.checkpoints import CheckpointStore, TrainingState
 from search_spaces.space import SearchSpace
 from sweeps.data import DataSpec, load
 from sweeps.objective import Objective, ObjectiveSettings
+from sweeps.score import best_score
 from sweeps.trainer import Curves, TrainingDiverged, train_params
 
 
@@ -71,7 +72,8 @@ def test_pruning_stops_a_hopeless_trial(digits, sqlite_url):
     )
     for rate in (1e-2, 5e-3, 1e-7):  # two healthy trials, then one that cannot learn in time
         study.enqueue_trial({"learning_rate": rate})
-    study.optimize(Objective(SpaceHypermodel(space), digits, ObjectiveSettings(gap_penalty=1.0, patience=20), seed=0), n_trials=3)
+    settings = ObjectiveSettings(gap_penalty=1.0, patience=20, max_gap=0.0)  # the constraint is then the gap itself
+    study.optimize(Objective(SpaceHypermodel(space), digits, settings, seed=0), n_trials=3)
     healthy, _, hopeless = study.get_trials()
     assert healthy.state == optuna.trial.TrialState.COMPLETE
     assert healthy.user_attrs["epochs_run"] == 12
@@ -80,6 +82,10 @@ def test_pruning_stops_a_hopeless_trial(digits, sqlite_url):
     assert "pruned at epoch" in hopeless.user_attrs["prune_reason"]
     assert len(hopeless.user_attrs["curve.val_loss"]) == hopeless.user_attrs["epochs_run"]
     assert len(hopeless.intermediate_values) == hopeless.user_attrs["epochs_run"]
+    # Optuna's samplers see the gap constraint of both, a pruned trial's at its best epoch so far.
+    assert healthy.constraints["gap"] == pytest.approx(healthy.user_attrs["gap"])
+    curves = hopeless.user_attrs["curve.train_loss"], hopeless.user_attrs["curve.val_loss"]
+    assert hopeless.constraints["gap"] == pytest.approx(best_score(*curves, 1.0).gap)
 
 
 def test_a_model_compiled_by_the_user_gets_the_pure_loss_metric(digits):

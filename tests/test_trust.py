@@ -95,7 +95,7 @@ def test_a_gap_constraint_marks_and_ranks_infeasible_trials_last(sqlite_url, tin
     assert all(t.attrs["feasible"] == feasible[t.number] for t in trials)
     assert True in feasible.values() and False in feasible.values(), feasible  # both kinds occur here
     # Optuna's own record of the constraint agrees, and best ranks every feasible trial first.
-    assert all((t.system_attrs["constraints"][0] <= 0) == feasible[t.number] for t in study.trials)
+    assert all((t.constraints["gap"] <= 0) == feasible[t.number] for t in study.trials)
     ranked = [t.number for t in best_trials("constrained", sqlite_url, k=4)]
     n_feasible = sum(feasible.values())
     assert all(feasible[n] for n in ranked[:n_feasible]) and not any(feasible[n] for n in ranked[n_feasible:])
