@@ -147,9 +147,7 @@ def plot(results: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path) 
         axis.set_title(label, fontsize=10)
     axes[0].legend()
     fig.suptitle("best trial of each sweep, retrained: mean ± std over seeds (dots: seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -326,9 +326,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("ms per trial (lower is better)")
     ax.set_title("Trial-loop cost without Keras (10 epochs reported per trial)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -371,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         f"`python -m benchmarks.overhead{' --quick' if options.quick else ''}`: {trials} trials per run, "
         f"median of {repeats} interleaved run(s), a fresh database per run, random sampler, no pruner, "
         f"{EPOCHS} epoch reports per trial; SQL counts from a separate {count_trials}-trial pass.",
-        report.machine_line(machine) + (f" PostgreSQL {machine['postgresql']}." if "postgresql" in machine else ""),
+        report.machine_line(machine),
         table,
         *[f"{backend} skipped: {reason}" for backend, reason in skipped.items()],
         "![ms per trial](benchmarks/overhead.png)",

@@ -121,9 +121,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     for axis in (left, right):
         axis.legend()
     fig.suptitle("digits, train_fraction 0.3: median pruning vs none (one line per seed)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

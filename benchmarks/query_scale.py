@@ -524,9 +524,7 @@ def plot(rows: list[dict[str, Any]], trials: int, path: Path) -> None:
     handles, labels = [sum(parts, []) for parts in zip(*(ax.get_legend_handles_labels() for ax in axes[0]))]
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
     fig.suptitle(f"Top {TOP} of a {trials:,}-trial study", fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report.save_figure(fig, path, rect=(0, 0.07, 1, 1))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -597,7 +595,7 @@ def main(argv: list[str] | None = None) -> None:
         f"`gapsweep cli` is a whole `gapsweep best --top {TOP} --json` process (as `python -m sweeps.cli`). `optuna best_trials` gives Optuna's "
         f"best (one trial), the others the top {TOP}; `correct` compares each answer with the top {TOP} computed from "
         "the trials in memory.",
-        report.machine_line(machine) + (f" PostgreSQL {machine['postgresql']}." if "postgresql" in machine else ""),
+        report.machine_line(machine),
         f"Building the study: the first {through_optuna} trials through Optuna's `study.add_trials` (timed per trial), "
         "the rest bulk inserted into Optuna's own tables in the form Optuna writes them; `read_back_mismatches` counts "
         "trials that `optuna.load_study(...).get_trials()` reads back different from the trials made (state, value, "

@@ -41,7 +41,17 @@ def machine_line(machine: dict[str, Any]) -> str:
         f"1-min load average {machine['loadavg_1m']} at start and {machine['loadavg_1m_end']} at the end of a "
         f"{machine['run_minutes']}-minute run; code at `{machine['commit']}`; "
         f"Python {machine['python']}, {versions}."
+        + (f" PostgreSQL {machine['postgresql']}." if "postgresql" in machine else "")
     )
+
+
+def save_figure(fig: Any, path: Path, **layout: Any) -> None:
+    """Lay out, write and close a matplotlib figure, as every benchmark plot is saved."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout(**layout)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def write_json(out: Path, name: str, payload: dict[str, Any]) -> Path:

@@ -226,9 +226,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_title("digits (train_fraction 0.3): test loss of each method's best trial so far")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

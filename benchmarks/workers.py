@@ -271,9 +271,7 @@ def plot(rows: list[dict[str, Any]], nproc: int, path: Path) -> None:
     ax.set_ylabel("trials per second")
     ax.set_title(f"{SLEEP_S * 1000:.0f} ms sleeping trials on PostgreSQL", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -324,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
         f"over {EPOCHS} reported epochs (no Keras), random sampler, no pruner, no kept models, heartbeat every "
         f"{_heartbeat_interval()} s. Median of {repeats} interleaved run(s), each on a fresh schema; workers are "
         "spawned and prepared before a barrier starts them together.",
-        report.machine_line(machine) + f" PostgreSQL {machine['postgresql']}.",
+        report.machine_line(machine),
         table,
         "`trials_per_s`: complete trials over the span from the first trial's start to the last one's end (stored "
         "timestamps); `speedup` is against one worker, `efficiency` = speedup / workers (1 is ideal). `wall_s` runs "
