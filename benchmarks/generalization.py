@@ -22,6 +22,8 @@ from sweeps.trainer import train_params
 NAME = "generalization"
 TITLE = "Generalization: gap penalty vs plain val loss"
 TARGET_GAP_CUT = 0.30
+#: Plain val loss, a light penalty, and the default.
+PENALTIES = (0.0, 0.25, 1.0)
 
 #: Small training splits, large test splits: data on which a sweep can pick a memorizer.
 TASKS: dict[str, DataSpec] = {
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     if options.quick:
         seeds, trials, space, penalties = (0,), 2, harness.QUICK_SPACE, (0.0, 2.0)
     else:
-        seeds, trials, space, penalties = (0, 1, 2, 3, 4), 10, SPACE, (0.0, 1.0, 2.0)
+        seeds, trials, space, penalties = (0, 1, 2, 3, 4), 10, SPACE, PENALTIES
     started, machine = time.monotonic(), harness.machine()
     calls = [(task, seed, trials, space, penalties) for task in TASKS for seed in seeds]
     results = [result for job in harness.in_fresh_processes(sweep_and_retrain, calls, workers=2) for result in job]

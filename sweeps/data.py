@@ -8,6 +8,7 @@ training split alone, so nothing leaks from val or test into training.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,8 +69,10 @@ class Splits:
     y_test: np.ndarray
     task: TaskSpec
 
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """A short hash of the arrays, so a resumed study can tell it sees the same data."""
+        """A short hash of the arrays, so a resumed study can tell it sees the same data; computed
+        once, since every trial records it."""
         digest = hashlib.sha256()
         for array in (self.x_train, self.y_train, self.x_val, self.y_val):
             digest.update(np.ascontiguousarray(array).tobytes())

@@ -292,6 +292,8 @@ class _ProgressBar:
         )
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self.bar.disable:
+            return  # no terminal: skip the best-value query the postfix would cost every trial
         if trial.state in self.counts:
             self.counts[trial.state] += 1
         postfix: dict[str, Any] = {

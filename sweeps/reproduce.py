@@ -12,6 +12,7 @@ CPU). On GPUs, reduction order varies and the match is looser unless op determin
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -35,16 +36,10 @@ def record(seed: int, splits: Splits) -> dict[str, Any]:
     import tensorflow as tf
     from tensorflow.python.framework import config as tf_config  # the only getter TF offers
 
-    versions = {}
-    for package in _PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
     return {
         "seed": seed,
-        "data_fingerprint": splits.fingerprint(),
-        "versions": versions,
+        "data_fingerprint": splits.fingerprint,
+        "versions": dict(_versions()),
         "device": init_tensorflow(),
         "threads": {
             "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
@@ -52,6 +47,18 @@ def record(seed: int, splits: Splits) -> dict[str, Any]:
         },
         "op_determinism": bool(tf_config.is_op_determinism_enabled()),
     }
+
+
+@functools.cache
+def _versions() -> dict[str, str]:
+    """Versions of the packages that shape training; looked up once per process (a few ms)."""
+    versions = {}
+    for package in _PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
 
 
 def retrain(config: "SweepConfig", params: dict[str, Any], seed: int, splits: Splits) -> TrainResult:
@@ -113,6 +120,6 @@ def rerun(study: str, number: int, storage: str | None = None) -> Rerun:
     splits = datasets.load(config.data)
     result = retrain(config, trial.summary()["params"], int(repro["seed"]), splits)
     recorded = float(trial.attrs["val_loss"])
-    return Rerun(study, number, recorded, result.score.val_loss, str(repro["data_fingerprint"]), splits.fingerprint())
+    return Rerun(study, number, recorded, result.score.val_loss, str(repro["data_fingerprint"]), splits.fingerprint)
 
 

@@ -109,3 +109,11 @@ def test_a_nan_loss_fails_that_trial_and_the_sweep_goes_on(sqlite_url):
     assert diverged.state == "FAIL" and "non-finite" in diverged.attrs["fail_reason"]
     # A failed trial does not use up the budget: two trials still complete.
     assert [t.state for t in healthy] == ["COMPLETE", "COMPLETE"]
+
+
+def test_progress_shows_the_budget_counts_and_best_score_only_when_asked(tiny_space, sqlite_url, capsys):
+    launch(_config(tiny_space, sqlite_url, trials=2), progress=True)
+    shown = capsys.readouterr().err
+    assert "trials" in shown and "2/2" in shown and "pruned=0" in shown and "failed=0" in shown and "best=" in shown
+    launch(_config(tiny_space, sqlite_url, study="quiet", trials=1), progress=None)  # stderr is no terminal here
+    assert "1/1" not in capsys.readouterr().err
