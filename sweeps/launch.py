@@ -46,6 +46,10 @@ from sweeps.trainer import TrainingDiverged, init_tensorflow
 #: Consecutive database errors a worker rides out before it gives up.
 MAX_DB_ERRORS = 5
 
+#: Seconds an idle worker waits before it looks again for a retried trial (at most the
+#: heartbeat interval): short, so the last trials of a study do not end with an idle tail.
+IDLE_POLL_S = 1.0
+
 #: Trials that use up the budget. A failed trial does not: its parameters may be retried.
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -199,7 +203,7 @@ def run_trials(sweep: Sweep, *, max_trials: int | None = None, progress: bool | 
             if not work:
                 # Other workers' trials are still running; if one of them died, its trial turns
                 # stale and is queued again, so wait instead of leaving it behind.
-                time.sleep(heartbeat_settings()[0])
+                time.sleep(min(IDLE_POLL_S, heartbeat_settings()[0]))
                 continue
             ran += 1
             db_errors = 0
