@@ -100,3 +100,21 @@ def test_corrupt_and_foreign_sqlite_files(tmp_path: Path):
         connect_existing(f"sqlite:///{foreign}")
     with pytest.raises(StorageError, match="does not exist"):
         open_storage(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
+
+
+def test_user_attrs_written_together_read_back_as_optuna_writes_them(any_url):
+    from storage.studies import set_user_attrs
+
+    study = optuna.create_study(study_name="attrs", storage=open_storage(any_url))
+    trial = study.ask()
+    trial.set_user_attr("score", 9.0)
+    set_user_attrs(trial, {"score": 0.5, "curve.val_loss": [0.7, 0.5], "repro": {"seed": 3}})
+    set_user_attrs(trial, {"gap": 0.1})
+    assert trial.user_attrs == {"score": 0.5, "curve.val_loss": [0.7, 0.5], "repro": {"seed": 3}, "gap": 0.1}
+    study.tell(trial, 0.5)
+    stored = optuna.load_study(study_name="attrs", storage=any_url).trials[0].user_attrs
+    assert stored == {"score": 0.5, "curve.val_loss": [0.7, 0.5], "repro": {"seed": 3}, "gap": 0.1}
+    # A finished trial is refused, as Optuna refuses it, and nothing of the batch is written.
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        set_user_attrs(trial, {"late": 1, "score": 0.0})
+    assert optuna.load_study(study_name="attrs", storage=any_url).trials[0].user_attrs == stored
