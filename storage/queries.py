@@ -266,6 +266,19 @@ def best_trials(
 ) -> list[TrialRecord]:
     """The ``k`` complete trials with the lowest ``by`` (the score, or one of its parts),
     optionally among those whose numeric ``params`` lie in the given ranges."""
+    return _load(engine, [trial_id for trial_id, _, _ in _ranking(engine, study, k, by, params)])
+
+
+def best_values(engine: Engine, study: str, k: int) -> list[tuple[float, int]]:
+    """(first objective value, number) of the ``k`` best complete trials, without loading them:
+    what the model keeper compares after every trial."""
+    return [(value, number) for _, number, value in _ranking(engine, study, k, "score", None)]
+
+
+def _ranking(
+    engine: Engine, study: str, k: int, by: str, params: dict[str, ParamRange] | None
+) -> list[tuple[int, int, float]]:
+    """(trial id, number, ranked value) of the ``k`` best complete trials, best first."""
     if by not in RANK_BY:
         raise ConfigError(f"cannot rank by '{by}'; use one of {', '.join(RANK_BY)}")
     if k < 1:
@@ -275,14 +288,14 @@ def best_trials(
     if by == "score":
         key = _values.c.value
         query = (
-            sa.select(_trials.c.trial_id)
+            sa.select(_trials.c.trial_id, _trials.c.number, key)
             .join(_values, sa.and_(_values.c.trial_id == _trials.c.trial_id, _values.c.objective == 0))
             .where(complete, _values.c.value.is_not(None))
         )
     else:
         key = sa.cast(_attrs.c.value_json, sa.Float)
         query = (
-            sa.select(_trials.c.trial_id)
+            sa.select(_trials.c.trial_id, _trials.c.number, key)
             .join(_attrs, sa.and_(_attrs.c.trial_id == _trials.c.trial_id, _attrs.c.key == by))
             .where(complete)
         )
@@ -294,8 +307,7 @@ def best_trials(
     order = (sa.case((infeasible, 1), else_=0), key.asc(), _trials.c.number.asc())
     query = query.where(*_param_filters(params)).order_by(*order).limit(k)
     with engine.connect() as conn:
-        ids = [row[0] for row in conn.execute(query)]
-    return _load(engine, ids)
+        return [(int(trial_id), int(number), value) for trial_id, number, value in conn.execute(query)]
 
 
 def list_trials(

@@ -65,9 +65,7 @@ class ModelKeeper:
     def _kept(self, trial_number: int, value: float) -> set[int]:
         """The trials whose models stay if this one finishes with ``value`` (its first objective
         value: the score, or the val loss in a multi-objective study)."""
-        top = [
-            (t.value, t.number) for t in queries.best_trials(self.engine, self.study, self.keep) if t.value is not None
-        ]
+        top = queries.best_values(self.engine, self.study, self.keep)
         return {number for _, number in sorted(top + [(value, trial_number)])[: self.keep]}
 
     def qualifies(self, trial_number: int, value: float) -> bool:
