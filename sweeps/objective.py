@@ -14,6 +14,7 @@ What a trial records (all in Optuna's own tables, so Optuna's CLI and dashboard 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import statistics
@@ -93,8 +94,7 @@ class Objective:
         else:
             checkpoints = self._checkpoints(trial, retry.get("retry_history", []))
             curves = Curves()
-            # A pruned trial is judged by its best epoch so far.
-            on_prune = lambda: self._constrain(trial, best_score(curves.train_loss, curves.val_loss, self.settings.gap_penalty))  # noqa: E731
+            on_prune = functools.partial(self._constrain_pruned, trial, curves)
             with _recorded(trial, curves, checkpoints, attrs, on_prune=on_prune):
                 result = self._fit(
                     trial, self.splits, seed, curves, checkpoints=checkpoints, prune=not self.settings.multi_objective
@@ -167,6 +167,10 @@ class Objective:
         """With ``max_gap``, tell Optuna's samplers the trial's gap − τ (feasible when <= 0)."""
         if self.settings.max_gap is not None:
             trial.set_constraint("gap", score.gap - self.settings.max_gap)
+
+    def _constrain_pruned(self, trial: optuna.Trial, curves: Curves) -> None:
+        """A pruned trial is judged by its best epoch so far."""
+        self._constrain(trial, best_score(curves.train_loss, curves.val_loss, self.settings.gap_penalty))
 
     def _checkpoints(self, trial: optuna.Trial, history: list[int]) -> CheckpointStore | None:
         if self.checkpoint_engine is None:
