@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import numbers
+import re
 import sys
 from dataclasses import dataclass
 from decimal import Decimal
@@ -39,13 +40,14 @@ from typing import TYPE_CHECKING, Any, Iterator
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from gapsweep.errors import GapsweepError, SpaceError
+from gapsweep.errors import DataError, GapsweepError, SpaceError
 from search_spaces.builder import TaskSpec
 from search_spaces.hypermodel import FitSettings
 from search_spaces.loader import python_object
 
 if TYPE_CHECKING:
     import keras
+    import numpy as np
 
 #: Keras' own default, for a hypermodel whose fit does not choose a batch size.
 DEFAULT_BATCH_SIZE = 32
@@ -419,10 +421,18 @@ class KerasTunerHypermodel:
         build function is written for its data."""
         return self._build(TrialHyperParameters(trial))
 
-    def check(self) -> None:
+    def check(self, x: "np.ndarray", y: "np.ndarray") -> None:
         """Build once with KerasTuner's default values, as a KerasTuner tuner does to declare its
-        space, so an unsupported feature fails before a study is created."""
-        self._build(TrialHyperParameters(None))
+        space, and evaluate that model on a few training rows (``x``, ``y``), so an unsupported
+        feature or a model written for other data fails before a study is created."""
+        model, _ = self._build(TrialHyperParameters(None))
+        try:
+            model.evaluate(x, y, verbose=0)
+        except Exception as exc:  # Keras raises many kinds; each means the same thing here
+            raise DataError(
+                f"the hypermodel's model does not fit the data ({x.shape[1]} features per row): {_keras_reason(exc)}; "
+                "match keras.Input(shape=...), the output layer and the loss to the data"
+            ) from None
 
     def describe(self) -> dict[str, Any]:
         return {"hypermodel": self.ref}
@@ -525,3 +535,15 @@ def importable_ref(obj: Any) -> str:
         f"<{label} is not a module-level name of a .py file, so workers cannot import it; "
         "to run workers, launch with hypermodel set to the file and name>"
     )
+
+
+#: Lines of a Keras or TensorFlow error that frame the reason rather than state it.
+_FRAMING = ("File ", "[[", "•", "Exception encountered", "Arguments received", "Graph execution error", "Detected at node")
+
+
+def _keras_reason(exc: Exception) -> str:
+    """The one line of a Keras/TensorFlow error that says what is wrong, without its traceback."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # Keras bolds the reason with terminal codes
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = next((line for line in lines if not line.startswith(_FRAMING)), type(exc).__name__)
+    return reason.split("  Label values:")[0]

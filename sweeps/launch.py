@@ -43,6 +43,9 @@ from sweeps.objective import Objective
 from sweeps.pruning import make_pruner
 from sweeps.trainer import TrainingDiverged, init_tensorflow
 
+#: Training rows a KerasTuner hypermodel's first model is evaluated on before the study exists.
+_CHECK_ROWS = 16
+
 #: Consecutive database errors a worker rides out before it gives up.
 MAX_DB_ERRORS = 5
 
@@ -101,10 +104,10 @@ class Sweep:
 def prepare(config: SweepConfig, *, salt: str | None = None) -> Sweep:
     """Validate ``config``, then create or resume its study. Nothing is written before the
     space and data have passed their checks."""
-    hypermodel = load_hypermodel(config)
+    splits = datasets.load(config.data)
+    hypermodel = load_hypermodel(config, splits)
     if config.baseline is not None:
         _check_baseline(config.baseline, hypermodel)
-    splits = datasets.load(config.data)
     stored = {**config.to_dict(), **hypermodel.describe()}
 
     multi = config.objective.multi_objective
@@ -269,16 +272,17 @@ def _check_baseline(baseline: dict[str, Any], hypermodel: Hypermodel) -> None:
         raise ConfigError(f"baseline names parameter(s) {', '.join(unknown)} that the search space does not have")
 
 
-def load_hypermodel(config: SweepConfig) -> Hypermodel:
+def load_hypermodel(config: SweepConfig, splits: Splits) -> Hypermodel:
     """The hypermodel ``config`` names: a KerasTuner build function or HyperModel, checked by one
-    build, or else its search space sampled into the MLP builder."""
+    build evaluated on a few rows of ``splits``, or else its search space sampled into the MLP
+    builder."""
     if config.hypermodel is None:
         return SpaceHypermodel(load_space(config.space))
     from search_spaces import keras_tuner
 
     init_tensorflow()  # the check builds a model, and TensorFlow's thread settings must come first
     hypermodel = keras_tuner.load(config.hypermodel, max_epochs=config.max_epochs)
-    hypermodel.check()
+    hypermodel.check(splits.x_train[:_CHECK_ROWS], splits.y_train[:_CHECK_ROWS])
     return hypermodel
 
 

@@ -65,7 +65,7 @@ def retrain(config: "SweepConfig", params: dict[str, Any], seed: int, splits: Sp
     """Train ``params`` again exactly as a trial of ``config`` would, without any study."""
     from sweeps.launch import load_hypermodel
 
-    hypermodel = load_hypermodel(config)
+    hypermodel = load_hypermodel(config, splits)
     fresh_session(seed)
     model, fit = hypermodel.build(optuna.trial.FixedTrial(params), splits.task)
     return train(

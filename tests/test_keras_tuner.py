@@ -270,7 +270,7 @@ def _uncompiled(hp: Any) -> keras.Model:
 )
 def test_unsupported_hypermodels_fail_at_the_check_with_one_line(hypermodel: Any, fragment: str):
     with pytest.raises(SpaceError) as error:
-        load(hypermodel, max_epochs=4).check()
+        load(hypermodel, max_epochs=4).check(np.zeros((4, 64), "float32"), np.zeros(4, "int64"))
     assert fragment in str(error.value) and "\n" not in str(error.value)
 
 
@@ -378,11 +378,22 @@ def test_cli_hypermodel_mistakes_are_one_line_and_write_nothing(tmp_path: Path, 
         "def merges(hp):\n"
         "    hp.merge(None)\n\n"
         "def uncompiled(hp):\n"
-        "    return keras.Sequential([keras.layers.Dense(hp.Int('units', 4, 8))])\n"
+        "    return keras.Sequential([keras.layers.Dense(hp.Int('units', 4, 8))])\n\n"
+        "def compiled(inputs, classes):\n"
+        "    model = keras.Sequential([keras.Input((inputs,)), keras.layers.Dense(classes, activation='softmax')])\n"
+        "    model.compile(optimizer='adam', loss='sparse_categorical_crossentropy')\n"
+        "    return model\n\n"
+        "def for_mnist(hp):\n"
+        "    return compiled(784, 10)\n\n"
+        "def three_classes(hp):\n"
+        "    return compiled(64, 3)\n"
     )
     _fails(["launch", "--hypermodel", "models.py:reverse", "--storage", url], capsys, "sampling='reverse_log') is not")
     _fails(["launch", "--hypermodel", "models.py:merges", "--storage", url], capsys, "hp.merge is a KerasTuner feature")
     _fails(["launch", "--hypermodel", "models.py:uncompiled", "--storage", url], capsys, "not compiled")
+    # A model written for other data: named before anything is written, not in every trial's traceback.
+    _fails(["launch", "--hypermodel", "models.py:for_mnist", "--storage", url], capsys, "expected axis -1 of input shape to have value 784")
+    _fails(["launch", "--hypermodel", "models.py:three_classes", "--storage", url], capsys, "outside the valid range of [0, 3)")
     _fails(["launch", "--hypermodel", "models.py:missing", "--storage", url], capsys, "has no attribute 'missing'")
     _fails(["launch", "--hypermodel", "nowhere.py:build", "--storage", url], capsys, "file not found: nowhere.py")
     _fails(["launch", "--hypermodel", "models", "--storage", url], capsys, "hypermodel must be 'path/to/module.py:NAME'")
