@@ -191,14 +191,9 @@ def list_studies(engine: Engine, *, stale_after_s: float | None = None) -> list[
 
 def _stale_running(conn: Any, stale_after_s: float) -> list[str]:
     """Study names, once per RUNNING trial whose latest heartbeat (or, without one, its start)
-    is older than the limit.
-
-    "Now" is the database's clock, as Optuna's own staleness check uses, so worker clocks do
-    not matter.
-    """
-    last_seen = sa.func.coalesce(sa.func.max(_heartbeats.c.heartbeat), _trials.c.datetime_start)
+    is older than the limit."""
     latest = (
-        sa.select(_studies.c.study_name, last_seen)
+        sa.select(_studies.c.study_name, sa.func.max(_heartbeats.c.heartbeat), _trials.c.datetime_start)
         .select_from(
             _trials.outerjoin(_heartbeats, _heartbeats.c.trial_id == _trials.c.trial_id).join(
                 _studies, _studies.c.study_id == _trials.c.study_id
@@ -207,8 +202,9 @@ def _stale_running(conn: Any, stale_after_s: float) -> list[str]:
         .where(_trials.c.state == TrialState.RUNNING)
         .group_by(_trials.c.trial_id, _trials.c.datetime_start, _studies.c.study_name)
     )
-    now = _now(conn)
-    return [name for name, seen in conn.execute(latest) if (now - seen).total_seconds() > stale_after_s]
+    rows = conn.execute(latest).all()
+    clock = _Clocks(conn)
+    return [name for name, beat, start in rows if clock.silence(beat, start) > stale_after_s]
 
 
 def backdate_silent_trials(engine: Engine, study: str, older_than_s: float) -> int:
@@ -231,11 +227,14 @@ def backdate_silent_trials(engine: Engine, study: str, older_than_s: float) -> i
     )
     try:
         with engine.begin() as conn:
-            now = _now(conn)
+            found = conn.execute(silent).all()
+            if not found:
+                return 0
+            clock = _Clocks(conn)
             rows = [
-                {"trial_id": trial_id, "heartbeat": start}
-                for trial_id, start in conn.execute(silent)
-                if (now - start).total_seconds() > older_than_s
+                {"trial_id": trial_id, "heartbeat": clock.database_time_of(start)}
+                for trial_id, start in found
+                if clock.silence(None, start) > older_than_s
             ]
             if rows:
                 conn.execute(sa.insert(_heartbeats), rows)
@@ -244,8 +243,24 @@ def backdate_silent_trials(engine: Engine, study: str, older_than_s: float) -> i
     return len(rows)
 
 
-def _now(conn: Any) -> datetime:
-    return conn.execute(sa.select(sa.func.now())).scalar().replace(tzinfo=None)
+class _Clocks:
+    """The two clocks a trial's times come from. Heartbeats are the database's clock (as
+    Optuna's own staleness check reads them); a trial's start is the local time of the worker
+    that created it (Optuna writes ``datetime.now()``), so each is compared with its own."""
+
+    def __init__(self, conn: Any) -> None:
+        self.database_now = conn.execute(sa.select(sa.func.now())).scalar().replace(tzinfo=None)
+        self.local_now = datetime.now()
+
+    def silence(self, beat: datetime | None, start: datetime) -> float:
+        """Seconds since the last heartbeat, or since the start where there is none."""
+        if beat is not None:
+            return (self.database_now - beat).total_seconds()
+        return (self.local_now - start).total_seconds()
+
+    def database_time_of(self, start: datetime) -> datetime:
+        """A local start time expressed on the database's clock."""
+        return self.database_now - (self.local_now - start)
 
 
 def _param_filters(ranges: dict[str, ParamRange] | None) -> list[Any]:
