@@ -60,6 +60,14 @@ def test_pruning_quick(tmp_path):
     assert {"epoch_cut", "time_cut", "best_val_change"} <= set(payload["target"]["mean"])
 
 
+def test_checkpoints_quick(tmp_path):
+    payload = run_quick("checkpoints", tmp_path)
+    assert [row["arm"] for row in payload["rows"]] == ["every epoch", "every 30 s (default)", "never"]
+    for row in payload["rows"]:
+        assert row["same_epochs"] and row["epochs"] > 0 and row["wall_s"] > 0  # the seed fixes the trials
+    assert payload["target"]["excess"] > -1
+
+
 def test_generalization_quick(tmp_path):
     payload = run_quick("generalization", tmp_path)
     assert {(row["task"], row["penalty"]) for row in payload["rows"]} == {
