@@ -9,7 +9,7 @@ Checkpoints are taken by time, not by epoch: at the end of the first epoch that 
 least ``$GAPSWEEP_CHECKPOINT_S`` seconds (default 30) after the trial's start or its last
 checkpoint. Serializing the model and writing a blob every epoch cost more than the epochs of
 small models; by time, a crash loses at most that many seconds of training, and a trial shorter
-than that writes none. ``0`` checkpoints every epoch.
+than that writes none. ``0`` checkpoints every epoch, ``inf`` never.
 """
 
 from __future__ import annotations

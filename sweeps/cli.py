@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint. SIGTERM/Ctrl-C finishes the current trial, then exits; a second one stops at once. "
         "Environment: GAPSWEEP_HEARTBEAT_S (heartbeat interval, default 10 s; a trial is stale after 3 "
         "intervals without one) and GAPSWEEP_CHECKPOINT_S (seconds of training between checkpoints, "
-        "default 30; 0 checkpoints every epoch).",
+        "default 30; 0 checkpoints every epoch, inf never).",
     )
     _study_flag(worker)
     _storage_flag(worker)
