@@ -1,7 +1,7 @@
 """Generalization: the gap-penalized score (λ > 0) against plain val loss (λ = 0) on small data.
 
 For every task and seed, one sweep per λ on the same splits. Each sweep's best trial (by its own
-score) is retrained with ``sweeps.trainer.train_params`` on the same splits and seed, then measured on
+score) is retrained with ``gapsweep.sweeps.trial.trainer.train_params`` on the same splits and seed, then measured on
 the held-out test split the sweep never saw: test loss (pure cross-entropy), test accuracy, and
 the train/val gap at the epoch early stopping restored. One fresh process per task and seed.
 """
@@ -16,8 +16,8 @@ from typing import Any
 
 from benchmarks import harness, report
 from gapsweep import DataSpec, ObjectiveSettings, SweepConfig, best_trials, launch
-from sweeps.data import load
-from sweeps.trainer import train_params
+from gapsweep.sweeps.data.datasets import load
+from gapsweep.sweeps.trial.trainer import train_params
 
 NAME = "generalization"
 TITLE = "Generalization: gap penalty vs plain val loss"

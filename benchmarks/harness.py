@@ -134,7 +134,7 @@ def quiet_optuna() -> None:
 
 def prepare_process() -> None:
     """Quiet Optuna, import TensorFlow and fix its threads as gapsweep does, so no clock pays the import."""
-    from sweeps.trainer import init_tensorflow
+    from gapsweep.sweeps.trial.runtime import init_tensorflow
 
     quiet_optuna()
     init_tensorflow()

@@ -39,13 +39,13 @@ import sqlalchemy as sa
 
 from benchmarks import harness, report
 from gapsweep import DataSpec, ObjectiveSettings, SweepConfig, launch
-from search_spaces.builder import resolve
-from search_spaces.hypermodel import FitSettings, SpaceHypermodel
-from sweeps import objective as objective_module
-from sweeps.checkpoints import CheckpointStore, TrainingState
-from sweeps.data import Splits
-from sweeps.score import best_score, gap_score
-from sweeps.trainer import Curves, TrainResult
+from gapsweep.search_spaces.builder import resolve
+from gapsweep.search_spaces.hypermodel import FitSettings, SpaceHypermodel
+from gapsweep.sweeps.trial import objective as objective_module
+from gapsweep.sweeps.trial.checkpoints import CheckpointStore, TrainingState
+from gapsweep.sweeps.data.datasets import Splits
+from gapsweep.sweeps.trial.score import best_score, gap_score
+from gapsweep.sweeps.trial.trainer import Curves, TrainResult
 
 NAME = "overhead"
 TITLE = "Trial-loop overhead"
@@ -126,7 +126,7 @@ def stub_train(
     curves: Curves | None = None,
     checkpoints: CheckpointStore | None = None,
 ) -> TrainResult:
-    """``sweeps.trainer.train`` without Keras: fills the curves and reports each epoch to the pruner.
+    """``gapsweep.sweeps.trial.trainer.train`` without Keras: fills the curves and reports each epoch to the pruner.
 
     Given a checkpoint store (gapsweep's crash safety), it asks for a state to resume and saves
     one whenever it is due, as the trainer does, with stand-in model bytes of the real size.

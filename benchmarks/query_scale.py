@@ -1,7 +1,7 @@
 """Query scale: ``gapsweep best`` on a 10,000-trial study against loading the study with Optuna.
 
 gapsweep answers "the best k" with SQL (``ORDER BY … LIMIT k``, then the params and attributes
-of those k trials only: ``storage.queries``). The usual Optuna ways load every trial first:
+of those k trials only: ``gapsweep.storage.queries``). The usual Optuna ways load every trial first:
 ``optuna.load_study(...).best_trials`` (the Pareto front of all trials: for one objective, the
 trials that share the best value), ``get_trials()`` sorted in Python, or ``trials_dataframe()``
 sorted with pandas. This benchmark builds one study on SQLite and one on PostgreSQL, the same
@@ -37,7 +37,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from benchmarks import harness, report
-from sweeps.score import best_score
+from gapsweep.sweeps.trial.score import best_score
 
 NAME = "query_scale"
 TITLE = "Query scale: `gapsweep best` on 10,000 trials"
@@ -100,7 +100,7 @@ def fake_curves(rng: random.Random, params: dict[str, Any], epochs: int) -> tupl
 
 def make_trials(n: int, seed: int = 0) -> list[FrozenTrial]:
     """``n`` finished trials as gapsweep's objective would have left them."""
-    from search_spaces.loader import load_space
+    from gapsweep.search_spaces.loader import load_space
 
     space = load_space("mlp")
     sampler_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
@@ -263,9 +263,9 @@ def ask_gapsweep_api(url: str, study: str, query: Query) -> list[int]:
 
 
 def cli_command() -> list[str]:
-    """``gapsweep`` as ``python -m sweeps.cli`` (the entry point's module), run from the repository, so
+    """``gapsweep`` as ``python -m gapsweep.cli`` (the entry point's module), run from the repository, so
     the process runs this checkout's code even where an installed ``gapsweep`` maps elsewhere."""
-    return [sys.executable, "-m", "sweeps.cli"]
+    return [sys.executable, "-m", "gapsweep.cli"]
 
 
 def cli_args(url: str, study: str, query: Query) -> list[str]:
@@ -439,7 +439,7 @@ def peak():
             sys.stderr.write("VmHWM " + line.split()[1] + "\\n")
 atexit.register(peak)
 sys.argv = ["gapsweep", *sys.argv[1:]]
-runpy.run_module("sweeps.cli", run_name="__main__")
+runpy.run_module("gapsweep.cli", run_name="__main__")
 """
 
 
@@ -578,7 +578,7 @@ def main(argv: list[str] | None = None) -> None:
         "settings": {"trials": n, "through_add_trials": through_optuna, "top": TOP, "repeats": repeats, "batch": BATCH, "space": "mlp (built-in)",
                      "states": {"pruned": PRUNED_SHARE, "fail": FAILED_SHARE, "complete": 1 - PRUNED_SHARE - FAILED_SHARE},
                      "queries": [{"name": q.name, "by": q.by, "params": q.params} for q in QUERIES],
-                     "cli": "python -m sweeps.cli best --study S --top 10 --json --storage URL [--by B] [--param P]"},
+                     "cli": "python -m gapsweep.cli best --study S --top 10 --json --storage URL [--by B] [--param P]"},
         "skipped": skipped, "skipped_approaches": skipped_approaches,
         "builds": builds, "rows": rows, "memory": memory, "target": target,
     }
@@ -592,7 +592,7 @@ def main(argv: list[str] | None = None) -> None:
         f"(7 `mlp` parameters, score parts, 16–24-epoch curves and intermediate values; 70 % complete, 20 % pruned, "
         f"10 % failed) on each backend; every way asked once untimed, then {repeats} interleaved timed rounds (median "
         f"and min in seconds). Each in-process call opens and closes its own connection pool, as `gapsweep.api` does; "
-        f"`gapsweep cli` is a whole `gapsweep best --top {TOP} --json` process (as `python -m sweeps.cli`). `optuna best_trials` gives Optuna's "
+        f"`gapsweep cli` is a whole `gapsweep best --top {TOP} --json` process (as `python -m gapsweep.cli`). `optuna best_trials` gives Optuna's "
         f"best (one trial), the others the top {TOP}; `correct` compares each answer with the top {TOP} computed from "
         "the trials in memory.",
         report.machine_line(machine),

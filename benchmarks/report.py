@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from sweeps.output import to_json
+from gapsweep.output import to_json
 
 DOC_NAME = "benchmarks.md"
 _DOC_HEADER = "# Benchmarks\n\nFigures written by `python -m benchmarks.NAME`; see `benchmarks/`.\n"

@@ -28,10 +28,10 @@ import optuna
 
 from benchmarks import harness, report
 from gapsweep import DataSpec, SweepConfig, launch, list_trials
-from search_spaces.builder import build_model
-from sweeps import objective as objective_module
-from sweeps.data import Splits, load
-from sweeps.trainer import TrainResult, train
+from gapsweep.search_spaces.builder import build_model
+from gapsweep.sweeps.trial import objective as objective_module
+from gapsweep.sweeps.data.datasets import Splits, load
+from gapsweep.sweeps.trial.trainer import TrainResult, train
 
 NAME = "vs_kerastuner"
 TITLE = "Against KerasTuner"

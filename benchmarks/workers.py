@@ -1,7 +1,7 @@
 """Worker scaling: trials per second of 1, 2, 4 and 8 gapsweep workers sharing one study.
 
 What does it cost to coordinate workers? Each worker is a separate process running gapsweep's
-own loop (``sweeps.launch.prepare`` then ``run_trials``: the study-wide lock around the budget
+own loop (``gapsweep.sweeps.run.launch.prepare`` then ``run_trials``: the study-wide lock around the budget
 check and the trial's creation, reaping of stale trials, heartbeats) against one PostgreSQL
 study with a global budget. No Keras runs: the hypermodel samples the search space and returns a
 stand-in model, and the trainer sleeps (50 ms a trial, spread over its epochs) while it reports
@@ -58,8 +58,8 @@ class SleepingHypermodel:
         self.max_epochs = EPOCHS
 
     def build(self, trial: Any, task: Any) -> tuple[StandInModel, Any]:
-        from search_spaces.builder import resolve
-        from search_spaces.hypermodel import FitSettings
+        from gapsweep.search_spaces.builder import resolve
+        from gapsweep.search_spaces.hypermodel import FitSettings
 
         values = resolve(self.real.space.sample(trial))
         return StandInModel(), FitSettings(epochs=EPOCHS, batch_size=int(values["batch_size"]))
@@ -70,15 +70,15 @@ class SleepingHypermodel:
 
 def sleeping_train(model: Any, fit: Any, splits: Any, *, penalty: float, patience: int, seed: int,
                    trial: Any = None, curves: Any = None, checkpoints: Any = None) -> Any:
-    """``sweeps.trainer.train`` with sleep for work: per epoch, fake losses, a report and a prune check.
+    """``gapsweep.sweeps.trial.trainer.train`` with sleep for work: per epoch, fake losses, a report and a prune check.
 
     Like the trainer, it first asks the checkpoint store for a state to resume; it saves no
     checkpoints (their cost is the overhead benchmark's subject, not coordination).
     """
     import optuna
 
-    from sweeps.score import best_score, gap_score
-    from sweeps.trainer import Curves, TrainResult
+    from gapsweep.sweeps.trial.score import best_score, gap_score
+    from gapsweep.sweeps.trial.trainer import Curves, TrainResult
 
     curves = curves if curves is not None else Curves()
     if checkpoints is not None:
@@ -109,8 +109,8 @@ class LockClock:
 def stubbed(clock: LockClock) -> Iterator[None]:
     """No TensorFlow anywhere: the trainer sleeps, sessions and repro records are no-ops; the
     study lock is timed."""
-    from storage.locks import StudyLock
-    from sweeps import objective as objective_module
+    from gapsweep.storage.locks import StudyLock
+    from gapsweep.sweeps.trial import objective as objective_module
 
     acquire, release = StudyLock.acquire, StudyLock.release
 
@@ -139,7 +139,7 @@ def stubbed(clock: LockClock) -> Iterator[None]:
 
 def worker(config: Any, start: Any, results: Any) -> None:
     """One worker process: prepare (untimed), wait for the others, then run gapsweep's loop."""
-    from sweeps.launch import prepare, run_trials
+    from gapsweep.sweeps.run.launch import prepare, run_trials
 
     harness.quiet_optuna()
     clock = LockClock()
@@ -176,7 +176,7 @@ def run(url: str, workers: int, budget: int) -> dict[str, Any]:
     import optuna
     from optuna.trial import TrialState
 
-    from sweeps.launch import prepare
+    from gapsweep.sweeps.run.launch import prepare
 
     config = sweep_config(url, budget)
     prepare(config).close()  # create the study first, as `gapsweep launch --create-only` does
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _heartbeat_interval() -> int:
-    from storage.engine import heartbeat_settings
+    from gapsweep.storage.engine import heartbeat_settings
 
     return heartbeat_settings()[0]
 

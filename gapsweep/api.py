@@ -11,50 +11,29 @@ own connection pool, so they are safe to call from any process.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from storage import queries
-from storage.engine import heartbeat_settings, reading
-from storage.queries import ParamRange, StudySummary, TrialRecord
+import optuna
 
-if TYPE_CHECKING:
-    from sweeps.rerank import Reranked
+from gapsweep.errors import ConfigError
+from gapsweep.storage import artifacts
+from gapsweep.storage.engine import open_storage
+from gapsweep.storage.heartbeats import open_crash_safe_storage, reap
+from gapsweep.storage.reader import (
+    baseline_trial,
+    best_trials,
+    get_study_config,
+    get_trial,
+    list_studies,
+    list_trials,
+)
+from gapsweep.storage.studies import require_study
+from gapsweep.sweeps.analysis.rerank import Reranked, rerank
 
-
-def best_trials(
-    study: str, storage: str | None = None, k: int = 1, *, by: str = "score", params: dict[str, ParamRange] | None = None
-) -> list[TrialRecord]:
-    """The ``k`` best complete trials of ``study`` by ``by`` (score, val_loss, gap, train_loss),
-    optionally only those whose numeric ``params`` lie in ``{name: (low, high)}``.
-
-    For a multi-objective (val loss, gap) study with the default ranking: its whole Pareto
-    front, by val loss (``k`` does not cut a front).
-    """
-    with reading(storage) as engine:
-        if by == "score" and not params and queries.n_objectives(engine, study) > 1:
-            return queries.pareto_trials(engine, study)
-        return queries.best_trials(engine, study, k, by=by, params=params)
-
-
-def list_trials(
-    study: str, storage: str | None = None, *, states: list[str] | None = None, params: dict[str, ParamRange] | None = None
-) -> list[TrialRecord]:
-    """All trials of ``study`` in number order, optionally filtered by state and parameter ranges."""
-    with reading(storage) as engine:
-        return queries.list_trials(engine, study, states=states, params=params)
-
-
-def list_studies(storage: str | None = None) -> list[StudySummary]:
-    """Every study in the database with its trial counts per state; running trials of dead
-    workers count as ``STALE``, not ``RUNNING``."""
-    with reading(storage) as engine:
-        return queries.list_studies(engine, stale_after_s=heartbeat_settings()[1])
-
-
-def get_trial(study: str, number: int, storage: str | None = None) -> TrialRecord:
-    """One trial with its parameters, score parts and per-epoch curves."""
-    with reading(storage) as engine:
-        return queries.get_trial(engine, study, number)
+__all__ = [
+    "baseline_trial", "best_trials", "get_study_config", "get_trial", "list_studies", "list_trials",
+    "migrate", "reap_study", "rerank_trials",
+]
 
 
 def reap_study(study: str, storage: str | None = None) -> list[int]:
@@ -62,11 +41,6 @@ def reap_study(study: str, storage: str | None = None) -> list[int]:
 
     Returns the numbers of the trials it failed.
     """
-    import optuna
-
-    from storage.studies import require_study
-    from sweeps.launch import open_crash_safe_storage, reap
-
     rdb = open_crash_safe_storage(storage)
     try:
         require_study(study, rdb)
@@ -82,13 +56,6 @@ def reap_study(study: str, storage: str | None = None) -> list[int]:
 def migrate(source: str, target: str, *, studies: list[str] | None = None) -> list[dict[str, Any]]:
     """Copy studies (all, or the named ones) with their trials, configuration and stored models
     from one database into another; a study that already exists in the target is refused."""
-    import optuna
-
-    from gapsweep.errors import ConfigError
-    from storage import artifacts
-    from storage.engine import open_storage
-    from storage.studies import require_study
-
     src, dst = open_storage(source), open_storage(target)
     try:
         names = studies or [s.study_name for s in optuna.get_all_study_summaries(src, include_best_trial=False)]
@@ -113,24 +80,4 @@ def rerank_trials(
     study: str, storage: str | None = None, k: int = 1, *, gap_penalty: float, epoch: str = "best"
 ) -> list[Reranked]:
     """The ``k`` best complete trials for another gap penalty or epoch rule, from stored curves."""
-    from sweeps.rerank import rerank
-
     return rerank(list_trials(study, storage, states=["complete"]), penalty=gap_penalty, epoch=epoch)[:k]
-
-
-def get_study_config(study: str, storage: str | None = None) -> dict[str, Any]:
-    """The configuration ``gapsweep launch`` stored with the study (space, data, objective, …)."""
-    from gapsweep.errors import StudyNotFoundError
-    from storage.studies import CONFIG_ATTR
-
-    with reading(storage) as engine:
-        attrs = queries.study_user_attrs(engine, study)
-    if CONFIG_ATTR not in attrs:
-        raise StudyNotFoundError(f"study '{study}' was not created by gapsweep launch (it has no {CONFIG_ATTR})")
-    return attrs[CONFIG_ATTR]
-
-
-def baseline_trial(study: str, storage: str | None = None) -> TrialRecord | None:
-    """The trial that ran the user's ``--baseline`` configuration, or None."""
-    with reading(storage) as engine:
-        return queries.baseline_trial(engine, study)

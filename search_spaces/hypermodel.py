@@ -2,7 +2,7 @@
 
 A hypermodel turns an Optuna trial into a compiled Keras model and the settings to fit it with.
 The built-in one samples a declarative ``SearchSpace`` and hands the values to the MLP builder;
-``search_spaces.keras_tuner`` adapts a KerasTuner ``build_model(hp)`` or ``HyperModel`` to the
+``gapsweep.search_spaces.keras_tuner`` adapts a KerasTuner ``build_model(hp)`` or ``HyperModel`` to the
 same interface, so the trainer, the objective and the workers see one type.
 """
 
@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import optuna
 
-from search_spaces.builder import DEFAULTS, TaskSpec, build_model, check_params, resolve
-from search_spaces.space import Categorical, Fixed, Float, Int, SearchSpace
+from gapsweep.search_spaces.builder import DEFAULTS, TaskSpec, build_model, check_params, resolve
+from gapsweep.search_spaces.space import Categorical, Fixed, Float, Int, SearchSpace
 
 if TYPE_CHECKING:
     import keras

@@ -41,9 +41,9 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from gapsweep.errors import DataError, GapsweepError, SpaceError
-from search_spaces.builder import TaskSpec
-from search_spaces.hypermodel import FitSettings
-from search_spaces.loader import python_object
+from gapsweep.search_spaces.builder import TaskSpec
+from gapsweep.search_spaces.hypermodel import FitSettings
+from gapsweep.search_spaces.loader import python_object
 
 if TYPE_CHECKING:
     import keras

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from gapsweep.errors import SpaceError
-from search_spaces.space import SearchSpace
+from gapsweep.search_spaces.space import SearchSpace
 
 BUILTIN_DIR = Path(__file__).parent
 

@@ -19,7 +19,8 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from gapsweep.errors import StorageError
-from storage.url import mask, parse
+from gapsweep.storage import optuna_tables
+from gapsweep.storage.url import mask, parse
 
 SQLITE_BUSY_TIMEOUT_S = 60
 
@@ -99,6 +100,12 @@ def connect_existing(url_text: str | None) -> Engine:
     if not {"studies", "trials", "version_info"} <= tables:
         engine.dispose()
         raise StorageError(f"{mask(url)} is not a gapsweep/Optuna database (no Optuna tables in it)")
+    try:
+        with engine.connect() as conn:
+            optuna_tables.check_schema(conn)
+    except StorageError:
+        engine.dispose()
+        raise
     return engine
 
 

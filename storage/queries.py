@@ -16,19 +16,19 @@ from typing import Any, Iterable, Sequence
 
 import sqlalchemy as sa
 from optuna.distributions import json_to_distribution
-from optuna.storages._rdb import models  # Optuna's own table definitions: the schema we read.
 from optuna.trial import TrialState
 from sqlalchemy.engine import Engine
 
 from gapsweep.errors import ConfigError, StudyNotFoundError
-from storage.pareto import pareto_front
+from gapsweep.storage import optuna_tables as tables
+from gapsweep.storage.pareto import pareto_front
 
-_studies = models.StudyModel.__table__
-_trials = models.TrialModel.__table__
-_values = models.TrialValueModel.__table__
-_params = models.TrialParamModel.__table__
-_attrs = models.TrialUserAttributeModel.__table__
-_heartbeats = models.TrialHeartbeatModel.__table__
+_studies = tables.studies
+_trials = tables.trials
+_values = tables.trial_values
+_params = tables.trial_params
+_attrs = tables.trial_user_attrs
+_heartbeats = tables.trial_heartbeats
 
 #: A filter on a numeric parameter: inclusive bounds, either may be open (None).
 ParamRange = tuple[float | None, float | None]
@@ -118,7 +118,7 @@ def state_counts(engine: Engine, study: str) -> dict[str, int]:
 def study_user_attrs(engine: Engine, study: str) -> dict[str, Any]:
     """The study's user attributes (gapsweep keeps its configuration there)."""
     sid = study_id(engine, study)
-    table = models.StudyUserAttributeModel.__table__
+    table = tables.study_user_attrs
     with engine.connect() as conn:
         rows = conn.execute(sa.select(table.c.key, table.c.value_json).where(table.c.study_id == sid)).all()
     return {key: json.loads(value) for key, value in rows}
@@ -127,7 +127,7 @@ def study_user_attrs(engine: Engine, study: str) -> dict[str, Any]:
 def n_objectives(engine: Engine, study: str) -> int:
     """1 for a study ranked by its score, 2 for a multi-objective (val loss, gap) study."""
     sid = study_id(engine, study)
-    directions = models.StudyDirectionModel.__table__
+    directions = tables.study_directions
     with engine.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).where(directions.c.study_id == sid)).scalar() or 1)
 

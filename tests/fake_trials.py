@@ -13,7 +13,7 @@ import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.score import best_score, gap_score
+from gapsweep.sweeps.trial.score import best_score, gap_score
 
 DISTRIBUTIONS = {
     "l2": FloatDistribution(1e-6, 1e-2, log=True),
@@ -30,7 +30,7 @@ def gapsweep_trial(
     state: TrialState = TrialState.COMPLETE,
     penalty: float = 1.0,
 ) -> FrozenTrial:
-    """A trial as ``sweeps.objective`` stores it: curves always, score parts when complete."""
+    """A trial as ``gapsweep.sweeps.trial.objective`` stores it: curves always, score parts when complete."""
     scores = {epoch: gap_score(t, v, penalty) for epoch, (t, v) in enumerate(zip(train, val))}
     attrs: dict[str, Any] = {"epochs_run": len(val), "curve.train_loss": list(train), "curve.val_loss": list(val)}
     value = None

@@ -13,13 +13,13 @@ import sqlalchemy as sa
 
 from gapsweep.api import best_trials, list_trials
 from gapsweep.errors import StorageError
-from storage import artifacts
-from storage.engine import open_storage
-from sweeps.config import SweepConfig
-from sweeps.data import DataSpec, load
-from sweeps.launch import launch
-from sweeps.models import load_best_model
-from sweeps.objective import ObjectiveSettings
+from gapsweep.storage import artifacts
+from gapsweep.storage.engine import open_storage
+from gapsweep.sweeps.run.config import SweepConfig
+from gapsweep.sweeps.data.datasets import DataSpec, load
+from gapsweep.sweeps.run.launch import launch
+from gapsweep.sweeps.analysis.export import load_best_model
+from gapsweep.sweeps.trial.objective import ObjectiveSettings
 
 GAPSWEEP = str(Path(sys.executable).parent / "gapsweep")
 

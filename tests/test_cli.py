@@ -10,7 +10,7 @@ import numpy as np
 import optuna
 import pytest
 
-from sweeps.cli import build_parser, main
+from gapsweep.cli import build_parser, main
 
 COMMANDS = ["launch", "best", "trials", "studies", "show", "export", "worker", "reap", "migrate", "report", "rerun", "verify"]
 
@@ -82,7 +82,7 @@ def test_a_user_error_prints_no_traceback_from_the_real_command(tmp_path: Path):
     db = tmp_path / "q.db"
     optuna.create_study(study_name="real", storage=f"sqlite:///{db}")
     done = subprocess.run(
-        [sys.executable, "-m", "sweeps.cli", "best", "--study", "ghost", "--storage", f"sqlite:///{db}"],
+        [sys.executable, "-m", "gapsweep.cli", "best", "--study", "ghost", "--storage", f"sqlite:///{db}"],
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 1

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from sweeps.cli import build_parser
+from gapsweep.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,8 @@ import optuna
 import optuna_dashboard
 
 from fake_trials import add_mixed_trials
-from storage.engine import open_storage
-from storage.studies import CONFIG_ATTR
+from gapsweep.storage.engine import open_storage
+from gapsweep.storage.studies import CONFIG_ATTR
 
 
 def _get(app: Any, path: str) -> tuple[str, Any]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gapsweep.errors import DataError
-from sweeps.data import DataSpec, load
+from gapsweep.sweeps.data.datasets import DataSpec, load
 
 
 def test_digits_split_is_deterministic_disjoint_and_sized():

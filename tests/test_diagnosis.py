@@ -9,10 +9,10 @@ import optuna
 import pytest
 
 from fake_trials import add_mixed_trials
-from storage.engine import open_storage
-from storage.queries import TrialRecord
-from sweeps.cli import main
-from sweeps.diagnosis import (
+from gapsweep.storage.engine import open_storage
+from gapsweep.storage.queries import TrialRecord
+from gapsweep.cli import main
+from gapsweep.sweeps.analysis.diagnosis import (
     DIVERGED,
     GOOD_FIT,
     LABELS,

@@ -16,14 +16,14 @@ import pytest
 
 from gapsweep.api import best_trials, list_trials
 from gapsweep.errors import ConfigError, SpaceError
-from search_spaces.builder import TaskSpec
-from search_spaces.keras_tuner import TrialHyperParameters, importable_ref, load
-from search_spaces.loader import python_object
-from storage.studies import CONFIG_ATTR
-from sweeps.cli import main
-from sweeps.config import SweepConfig, load_sweep_file
-from sweeps.data import DataSpec
-from sweeps.launch import launch
+from gapsweep.search_spaces.builder import TaskSpec
+from gapsweep.search_spaces.keras_tuner import TrialHyperParameters, importable_ref, load
+from gapsweep.search_spaces.loader import python_object
+from gapsweep.storage.studies import CONFIG_ATTR
+from gapsweep.cli import main
+from gapsweep.sweeps.run.config import SweepConfig, load_sweep_file
+from gapsweep.sweeps.data.datasets import DataSpec
+from gapsweep.sweeps.run.launch import launch
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "keras_tuner_models.py"
 DIGITS = TaskSpec(n_features=64, task="classification", n_classes=10)

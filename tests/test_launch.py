@@ -12,11 +12,11 @@ import pytest
 
 from gapsweep.api import best_trials, list_trials
 from gapsweep.errors import ConfigError
-from storage.studies import CONFIG_ATTR
-from sweeps.cli import main
-from sweeps.config import SweepConfig
-from sweeps.data import DataSpec
-from sweeps.launch import launch
+from gapsweep.storage.studies import CONFIG_ATTR
+from gapsweep.cli import main
+from gapsweep.sweeps.run.config import SweepConfig
+from gapsweep.sweeps.data.datasets import DataSpec
+from gapsweep.sweeps.run.launch import launch
 
 pytestmark = pytest.mark.slow
 

@@ -12,10 +12,10 @@ import optuna
 import pytest
 
 from fake_trials import MIXED, add_mixed_trials, gapsweep_trial
-from storage.engine import open_storage
-from sweeps.cli import main
-from storage.pareto import pareto_front
-from sweeps.report import build_report
+from gapsweep.storage.engine import open_storage
+from gapsweep.cli import main
+from gapsweep.storage.pareto import pareto_front
+from gapsweep.sweeps.analysis.report import build_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = ["history", "curves", "pareto", "importances"]

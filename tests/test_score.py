@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sweeps.score import best_score, gap, gap_score
+from gapsweep.sweeps.trial.score import best_score, gap, gap_score
 
 
 def test_gap_is_clipped_at_zero():

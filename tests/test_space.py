@@ -8,9 +8,9 @@ import optuna
 import pytest
 
 from gapsweep.errors import SpaceError
-from search_spaces.builder import DEFAULTS, check_params
-from search_spaces.loader import builtin_names, load_space
-from search_spaces.space import Categorical, Fixed, Float, Int, SearchSpace
+from gapsweep.search_spaces.builder import DEFAULTS, check_params
+from gapsweep.search_spaces.loader import builtin_names, load_space
+from gapsweep.search_spaces.space import Categorical, Fixed, Float, Int, SearchSpace
 
 
 def test_builtin_mlp_covers_every_cure():
@@ -94,7 +94,7 @@ def test_space_files_toml_yaml_and_python(tmp_path: Path):
     yaml_file.write_text("l2: {type: float, low: 1.0e-5, high: 1.0e-2, log: true}\n")
     py_file = tmp_path / "s.py"
     py_file.write_text(
-        "from search_spaces.space import Float, SearchSpace\n"
+        "from gapsweep.search_spaces.space import Float, SearchSpace\n"
         "SPACE = SearchSpace({'l2': Float(1e-5, 1e-2, log=True)})\n"
         "def make():\n    return {'l2': {'type': 'float', 'low': 1e-5, 'high': 1e-2, 'log': True}}\n"
     )

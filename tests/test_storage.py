@@ -11,9 +11,9 @@ import pytest
 
 from gapsweep.api import best_trials, get_trial, list_studies, list_trials
 from gapsweep.errors import StorageError, StudyNotFoundError
-from storage.engine import connect_existing, open_storage
-from storage.url import mask, resolve
-from sweeps.cli import main
+from gapsweep.storage.engine import connect_existing, open_storage
+from gapsweep.storage.url import mask, resolve
+from gapsweep.cli import main
 
 
 def _constructed_study(url: str) -> optuna.Study:
@@ -103,7 +103,7 @@ def test_corrupt_and_foreign_sqlite_files(tmp_path: Path):
 
 
 def test_user_attrs_written_together_read_back_as_optuna_writes_them(any_url):
-    from storage.studies import set_user_attrs
+    from gapsweep.storage.optuna_tables import set_user_attrs
 
     study = optuna.create_study(study_name="attrs", storage=open_storage(any_url))
     trial = study.ask()

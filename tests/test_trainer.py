@@ -6,15 +6,15 @@ import numpy as np
 import optuna
 import pytest
 
-from search_spaces.hypermodel import SpaceHypermodel
-from storage import artifacts
-from storage.engine import open_storage
-from sweeps.checkpoints import CheckpointStore, TrainingState
-from search_spaces.space import SearchSpace
-from sweeps.data import DataSpec, load
-from sweeps.objective import Objective, ObjectiveSettings
-from sweeps.score import best_score
-from sweeps.trainer import Curves, TrainingDiverged, train_params
+from gapsweep.search_spaces.hypermodel import SpaceHypermodel
+from gapsweep.storage import artifacts
+from gapsweep.storage.engine import open_storage
+from gapsweep.sweeps.trial.checkpoints import CheckpointStore, TrainingState
+from gapsweep.search_spaces.space import SearchSpace
+from gapsweep.sweeps.data.datasets import DataSpec, load
+from gapsweep.sweeps.trial.objective import Objective, ObjectiveSettings
+from gapsweep.sweeps.trial.score import best_score
+from gapsweep.sweeps.trial.trainer import Curves, TrainingDiverged, train_params
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +91,9 @@ def test_pruning_stops_a_hopeless_trial(digits, sqlite_url):
 def test_a_model_compiled_by_the_user_gets_the_pure_loss_metric(digits):
     import keras
 
-    from search_spaces.hypermodel import FitSettings
-    from sweeps.trainer import fresh_session, train
+    from gapsweep.search_spaces.hypermodel import FitSettings
+    from gapsweep.sweeps.trial.runtime import fresh_session
+    from gapsweep.sweeps.trial.trainer import train
 
     fresh_session(0)
     model = keras.Sequential(

@@ -9,13 +9,13 @@ import optuna
 import pytest
 
 from gapsweep.api import rerank_trials
-from storage.engine import open_storage
-from sweeps.cli import main
-from sweeps.config import SweepConfig
-from sweeps.data import DataSpec
-from sweeps.launch import launch
-from sweeps.rerank import rerank
-from sweeps.reproduce import RERUN_TOLERANCE, rerun
+from gapsweep.storage.engine import open_storage
+from gapsweep.cli import main
+from gapsweep.sweeps.run.config import SweepConfig
+from gapsweep.sweeps.data.datasets import DataSpec
+from gapsweep.sweeps.run.launch import launch
+from gapsweep.sweeps.analysis.rerank import rerank
+from gapsweep.sweeps.analysis.reproduce import RERUN_TOLERANCE, rerun
 
 CURVES = {  # trial number → (train curve, val curve)
     0: ([1.0, 0.4, 0.1, 0.02], [1.1, 0.5, 0.40, 0.45]),  # memorizes
@@ -83,7 +83,7 @@ def test_a_trial_reruns_to_its_recorded_val_loss(sqlite_url, tiny_space, capsys)
 @pytest.mark.slow
 def test_a_gap_constraint_marks_and_ranks_infeasible_trials_last(sqlite_url, tiny_space):
     from gapsweep.api import best_trials, list_trials
-    from sweeps.objective import ObjectiveSettings
+    from gapsweep.sweeps.trial.objective import ObjectiveSettings
 
     config = SweepConfig(
         study="constrained", space=tiny_space, data=DataSpec("digits", train_fraction=0.3), trials=4,
@@ -128,13 +128,13 @@ def test_a_baseline_runs_first_and_is_compared(sqlite_url, tiny_space, tmp_path,
 
 
 def _checked(number: int, rank: int, tests: list[float]):
-    from sweeps.verify import Checked
+    from gapsweep.sweeps.analysis.verify import Checked
 
     return Checked(number, rank, 0.1, [0.1] * len(tests), tests)
 
 
 def test_verify_flags_a_pick_beaten_beyond_the_noise():
-    from sweeps.verify import judge
+    from gapsweep.sweeps.analysis.verify import judge
 
     verdict = judge([_checked(4, 0, [0.50, 0.52, 0.51]), _checked(7, 1, [0.30, 0.31, 0.29])])
     assert verdict.overtuned and verdict.best_on_test == 7 and verdict.most_robust == 7
@@ -142,7 +142,7 @@ def test_verify_flags_a_pick_beaten_beyond_the_noise():
 
 
 def test_verify_does_not_flag_differences_within_the_noise():
-    from sweeps.verify import judge
+    from gapsweep.sweeps.analysis.verify import judge
 
     verdict = judge([_checked(4, 0, [0.50, 0.20, 0.35]), _checked(7, 1, [0.30, 0.31, 0.29])])
     assert not verdict.overtuned and verdict.best_on_test == 7
@@ -168,8 +168,8 @@ def test_verify_prints_the_table_on_a_small_study(sqlite_url, tiny_space, capsys
 @pytest.mark.slow
 def test_cross_validation_runs_k_folds_and_stores_each_fold(sqlite_url, tiny_space, tmp_path):
     from gapsweep.api import list_trials
-    from sweeps.models import load_best_model
-    from sweeps.objective import ObjectiveSettings
+    from gapsweep.sweeps.analysis.export import load_best_model
+    from gapsweep.sweeps.trial.objective import ObjectiveSettings
 
     config = SweepConfig(
         study="cv", space=tiny_space, data=DataSpec("wine", train_fraction=0.5), trials=2,
@@ -190,8 +190,8 @@ def test_cross_validation_runs_k_folds_and_stores_each_fold(sqlite_url, tiny_spa
 def test_k_folds_partition_the_training_rows():
     import numpy as np
 
-    from sweeps.cv import k_folds
-    from sweeps.data import load
+    from gapsweep.sweeps.data.cv import k_folds
+    from gapsweep.sweeps.data.datasets import load
 
     splits = load(DataSpec("wine", train_fraction=0.5))
     folds = k_folds(splits, 4, seed=0)
@@ -228,7 +228,7 @@ def test_multi_objective_best_is_the_exact_pareto_front(sqlite_url):
 
 @pytest.mark.slow
 def test_a_multi_objective_sweep_runs_without_pruning(sqlite_url, tiny_space, capsys):
-    from sweeps.objective import ObjectiveSettings
+    from gapsweep.sweeps.trial.objective import ObjectiveSettings
 
     config = SweepConfig(
         study="mo-run", space=tiny_space, data=DataSpec("digits", train_fraction=0.3), trials=3,

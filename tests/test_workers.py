@@ -14,12 +14,12 @@ import pytest
 import sqlalchemy as sa
 
 from gapsweep.api import list_studies, list_trials, migrate, reap_study
-from storage import artifacts
-from storage.engine import open_storage
-from sweeps.config import SweepConfig
-from sweeps.data import DataSpec
-from sweeps.launch import launch, prepare
-from sweeps.objective import ObjectiveSettings
+from gapsweep.storage import artifacts
+from gapsweep.storage.engine import open_storage
+from gapsweep.sweeps.run.config import SweepConfig
+from gapsweep.sweeps.data.datasets import DataSpec
+from gapsweep.sweeps.run.launch import launch, prepare
+from gapsweep.sweeps.trial.objective import ObjectiveSettings
 
 pytestmark = pytest.mark.slow
 GAPSWEEP = str(Path(sys.executable).parent / "gapsweep")

@@ -12,8 +12,7 @@ from dataclasses import replace
 import numpy as np
 
 from gapsweep.errors import DataError
-from sweeps.data import Splits
-from sweeps.trainer import Curves
+from gapsweep.sweeps.data.datasets import Splits
 
 
 def k_folds(splits: Splits, k: int, seed: int) -> list[Splits]:
@@ -34,14 +33,3 @@ def k_folds(splits: Splits, k: int, seed: int) -> list[Splits]:
             )
         )
     return folds
-
-
-def mean_curves(folds: list[Curves]) -> Curves:
-    """The folds' mean curves over the epochs every fold ran."""
-    length = min(len(curves.val_loss) for curves in folds)
-
-    def mean(name: str) -> list[float]:
-        rows = [getattr(curves, name)[:length] for curves in folds]
-        return [float(v) for v in np.mean(rows, axis=0)] if rows and all(len(r) == length for r in rows) and length else []
-
-    return Curves(train_loss=mean("train_loss"), val_loss=mean("val_loss"), val_accuracy=mean("val_accuracy"))

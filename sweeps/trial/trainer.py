@@ -10,26 +10,27 @@ trial that is pruned or diverges, so they can be stored and re-ranked later.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
+import numpy as np
 import optuna
 
 from gapsweep.errors import ConfigError
-from search_spaces.builder import build_model, resolve
-from search_spaces.hypermodel import FitSettings
-from sweeps.checkpoints import CheckpointStore, TrainingState
-from sweeps.data import Splits
-from sweeps.pruning import pruning_callback
-from sweeps.score import Score, best_score, gap_score
+from gapsweep.search_spaces.builder import build_model, resolve
+from gapsweep.search_spaces.hypermodel import FitSettings
+from gapsweep.sweeps.trial.checkpoints import CheckpointStore, TrainingState
+from gapsweep.sweeps.data.datasets import Splits
+from gapsweep.sweeps.trial.models import model_from_bytes, model_to_bytes
+from gapsweep.sweeps.trial.pruning import pruning_callback
+from gapsweep.sweeps.trial.runtime import fresh_session
+from gapsweep.sweeps.trial.score import Score, best_score, gap_score
 
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
 
 _EVAL_BATCH = 1024
-_device: str | None = None
 
 
 class TrainingDiverged(RuntimeError):
@@ -51,48 +52,22 @@ class Curves:
         return out
 
 
+def mean_curves(folds: list[Curves]) -> Curves:
+    """The folds' mean curves over the epochs every fold ran."""
+    length = min(len(curves.val_loss) for curves in folds)
+
+    def mean(name: str) -> list[float]:
+        rows = [getattr(curves, name)[:length] for curves in folds]
+        return [float(v) for v in np.mean(rows, axis=0)] if rows and all(len(r) == length for r in rows) and length else []
+
+    return Curves(train_loss=mean("train_loss"), val_loss=mean("val_loss"), val_accuracy=mean("val_accuracy"))
+
+
 @dataclass
 class TrainResult:
     model: "keras.Model"
     curves: Curves
     score: Score
-
-
-def fresh_session(seed: int) -> None:
-    """Free the previous model's graph and seed weights, shuffling and dropout for the next."""
-    init_tensorflow()
-    import keras
-
-    keras.backend.clear_session(free_memory=True)
-    keras.utils.set_random_seed(seed)
-
-
-def init_tensorflow(threads: int | None = 1) -> str:
-    """Import TensorFlow quietly, fix its thread pools and let GPU memory grow on demand.
-
-    Must run before the first op. One thread per pool was as fast as the defaults for these
-    small models and lets one worker process per core scale; ``None`` keeps TensorFlow's
-    defaults. Returns the device that trains, e.g. ``GPU:0`` or ``CPU``.
-    """
-    global _device
-    if _device is not None:
-        return _device
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    tf.get_logger().setLevel("ERROR")
-    gpus = tf.config.list_physical_devices("GPU")
-    try:
-        for gpu in gpus:
-            # Without this one process claims all GPU memory and a second worker cannot start.
-            tf.config.experimental.set_memory_growth(gpu, True)
-        if threads:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
-        pass  # TensorFlow already ran an op in this process; its settings are fixed.
-    _device = "GPU:0" if gpus else "CPU"
-    return _device
 
 
 def _datasets(splits: Splits, batch_size: int, seed: int) -> tuple["tf.data.Dataset", ...]:
@@ -152,8 +127,6 @@ def _checkpointer(store: CheckpointStore, early_stopping: Any, curves: Curves) -
     its own)."""
     import keras
 
-    from sweeps.models import model_to_bytes
-
     class Checkpointer(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             if not store.due():
@@ -208,14 +181,12 @@ def train(
 
     ``curves`` is filled in place, so a caller still holds them when pruning or divergence
     interrupts ``fit`` with an exception. With ``checkpoints``, the training state is saved
-    whenever a checkpoint is due (``sweeps.checkpoints``), and training resumes from the latest
+    whenever a checkpoint is due (``gapsweep.sweeps.trial.checkpoints``), and training resumes from the latest
     saved state if there is one (the checkpointed model then replaces ``model``).
     """
     resume = checkpoints.latest() if checkpoints is not None else None
     curves = curves if curves is not None else Curves()
     if resume is not None:
-        from sweeps.models import model_from_bytes
-
         model = model_from_bytes(resume.model)
         curves.train_loss[:], curves.val_loss[:] = resume.curves["train_loss"], resume.curves["val_loss"]
         curves.val_accuracy[:] = resume.curves.get("val_accuracy", [])

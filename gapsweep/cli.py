@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from gapsweep.errors import GapsweepError
-from storage.url import DEFAULT_URL
+from gapsweep.storage.url import DEFAULT_URL
 
 EXIT_USER_ERROR = 1
 EXIT_NOT_REPRODUCED = 3
@@ -247,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_launch(args: argparse.Namespace) -> int:
     from gapsweep.errors import ConfigError
-    from sweeps.config import SweepConfig, load_baseline, load_sweep_file
-    from sweeps.data import DataSpec
+    from gapsweep.sweeps.run.config import SweepConfig, load_baseline, load_sweep_file
+    from gapsweep.sweeps.data.datasets import DataSpec
     from dataclasses import replace
 
     config = load_sweep_file(args.sweep_file) if args.sweep_file else SweepConfig()
@@ -281,11 +281,11 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     import optuna
 
     from gapsweep.api import baseline_trial, best_trials, list_studies
-    from sweeps.output import to_json, trials_table
+    from gapsweep.output import to_json, trials_table
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and table say it all
-    from sweeps.launch import prepare, run_trials
-    from sweeps.worker import graceful_stop
+    from gapsweep.sweeps.run.launch import prepare, run_trials
+    from gapsweep.sweeps.run.worker import graceful_stop
 
     sweep = prepare(config)
     if args.create_only:
@@ -325,7 +325,7 @@ def _against_baseline(baseline: Any, best: Any) -> str:
 
 def _cmd_best(args: argparse.Namespace) -> int:
     from gapsweep.api import baseline_trial, best_trials, get_study_config, rerank_trials
-    from sweeps.output import TRIAL_COLUMNS, to_json, trials_csv, trials_table, with_diagnosis
+    from gapsweep.output import TRIAL_COLUMNS, to_json, trials_csv, trials_table, with_diagnosis
 
     columns = TRIAL_COLUMNS
     if args.gap_penalty is not None or args.epoch is not None:
@@ -357,7 +357,7 @@ def _cmd_best(args: argparse.Namespace) -> int:
 
 def _cmd_trials(args: argparse.Namespace) -> int:
     from gapsweep.api import list_trials
-    from sweeps.output import to_json, trials_csv, trials_table
+    from gapsweep.output import to_json, trials_csv, trials_table
 
     rows = [record.summary() for record in list_trials(args.study, args.storage, states=args.state, params=dict(args.param))]
     if args.json:
@@ -371,7 +371,7 @@ def _cmd_trials(args: argparse.Namespace) -> int:
 
 def _cmd_studies(args: argparse.Namespace) -> int:
     from gapsweep.api import list_studies
-    from sweeps.output import studies_table, to_json
+    from gapsweep.output import studies_table, to_json
 
     studies = list_studies(args.storage)
     print(to_json([study.to_dict() for study in studies]) if args.json else studies_table(studies))
@@ -380,7 +380,7 @@ def _cmd_studies(args: argparse.Namespace) -> int:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from gapsweep.api import get_trial
-    from sweeps.output import to_json, with_diagnosis
+    from gapsweep.output import to_json, with_diagnosis
 
     record = get_trial(args.study_name, args.trial, args.storage)
     payload = with_diagnosis(record, record.to_dict())
@@ -400,11 +400,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from sweeps.worker import select_device, stored_sweep, work
+    from gapsweep.sweeps.run.config import stored_sweep
+    from gapsweep.sweeps.run.worker import select_device, work
 
     select_device(args.gpu)
     config = stored_sweep(args.study, args.storage)
-    from sweeps.trainer import init_tensorflow
+    from gapsweep.sweeps.trial.runtime import init_tensorflow
 
     print(f"gapsweep worker {os.getpid()}: study '{args.study}', training on {init_tensorflow()}", file=sys.stderr, flush=True)
     ran = work(
@@ -419,7 +420,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 def _cmd_reap(args: argparse.Namespace) -> int:
     from gapsweep.api import reap_study
-    from sweeps.output import to_json
+    from gapsweep.output import to_json
 
     reaped = reap_study(args.study, args.storage)
     print(to_json({"study": args.study, "reaped": reaped}) if args.json else f"study '{args.study}': {len(reaped)} stale trial(s) failed and queued again {reaped or ''}".rstrip())
@@ -428,7 +429,7 @@ def _cmd_reap(args: argparse.Namespace) -> int:
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from gapsweep.api import migrate
-    from sweeps.output import to_json
+    from gapsweep.output import to_json
 
     copied = migrate(args.source, args.target, studies=args.study)
     if args.json:
@@ -440,8 +441,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from sweeps.output import table, to_json
-    from sweeps.verify import verify
+    from gapsweep.output import table, to_json
+    from gapsweep.sweeps.analysis.verify import verify
 
     checked, verdict = verify(args.study_name, args.storage, top=args.top, seeds=args.seeds)
     rows = [c.to_dict() for c in checked]
@@ -458,8 +459,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_rerun(args: argparse.Namespace) -> int:
-    from sweeps.output import to_json
-    from sweeps.reproduce import rerun
+    from gapsweep.output import to_json
+    from gapsweep.sweeps.analysis.reproduce import rerun
 
     result = rerun(args.study_name, args.trial, args.storage)
     if args.json:
@@ -474,8 +475,8 @@ def _cmd_rerun(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from sweeps.models import export_best
-    from sweeps.output import to_json
+    from gapsweep.sweeps.analysis.export import export_best
+    from gapsweep.output import to_json
 
     artifact = export_best(args.study_name, args.out, args.storage, trial=args.trial)
     summary = {"study": args.study_name, "trial": artifact.trial_number, "out": str(args.out), **artifact.meta}
@@ -487,7 +488,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from sweeps.report import build_report, check_destination, write_html, write_pngs
+    from gapsweep.sweeps.analysis.report import build_report, check_destination, write_html, write_pngs
 
     check_destination(Path(args.out), args.format)
     report = build_report(args.study, args.storage, top=args.top)

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from gapsweep.errors import ConfigError, GapsweepError
-from search_spaces.loader import read_document
-from sweeps.data import DataSpec
-from sweeps.objective import ObjectiveSettings
-from sweeps.pruning import PRUNERS
+from gapsweep.search_spaces.loader import read_document
+from gapsweep.storage.reader import get_study_config
+from gapsweep.sweeps.data.datasets import DataSpec
+from gapsweep.sweeps.trial.objective import ObjectiveSettings
+from gapsweep.sweeps.trial.pruning import PRUNERS
 
 if TYPE_CHECKING:
     import keras_tuner
@@ -207,3 +208,8 @@ def _relative(ref: str, base: Path) -> str:
         return ref
     resolved = str(base / candidate)
     return f"{resolved}:{attr}" if colon else resolved
+
+
+def stored_sweep(study: str, storage: str | None) -> SweepConfig:
+    """The configuration a study was launched with, bound to ``storage``."""
+    return SweepConfig.from_dict(get_study_config(study, storage)).override(storage=storage)

@@ -8,7 +8,7 @@ What a trial records (all in Optuna's own tables, so Optuna's CLI and dashboard 
 - ``curve.train_loss``, ``curve.val_loss`` (and ``curve.val_accuracy``): one value per epoch;
 - ``fail_reason`` when training diverged, ``prune_reason`` when the pruner stopped it;
 - ``worker`` (host:pid) and, for a retried trial, ``resumed_from_epoch``;
-- ``repro``: seed, data fingerprint, library versions, device, threads (``sweeps.reproduce``).
+- ``repro``: seed, data fingerprint, library versions, device, threads (``gapsweep.sweeps.analysis.reproduce``).
 """
 
 from __future__ import annotations
@@ -24,15 +24,16 @@ from typing import Any, Callable, Iterator
 import optuna
 from sqlalchemy.engine import Engine
 
-from search_spaces.hypermodel import Hypermodel
-from storage.studies import set_user_attrs
-from sweeps.checkpoints import CheckpointStore
-from sweeps.data import Splits
-from sweeps.models import ModelKeeper, held_out_metrics
-from sweeps.reproduce import record
-from sweeps.cv import k_folds, mean_curves
-from sweeps.score import Score, best_score
-from sweeps.trainer import Curves, TrainingDiverged, TrainResult, fresh_session, train
+from gapsweep.search_spaces.hypermodel import Hypermodel
+from gapsweep.storage.optuna_tables import set_user_attrs, trial_system_attrs
+from gapsweep.sweeps.trial.checkpoints import CheckpointStore
+from gapsweep.sweeps.data.datasets import Splits
+from gapsweep.sweeps.trial.models import ModelKeeper, held_out_metrics
+from gapsweep.sweeps.trial.repro import record
+from gapsweep.sweeps.data.cv import k_folds
+from gapsweep.sweeps.trial.score import Score, best_score
+from gapsweep.sweeps.trial.runtime import fresh_session
+from gapsweep.sweeps.trial.trainer import Curves, TrainingDiverged, TrainResult, mean_curves, train
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ def _fixed(trial: optuna.Trial) -> dict[str, Any]:
 
 def _retry_attrs(trial: optuna.Trial) -> dict[str, Any]:
     """What ``RetryHeartbeatStaleTrialCallback`` wrote on a retried trial (empty otherwise)."""
-    attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
+    attrs = trial_system_attrs(trial)
     return {key: attrs[key] for key in ("failed_trial", "retry_history") if key in attrs}
 
 

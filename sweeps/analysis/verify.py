@@ -19,6 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from gapsweep.errors import ConfigError, DataError
+from gapsweep.storage.reader import best_trials
+from gapsweep.sweeps.analysis.reproduce import retrain
+from gapsweep.sweeps.data import datasets
+from gapsweep.sweeps.run.config import stored_sweep
+from gapsweep.sweeps.trial.models import held_out_metrics
 
 #: Fresh seeds start here, far from the seeds the sweep itself used (study seed + trial number).
 SEED_OFFSET = 1_000_003
@@ -97,12 +102,6 @@ def judge(checked: Sequence[Checked]) -> Verdict:
 
 def verify(study: str, storage: str | None = None, *, top: int = 3, seeds: int = 3) -> tuple[list[Checked], Verdict]:
     """Retrain the ``top`` trials with ``seeds`` fresh seeds each and judge them on test."""
-    from gapsweep.api import best_trials
-    from sweeps import data as datasets
-    from sweeps.models import held_out_metrics
-    from sweeps.reproduce import retrain
-    from sweeps.worker import stored_sweep
-
     if top < 1 or seeds < 1:
         raise ConfigError(f"--top and --seeds must be >= 1, got {top} and {seeds}")
     config = stored_sweep(study, storage)

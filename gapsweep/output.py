@@ -8,8 +8,8 @@ import json
 import math
 from typing import Any, Sequence
 
-from storage.queries import StudySummary, TrialRecord
-from sweeps.diagnosis import diagnose_record
+from gapsweep.storage.queries import StudySummary, TrialRecord
+from gapsweep.sweeps.analysis.diagnosis import diagnose_record
 
 TRIAL_COLUMNS = ("number", "state", "score", "val_loss", "train_loss", "gap", "best_epoch", "epochs_run")
 

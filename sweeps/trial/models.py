@@ -1,4 +1,4 @@
-"""Trained models in the database: keep the top k, export the best, load it back safely.
+"""Trained models as bytes, and the keeper that stores the top k trials' models in the database.
 
 A ``.keras`` file is a zip of config and weights; it is stored whole, so any worker or laptop
 that reaches the database gets a ready model. Loading uses Keras' safe mode, which refuses
@@ -7,21 +7,19 @@ models that would run arbitrary code (lambda layers) on deserialization.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
-from gapsweep.errors import StudyNotFoundError
-from storage import artifacts, queries
-from storage.engine import reading
+from gapsweep.storage import artifacts, queries
+from gapsweep.sweeps.trial.runtime import init_tensorflow
 
 if TYPE_CHECKING:
     import keras
 
-    from sweeps.data import Splits
+    from gapsweep.sweeps.data.datasets import Splits
 
 
 def model_to_bytes(model: "keras.Model") -> bytes:
@@ -32,8 +30,6 @@ def model_to_bytes(model: "keras.Model") -> bytes:
 
 
 def model_from_bytes(data: bytes) -> "keras.Model":
-    from sweeps.trainer import init_tensorflow
-
     init_tensorflow()
     import keras
 
@@ -54,7 +50,7 @@ def held_out_metrics(model: "keras.Model", splits: "Splits") -> dict[str, float]
 class ModelKeeper:
     """Stores a finished trial's model when it ranks in the top ``keep``; drops the rest.
 
-    Expects gapsweep's tables to exist (``storage.artifacts.ensure_schema``).
+    Expects gapsweep's tables to exist (``gapsweep.storage.artifacts.ensure_schema``).
     """
 
     def __init__(self, engine: Engine, study: str, keep: int) -> None:
@@ -82,32 +78,3 @@ class ModelKeeper:
         artifacts.save(self.engine, self.study, trial_number, artifacts.MODEL, model_to_bytes(model), meta=meta)
         artifacts.delete(self.engine, self.study, kind=artifacts.MODEL, keep=kept)
         return True
-
-
-def load_best_model(study: str, storage: str | None = None, *, trial: int | None = None) -> "keras.Model":
-    """The stored model of the study's best trial (or of trial number ``trial``)."""
-    return model_from_bytes(_best_artifact(study, storage, trial).data)
-
-
-def export_best(study: str, out: str | os.PathLike[str], storage: str | None = None, *, trial: int | None = None) -> artifacts.Artifact:
-    """Write the best (or a given) trial's model to ``out`` as a ``.keras`` file."""
-    artifact = _best_artifact(study, storage, trial)
-    Path(out).write_bytes(artifact.data)
-    return artifact
-
-
-def _best_artifact(study: str, storage: str | None, trial: int | None) -> artifacts.Artifact:
-    with reading(storage) as engine:
-        queries.study_id(engine, study)
-        if trial is None:
-            best = queries.best_trials(engine, study, 1)
-            if not best:
-                raise StudyNotFoundError(f"study '{study}' has no complete trial yet; nothing to export")
-            trial = best[0].number
-        found = artifacts.load(engine, study, trial, artifacts.MODEL) if artifacts.schema_version(engine) else None
-    if found is None:
-        raise StudyNotFoundError(
-            f"trial {trial} of study '{study}' has no stored model (models are kept for the top trials only); "
-            "pass --trial with one of the best trials"
-        )
-    return found

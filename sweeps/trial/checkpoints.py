@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from storage import artifacts
+from gapsweep.storage import artifacts
 
 
 @dataclass

@@ -12,59 +12,26 @@ CPU). On GPUs, reduction order varies and the match is looser unless op determin
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 
 from gapsweep.errors import StudyNotFoundError
-from sweeps.data import Splits
-from sweeps.trainer import TrainResult, fresh_session, init_tensorflow, train
-
-if TYPE_CHECKING:
-    from sweeps.config import SweepConfig
+from gapsweep.storage.reader import get_trial
+from gapsweep.sweeps.data import datasets
+from gapsweep.sweeps.data.datasets import Splits
+from gapsweep.sweeps.run.config import SweepConfig, stored_sweep
+from gapsweep.sweeps.run.launch import load_hypermodel
+from gapsweep.sweeps.trial.runtime import fresh_session
+from gapsweep.sweeps.trial.trainer import TrainResult, train
 
 #: Relative difference of val loss within which a rerun counts as a reproduction.
 RERUN_TOLERANCE = 1e-3
-_PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "optuna", "numpy", "gapsweep")
 
 
-def record(seed: int, splits: Splits) -> dict[str, Any]:
-    """The reproducibility record of a trial trained with ``seed`` on ``splits``."""
-    import tensorflow as tf
-    from tensorflow.python.framework import config as tf_config  # the only getter TF offers
-
-    return {
-        "seed": seed,
-        "data_fingerprint": splits.fingerprint,
-        "versions": dict(_versions()),
-        "device": init_tensorflow(),
-        "threads": {
-            "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-            "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
-        },
-        "op_determinism": bool(tf_config.is_op_determinism_enabled()),
-    }
-
-
-@functools.cache
-def _versions() -> dict[str, str]:
-    """Versions of the packages that shape training; looked up once per process (a few ms)."""
-    versions = {}
-    for package in _PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def retrain(config: "SweepConfig", params: dict[str, Any], seed: int, splits: Splits) -> TrainResult:
+def retrain(config: SweepConfig, params: dict[str, Any], seed: int, splits: Splits) -> TrainResult:
     """Train ``params`` again exactly as a trial of ``config`` would, without any study."""
-    from sweeps.launch import load_hypermodel
-
     hypermodel = load_hypermodel(config, splits)
     fresh_session(seed)
     model, fit = hypermodel.build(optuna.trial.FixedTrial(params), splits.task)
@@ -105,10 +72,6 @@ class Rerun:
 
 def rerun(study: str, number: int, storage: str | None = None) -> Rerun:
     """Retrain trial ``number`` of ``study`` from its record and compare its val loss."""
-    from gapsweep.api import get_trial
-    from sweeps import data as datasets
-    from sweeps.worker import stored_sweep
-
     config = stored_sweep(study, storage)
     trial = get_trial(study, number, storage)
     repro = trial.attrs.get("repro")

@@ -22,8 +22,8 @@ from types import FrameType
 from typing import Iterator, Sequence
 
 from gapsweep.errors import ConfigError
-from sweeps.config import SweepConfig
-from sweeps.launch import Sweep, has_work, prepare, run_trials
+from gapsweep.sweeps.run.config import SweepConfig
+from gapsweep.sweeps.run.launch import Sweep, has_work, prepare, run_trials
 
 
 def select_device(gpu: str | None) -> None:
@@ -41,13 +41,6 @@ def select_device(gpu: str | None) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     else:
         raise ConfigError(f"--gpu takes a GPU index such as 0 or 'none', got '{gpu}'")
-
-
-def stored_sweep(study: str, storage: str | None) -> SweepConfig:
-    """The configuration a study was launched with, bound to ``storage``."""
-    from gapsweep.api import get_study_config
-
-    return SweepConfig.from_dict(get_study_config(study, storage)).override(storage=storage)
 
 
 @contextlib.contextmanager
@@ -88,5 +81,5 @@ def work(config: SweepConfig, *, trials_per_process: int, progress: bool | None,
     if more and argv is not None:
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execv(sys.executable, [sys.executable, "-m", "sweeps.cli", *argv])
+        os.execv(sys.executable, [sys.executable, "-m", "gapsweep.cli", *argv])
     return ran

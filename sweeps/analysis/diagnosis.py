@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
-    from storage.queries import TrialRecord
+    from gapsweep.storage.queries import TrialRecord
 
 DIVERGED = "diverged"
 TOO_SHORT = "too short"

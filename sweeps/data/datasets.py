@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from gapsweep.errors import DataError
-from search_spaces.builder import TaskSpec
+from gapsweep.search_spaces.builder import TaskSpec
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,9 @@ One HTML file holds everything (PNG images inlined as base64), so a report can b
 archived beside the database or opened on a machine without gapsweep. It shows the optimization
 history, the learning curves of the best trials with the epoch early stopping restored, val loss
 against the gap with the Pareto front, Optuna's parameter importances, and every trial with its
-diagnosis (``sweeps.diagnosis``). ``write_pngs`` writes the same plots as separate files.
+diagnosis (``gapsweep.sweeps.analysis.diagnosis``). ``write_pngs`` writes the same plots as separate files.
 
-Trials are read through the query layer (``gapsweep.api``); the study is loaded with Optuna only
+Trials are read through the query layer (``gapsweep.storage.reader``); the study is loaded with Optuna only
 for the importances, which need Optuna's evaluator. Plots are drawn on matplotlib ``Figure``
 objects with the Agg canvas, never through ``pyplot``: no display, no global figure state.
 """
@@ -27,11 +27,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from gapsweep.api import best_trials, list_trials
 from gapsweep.errors import ConfigError
-from storage.queries import TrialRecord
-from sweeps.diagnosis import LABELS, Diagnosis, diagnose_record
-from storage.pareto import pareto_front
+from gapsweep.storage.engine import open_storage
+from gapsweep.storage.pareto import pareto_front
+from gapsweep.storage.queries import TrialRecord
+from gapsweep.storage.reader import best_trials, list_trials
+from gapsweep.sweeps.analysis.diagnosis import LABELS, Diagnosis, diagnose_record
 
 FORMATS = ("html", "png")
 _DPI = 100
@@ -242,7 +243,6 @@ def _importance_section(study: str, storage: str | None, complete: int) -> Secti
     import optuna
     from optuna.importance import FanovaImportanceEvaluator
 
-    from storage.engine import open_storage
 
     rdb = open_storage(storage)
     try:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from gapsweep.errors import ConfigError
-from storage.queries import TrialRecord
-from sweeps.score import Score, best_score, score_at
+from gapsweep.storage.queries import TrialRecord
+from gapsweep.sweeps.trial.score import Score, best_score, score_at
 
 EPOCH_RULES = ("best", "last")
 

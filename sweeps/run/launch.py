@@ -8,40 +8,39 @@ study behind.
 Crash safety: the storage records a heartbeat for every running trial; a trial whose worker
 died is failed once its heartbeat is older than the grace period, and Optuna's
 ``RetryHeartbeatStaleTrialCallback`` queues its parameters again. The retried trial resumes
-from the dead one's last checkpoint (see ``sweeps.checkpoints``).
+from the dead one's last checkpoint (see ``gapsweep.sweeps.trial.checkpoints``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import sys
 import time
-import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
 from gapsweep.errors import ConfigError
-from search_spaces.hypermodel import Hypermodel, SpaceHypermodel
-from search_spaces.loader import load_space
-from storage import artifacts, queries
-from storage.engine import describe_failure, heartbeat_settings, open_storage
-from storage.locks import StudyLock
-from storage.studies import CONFIG_ATTR, create_or_load, stored_config
-from sweeps import data as datasets
-from sweeps.config import SweepConfig
-from sweeps.data import Splits
-from sweeps.models import ModelKeeper
-from sweeps.objective import Objective
-from sweeps.pruning import make_pruner
-from sweeps.trainer import TrainingDiverged, init_tensorflow
+from gapsweep.search_spaces.hypermodel import Hypermodel, SpaceHypermodel
+from gapsweep.search_spaces.loader import load_space
+from gapsweep.storage import artifacts, queries
+from gapsweep.storage.engine import describe_failure, heartbeat_settings
+from gapsweep.storage.heartbeats import open_crash_safe_storage, quiet_experimental, reap
+from gapsweep.storage.locks import StudyLock
+from gapsweep.storage.studies import CONFIG_ATTR, create_or_load, stored_config
+from gapsweep.sweeps.data import datasets
+from gapsweep.sweeps.run.config import SweepConfig
+from gapsweep.sweeps.data.datasets import Splits
+from gapsweep.sweeps.trial.models import ModelKeeper
+from gapsweep.sweeps.trial.objective import Objective
+from gapsweep.sweeps.trial.pruning import make_pruner
+from gapsweep.sweeps.trial.runtime import init_tensorflow
+from gapsweep.sweeps.trial.trainer import TrainingDiverged
 
 #: Training rows a KerasTuner hypermodel's first model is evaluated on before the study exists.
 _CHECK_ROWS = 16
@@ -55,34 +54,6 @@ IDLE_POLL_S = 1.0
 
 #: Trials that use up the budget. A failed trial does not: its parameters may be retried.
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def open_crash_safe_storage(url: str | None) -> optuna.storages.RDBStorage:
-    """A storage with heartbeats on and stale trials queued again (at most 3 times each)."""
-    interval, grace = heartbeat_settings()
-    with _quiet_experimental():
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
-        return open_storage(url, heartbeat_interval=interval, grace_period=grace, heartbeat_stale_trial_callback=retry)
-
-
-def reap(study: optuna.Study, engine: Engine) -> None:
-    """Fail trials whose worker stopped sending heartbeats, and queue their parameters again.
-
-    Optuna does this only when a worker asks for a new trial, so a study whose last worker died
-    would keep zombie RUNNING trials; every launch, worker and ``gapsweep reap`` calls this.
-    A trial whose worker died before its first heartbeat counts as last seen when it started.
-    """
-    queries.backdate_silent_trials(engine, study.study_name, older_than_s=heartbeat_settings()[1])
-    with _quiet_experimental():
-        optuna.storages.fail_stale_trials(study)
-
-
-@contextlib.contextmanager
-def _quiet_experimental() -> Iterator[None]:
-    """Heartbeats and retries are stable in practice but still flagged experimental by Optuna."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
 
 
 @dataclass
@@ -257,7 +228,7 @@ def _sampler(config: SweepConfig, n_existing: int, salt: str | None = None) -> o
     seed = config.seed if n_existing == 0 and salt is None else _derive_seed(config.seed, f"{n_existing}:{salt}")
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    with _quiet_experimental():
+    with quiet_experimental():
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
@@ -278,7 +249,7 @@ def load_hypermodel(config: SweepConfig, splits: Splits) -> Hypermodel:
     builder."""
     if config.hypermodel is None:
         return SpaceHypermodel(load_space(config.space))
-    from search_spaces import keras_tuner
+    from gapsweep.search_spaces import keras_tuner
 
     init_tensorflow()  # the check builds a model, and TensorFlow's thread settings must come first
     hypermodel = keras_tuner.load(config.hypermodel, max_epochs=config.max_epochs)

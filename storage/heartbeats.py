@@ -1,0 +1,42 @@
+"""Crash safety through Optuna's heartbeats: a running trial whose worker stopped beating is
+failed and its parameters are queued again, so a killed worker loses no trial."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Iterator
+
+import optuna
+from sqlalchemy.engine import Engine
+
+from gapsweep.storage import queries
+from gapsweep.storage.engine import heartbeat_settings, open_storage
+
+
+def open_crash_safe_storage(url: str | None) -> optuna.storages.RDBStorage:
+    """A storage with heartbeats on and stale trials queued again (at most 3 times each)."""
+    interval, grace = heartbeat_settings()
+    with quiet_experimental():
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
+        return open_storage(url, heartbeat_interval=interval, grace_period=grace, heartbeat_stale_trial_callback=retry)
+
+
+def reap(study: optuna.Study, engine: Engine) -> None:
+    """Fail trials whose worker stopped sending heartbeats, and queue their parameters again.
+
+    Optuna does this only when a worker asks for a new trial, so a study whose last worker died
+    would keep zombie RUNNING trials; every launch, worker and ``gapsweep reap`` calls this.
+    A trial whose worker died before its first heartbeat counts as last seen when it started.
+    """
+    queries.backdate_silent_trials(engine, study.study_name, older_than_s=heartbeat_settings()[1])
+    with quiet_experimental():
+        optuna.storages.fail_stale_trials(study)
+
+
+@contextlib.contextmanager
+def quiet_experimental() -> Iterator[None]:
+    """Heartbeats and retries are stable in practice but still flagged experimental by Optuna."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield

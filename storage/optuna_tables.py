@@ -1,0 +1,85 @@
+"""Optuna's own tables and trial internals: the one place gapsweep uses Optuna's private API.
+
+Two things have no public form fast enough: reading the best k trials of a large study (an
+``ORDER BY … LIMIT k`` over Optuna's tables instead of loading every trial) and writing a
+finished trial's dozen user attributes in one transaction instead of a commit each. Both are
+written against Optuna 5's RDB schema ``v3.2.0.a``; this module refuses another Optuna major
+version at import, and ``check_schema`` refuses a database of another schema, each in one line.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import optuna
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from gapsweep.errors import StorageError
+
+#: The Optuna major version and RDB schema the table definitions below were written for.
+OPTUNA_MAJOR = 5
+SCHEMA_VERSION = "v3.2.0.a"
+
+if int(optuna.__version__.split(".")[0]) != OPTUNA_MAJOR:
+    raise ImportError(
+        f"gapsweep reads Optuna {OPTUNA_MAJOR}.x's tables, but Optuna {optuna.__version__} is installed: "
+        f"pip install 'optuna>={OPTUNA_MAJOR}.0,<{OPTUNA_MAJOR + 1}'"
+    )
+
+from optuna.storages._rdb import models  # noqa: E402  (after the version check, on purpose)
+
+studies = models.StudyModel.__table__
+study_directions = models.StudyDirectionModel.__table__
+study_user_attrs = models.StudyUserAttributeModel.__table__
+trials = models.TrialModel.__table__
+trial_values = models.TrialValueModel.__table__
+trial_params = models.TrialParamModel.__table__
+trial_user_attrs = models.TrialUserAttributeModel.__table__
+trial_heartbeats = models.TrialHeartbeatModel.__table__
+
+#: Inserts that can replace a row on a repeated key, for the databases gapsweep supports.
+_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+
+
+def check_schema(conn: Connection) -> None:
+    """Refuse a database whose Optuna schema is not the one these tables describe."""
+    found = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    if found != SCHEMA_VERSION:
+        raise StorageError(
+            f"the database's Optuna schema is {found}, gapsweep reads {SCHEMA_VERSION} (Optuna {OPTUNA_MAJOR}.x): "
+            "run `optuna storage upgrade --storage URL` or use the Optuna version that wrote it"
+        )
+
+
+def trial_system_attrs(trial: optuna.Trial) -> dict[str, Any]:
+    """A running trial's system attributes (where Optuna's retry callback notes the retried trial)."""
+    return trial.storage.get_trial_system_attrs(trial._trial_id)
+
+
+def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
+    """Write many user attributes of a running trial in one statement and one transaction.
+
+    Optuna's ``Trial.set_user_attr`` looks the trial up and commits for each attribute alone; a
+    finished trial's curves and score parts are a dozen of them, which made attributes the
+    largest part of gapsweep's per-trial storage time. The rows are the ones ``set_user_attr``
+    writes (JSON values in Optuna's own table, replaced on a repeated key), after the same
+    check that the trial is still running.
+    """
+    if not attrs:
+        return
+    storage: optuna.storages.RDBStorage = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's cache
+    trial_id = trial._trial_id
+    insert = _INSERTS[storage.engine.dialect.name](trial_user_attrs)
+    upsert = insert.on_conflict_do_update(
+        index_elements=[trial_user_attrs.c.trial_id, trial_user_attrs.c.key],
+        set_={"value_json": insert.excluded.value_json},
+    )
+    rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
+    with storage.engine.begin() as conn:
+        state = conn.execute(sa.select(trials.c.state).where(trials.c.trial_id == trial_id)).scalar_one()
+        storage.check_trial_is_updatable(trial_id, state)
+        conn.execute(upsert, rows)
+    trial._cached_frozen_trial.user_attrs.update(attrs)  # what set_user_attr keeps in step

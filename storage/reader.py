@@ -1,0 +1,63 @@
+"""Reads by storage URL: each call opens its own connection pool and closes it, so scripts and
+CLI commands can query any gapsweep database from any process, without TensorFlow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gapsweep.errors import StudyNotFoundError
+from gapsweep.storage import queries
+from gapsweep.storage.engine import heartbeat_settings, reading
+from gapsweep.storage.queries import ParamRange, StudySummary, TrialRecord
+from gapsweep.storage.studies import CONFIG_ATTR
+
+
+def best_trials(
+    study: str, storage: str | None = None, k: int = 1, *, by: str = "score", params: dict[str, ParamRange] | None = None
+) -> list[TrialRecord]:
+    """The ``k`` best complete trials of ``study`` by ``by`` (score, val_loss, gap, train_loss),
+    optionally only those whose numeric ``params`` lie in ``{name: (low, high)}``.
+
+    For a multi-objective (val loss, gap) study with the default ranking: its whole Pareto
+    front, by val loss (``k`` does not cut a front).
+    """
+    with reading(storage) as engine:
+        if by == "score" and not params and queries.n_objectives(engine, study) > 1:
+            return queries.pareto_trials(engine, study)
+        return queries.best_trials(engine, study, k, by=by, params=params)
+
+
+def list_trials(
+    study: str, storage: str | None = None, *, states: list[str] | None = None, params: dict[str, ParamRange] | None = None
+) -> list[TrialRecord]:
+    """All trials of ``study`` in number order, optionally filtered by state and parameter ranges."""
+    with reading(storage) as engine:
+        return queries.list_trials(engine, study, states=states, params=params)
+
+
+def list_studies(storage: str | None = None) -> list[StudySummary]:
+    """Every study in the database with its trial counts per state; running trials of dead
+    workers count as ``STALE``, not ``RUNNING``."""
+    with reading(storage) as engine:
+        return queries.list_studies(engine, stale_after_s=heartbeat_settings()[1])
+
+
+def get_trial(study: str, number: int, storage: str | None = None) -> TrialRecord:
+    """One trial with its parameters, score parts and per-epoch curves."""
+    with reading(storage) as engine:
+        return queries.get_trial(engine, study, number)
+
+
+def get_study_config(study: str, storage: str | None = None) -> dict[str, Any]:
+    """The configuration ``gapsweep launch`` stored with the study (space, data, objective, …)."""
+    with reading(storage) as engine:
+        attrs = queries.study_user_attrs(engine, study)
+    if CONFIG_ATTR not in attrs:
+        raise StudyNotFoundError(f"study '{study}' was not created by gapsweep launch (it has no {CONFIG_ATTR})")
+    return attrs[CONFIG_ATTR]
+
+
+def baseline_trial(study: str, storage: str | None = None) -> TrialRecord | None:
+    """The trial that ran the user's ``--baseline`` configuration, or None."""
+    with reading(storage) as engine:
+        return queries.baseline_trial(engine, study)

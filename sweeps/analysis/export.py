@@ -1,0 +1,44 @@
+"""The best trial's model out of the database: loaded (Keras safe mode) or written to a file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gapsweep.errors import StudyNotFoundError
+from gapsweep.storage import artifacts, queries
+from gapsweep.storage.engine import reading
+from gapsweep.sweeps.trial.models import model_from_bytes
+
+if TYPE_CHECKING:
+    import keras
+
+
+def load_best_model(study: str, storage: str | None = None, *, trial: int | None = None) -> "keras.Model":
+    """The stored model of the study's best trial (or of trial number ``trial``)."""
+    return model_from_bytes(_best_artifact(study, storage, trial).data)
+
+
+def export_best(study: str, out: str | os.PathLike[str], storage: str | None = None, *, trial: int | None = None) -> artifacts.Artifact:
+    """Write the best (or a given) trial's model to ``out`` as a ``.keras`` file."""
+    artifact = _best_artifact(study, storage, trial)
+    Path(out).write_bytes(artifact.data)
+    return artifact
+
+
+def _best_artifact(study: str, storage: str | None, trial: int | None) -> artifacts.Artifact:
+    with reading(storage) as engine:
+        queries.study_id(engine, study)
+        if trial is None:
+            best = queries.best_trials(engine, study, 1)
+            if not best:
+                raise StudyNotFoundError(f"study '{study}' has no complete trial yet; nothing to export")
+            trial = best[0].number
+        found = artifacts.load(engine, study, trial, artifacts.MODEL) if artifacts.schema_version(engine) else None
+    if found is None:
+        raise StudyNotFoundError(
+            f"trial {trial} of study '{study}' has no stored model (models are kept for the top trials only); "
+            "pass --trial with one of the best trials"
+        )
+    return found

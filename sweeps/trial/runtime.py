@@ -1,0 +1,49 @@
+"""TensorFlow for training: imported once, quietly, with fixed thread pools; a clean session
+per model.
+
+TensorFlow is imported here and nowhere at module level, so commands that only query the
+database never load it.
+"""
+
+from __future__ import annotations
+
+import os
+
+_device: str | None = None
+
+
+def fresh_session(seed: int) -> None:
+    """Free the previous model's graph and seed weights, shuffling and dropout for the next."""
+    init_tensorflow()
+    import keras
+
+    keras.backend.clear_session(free_memory=True)
+    keras.utils.set_random_seed(seed)
+
+
+def init_tensorflow(threads: int | None = 1) -> str:
+    """Import TensorFlow quietly, fix its thread pools and let GPU memory grow on demand.
+
+    Must run before the first op. One thread per pool was as fast as the defaults for these
+    small models and lets one worker process per core scale; ``None`` keeps TensorFlow's
+    defaults. Returns the device that trains, e.g. ``GPU:0`` or ``CPU``.
+    """
+    global _device
+    if _device is not None:
+        return _device
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    gpus = tf.config.list_physical_devices("GPU")
+    try:
+        for gpu in gpus:
+            # Without this one process claims all GPU memory and a second worker cannot start.
+            tf.config.experimental.set_memory_growth(gpu, True)
+        if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        pass  # TensorFlow already ran an op in this process; its settings are fixed.
+    _device = "GPU:0" if gpus else "CPU"
+    return _device
