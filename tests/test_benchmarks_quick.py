@@ -65,7 +65,10 @@ def test_checkpoints_quick(tmp_path):
     assert [row["arm"] for row in payload["rows"]] == ["every epoch", "every 30 s (default)", "never"]
     for row in payload["rows"]:
         assert row["same_epochs"] and row["epochs"] > 0 and row["wall_s"] > 0  # the seed fixes the trials
-    assert payload["target"]["excess"] > -1
+    default = next(row for row in payload["rows"] if row["arm"] == "every 30 s (default)")
+    target = payload["target"]
+    assert target["excess"] == pytest.approx(default["ratio_vs_never"] - 1)
+    assert target["met"] == (target["excess"] <= target["default_excess_at_most"])
 
 
 def test_generalization_quick(tmp_path):

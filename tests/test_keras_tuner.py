@@ -251,6 +251,7 @@ def _uncompiled(hp: Any) -> keras.Model:
     return keras.Sequential([keras.layers.Dense(hp.Int("units", 4, 8))])
 
 
+@pytest.mark.slow  # builds and evaluates a Keras model
 @pytest.mark.parametrize(
     ("hypermodel", "fragment"),
     [
@@ -366,6 +367,7 @@ def _fails(argv: list[str], capsys, fragment: str) -> None:
     assert fragment in err, err
 
 
+@pytest.mark.slow  # builds and evaluates a Keras model
 def test_cli_hypermodel_mistakes_are_one_line_and_write_nothing(tmp_path: Path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "out.db"

@@ -16,6 +16,8 @@ from gapsweep.sweeps.trial.objective import Objective, ObjectiveSettings
 from gapsweep.sweeps.trial.score import best_score
 from gapsweep.sweeps.trial.trainer import Curves, TrainingDiverged, train_params
 
+pytestmark = pytest.mark.slow  # every test here trains a Keras model
+
 
 @pytest.fixture(scope="module")
 def digits():

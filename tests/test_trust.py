@@ -10,6 +10,7 @@ import pytest
 
 from gapsweep.api import rerank_trials
 from gapsweep.storage.engine import open_storage
+from gapsweep.storage.queries import TrialRecord
 from gapsweep.cli import main
 from gapsweep.sweeps.run.config import SweepConfig
 from gapsweep.sweeps.data.datasets import DataSpec
@@ -63,8 +64,17 @@ def test_rerank_changes_the_winner_when_the_penalty_grows(sqlite_url, capsys):
     assert json.loads(capsys.readouterr().out)[0]["gap_penalty"] == 1.0
 
 
-def test_rerank_skips_trials_without_curves():
-    assert rerank([], penalty=1.0) == []
+def test_rerank_skips_trials_without_usable_curves():
+    nan = float("nan")
+    records = [
+        TrialRecord(0, "COMPLETE", 0.5, {}, {"curve.train_loss": [0.9, 0.4], "curve.val_loss": [1.0, 0.5]}),
+        TrialRecord(1, "COMPLETE", 0.4, {}, {}),  # no curves stored
+        TrialRecord(2, "COMPLETE", 0.3, {}, {"curve.train_loss": [0.9], "curve.val_loss": [1.0, 0.5]}),  # lengths differ
+        TrialRecord(3, "FAIL", None, {}, {"curve.train_loss": [nan], "curve.val_loss": [nan]}),  # diverged
+    ]
+    ranked = rerank(records, penalty=1.0)
+    assert [item.record.number for item in ranked] == [0]
+    assert ranked[0].score.epoch == 1 and ranked[0].score.value == pytest.approx(0.5 + 0.1)
 
 
 @pytest.mark.slow
