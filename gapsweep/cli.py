@@ -23,8 +23,9 @@ def _storage_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage",
         default=None,
-        help=f"database URL (default: $GAPSWEEP_STORAGE or {DEFAULT_URL}); "
-        "e.g. postgresql://user:pass@host:5432/db",
+        help=f"database URL (default: $GAPSWEEP_STORAGE or {DEFAULT_URL}); e.g. "
+        "postgresql://user@host:5432/db?sslmode=require, with the password in $PGPASSWORD or ~/.pgpass "
+        "(not on the command line, where ps shows it)",
     )
 
 
@@ -170,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--trials-per-process", type=int, default=25,
         help="after this many trials the worker replaces itself with a fresh process, keeping memory flat (default 25)",
     )
+    worker.add_argument(
+        "--code-dir", default=".", metavar="PROJECT_FOLDER",
+        help="this machine's checkout of the project: a study's hypermodel path is read relative to it, and "
+        "a path that leads outside it is refused (default: the current folder)",
+    )
     worker.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     worker.set_defaults(run=_cmd_worker)
 
@@ -270,8 +276,9 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     )
     if args.space and args.hypermodel:
         raise ConfigError("--space and --hypermodel both name what to search; give one of them")
-    if args.space:
-        config = replace(config, hypermodel=None)  # the flag overrides a sweep file's hypermodel
+    if args.space or args.hypermodel:
+        # The flag overrides a sweep file's hypermodel; its path is read from the current folder.
+        config = replace(config, hypermodel=None, code_dir=None)
     config = config.override(
         study=args.study, space=args.space, trials=args.trials, timeout=args.timeout, pruner=args.pruner,
         sampler=args.sampler, seed=args.seed, storage=args.storage, data=data, objective=objective,
@@ -404,7 +411,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from gapsweep.sweeps.run.worker import select_device, work
 
     select_device(args.gpu)
-    config = stored_sweep(args.study, args.storage)
+    config = stored_sweep(args.study, args.storage).override(code_dir=args.code_dir)
+    config.code()  # a hypermodel outside --code-dir is refused before TensorFlow starts
     from gapsweep.sweeps.trial.runtime import init_tensorflow
 
     print(f"gapsweep worker {os.getpid()}: study '{args.study}', training on {init_tensorflow()}", file=sys.stderr, flush=True)
