@@ -40,6 +40,14 @@ def _format_flags(parser: argparse.ArgumentParser, csv: bool = True) -> None:
         group.add_argument("--csv", action="store_true", help="print CSV for spreadsheets")
 
 
+def _code_dir_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--code-dir", default=".", metavar="PROJECT_FOLDER",
+        help="this machine's checkout of the project: a study's hypermodel path is read relative to it, and "
+        "a path that leads outside it is refused (default: the current folder)",
+    )
+
+
 def _param_range(text: str) -> tuple[str, tuple[float | None, float | None]]:
     """Parse ``NAME=LOW:HIGH`` (either bound may be empty) for ``--param``."""
     name, sep, bounds = text.partition("=")
@@ -171,11 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--trials-per-process", type=int, default=25,
         help="after this many trials the worker replaces itself with a fresh process, keeping memory flat (default 25)",
     )
-    worker.add_argument(
-        "--code-dir", default=".", metavar="PROJECT_FOLDER",
-        help="this machine's checkout of the project: a study's hypermodel path is read relative to it, and "
-        "a path that leads outside it is refused (default: the current folder)",
-    )
+    _code_dir_flag(worker)
     worker.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     worker.set_defaults(run=_cmd_worker)
 
@@ -210,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--top", type=int, default=3, help="how many of the best trials (default 3)")
     verify.add_argument("--seeds", type=int, default=3, help="fresh seeds per trial (default 3)")
     _storage_flag(verify)
+    _code_dir_flag(verify)
     verify.add_argument("--json", action="store_true", help="print the results as JSON")
     verify.set_defaults(run=_cmd_verify)
 
@@ -221,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.add_argument("study_name", metavar="STUDY")
     rerun.add_argument("trial", metavar="TRIAL", type=int, help="trial number")
     _storage_flag(rerun)
+    _code_dir_flag(rerun)
     rerun.add_argument("--json", action="store_true", help="print the comparison as JSON")
     rerun.set_defaults(run=_cmd_rerun)
 
@@ -411,7 +417,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from gapsweep.sweeps.run.worker import select_device, work
 
     select_device(args.gpu)
-    config = stored_sweep(args.study, args.storage).override(code_dir=args.code_dir)
+    config = stored_sweep(args.study, args.storage, args.code_dir)
     config.code()  # a hypermodel outside --code-dir is refused before TensorFlow starts
     from gapsweep.sweeps.trial.runtime import init_tensorflow
 
@@ -452,7 +458,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from gapsweep.output import table, to_json
     from gapsweep.sweeps.analysis.verify import verify
 
-    checked, verdict = verify(args.study_name, args.storage, top=args.top, seeds=args.seeds)
+    checked, verdict = verify(args.study_name, args.storage, top=args.top, seeds=args.seeds, code_dir=args.code_dir)
     rows = [c.to_dict() for c in checked]
     if args.json:
         print(to_json({"trials": rows, **verdict.__dict__}))
@@ -470,7 +476,7 @@ def _cmd_rerun(args: argparse.Namespace) -> int:
     from gapsweep.output import to_json
     from gapsweep.sweeps.analysis.reproduce import rerun
 
-    result = rerun(args.study_name, args.trial, args.storage)
+    result = rerun(args.study_name, args.trial, args.storage, code_dir=args.code_dir)
     if args.json:
         print(to_json(result.to_dict()))
     else:

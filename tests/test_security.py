@@ -3,6 +3,7 @@ only from inside the worker's project folder."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -193,3 +194,16 @@ def test_a_study_launched_in_one_checkout_runs_on_a_worker_in_a_copy_elsewhere(t
     assert main(["worker", "--study", "portable", "--storage", sqlite_url, "--no-progress", "--code-dir", str(server)]) == 0
     assert len(optuna.load_study(study_name="portable", storage=sqlite_url).trials) == 3
     assert _config_of(sqlite_url, "portable")["hypermodel"] == "models/tiny.py:build"
+    # rerun (and verify) read the hypermodel from --code-dir too.
+    capsys.readouterr()
+    assert main(["rerun", "portable", "0", "--storage", sqlite_url, "--code-dir", str(server)]) == 0
+    assert "trial 0 of 'portable'" in capsys.readouterr().out
+
+
+def test_a_space_from_python_is_stored_as_its_parameters_so_workers_import_nothing(tmp_path, sqlite_url, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    args = ["launch", "--study", "py-space", "--space", "examples/python_space.py:SPACE", "--data", "digits"]
+    assert main([*args, "--storage", sqlite_url, "--create-only"]) == 0
+    stored = _config_of(sqlite_url, "py-space")
+    assert isinstance(stored["space"], dict) and stored["hypermodel"] is None
+    assert "python_space" not in json.dumps(stored)

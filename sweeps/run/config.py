@@ -219,6 +219,7 @@ def _relative(ref: str, base: Path) -> str:
     return f"{resolved}:{attr}" if colon else resolved
 
 
-def stored_sweep(study: str, storage: str | None) -> SweepConfig:
-    """The configuration a study was launched with, bound to ``storage``."""
-    return SweepConfig.from_dict(get_study_config(study, storage)).override(storage=storage)
+def stored_sweep(study: str, storage: str | None, code_dir: str | None = None) -> SweepConfig:
+    """The configuration a study was launched with, bound to ``storage`` and to this machine's
+    project folder ``code_dir`` (None: the current folder), where its hypermodel is looked up."""
+    return SweepConfig.from_dict(get_study_config(study, storage)).override(storage=storage, code_dir=code_dir)
