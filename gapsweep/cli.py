@@ -303,7 +303,8 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     sweep = prepare(config)
     if args.create_only:
         sweep.close()
-        print(f"study '{config.study}' is ready: start workers with gapsweep worker --study {config.study} --storage URL")
+        where = " in a checkout of the project (or with --code-dir PROJECT_FOLDER)" if config.hypermodel is not None else ""
+        print(f"study '{config.study}' is ready: start workers with gapsweep worker --study {config.study} --storage URL{where}")
         return 0
     try:
         with graceful_stop(sweep):
