@@ -23,8 +23,9 @@ def _storage_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage",
         default=None,
-        help=f"database URL (default: $GAPSWEEP_STORAGE or {DEFAULT_URL}); "
-        "e.g. postgresql://user:pass@host:5432/db",
+        help=f"database URL (default: $GAPSWEEP_STORAGE or {DEFAULT_URL}); e.g. "
+        "postgresql://user@host:5432/db?sslmode=require, with the password in $PGPASSWORD or ~/.pgpass "
+        "(not on the command line, where ps shows it)",
     )
 
 
@@ -37,6 +38,14 @@ def _format_flags(parser: argparse.ArgumentParser, csv: bool = True) -> None:
     group.add_argument("--json", action="store_true", help="print JSON for scripts")
     if csv:
         group.add_argument("--csv", action="store_true", help="print CSV for spreadsheets")
+
+
+def _code_dir_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--code-dir", default=".", metavar="PROJECT_FOLDER",
+        help="this machine's checkout of the project: a study's hypermodel path is read relative to it, and "
+        "a path that leads outside it is refused (default: the current folder)",
+    )
 
 
 def _param_range(text: str) -> tuple[str, tuple[float | None, float | None]]:
@@ -170,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--trials-per-process", type=int, default=25,
         help="after this many trials the worker replaces itself with a fresh process, keeping memory flat (default 25)",
     )
+    _code_dir_flag(worker)
     worker.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     worker.set_defaults(run=_cmd_worker)
 
@@ -204,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--top", type=int, default=3, help="how many of the best trials (default 3)")
     verify.add_argument("--seeds", type=int, default=3, help="fresh seeds per trial (default 3)")
     _storage_flag(verify)
+    _code_dir_flag(verify)
     verify.add_argument("--json", action="store_true", help="print the results as JSON")
     verify.set_defaults(run=_cmd_verify)
 
@@ -215,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.add_argument("study_name", metavar="STUDY")
     rerun.add_argument("trial", metavar="TRIAL", type=int, help="trial number")
     _storage_flag(rerun)
+    _code_dir_flag(rerun)
     rerun.add_argument("--json", action="store_true", help="print the comparison as JSON")
     rerun.set_defaults(run=_cmd_rerun)
 
@@ -270,8 +282,9 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     )
     if args.space and args.hypermodel:
         raise ConfigError("--space and --hypermodel both name what to search; give one of them")
-    if args.space:
-        config = replace(config, hypermodel=None)  # the flag overrides a sweep file's hypermodel
+    if args.space or args.hypermodel:
+        # The flag overrides a sweep file's hypermodel; its path is read from the current folder.
+        config = replace(config, hypermodel=None, code_dir=None)
     config = config.override(
         study=args.study, space=args.space, trials=args.trials, timeout=args.timeout, pruner=args.pruner,
         sampler=args.sampler, seed=args.seed, storage=args.storage, data=data, objective=objective,
@@ -290,7 +303,8 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     sweep = prepare(config)
     if args.create_only:
         sweep.close()
-        print(f"study '{config.study}' is ready: start workers with gapsweep worker --study {config.study} --storage URL")
+        where = " in a checkout of the project (or with --code-dir PROJECT_FOLDER)" if config.hypermodel is not None else ""
+        print(f"study '{config.study}' is ready: start workers with gapsweep worker --study {config.study} --storage URL{where}")
         return 0
     try:
         with graceful_stop(sweep):
@@ -404,7 +418,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from gapsweep.sweeps.run.worker import select_device, work
 
     select_device(args.gpu)
-    config = stored_sweep(args.study, args.storage)
+    config = stored_sweep(args.study, args.storage, args.code_dir)
+    config.code()  # a hypermodel outside --code-dir is refused before TensorFlow starts
     from gapsweep.sweeps.trial.runtime import init_tensorflow
 
     print(f"gapsweep worker {os.getpid()}: study '{args.study}', training on {init_tensorflow()}", file=sys.stderr, flush=True)
@@ -444,7 +459,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from gapsweep.output import table, to_json
     from gapsweep.sweeps.analysis.verify import verify
 
-    checked, verdict = verify(args.study_name, args.storage, top=args.top, seeds=args.seeds)
+    checked, verdict = verify(args.study_name, args.storage, top=args.top, seeds=args.seeds, code_dir=args.code_dir)
     rows = [c.to_dict() for c in checked]
     if args.json:
         print(to_json({"trials": rows, **verdict.__dict__}))
@@ -462,7 +477,7 @@ def _cmd_rerun(args: argparse.Namespace) -> int:
     from gapsweep.output import to_json
     from gapsweep.sweeps.analysis.reproduce import rerun
 
-    result = rerun(args.study_name, args.trial, args.storage)
+    result = rerun(args.study_name, args.trial, args.storage, code_dir=args.code_dir)
     if args.json:
         print(to_json(result.to_dict()))
     else:

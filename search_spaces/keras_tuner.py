@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from gapsweep.errors import DataError, GapsweepError, SpaceError
+from gapsweep.errors import ConfigError, DataError, GapsweepError, SpaceError
+from gapsweep.search_spaces import code_refs
 from gapsweep.search_spaces.builder import TaskSpec
 from gapsweep.search_spaces.hypermodel import FitSettings
 from gapsweep.search_spaces.loader import python_object
@@ -376,8 +377,8 @@ class _RecordingModel:
 class KerasTunerHypermodel:
     """A KerasTuner build function or ``HyperModel`` as a gapsweep ``Hypermodel``.
 
-    ``ref`` is where another process finds it again (``/abs/path/module.py:NAME``): a worker
-    re-creates the study's hypermodel from it.
+    ``ref`` is where another process finds it again (``path/module.py:NAME`` relative to the
+    project folder): a worker re-creates the study's hypermodel from it inside its ``--code-dir``.
     """
 
     def __init__(self, hypermodel: Any, ref: str, *, max_epochs: int) -> None:
@@ -512,25 +513,35 @@ class KerasTunerHypermodel:
 
 
 def load(hypermodel: Any, *, max_epochs: int) -> KerasTunerHypermodel:
-    """The adapter for ``path/to/module.py:NAME``, or for a build function or HyperModel given as is."""
+    """The adapter for a located ``CodeRef``, a ``path/to/module.py:NAME`` inside the current
+    folder, or a build function or HyperModel given as is."""
     if isinstance(hypermodel, str):
-        file_part, _, attr = hypermodel.rpartition(":")
-        ref = f"{Path(file_part).resolve()}:{attr}"
-        return KerasTunerHypermodel(python_object(hypermodel, "hypermodel"), ref, max_epochs=max_epochs)
+        hypermodel = code_refs.locate(hypermodel, None)
+    if isinstance(hypermodel, code_refs.CodeRef):
+        built = python_object(hypermodel.importable, "hypermodel")
+        return KerasTunerHypermodel(built, hypermodel.stored, max_epochs=max_epochs)
     return KerasTunerHypermodel(hypermodel, importable_ref(hypermodel), max_epochs=max_epochs)
 
 
 def importable_ref(obj: Any) -> str:
-    """Where another process finds ``obj``: ``/abs/path/module.py:NAME`` when a module-level name
-    of a ``.py`` file holds it, otherwise a note (stored with the study) that workers cannot."""
+    """Where a worker finds ``obj``: ``path/module.py:NAME`` relative to the current folder when a
+    module-level name of a ``.py`` file inside it holds it, otherwise a note (stored with the
+    study) that workers cannot."""
+    label = getattr(obj, "__qualname__", type(obj).__name__)
     for module in (inspect.getmodule(obj), sys.modules.get("__main__")):
         file = getattr(module, "__file__", None)
         if module is None or not file or not Path(file).is_file():
             continue
         name = next((key for key, value in vars(module).items() if value is obj), None)
-        if name is not None:
-            return f"{Path(file).resolve()}:{name}"
-    label = getattr(obj, "__qualname__", type(obj).__name__)
+        if name is None:
+            continue
+        try:
+            return code_refs.locate(f"{file}:{name}", None).stored
+        except ConfigError:
+            return (
+                f"<{label} is defined in {Path(file).resolve()}, outside the project folder {Path.cwd()}, so workers "
+                "cannot import it; to run workers, launch from the project folder that holds it>"
+            )
     return (
         f"<{label} is not a module-level name of a .py file, so workers cannot import it; "
         "to run workers, launch with hypermodel set to the file and name>"

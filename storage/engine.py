@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gapsweep.errors import StorageError
 from gapsweep.storage import optuna_tables
-from gapsweep.storage.url import mask, parse
+from gapsweep.storage.url import MASK, mask, parse, passwords
 
 SQLITE_BUSY_TIMEOUT_S = 60
 
@@ -61,8 +61,8 @@ def _prepare_sqlite(path: Path) -> None:
 def describe_failure(url: URL, exc: BaseException) -> StorageError:
     """One line naming the (masked) URL and the driver's reason, password scrubbed."""
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if url.password:
-        reason = reason.replace(str(url.password), "***")
+    for password in passwords(url):
+        reason = reason.replace(password, MASK)
     return StorageError(f"cannot use database {mask(url)}: {reason}")
 
 

@@ -1,6 +1,10 @@
 """Storage URLs: the SQLite default, driver normalization, and masking of passwords.
 
-Any URL that reaches a message, a log or ``--json`` goes through ``mask`` first.
+Any URL that reaches a message, a log or ``--json`` goes through ``mask`` first. A password may
+sit in the user part (``user:pw@host``) or in the query (``?password=pw``, a libpq keyword that
+SQLAlchemy passes to psycopg); both are masked. Other query parameters (``sslmode``,
+``sslrootcert``, ``options``...) reach libpq unchanged, and a URL without a password lets libpq
+take it from ``$PGPASSWORD`` or ``~/.pgpass``, so none needs to appear on a command line.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from gapsweep.errors import StorageError
 
 DEFAULT_URL = "sqlite:///gapsweep.db"
 _USERINFO = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#\s]*", re.IGNORECASE)
+MASK = "***"
 _SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
 
 
@@ -47,12 +53,18 @@ def resolve(url: str | None) -> str:
 
 
 def mask(url: URL | str) -> str:
-    """The URL with its password replaced by ``***``, safe to print."""
-    if isinstance(url, str):
-        return mask_text(url)
-    return url.render_as_string(hide_password=True)
+    """The URL with every password (user part or ``password=`` query) replaced by ``***``."""
+    text = url if isinstance(url, str) else url.render_as_string(hide_password=True)
+    return mask_text(text)
 
 
 def mask_text(text: str) -> str:
-    """Mask the password in any URL-like text, even one SQLAlchemy cannot parse."""
-    return _USERINFO.sub(r"\1***@", text)
+    """Mask the passwords in any URL-like text, even one SQLAlchemy cannot parse."""
+    return _QUERY_PASSWORD.sub(rf"\1{MASK}", _USERINFO.sub(rf"\1{MASK}@", text))
+
+
+def passwords(url: URL) -> list[str]:
+    """The passwords ``url`` carries (user part and ``password=`` query), to scrub from messages."""
+    query = url.query.get("password")
+    found = [url.password, *((query,) if isinstance(query, str) else (query or ()))]
+    return [str(value) for value in found if value]

@@ -25,7 +25,8 @@ from gapsweep.sweeps.run.config import SweepConfig, load_sweep_file
 from gapsweep.sweeps.data.datasets import DataSpec
 from gapsweep.sweeps.run.launch import launch
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "keras_tuner_models.py"
+PROJECT = Path(__file__).resolve().parents[1]
+EXAMPLES = PROJECT / "examples" / "keras_tuner_models.py"
 DIGITS = TaskSpec(n_features=64, task="classification", n_classes=10)
 
 
@@ -329,28 +330,44 @@ def test_the_documentation_style_examples_sample_within_their_declarations():
 
 
 def test_a_study_stores_where_workers_find_its_hypermodel(tmp_path: Path, monkeypatch):
-    monkeypatch.chdir(EXAMPLES.parent.parent)
+    monkeypatch.chdir(EXAMPLES.parent.parent)  # the project folder: paths are stored relative to it
     relative = load("examples/keras_tuner_models.py:build_model", max_epochs=3)
-    assert relative.describe() == {"hypermodel": f"{EXAMPLES}:build_model"}
-    assert importable_ref(tiny_build) == f"{Path(__file__).resolve()}:tiny_build"
-    assert importable_ref(_example("build_model")) == f"{EXAMPLES}:build_model"
+    assert relative.describe() == {"hypermodel": "examples/keras_tuner_models.py:build_model"}
+    assert load(f"{EXAMPLES}:build_model", max_epochs=3).describe() == relative.describe()
+    assert importable_ref(tiny_build) == "tests/test_keras_tuner.py:tiny_build"
+    assert importable_ref(_example("build_model")) == "examples/keras_tuner_models.py:build_model"
     unreachable = importable_ref(Tiny())  # an instance no module-level name holds
     assert unreachable.startswith("<Tiny is not") and "workers cannot import it" in unreachable
     with pytest.raises(ConfigError, match="hypermodel must be 'path/to/module.py:NAME'"):
         SweepConfig.from_dict({"hypermodel": unreachable})  # what a worker would read back
     with pytest.raises(SpaceError, match="file not found"):
         load("missing.py:build_model", max_epochs=3)
+    monkeypatch.chdir(tmp_path)  # a module outside the project folder: launch runs it, workers cannot
+    outside = importable_ref(_example("build_model"))
+    assert outside.startswith("<build_model is defined in") and "outside the project folder" in outside
+    with pytest.raises(ConfigError, match="leads outside the project folder"):
+        load(f"{EXAMPLES}:build_model", max_epochs=3)
 
 
 def test_sweep_config_reads_stores_and_checks_a_hypermodel(tmp_path: Path):
     sweep = tmp_path / "sweeps" / "kt.toml"
     sweep.parent.mkdir()
-    sweep.write_text('study = "kt"\nhypermodel = "../models.py:build_model"\nmax_epochs = 6\n')
+    (sweep.parent / "models").mkdir()
+    (sweep.parent / "models" / "kt.py").write_text("def build_model(hp):\n    pass\n")
+    sweep.write_text('study = "kt"\nhypermodel = "models/kt.py:build_model"\nmax_epochs = 6\n')
     config = load_sweep_file(sweep)
-    assert config.hypermodel == f"{sweep.parent / '..' / 'models.py'}:build_model"  # relative to the file
+    assert config.hypermodel == "models/kt.py:build_model" and config.code_dir == str(sweep.parent)
+    assert config.code().file == sweep.parent / "models" / "kt.py"  # relative to the file, not the current folder
     stored = config.to_dict()
-    assert stored["space"] is None and stored["max_epochs"] == 6
-    assert SweepConfig.from_dict(json.loads(json.dumps(stored))) == config  # a worker's round trip
+    assert stored["space"] is None and stored["max_epochs"] == 6 and "code_dir" not in stored
+    restored = SweepConfig.from_dict(json.loads(json.dumps(stored)))  # a worker's round trip
+    assert restored.override(code_dir=str(sweep.parent)) == config
+    sweep.write_text('study = "kt"\nhypermodel = "../models.py:build_model"\n')
+    with pytest.raises(ConfigError, match="leads outside the project folder"):
+        load_sweep_file(sweep).code()  # the sweep file's folder is the project folder
+    sweep.write_text('study = "kt"\nhypermodel = "models/kt.py:build_model"\ncode_dir = "/"\n')
+    with pytest.raises(ConfigError, match="unknown sweep setting.*code_dir"):
+        load_sweep_file(sweep)  # each machine names its own project folder
     sweep.write_text('study = "kt"\nspace = "mlp"\nhypermodel = "models.py:build_model"\n')
     with pytest.raises(ConfigError, match="either a space or a hypermodel"):
         load_sweep_file(sweep)
@@ -397,7 +414,8 @@ def test_cli_hypermodel_mistakes_are_one_line_and_write_nothing(tmp_path: Path, 
     _fails(["launch", "--hypermodel", "models.py:for_mnist", "--storage", url], capsys, "expected axis -1 of input shape to have value 784")
     _fails(["launch", "--hypermodel", "models.py:three_classes", "--storage", url], capsys, "outside the valid range of [0, 3)")
     _fails(["launch", "--hypermodel", "models.py:missing", "--storage", url], capsys, "has no attribute 'missing'")
-    _fails(["launch", "--hypermodel", "nowhere.py:build", "--storage", url], capsys, "file not found: nowhere.py")
+    _fails(["launch", "--hypermodel", "nowhere.py:build", "--storage", url], capsys, f"file not found: {tmp_path.resolve()}/nowhere.py")
+    _fails(["launch", "--hypermodel", "../models.py:build", "--storage", url], capsys, "leads outside the project folder")
     _fails(["launch", "--hypermodel", "models", "--storage", url], capsys, "hypermodel must be 'path/to/module.py:NAME'")
     _fails(["launch", "--hypermodel", "models.py:reverse", "--space", "mlp", "--storage", url], capsys, "give one of them")
     _fails(["launch", "--hypermodel", "models.py:reverse", "--max-epochs", "0", "--storage", url], capsys, "max_epochs")
@@ -407,12 +425,12 @@ def test_cli_hypermodel_mistakes_are_one_line_and_write_nothing(tmp_path: Path, 
 @pytest.mark.slow
 def test_a_plain_build_function_runs_as_a_stored_queryable_study(sqlite_url):
     config = SweepConfig(
-        study="kt-plain", hypermodel=f"{EXAMPLES}:build_model", max_epochs=3, data=DataSpec("digits", train_fraction=0.3),
+        study="kt-plain", hypermodel=f"{EXAMPLES}:build_model", code_dir=str(PROJECT), max_epochs=3, data=DataSpec("digits", train_fraction=0.3),
         trials=3, pruner="none", storage=sqlite_url,
     )
     study = launch(config, progress=False)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
-    assert study.user_attrs[CONFIG_ATTR]["hypermodel"] == f"{EXAMPLES}:build_model"
+    assert study.user_attrs[CONFIG_ATTR]["hypermodel"] == "examples/keras_tuner_models.py:build_model"
     best = best_trials("kt-plain", sqlite_url, k=3)
     assert len(best) == 3 and best[0].number == study.best_trial.number
     for record in best:
@@ -436,7 +454,7 @@ def test_a_plain_build_function_runs_as_a_stored_queryable_study(sqlite_url):
 def test_conditional_layers_run_with_median_pruning_and_record_only_active_params(sqlite_url):
     study = launch(
         SweepConfig(
-            study="kt-conditional", hypermodel=f"{EXAMPLES}:build_conditional_model", max_epochs=4,
+            study="kt-conditional", hypermodel=f"{EXAMPLES}:build_conditional_model", code_dir=str(PROJECT), max_epochs=4,
             data=DataSpec("digits", train_fraction=0.3), trials=4, pruner="median", seed=0,
             storage=sqlite_url,
         ),
@@ -456,7 +474,8 @@ def test_conditional_layers_run_with_median_pruning_and_record_only_active_param
 
 
 @pytest.mark.slow
-def test_a_hypermodel_subclass_with_a_custom_fit_tunes_the_batch_size(sqlite_url):
+def test_a_hypermodel_subclass_with_a_custom_fit_tunes_the_batch_size(sqlite_url, monkeypatch):
+    monkeypatch.chdir(PROJECT)  # an object's module is stored relative to the current folder
     hypermodel = _example("MyHyperModel")  # the class itself; gapsweep instantiates it
     study = launch(
         SweepConfig(
@@ -465,7 +484,7 @@ def test_a_hypermodel_subclass_with_a_custom_fit_tunes_the_batch_size(sqlite_url
         ),
         progress=False,
     )
-    assert study.user_attrs[CONFIG_ATTR]["hypermodel"] == f"{EXAMPLES}:MyHyperModel"  # given as an object
+    assert study.user_attrs[CONFIG_ATTR]["hypermodel"] == "examples/keras_tuner_models.py:MyHyperModel"  # given as an object
     records = best_trials("kt-fit", sqlite_url, k=3)
     assert len(records) == 3
     assert all(r.params["batch_size"] in (16, 32, 64) and r.params["units"] in (16, 32, 48, 64) for r in records)
@@ -481,8 +500,11 @@ def test_cli_creates_a_hypermodel_study_that_a_worker_runs(tmp_path: Path, sqlit
         "--train-fraction", "0.3", "--trials", "2", "--max-epochs", "2", "--pruner", "none", "--storage", sqlite_url,
     ]
     assert main([*launch_args, "--create-only"]) == 0
-    monkeypatch.chdir(tmp_path)  # the worker finds the hypermodel by its stored absolute path
-    assert main(["worker", "--study", "kt-cli", "--storage", sqlite_url, "--no-progress"]) == 0
+    monkeypatch.chdir(tmp_path)  # the worker finds the hypermodel in the project folder it is given
+    worker = ["worker", "--study", "kt-cli", "--storage", sqlite_url, "--no-progress"]
+    assert main(worker) == 1
+    assert f"file not found: {tmp_path.resolve()}/examples/keras_tuner_models.py" in capsys.readouterr().err
+    assert main([*worker, "--code-dir", str(PROJECT)]) == 0
     trials = list_trials("kt-cli", sqlite_url)
     assert [t.state for t in trials] == ["COMPLETE", "COMPLETE"]
     assert all(t.attrs["epochs_run"] <= 2 for t in trials)

@@ -70,9 +70,10 @@ class Rerun:
         }
 
 
-def rerun(study: str, number: int, storage: str | None = None) -> Rerun:
-    """Retrain trial ``number`` of ``study`` from its record and compare its val loss."""
-    config = stored_sweep(study, storage)
+def rerun(study: str, number: int, storage: str | None = None, *, code_dir: str | None = None) -> Rerun:
+    """Retrain trial ``number`` of ``study`` from its record and compare its val loss; a
+    hypermodel is looked up in the project folder ``code_dir`` (None: the current folder)."""
+    config = stored_sweep(study, storage, code_dir)
     trial = get_trial(study, number, storage)
     repro = trial.attrs.get("repro")
     if trial.state != "COMPLETE" or repro is None or trial.attrs.get("val_loss") is None:

@@ -100,11 +100,14 @@ def judge(checked: Sequence[Checked]) -> Verdict:
     return Verdict(bool(beaten), best_on_test.number, most_robust.number, reason)
 
 
-def verify(study: str, storage: str | None = None, *, top: int = 3, seeds: int = 3) -> tuple[list[Checked], Verdict]:
-    """Retrain the ``top`` trials with ``seeds`` fresh seeds each and judge them on test."""
+def verify(
+    study: str, storage: str | None = None, *, top: int = 3, seeds: int = 3, code_dir: str | None = None
+) -> tuple[list[Checked], Verdict]:
+    """Retrain the ``top`` trials with ``seeds`` fresh seeds each and judge them on test; a
+    hypermodel is looked up in the project folder ``code_dir`` (None: the current folder)."""
     if top < 1 or seeds < 1:
         raise ConfigError(f"--top and --seeds must be >= 1, got {top} and {seeds}")
-    config = stored_sweep(study, storage)
+    config = stored_sweep(study, storage, code_dir)
     splits = datasets.load(config.data)
     if not len(splits.x_test):
         raise DataError("the study's data has no test split to verify on; give it a test_fraction > 0")

@@ -14,7 +14,9 @@ A sweep file keeps space, data, objective, pruner, budget and storage in version
     gap_penalty = 1.0
 
 Flags given on the command line override the file. Relative paths in a file are read relative
-to the file.
+to the file. The file's folder is the project folder of its ``hypermodel``: the study stores the
+module's path relative to it, and workers look for it in their ``--code-dir`` (see
+``gapsweep.search_spaces.code_refs``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from gapsweep.errors import ConfigError, GapsweepError
+from gapsweep.search_spaces import code_refs
 from gapsweep.search_spaces.loader import read_document
 from gapsweep.storage.reader import get_study_config
 from gapsweep.sweeps.data.datasets import DataSpec
@@ -57,6 +60,9 @@ class SweepConfig:
     #: searched instead of ``space``; ``max_epochs`` is its epoch budget.
     hypermodel: str | Callable[..., Any] | keras_tuner.HyperModel | None = None
     max_epochs: int = 20
+    #: The project folder a ``hypermodel`` path is read from (None: the current folder): a sweep
+    #: file's folder, or a worker's ``--code-dir``. Never stored: each machine has its own.
+    code_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not self.study or not isinstance(self.study, str):
@@ -82,15 +88,23 @@ class SweepConfig:
             raise ConfigError(f"multi_objective must be true or false, got {objective.multi_objective!r}")
         if self.baseline is not None and not isinstance(self.baseline, dict):
             raise ConfigError(f"baseline must be a table of parameter values, got {self.baseline!r}")
-        if isinstance(self.hypermodel, str) and not _python_ref(self.hypermodel):
+        if isinstance(self.hypermodel, str) and not code_refs.is_ref(self.hypermodel):
             raise ConfigError(
                 "hypermodel must be 'path/to/module.py:NAME' (a KerasTuner build function or HyperModel), "
                 f"got {self.hypermodel!r}"
             )
         _whole("max_epochs", self.max_epochs, 1)
 
+    def code(self) -> code_refs.CodeRef | None:
+        """The ``hypermodel`` file, found inside the project folder; one outside it is refused
+        here, before anything is imported."""
+        if not isinstance(self.hypermodel, str):
+            return None
+        return code_refs.locate(self.hypermodel, self.code_dir)
+
     def to_dict(self) -> dict[str, Any]:
-        """The study's stored configuration (no storage URL: it may hold a password)."""
+        """The study's stored configuration (no storage URL: it may hold a password; no
+        ``code_dir``: each machine has its own)."""
         return {
             "study": self.study,
             "space": self.space if self.hypermodel is None else None,
@@ -110,7 +124,7 @@ class SweepConfig:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], base: Path | None = None) -> "SweepConfig":
         """Build from a sweep file's content; unknown keys are errors, not silent typos."""
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - {"code_dir"}
         unknown = set(raw) - known
         if unknown:
             raise ConfigError(
@@ -125,9 +139,10 @@ class SweepConfig:
             values.pop("space", None)  # a hypermodel study stores no space
         if "space" in values and values.get("hypermodel") is not None:
             raise ConfigError("a sweep searches either a space or a hypermodel; drop one of the two settings")
-        for key in ("space", "hypermodel"):
-            if isinstance(values.get(key), str) and base is not None:
-                values[key] = _relative(values[key], base)
+        if isinstance(values.get("space"), str) and base is not None:
+            values["space"] = _relative(values["space"], base)
+        if values.get("hypermodel") is not None and base is not None:
+            values["code_dir"] = str(base)  # the study stores the module relative to the sweep file
         try:
             return cls(**values)
         except TypeError as exc:
@@ -136,12 +151,6 @@ class SweepConfig:
     def override(self, **changes: Any) -> "SweepConfig":
         """A copy with the given (non-None) settings replaced: flags over the file."""
         return replace(self, **{key: value for key, value in changes.items() if value is not None})
-
-
-def _python_ref(ref: str) -> bool:
-    """Whether ``ref`` reads ``path/to/module.py:NAME``."""
-    file_part, colon, name = ref.rpartition(":")
-    return bool(colon) and file_part.endswith(".py") and name.isidentifier()
 
 
 def _whole(name: str, value: Any, minimum: int) -> None:
@@ -210,6 +219,7 @@ def _relative(ref: str, base: Path) -> str:
     return f"{resolved}:{attr}" if colon else resolved
 
 
-def stored_sweep(study: str, storage: str | None) -> SweepConfig:
-    """The configuration a study was launched with, bound to ``storage``."""
-    return SweepConfig.from_dict(get_study_config(study, storage)).override(storage=storage)
+def stored_sweep(study: str, storage: str | None, code_dir: str | None = None) -> SweepConfig:
+    """The configuration a study was launched with, bound to ``storage`` and to this machine's
+    project folder ``code_dir`` (None: the current folder), where its hypermodel is looked up."""
+    return SweepConfig.from_dict(get_study_config(study, storage)).override(storage=storage, code_dir=code_dir)

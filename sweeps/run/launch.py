@@ -26,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
 from gapsweep.errors import ConfigError
+from gapsweep.search_spaces import code_refs
 from gapsweep.search_spaces.hypermodel import Hypermodel, SpaceHypermodel
 from gapsweep.search_spaces.loader import load_space
 from gapsweep.storage import artifacts, queries
@@ -74,7 +75,8 @@ class Sweep:
 
 def prepare(config: SweepConfig, *, salt: str | None = None) -> Sweep:
     """Validate ``config``, then create or resume its study. Nothing is written before the
-    space and data have passed their checks."""
+    space and data have passed their checks, and no code is imported from outside the project."""
+    config.code()  # a hypermodel file outside the project folder is refused before anything runs
     splits = datasets.load(config.data)
     hypermodel = load_hypermodel(config, splits)
     if config.baseline is not None:
@@ -94,7 +96,10 @@ def prepare(config: SweepConfig, *, salt: str | None = None) -> Sweep:
     )
     previous = stored_config(study)
     keys = ("space", *hypermodel.describe())
-    changed = [key for key in keys if previous is not None and previous.get(key) != stored.get(key)]
+    changed = [
+        key for key in keys
+        if previous is not None and previous.get(key) != stored.get(key) and not _same_code(key, previous, stored, config)
+    ]
     if len(study.directions) != len(directions):
         storage.engine.dispose()
         kinds = {1: "single-objective", 2: "multi-objective (val loss, gap)"}
@@ -243,16 +248,24 @@ def _check_baseline(baseline: dict[str, Any], hypermodel: Hypermodel) -> None:
         raise ConfigError(f"baseline names parameter(s) {', '.join(unknown)} that the search space does not have")
 
 
+def _same_code(key: str, previous: dict[str, Any], stored: dict[str, Any], config: SweepConfig) -> bool:
+    """An older study's absolute hypermodel path and today's relative one name the same file:
+    not a change (the study then stores the relative one)."""
+    return key == "hypermodel" and all(isinstance(d.get(key), str) for d in (previous, stored)) and code_refs.same_file(
+        previous[key], stored[key], config.code_dir
+    )
+
+
 def load_hypermodel(config: SweepConfig, splits: Splits) -> Hypermodel:
-    """The hypermodel ``config`` names: a KerasTuner build function or HyperModel, checked by one
-    build evaluated on a few rows of ``splits``, or else its search space sampled into the MLP
-    builder."""
+    """The hypermodel ``config`` names: a KerasTuner build function or HyperModel (a file found
+    inside the project folder), checked by one build evaluated on a few rows of ``splits``, or
+    else its search space sampled into the MLP builder."""
     if config.hypermodel is None:
         return SpaceHypermodel(load_space(config.space))
     from gapsweep.search_spaces import keras_tuner
 
     init_tensorflow()  # the check builds a model, and TensorFlow's thread settings must come first
-    hypermodel = keras_tuner.load(config.hypermodel, max_epochs=config.max_epochs)
+    hypermodel = keras_tuner.load(config.code() or config.hypermodel, max_epochs=config.max_epochs)
     hypermodel.check(splits.x_train[:_CHECK_ROWS], splits.y_train[:_CHECK_ROWS])
     return hypermodel
 
