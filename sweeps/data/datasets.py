@@ -8,6 +8,7 @@ training split alone, so nothing leaks from val or test into training.
 from __future__ import annotations
 
 import csv
+import zipfile
 import functools
 import hashlib
 from dataclasses import dataclass, field
@@ -158,6 +159,8 @@ def load(spec: DataSpec) -> Splits:
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not a .npz archive (no zip inside); save one with np.savez(path, x_train=..., y_train=...)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
@@ -237,6 +240,11 @@ def _check_arrays(x: Any, y: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
     return x.astype("float32"), y
 
 
+#: A classification target needs at least this many rows per class (labels 0..K-1); fewer means
+#: y is most likely a numeric target with whole values (diabetes: 347 "classes" from 442 rows).
+MIN_ROWS_PER_CLASS = 2
+
+
 def _task(y: np.ndarray, declared: str | None) -> TaskSpec:
     integral = bool(np.all(np.equal(np.mod(y, 1), 0)))
     task = declared or ("classification" if integral and len(np.unique(y)) <= 50 else "regression")
@@ -246,7 +254,13 @@ def _task(y: np.ndarray, declared: str | None) -> TaskSpec:
                 "classification needs integer class labels 0..K-1 in y; "
                 "pass task = 'regression' for a numeric target"
             )
-        return TaskSpec(n_features=0, task="classification", n_classes=int(y.max()) + 1)
+        n_classes = int(y.max()) + 1
+        if n_classes * MIN_ROWS_PER_CLASS > len(y):
+            raise DataError(
+                f"classification would make {n_classes} classes (labels 0..{n_classes - 1}) from {len(y)} rows, "
+                f"fewer than {MIN_ROWS_PER_CLASS} rows per class: is y a numeric target? pass task = 'regression'"
+            )
+        return TaskSpec(n_features=0, task="classification", n_classes=n_classes)
     return TaskSpec(n_features=0, task="regression", n_outputs=1 if y.ndim == 1 else y.shape[1])
 
 

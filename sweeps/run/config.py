@@ -6,6 +6,7 @@ A sweep file keeps space, data, objective, pruner, budget and storage in version
     space = "mlp"                 # a built-in name, a file, module.py:NAME, or an inline table
     # hypermodel = "models.py:build_model"   # or, instead of space, a KerasTuner hypermodel
     trials = 20
+    max_failures = 5              # stop after this many failed trials in a row
     pruner = "median"             # median | hyperband | sha | none
     [data]
     source = "digits"
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 
 SAMPLERS = ("tpe", "random")
 
+#: What a study stores beside its settings (to refuse mixing), not read back as a setting.
+STORED_ONLY = ("data_fingerprint",)
+
 
 @dataclass(frozen=True)
 class SweepConfig:
@@ -57,6 +61,9 @@ class SweepConfig:
     #: searched instead of ``space``; ``max_epochs`` is its epoch budget.
     hypermodel: str | Callable[..., Any] | keras_tuner.HyperModel | None = None
     max_epochs: int = 20
+    #: A sweep stops after this many failed trials in a row (failures spend no budget, so a
+    #: sweep whose every trial fails would otherwise run for ever).
+    max_failures: int = 5
 
     def __post_init__(self) -> None:
         if not self.study or not isinstance(self.study, str):
@@ -88,6 +95,7 @@ class SweepConfig:
                 f"got {self.hypermodel!r}"
             )
         _whole("max_epochs", self.max_epochs, 1)
+        _whole("max_failures", self.max_failures, 1)
 
     def to_dict(self) -> dict[str, Any]:
         """The study's stored configuration (no storage URL: it may hold a password)."""
@@ -105,6 +113,7 @@ class SweepConfig:
             "timeout": self.timeout,
             "seed": self.seed,
             "baseline": self.baseline,
+            "max_failures": self.max_failures,
         }
 
     @classmethod
@@ -212,4 +221,5 @@ def _relative(ref: str, base: Path) -> str:
 
 def stored_sweep(study: str, storage: str | None) -> SweepConfig:
     """The configuration a study was launched with, bound to ``storage``."""
-    return SweepConfig.from_dict(get_study_config(study, storage)).override(storage=storage)
+    stored = {key: value for key, value in get_study_config(study, storage).items() if key not in STORED_ONLY}
+    return SweepConfig.from_dict(stored).override(storage=storage)
