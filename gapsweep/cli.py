@@ -20,6 +20,13 @@ EXIT_NOT_REPRODUCED = 3
 EXIT_INTERRUPTED = 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors in one line (exit 2), like every other gapsweep error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _storage_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage",
@@ -60,7 +67,7 @@ def _param_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gapsweep",
         description="Hyperparameter sweeps for Keras models that favour models which generalize: "
         "Optuna studies in a SQL database, pruned per epoch, scored by val loss plus a penalty "

@@ -200,9 +200,13 @@ def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray]:
     if target not in header:
         raise DataError(f"{path} has no column '{target}'; columns are: {', '.join(header)}")
     column = header.index(target)
+    body = [row for row in rows[1:] if row]  # a blank line (e.g. at the end) is no row
+    for number, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise DataError(f"{path}: every row must have {len(header)} cells like the header; a row near line {number} has {len(row)}")
     try:
         table = np.array(
-            [[float(cell) if cell.strip() else np.nan for cell in row] for row in rows[1:]],
+            [[float(cell) if cell.strip() else np.nan for cell in row] for row in body],
             dtype="float64",
         )
     except ValueError as exc:
@@ -255,7 +259,7 @@ def _task(y: np.ndarray, declared: str | None) -> TaskSpec:
                 "pass task = 'regression' for a numeric target"
             )
         n_classes = int(y.max()) + 1
-        if n_classes * MIN_ROWS_PER_CLASS > len(y):
+        if n_classes > 2 and n_classes * MIN_ROWS_PER_CLASS > len(y):
             raise DataError(
                 f"classification would make {n_classes} classes (labels 0..{n_classes - 1}) from {len(y)} rows, "
                 f"fewer than {MIN_ROWS_PER_CLASS} rows per class: is y a numeric target? pass task = 'regression'"
