@@ -41,6 +41,7 @@ sampler = "random"
 [space]
 learning_rate = {type = "float", low = 1e5, high = 1e6, log = true}
 optimizer = "sgd"
+activation = "linear"
 epochs = 2
 units = 8
 [data]
@@ -220,8 +221,9 @@ def test_two_launches_on_one_study_never_train_the_same_parameters(tmp_path, tin
 
 
 def _running(url: str, study: str) -> bool:
+    """Whether a trial of ``study`` is running with its parameters drawn (so training started)."""
     try:
-        return any(t.state == "RUNNING" for t in list_trials(study, url))
+        return any(t.state == "RUNNING" and t.params for t in list_trials(study, url))
     except Exception:  # the database or study does not exist yet
         return False
 
@@ -230,7 +232,7 @@ def _running(url: str, study: str) -> bool:
 @pytest.mark.parametrize("signals", [1, 2])
 def test_an_interrupted_launch_exits_130_without_a_traceback(tmp_path, signals):
     sweep = tmp_path / "s.toml"
-    sweep.write_text('study = "stop"\ntrials = 20\npruner = "none"\n[space]\nunits = 16\nepochs = 200\n[data]\nsource = "wine"\n[objective]\npatience = 1000\n')
+    sweep.write_text('study = "stop"\ntrials = 20\npruner = "none"\n[space]\nunits = {type = \"int\", low = 16, high = 32}\nepochs = 200\n[data]\nsource = "wine"\n[objective]\npatience = 1000\n')
     url = f"sqlite:///{tmp_path / 'sweeps.db'}"
     run = subprocess.Popen([GAPSWEEP, "launch", str(sweep), "--storage", url, "--no-progress"], env=ENV,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -248,3 +250,5 @@ def test_an_interrupted_launch_exits_130_without_a_traceback(tmp_path, signals):
         assert states == ["COMPLETE"]
     else:  # stopped at once: the trial failed, and its parameters wait for the next launch
         assert states == ["FAIL", "WAITING"]
+        failed, queued = optuna.load_study(study_name="stop", storage=url).trials
+        assert queued.system_attrs["fixed_params"] == failed.params and queued.user_attrs["requeued_from"] == failed.number
