@@ -252,3 +252,43 @@ def test_an_interrupted_launch_exits_130_without_a_traceback(tmp_path, signals):
         assert states == ["FAIL", "WAITING"]
         failed, queued = optuna.load_study(study_name="stop", storage=url).trials
         assert queued.system_attrs["fixed_params"] == failed.params and queued.user_attrs["requeued_from"] == failed.number
+
+
+@pytest.mark.slow
+def test_a_launch_killed_mid_trial_on_sqlite_loses_nothing_when_launched_again(tmp_path):
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(
+        'study = "crash"\ntrials = 2\npruner = "none"\n[space]\nunits = {type = "int", low = 8, high = 32}\n'
+        'epochs = 12\n[data]\nsource = "digits"\ntrain_fraction = 0.3\n[objective]\npatience = 50\n'
+    )
+    url = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    argv = [GAPSWEEP, "launch", str(sweep), "--storage", url, "--no-progress"]
+    run = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    engine = sa.create_engine(url)
+    killed = None
+    deadline = time.monotonic() + 180
+    while killed is None and time.monotonic() < deadline and run.poll() is None:
+        try:
+            numbers = artifacts.trial_numbers(engine, "crash", artifacts.CHECKPOINT)
+        except sa.exc.OperationalError:  # the tables are not there yet
+            numbers = []
+        for number in numbers:
+            checkpoint = artifacts.load(engine, "crash", number, artifacts.CHECKPOINT)
+            if checkpoint is not None and checkpoint.epoch >= 1:
+                run.kill()  # kill -9 in the middle of the trial
+                killed = (number, checkpoint.epoch)
+                break
+        time.sleep(0.2)
+    run.communicate(timeout=60)
+    assert killed is not None, "no trial reached a checkpoint in time"
+    assert [t.state for t in list_trials("crash", url)] == ["RUNNING"]
+    again = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stderr[-2000:]
+    trials = optuna.load_study(study_name="crash", storage=url).trials
+    assert [t.state.name for t in trials].count("COMPLETE") == 2
+    assert trials[0].state == optuna.trial.TrialState.FAIL  # the killed trial, failed once its heartbeat stopped
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == killed[0]]
+    assert retry.params == trials[0].params and retry.user_attrs["resumed_from_epoch"] >= killed[1]
+    assert len(retry.user_attrs["curve.val_loss"]) == 12  # the curves stay whole across the kill
+    assert not artifacts.trial_numbers(engine, "crash", artifacts.CHECKPOINT)
+    engine.dispose()
