@@ -198,26 +198,27 @@ def test_cross_validation_prunes_by_folds_not_epochs(tiny_space):
 
 
 @pytest.mark.slow
-def test_two_launches_on_one_study_never_train_the_same_parameters(tmp_path, tiny_space):
-    sweep = tmp_path / "s.toml"
-    sweep.write_text(
-        'study = "twice"\ntrials = 6\nsampler = "random"\npruner = "none"\n'
-        "[space]\nunits = {type = \"int\", low = 8, high = 64}\nl2 = {type = \"float\", low = 1e-6, high = 1e-2, log = true}\n"
-        "epochs = 2\n[data]\nsource = \"wine\"\n"
+def test_two_launches_on_one_study_never_train_the_same_parameters(sqlite_url):
+    """Both open the study before either claims a trial (so both start from the same seed), then
+    take turns claiming, as two `launch` processes started together do."""
+    from gapsweep.sweeps.run.launch import prepare, run_trials
+
+    config = SweepConfig(
+        study="twice", sampler="random", pruner="none", trials=6, storage=sqlite_url,
+        space={"units": {"type": "int", "low": 8, "high": 64}, "l2": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True}, "epochs": 2},
+        data=DataSpec("wine"),
     )
-    url = f"sqlite:///{tmp_path / 'sweeps.db'}"
-    runs = [
-        subprocess.Popen([GAPSWEEP, "launch", str(sweep), "--storage", url, "--no-progress"], env=ENV,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    for run in runs:
-        _, err = run.communicate(timeout=400)
-        assert run.returncode == 0, err[-2000:]
-    trials = list_trials("twice", url)
+    first, second = prepare(config), prepare(config)
+    try:
+        for _ in range(3):
+            assert run_trials(first, max_trials=1, progress=False) == 1
+            assert run_trials(second, max_trials=1, progress=False) == 1
+    finally:
+        first.close()
+        second.close()
+    trials = list_trials("twice", sqlite_url)
     assert [t.state for t in trials] == ["COMPLETE"] * 6
     assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 6
-    assert len({t.attrs["worker"] for t in trials}) == 2  # both processes trained
 
 
 def _running(url: str, study: str) -> bool:
