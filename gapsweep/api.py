@@ -17,7 +17,7 @@ import optuna
 
 from gapsweep.errors import ConfigError
 from gapsweep.storage import artifacts
-from gapsweep.storage.engine import open_storage
+from gapsweep.storage.engine import connect_existing, open_storage
 from gapsweep.storage.heartbeats import open_crash_safe_storage, reap
 from gapsweep.storage.reader import (
     baseline_trial,
@@ -31,7 +31,7 @@ from gapsweep.storage.studies import require_study
 from gapsweep.sweeps.analysis.rerank import Reranked, rerank
 
 __all__ = [
-    "baseline_trial", "best_trials", "get_study_config", "get_trial", "list_studies", "list_trials",
+    "baseline_trial", "best_trials", "delete_study", "get_study_config", "get_trial", "list_studies", "list_trials",
     "migrate", "reap_study", "rerank_trials",
 ]
 
@@ -51,6 +51,24 @@ def reap_study(study: str, storage: str | None = None) -> list[int]:
         return sorted(running - still)
     finally:
         rdb.engine.dispose()
+
+
+def delete_study(study: str, storage: str | None = None) -> int:
+    """Remove ``study``: gapsweep's stored models and checkpoints first, then the Optuna study
+    (trials, curves, configuration). Returns how many stored models/checkpoints went with it.
+
+    In that order, an interrupted delete leaves a study to delete again, never stray
+    checkpoints that a new study of the same name would resume from.
+    """
+    connect_existing(storage).dispose()  # a missing database is reported, never created to delete from
+    rdb = open_storage(storage)
+    try:
+        require_study(study, rdb)
+        removed = artifacts.delete_all(rdb.engine, study) if artifacts.schema_version(rdb.engine) else 0
+        optuna.delete_study(study_name=study, storage=rdb)
+    finally:
+        rdb.engine.dispose()
+    return removed
 
 
 def migrate(source: str, target: str, *, studies: list[str] | None = None) -> list[dict[str, Any]]:

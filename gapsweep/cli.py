@@ -17,6 +17,14 @@ from gapsweep.storage.url import DEFAULT_URL
 
 EXIT_USER_ERROR = 1
 EXIT_NOT_REPRODUCED = 3
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors in one line (exit 2), like every other gapsweep error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _storage_flag(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +76,7 @@ def _param_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gapsweep",
         description="Hyperparameter sweeps for Keras models that favour models which generalize: "
         "Optuna studies in a SQL database, pruned per epoch, scored by val loss plus a penalty "
@@ -97,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--train-fraction", type=float, help="share of rows for training (default 0.6)")
     launch.add_argument("--trials", type=int, help="the study's total budget of finished trials (default 20)")
     launch.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    launch.add_argument(
+        "--max-failures", type=int,
+        help="stop the sweep after this many failed trials in a row (default 5); failures spend no budget",
+    )
+    launch.add_argument(
+        "--allow-objective-change", action="store_true",
+        help="resume a study with other objective settings (e.g. --gap-penalty); its earlier scores were computed the old way",
+    )
+    launch.add_argument(
+        "--log-file", metavar="PATH",
+        help="Optuna's per-trial log, with the traceback of each failed trial (default: beside a SQLite "
+        "database, e.g. sweeps.log for sweeps.db; else gapsweep.log here)",
+    )
     launch.add_argument("--gap-penalty", type=float, help="λ in score = val + λ·max(0, val − train); 0 = plain val loss (default 1)")
     launch.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 5)")
     launch.add_argument(
@@ -192,6 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_flag(reap)
     reap.add_argument("--json", action="store_true", help="print the result as JSON")
     reap.set_defaults(run=_cmd_reap)
+
+    delete = commands.add_parser(
+        "delete", help="remove a study and everything gapsweep stored for it",
+        description="Delete a study: its trials, curves and configuration (Optuna's delete_study) and gapsweep's "
+        "stored models and checkpoints of it. Asks for confirmation unless --yes.",
+    )
+    delete.add_argument("study_name", metavar="STUDY")
+    delete.add_argument("--yes", "-y", action="store_true", help="delete without asking")
+    _storage_flag(delete)
+    delete.set_defaults(run=_cmd_delete)
 
     migrate = commands.add_parser(
         "migrate", help="copy studies (trials, config, models) into another database",
@@ -289,7 +320,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         study=args.study, space=args.space, trials=args.trials, timeout=args.timeout, pruner=args.pruner,
         sampler=args.sampler, seed=args.seed, storage=args.storage, data=data, objective=objective,
         baseline=load_baseline(args.baseline) if args.baseline else None,
-        hypermodel=args.hypermodel, max_epochs=args.max_epochs,
+        hypermodel=args.hypermodel, max_epochs=args.max_epochs, max_failures=args.max_failures,
     )
     import optuna
 
@@ -300,7 +331,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     from gapsweep.sweeps.run.launch import prepare, run_trials
     from gapsweep.sweeps.run.worker import graceful_stop
 
-    sweep = prepare(config)
+    sweep = prepare(config, allow_objective_change=args.allow_objective_change)
     if args.create_only:
         sweep.close()
         where = " in a checkout of the project (or with --code-dir PROJECT_FOLDER)" if config.hypermodel is not None else ""
@@ -308,9 +339,10 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         return 0
     try:
         with graceful_stop(sweep):
-            run_trials(sweep, progress=False if args.no_progress or args.json else None)
+            run_trials(sweep, progress=False if args.no_progress or args.json else None, log_file=args.log_file)
     finally:
         sweep.close()
+    interrupted = sweep.stop_requested
     top = best_trials(config.study, config.storage, args.top)
     counts = next(s.counts for s in list_studies(config.storage) if s.name == config.study)
     baseline = baseline_trial(config.study, config.storage)
@@ -323,6 +355,9 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         print(trials_table([t.summary() for t in top]) if top else "no complete trial yet")
         if baseline is not None:
             print(_against_baseline(baseline, top[0] if top else None))
+    if interrupted:
+        print(f"gapsweep: interrupted; launch study '{config.study}' again to go on", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 
@@ -442,6 +477,28 @@ def _cmd_reap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_delete(args: argparse.Namespace) -> int:
+    from gapsweep.api import delete_study, list_studies
+    from gapsweep.errors import ConfigError, StudyNotFoundError
+
+    studies = list_studies(args.storage)
+    summary = next((s for s in studies if s.name == args.study_name), None)
+    if summary is None:
+        known = ", ".join(sorted(s.name for s in studies)) or "none yet"
+        raise StudyNotFoundError(f"no study named '{args.study_name}' in this database (studies: {known})")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ConfigError(f"deleting study '{args.study_name}' needs a confirmation: pass --yes")
+        n_trials = sum(summary.counts.values())
+        answer = input(f"delete study '{args.study_name}' with {n_trials} trial(s) and its stored models? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted", file=sys.stderr)
+            return EXIT_USER_ERROR
+    removed = delete_study(args.study_name, args.storage)
+    print(f"deleted study '{args.study_name}' and {removed} stored model(s)/checkpoint(s)")
+    return 0
+
+
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from gapsweep.api import migrate
     from gapsweep.output import to_json
@@ -530,7 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("gapsweep: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -31,3 +31,7 @@ class StudyNotFoundError(GapsweepError):
 
 class StorageError(GapsweepError):
     """A database that cannot be reached or is not a gapsweep/Optuna database."""
+
+
+class SweepFailedError(GapsweepError):
+    """A sweep stopped because its trials kept failing (e.g. every one diverged)."""

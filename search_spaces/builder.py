@@ -65,24 +65,63 @@ def check_params(names: set[str] | frozenset[str]) -> None:
         )
 
 
+#: Activations every Keras 3 knows; another name is looked up in Keras itself before a sweep.
+_ACTIVATIONS = frozenset({
+    "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "mish", "tanh", "sigmoid",
+    "hard_sigmoid", "hard_silu", "hard_swish", "softplus", "softsign", "linear", "exponential",
+})
+
+
+def _whole_at_least(low: int) -> Any:
+    def check(value: Any) -> bool:
+        return not isinstance(value, bool) and int(float(value)) >= low  # the builder truncates
+
+    return check
+
+
+#: What the builder accepts for each value: a test and the words for the error.
+_RULES: dict[str, tuple[Any, str]] = {
+    "l2": (lambda v: not isinstance(v, bool) and float(v) >= 0, "a number >= 0"),
+    "dropout": (lambda v: not isinstance(v, bool) and 0.0 <= float(v) < 1.0, "a number in [0, 1)"),
+    "units": (_whole_at_least(1), "a whole number >= 1"),
+    "n_layers": (_whole_at_least(0), "a whole number >= 0"),
+    "epochs": (_whole_at_least(1), "a whole number >= 1"),
+    "batch_size": (_whole_at_least(1), "a whole number >= 1"),
+    "learning_rate": (lambda v: not isinstance(v, bool) and float(v) > 0, "a number > 0"),
+    "optimizer": (lambda v: v in _OPTIMIZERS, f"one of {', '.join(_OPTIMIZERS)}"),
+    "activation": (lambda v: isinstance(v, str) and _known_activation(v), "a Keras activation such as relu or tanh"),
+}
+
+
+def _known_activation(name: str) -> bool:
+    if name in _ACTIVATIONS:
+        return True
+    import keras  # only for a name outside the common ones
+
+    try:
+        keras.activations.get(name)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def check_value(name: str, value: Any) -> None:
+    """Raise ``SpaceError`` unless the builder accepts ``value`` for parameter ``name``."""
+    test, words = _RULES[name]
+    try:
+        accepted = bool(test(value))
+    except (TypeError, ValueError, OverflowError):
+        accepted = False
+    if not accepted:
+        raise SpaceError(f"{name} must be {words}, got {value!r}")
+
+
 def resolve(params: Mapping[str, Any]) -> dict[str, Any]:
     """Sampled values over the defaults, validated the way the builder will use them."""
     check_params(set(params))
     values = {**DEFAULTS, **params}
-    if not 0.0 <= float(values["dropout"]) < 1.0:
-        raise SpaceError(f"dropout must be in [0, 1), got {values['dropout']}")
-    if float(values["l2"]) < 0:
-        raise SpaceError(f"l2 must be >= 0, got {values['l2']}")
-    for key in ("units", "n_layers", "epochs", "batch_size"):
-        low = 0 if key == "n_layers" else 1
-        if int(values[key]) < low:
-            raise SpaceError(f"{key} must be >= {low}, got {values[key]}")
-    if float(values["learning_rate"]) <= 0:
-        raise SpaceError(f"learning_rate must be > 0, got {values['learning_rate']}")
-    if values["optimizer"] not in _OPTIMIZERS:
-        raise SpaceError(
-            f"optimizer must be one of {', '.join(_OPTIMIZERS)}, got {values['optimizer']!r}"
-        )
+    for name, value in values.items():
+        check_value(name, value)
     return values
 
 

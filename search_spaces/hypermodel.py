@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import optuna
 
-from gapsweep.search_spaces.builder import DEFAULTS, TaskSpec, build_model, check_params, resolve
+from gapsweep.errors import SpaceError
+from gapsweep.search_spaces.builder import DEFAULTS, TaskSpec, build_model, check_params, check_value, resolve
 from gapsweep.search_spaces.space import Categorical, Fixed, Float, Int, SearchSpace
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class SpaceHypermodel:
 
     def __init__(self, space: SearchSpace) -> None:
         check_params(set(space.params))
+        check_ranges(space)
         self.space = space
         self.max_epochs = _max_epochs(space)
 
@@ -57,6 +59,24 @@ class SpaceHypermodel:
 
     def describe(self) -> dict[str, Any]:
         return {"space": self.space.to_dict()}
+
+
+def check_ranges(space: SearchSpace) -> None:
+    """Refuse a space that can sample a value the builder rejects, before any study exists:
+    both ends of a range (every rule is a bound), every choice, the fixed value."""
+    for name, dist in space.params.items():
+        if isinstance(dist, (Float, Int)):
+            candidates: tuple[Any, ...] = (dist.low, dist.high)
+        elif isinstance(dist, Categorical):
+            candidates = dist.choices
+        else:
+            candidates = (dist.value,)
+        for value in candidates:
+            try:
+                check_value(name, value)
+            except SpaceError as exc:
+                what = "choice" if isinstance(dist, Categorical) else "fixed value" if isinstance(dist, Fixed) else "range end"
+                raise SpaceError(f"parameter '{name}': {what} {value!r} is not accepted by the mlp builder ({exc}); change the space") from None
 
 
 def _max_epochs(space: SearchSpace) -> int:

@@ -140,6 +140,12 @@ def delete(engine: Engine, study: str, *, kind: str, keep: set[int] | None = Non
         return conn.execute(sa.delete(artifacts_table).where(condition)).rowcount or 0
 
 
+def delete_all(engine: Engine, study: str) -> int:
+    """Drop every artifact of ``study`` (models and checkpoints); returns how many."""
+    with engine.begin() as conn:
+        return conn.execute(sa.delete(artifacts_table).where(_where(study))).rowcount or 0
+
+
 def copy(source: Engine, target: Engine, study: str, new_study: str | None = None) -> int:
     """Copy every artifact of ``study`` into another database (used by ``migrate``)."""
     ensure_schema(target)

@@ -41,7 +41,8 @@ def engine_kwargs(url: URL) -> dict[str, Any]:
     return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 3, "pool_recycle": 1800}
 
 
-def _sqlite_path(url: URL) -> Path | None:
+def sqlite_path(url: URL) -> Path | None:
+    """The file of a SQLite URL (None for another database or an in-memory one)."""
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         return None
     return Path(url.database)
@@ -51,9 +52,17 @@ def _prepare_sqlite(path: Path) -> None:
     """WAL lets readers run beside a writer; the mode persists in the file once set."""
     if not path.parent.exists():
         raise StorageError(f"folder {path.parent} does not exist; create it or choose another --storage path")
+    if path.is_dir():
+        raise StorageError(f"{path} is a folder, not a database file; point --storage at a file such as {path / 'gapsweep.db'}")
+    # A sweep writes the file, its WAL beside it and a lock file: all need write access.
+    if (path.exists() and not os.access(path, os.W_OK)) or not os.access(path.parent, os.W_OK):
+        where = path if path.exists() and not os.access(path, os.W_OK) else path.parent
+        raise StorageError(f"{where} is read-only; a sweep needs to write there (copy the database elsewhere or fix its permissions)")
     with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)) as conn:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:  # e.g. "attempt to write a readonly database"
+            raise StorageError(f"cannot write {path} ({exc}); check its permissions or choose another --storage path") from None
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"{path} is not a SQLite database ({exc}); point --storage at another file") from None
 
@@ -69,7 +78,7 @@ def describe_failure(url: URL, exc: BaseException) -> StorageError:
 def open_storage(url_text: str | None, **storage_kwargs: Any) -> optuna.storages.RDBStorage:
     """An Optuna ``RDBStorage``; creates the schema on first use (Optuna's, left intact)."""
     url = parse(url_text)
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is not None:
         _prepare_sqlite(path)
     try:
@@ -87,7 +96,7 @@ def connect_existing(url_text: str | None) -> Engine:
     database that does not exist is a mistake to report, not a reason to write one.
     """
     url = parse(url_text)
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is not None and not path.is_file():
         raise StorageError(f"no database at {path}; launch a sweep first or pass --storage URL")
     engine = sqlalchemy.create_engine(url, **engine_kwargs(url))

@@ -2,24 +2,47 @@
 
 Without it, two workers that both see "one trial left" would both start one and overshoot the
 budget. PostgreSQL gets a session advisory lock keyed by the study name; a SQLite file gets an
-``flock`` on a lock file beside it (SQLite has no row or advisory locks).
+``flock`` on one lock file beside it, ``<database>.lock`` (SQLite has no row or advisory locks,
+and it serializes writers anyway, so the studies of one file share it).
+
+The lock is held for milliseconds; a holder that hangs must not stall every other worker for
+ever, so waiting ends after ``$GAPSWEEP_LOCK_TIMEOUT_S`` (default 120 s) with a ``StorageError``
+that names the holder.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
+import socket
+import time
 from pathlib import Path
 from typing import IO
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from gapsweep.errors import StorageError
+
+#: How often a SQLite waiter tries the lock file again.
+_POLL_S = 0.02
+
+
+def lock_timeout_s() -> float:
+    """Seconds to wait for the study lock before giving up (``$GAPSWEEP_LOCK_TIMEOUT_S``)."""
+    return float(os.environ.get("GAPSWEEP_LOCK_TIMEOUT_S", "120"))
 
 
 def _key(study: str) -> int:
     """A signed 64-bit key for ``pg_advisory_lock`` derived from the study name."""
     return int.from_bytes(hashlib.sha256(study.encode()).digest()[:8], "big", signed=True)
+
+
+def lock_file(engine: Engine) -> Path:
+    """The one lock file of a SQLite database."""
+    return Path(f"{engine.url.database or ':memory:'}.lock")
 
 
 class StudyLock:
@@ -32,15 +55,71 @@ class StudyLock:
         self._file: IO[bytes] | None = None
 
     def acquire(self) -> None:
+        timeout = lock_timeout_s()
         if self.engine.dialect.name == "postgresql":
-            self._conn = self.engine.connect()
-            self._conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _key(self.study)})
-            self._conn.commit()
-            return
-        database = self.engine.url.database or ":memory:"
-        path = Path(f"{database}.{hashlib.sha256(self.study.encode()).hexdigest()[:12]}.lock")
-        self._file = open(path, "ab")  # noqa: SIM115 - held open until release
-        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+            self._acquire_advisory(timeout)
+        else:
+            self._acquire_file(timeout)
+
+    def _acquire_advisory(self, timeout: float) -> None:
+        conn = self.engine.connect()
+        try:
+            # SET LOCAL ends with the transaction; the session-level advisory lock outlives it.
+            conn.execute(sa.text(f"SET LOCAL lock_timeout = '{int(timeout * 1000)}ms'"))
+            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _key(self.study)})
+            conn.commit()
+        except OperationalError as exc:
+            conn.rollback()
+            if getattr(exc.orig, "sqlstate", None) != "55P03":  # not a lock timeout
+                conn.close()
+                raise
+            holder = self._advisory_holder(conn)
+            conn.close()
+            raise StorageError(
+                f"study '{self.study}' stayed locked for {timeout:g} s by {holder}: a worker hangs while claiming a trial; "
+                "stop that worker (or SELECT pg_terminate_backend(pid)) and launch again, or raise $GAPSWEEP_LOCK_TIMEOUT_S"
+            ) from None
+        self._conn = conn
+
+    def _advisory_holder(self, conn: Connection) -> str:
+        unsigned = _key(self.study) & 0xFFFFFFFFFFFFFFFF
+        row = conn.execute(
+            sa.text(
+                "SELECT l.pid, a.application_name, a.client_addr, a.backend_start FROM pg_locks l "
+                "JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' AND l.granted "
+                "AND l.classid = :high AND l.objid = :low AND l.objsubid = 1"
+            ),
+            {"high": unsigned >> 32, "low": unsigned & 0xFFFFFFFF},
+        ).first()
+        conn.rollback()
+        if row is None:
+            return "another session (gone by now)"
+        client = f" from {row.client_addr}" if row.client_addr else ""
+        app = f" ({row.application_name})" if row.application_name else ""
+        return f"PostgreSQL backend pid {row.pid}{app}{client}, connected since {row.backend_start:%Y-%m-%d %H:%M:%S}"
+
+    def _acquire_file(self, timeout: float) -> None:
+        path = lock_file(self.engine)
+        handle = open(path, "a+b")  # noqa: SIM115 - held open until release
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().decode(errors="replace").strip() or "an unknown process"
+                    handle.close()
+                    raise StorageError(
+                        f"study '{self.study}' stayed locked for {timeout:g} s by {holder} (lock file {path}): "
+                        "a worker hangs while claiming a trial; stop it and launch again, or raise $GAPSWEEP_LOCK_TIMEOUT_S"
+                    ) from None
+                time.sleep(_POLL_S)
+        handle.truncate(0)
+        handle.write(f"process {os.getpid()} on {socket.gethostname()} (study '{self.study}')".encode())
+        handle.flush()
+        self._file = handle
 
     def release(self) -> None:
         if self._conn is not None:
@@ -65,5 +144,3 @@ class StudyLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-

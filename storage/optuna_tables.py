@@ -40,6 +40,14 @@ trial_params = models.TrialParamModel.__table__
 trial_user_attrs = models.TrialUserAttributeModel.__table__
 trial_heartbeats = models.TrialHeartbeatModel.__table__
 
+
+
+def stored_value(value: float | None, value_type: Any) -> float:
+    """A ``trial_values`` row as the number it stands for: Optuna stores ±inf as NULL plus a
+    ``value_type``, so the bare column reads an infinite objective as missing."""
+    return float(models.TrialValueModel.stored_repr_to_value(value, value_type))
+
+
 #: Inserts that can replace a row on a repeated key, for the databases gapsweep supports.
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 

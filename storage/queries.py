@@ -263,6 +263,25 @@ class _Clocks:
         return self.database_now - (self.local_now - start)
 
 
+def _check_param_names(engine: Engine, study: str, sid: int, ranges: dict[str, ParamRange] | None) -> None:
+    """A ``--param`` name the study never searched is a typo, not an empty result."""
+    if not ranges:
+        return
+    with engine.connect() as conn:
+        known = set(
+            conn.execute(
+                sa.select(_params.c.param_name).distinct()
+                .join(_trials, _trials.c.trial_id == _params.c.trial_id).where(_trials.c.study_id == sid)
+            ).scalars()
+        )
+    unknown = sorted(set(ranges) - known)
+    if known and unknown:
+        raise ConfigError(
+            f"study '{study}' has no searched parameter {', '.join(repr(name) for name in unknown)}; "
+            f"its parameters: {', '.join(sorted(known))}"
+        )
+
+
 def _param_filters(ranges: dict[str, ParamRange] | None) -> list[Any]:
     """One EXISTS clause per parameter range, evaluated in the database."""
     clauses = []
@@ -299,6 +318,7 @@ def _ranking(
     if k < 1:
         raise ConfigError(f"--top must be >= 1, got {k}")
     sid = study_id(engine, study)
+    _check_param_names(engine, study, sid, params)
     complete = sa.and_(_trials.c.study_id == sid, _trials.c.state == TrialState.COMPLETE)
     if by == "score":
         key = _values.c.value
@@ -330,6 +350,7 @@ def list_trials(
 ) -> list[TrialRecord]:
     """All trials of ``study`` in number order, optionally only those in ``states`` and ranges."""
     sid = study_id(engine, study)
+    _check_param_names(engine, study, sid, params)
     query = sa.select(_trials.c.trial_id).where(_trials.c.study_id == sid, *_param_filters(params))
     if states:
         query = query.where(_trials.c.state.in_([_parse_state(s) for s in states]))
@@ -364,10 +385,11 @@ def _load(engine: Engine, ids: Iterable[int]) -> list[TrialRecord]:
                 _trials.c.datetime_start, _trials.c.datetime_complete,
             ).where(_trials.c.trial_id.in_(ids))
         ).all()
-        for trial_id, value in conn.execute(
-            sa.select(_values.c.trial_id, _values.c.value).where(_values.c.trial_id.in_(ids), _values.c.objective == 0)
+        for trial_id, value, value_type in conn.execute(
+            sa.select(_values.c.trial_id, _values.c.value, _values.c.value_type)
+            .where(_values.c.trial_id.in_(ids), _values.c.objective == 0)
         ):
-            values[trial_id] = value
+            values[trial_id] = tables.stored_value(value, value_type)
         for trial_id, name, value, dist in conn.execute(
             sa.select(_params.c.trial_id, _params.c.param_name, _params.c.param_value, _params.c.distribution_json)
             .where(_params.c.trial_id.in_(ids))

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gapsweep.errors import StudyNotFoundError
+from gapsweep.errors import ConfigError, StudyNotFoundError
 from gapsweep.storage import artifacts, queries
 from gapsweep.storage.engine import reading
 from gapsweep.sweeps.trial.models import model_from_bytes
@@ -22,6 +22,11 @@ def load_best_model(study: str, storage: str | None = None, *, trial: int | None
 
 def export_best(study: str, out: str | os.PathLike[str], storage: str | None = None, *, trial: int | None = None) -> artifacts.Artifact:
     """Write the best (or a given) trial's model to ``out`` as a ``.keras`` file."""
+    destination = Path(out)
+    if destination.is_dir():
+        raise ConfigError(f"{destination} is a folder; --out names the file to write, e.g. {destination / 'model.keras'}")
+    if not destination.parent.is_dir():
+        raise ConfigError(f"folder {destination.parent} does not exist; create it or choose another --out")
     artifact = _best_artifact(study, storage, trial)
     Path(out).write_bytes(artifact.data)
     return artifact

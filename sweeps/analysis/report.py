@@ -78,6 +78,8 @@ def build_report(study: str, storage: str | None = None, *, top: int = 5) -> Rep
 def check_destination(out: Path, fmt: str) -> None:
     """Refuse an unusable ``--out`` before any plot is drawn: an HTML file needs an existing folder,
     PNG files need a folder (created if missing) rather than a file."""
+    if fmt == "html" and out.is_dir():
+        raise ConfigError(f"{out} is a folder; --out names the HTML file to write, e.g. {out / 'report.html'}")
     if fmt == "html" and not out.parent.is_dir():
         raise ConfigError(f"folder {out.parent} does not exist; create it or choose another --out")
     if fmt == "png" and out.exists() and not out.is_dir():

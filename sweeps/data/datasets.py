@@ -8,6 +8,7 @@ training split alone, so nothing leaks from val or test into training.
 from __future__ import annotations
 
 import csv
+import zipfile
 import functools
 import hashlib
 from dataclasses import dataclass, field
@@ -158,6 +159,8 @@ def load(spec: DataSpec) -> Splits:
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not a .npz archive (no zip inside); save one with np.savez(path, x_train=..., y_train=...)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
@@ -197,9 +200,13 @@ def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray]:
     if target not in header:
         raise DataError(f"{path} has no column '{target}'; columns are: {', '.join(header)}")
     column = header.index(target)
+    body = [row for row in rows[1:] if row]  # a blank line (e.g. at the end) is no row
+    for number, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise DataError(f"{path}: every row must have {len(header)} cells like the header; a row near line {number} has {len(row)}")
     try:
         table = np.array(
-            [[float(cell) if cell.strip() else np.nan for cell in row] for row in rows[1:]],
+            [[float(cell) if cell.strip() else np.nan for cell in row] for row in body],
             dtype="float64",
         )
     except ValueError as exc:
@@ -237,6 +244,11 @@ def _check_arrays(x: Any, y: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
     return x.astype("float32"), y
 
 
+#: A classification target needs at least this many rows per class (labels 0..K-1); fewer means
+#: y is most likely a numeric target with whole values (diabetes: 347 "classes" from 442 rows).
+MIN_ROWS_PER_CLASS = 2
+
+
 def _task(y: np.ndarray, declared: str | None) -> TaskSpec:
     integral = bool(np.all(np.equal(np.mod(y, 1), 0)))
     task = declared or ("classification" if integral and len(np.unique(y)) <= 50 else "regression")
@@ -246,7 +258,13 @@ def _task(y: np.ndarray, declared: str | None) -> TaskSpec:
                 "classification needs integer class labels 0..K-1 in y; "
                 "pass task = 'regression' for a numeric target"
             )
-        return TaskSpec(n_features=0, task="classification", n_classes=int(y.max()) + 1)
+        n_classes = int(y.max()) + 1
+        if n_classes > 2 and n_classes * MIN_ROWS_PER_CLASS > len(y):
+            raise DataError(
+                f"classification would make {n_classes} classes (labels 0..{n_classes - 1}) from {len(y)} rows, "
+                f"fewer than {MIN_ROWS_PER_CLASS} rows per class: is y a numeric target? pass task = 'regression'"
+            )
+        return TaskSpec(n_features=0, task="classification", n_classes=n_classes)
     return TaskSpec(n_features=0, task="regression", n_outputs=1 if y.ndim == 1 else y.shape[1])
 
 

@@ -6,6 +6,7 @@ A sweep file keeps space, data, objective, pruner, budget and storage in version
     space = "mlp"                 # a built-in name, a file, module.py:NAME, or an inline table
     # hypermodel = "models.py:build_model"   # or, instead of space, a KerasTuner hypermodel
     trials = 20
+    max_failures = 5              # stop after this many failed trials in a row
     pruner = "median"             # median | hyperband | sha | none
     [data]
     source = "digits"
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 
 SAMPLERS = ("tpe", "random")
 
+#: What a study stores beside its settings (to refuse mixing), not read back as a setting.
+STORED_ONLY = ("data_fingerprint",)
+
 
 @dataclass(frozen=True)
 class SweepConfig:
@@ -63,6 +67,9 @@ class SweepConfig:
     #: The project folder a ``hypermodel`` path is read from (None: the current folder): a sweep
     #: file's folder, or a worker's ``--code-dir``. Never stored: each machine has its own.
     code_dir: str | None = None
+    #: A sweep stops after this many failed trials in a row (failures spend no budget, so a
+    #: sweep whose every trial fails would otherwise run for ever).
+    max_failures: int = 5
 
     def __post_init__(self) -> None:
         if not self.study or not isinstance(self.study, str):
@@ -94,6 +101,7 @@ class SweepConfig:
                 f"got {self.hypermodel!r}"
             )
         _whole("max_epochs", self.max_epochs, 1)
+        _whole("max_failures", self.max_failures, 1)
 
     def code(self) -> code_refs.CodeRef | None:
         """The ``hypermodel`` file, found inside the project folder; one outside it is refused
@@ -119,6 +127,7 @@ class SweepConfig:
             "timeout": self.timeout,
             "seed": self.seed,
             "baseline": self.baseline,
+            "max_failures": self.max_failures,
         }
 
     @classmethod
@@ -222,4 +231,5 @@ def _relative(ref: str, base: Path) -> str:
 def stored_sweep(study: str, storage: str | None, code_dir: str | None = None) -> SweepConfig:
     """The configuration a study was launched with, bound to ``storage`` and to this machine's
     project folder ``code_dir`` (None: the current folder), where its hypermodel is looked up."""
-    return SweepConfig.from_dict(get_study_config(study, storage)).override(storage=storage, code_dir=code_dir)
+    stored = {key: value for key, value in get_study_config(study, storage).items() if key not in STORED_ONLY}
+    return SweepConfig.from_dict(stored).override(storage=storage, code_dir=code_dir)

@@ -13,27 +13,33 @@ from the dead one's last checkpoint (see ``gapsweep.sweeps.trial.checkpoints``).
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
+import logging
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
-from gapsweep.errors import ConfigError
+from gapsweep.errors import ConfigError, GapsweepError, SweepFailedError
 from gapsweep.search_spaces import code_refs
 from gapsweep.search_spaces.hypermodel import Hypermodel, SpaceHypermodel
 from gapsweep.search_spaces.loader import load_space
 from gapsweep.storage import artifacts, queries
-from gapsweep.storage.engine import describe_failure, heartbeat_settings
+from gapsweep.storage.engine import describe_failure, heartbeat_settings, sqlite_path
 from gapsweep.storage.heartbeats import open_crash_safe_storage, quiet_experimental, reap
 from gapsweep.storage.locks import StudyLock
 from gapsweep.storage.studies import CONFIG_ATTR, create_or_load, stored_config
+from gapsweep.storage.url import parse
 from gapsweep.sweeps.data import datasets
 from gapsweep.sweeps.run.config import SweepConfig
 from gapsweep.sweeps.data.datasets import Splits
@@ -67,83 +73,142 @@ class Sweep:
     storage: optuna.storages.RDBStorage
     study: optuna.Study
     stop_requested: bool = False
+    #: A worker's identity, mixed into its sampler's seed (None for ``launch``).
+    salt: str | None = None
+    #: How many trials the study holds as far as this process's sampler knows: when another
+    #: process added trials meanwhile, the sampler is seeded anew (see ``_resample_if_shared``).
+    trials_seen: int = 0
 
     def close(self) -> None:
         """Give the connections back: many short-lived workers must not exhaust the server."""
         self.storage.engine.dispose()
 
 
-def prepare(config: SweepConfig, *, salt: str | None = None) -> Sweep:
+def prepare(config: SweepConfig, *, salt: str | None = None, allow_objective_change: bool = False) -> Sweep:
     """Validate ``config``, then create or resume its study. Nothing is written before the
-    space and data have passed their checks, and no code is imported from outside the project."""
+    space and data have passed their checks, and no code is imported from outside the project.
+
+    A resumed study must see the same search space, the same data (by fingerprint) and, unless
+    ``allow_objective_change``, the same objective: otherwise its trials would mix scores that
+    cannot be compared.
+    """
     config.code()  # a hypermodel file outside the project folder is refused before anything runs
     splits = datasets.load(config.data)
     hypermodel = load_hypermodel(config, splits)
     if config.baseline is not None:
         _check_baseline(config.baseline, hypermodel)
-    stored = {**config.to_dict(), **hypermodel.describe()}
+    stored = {**config.to_dict(), **hypermodel.describe(), "data_fingerprint": splits.fingerprint}
 
     multi = config.objective.multi_objective
     directions = ["minimize", "minimize"] if multi else ["minimize"]
     storage = open_crash_safe_storage(config.storage)
-    artifacts.ensure_schema(storage.engine)
-    study = create_or_load(
-        config.study,
-        storage,
-        sampler=optuna.samplers.RandomSampler(seed=0),  # replaced below once the study's size is known
-        pruner=make_pruner("none" if multi else config.pruner, max_epochs=hypermodel.max_epochs),
-        directions=directions,
-    )
-    previous = stored_config(study)
-    keys = ("space", *hypermodel.describe())
-    changed = [
-        key for key in keys
-        if previous is not None and previous.get(key) != stored.get(key) and not _same_code(key, previous, stored, config)
-    ]
-    if len(study.directions) != len(directions):
-        storage.engine.dispose()
-        kinds = {1: "single-objective", 2: "multi-objective (val loss, gap)"}
-        raise ConfigError(
-            f"study '{config.study}' is {kinds[len(study.directions)]}; launch it the same way or under a new --study name"
+    try:
+        artifacts.ensure_schema(storage.engine)
+        study = create_or_load(
+            config.study,
+            storage,
+            sampler=optuna.samplers.RandomSampler(seed=0),  # replaced below once the study's size is known
+            pruner=_pruner(config, hypermodel),
+            directions=directions,
         )
-    if changed:
+        previous = stored_config(study)
+        if len(study.directions) != len(directions):
+            kinds = {1: "single-objective", 2: "multi-objective (val loss, gap)"}
+            raise ConfigError(
+                f"study '{config.study}' is {kinds[len(study.directions)]}; launch it the same way or under a new --study name"
+            )
+        if previous is not None:
+            _check_resume(config, previous, stored, allow_objective_change=allow_objective_change)
+        if previous is None or previous != stored:
+            study.set_user_attr(CONFIG_ATTR, stored)
+        n_existing = len(study.get_trials(deepcopy=False))
+        study.sampler = _sampler(config, n_existing=n_existing, salt=salt)
+        if config.baseline is not None and n_existing == 0:
+            # The user's current configuration runs first, so every summary can compare against it.
+            study.enqueue_trial(config.baseline, user_attrs={"baseline": True})
+            n_existing += 1
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         storage.engine.dispose()
-        what = "hypermodel" if "hypermodel" in changed else "search space"
-        raise ConfigError(
-            f"study '{config.study}' was started with a different {what}; "
-            f"resume it with the same {what} or launch under a new --study name"
-        )
-    if previous is None or previous != stored:
-        study.set_user_attr(CONFIG_ATTR, stored)
-    n_existing = len(study.get_trials(deepcopy=False))
-    study.sampler = _sampler(config, n_existing=n_existing, salt=salt)
-    if config.baseline is not None and n_existing == 0:
-        # The user's current configuration runs first, so every summary can compare against it.
-        study.enqueue_trial(config.baseline, user_attrs={"baseline": True})
-    return Sweep(config, hypermodel, splits, storage, study)
+        raise describe_failure(storage.engine.url, exc.__cause__ or exc) from None
+    except GapsweepError:
+        storage.engine.dispose()
+        raise
+    return Sweep(config, hypermodel, splits, storage, study, salt=salt, trials_seen=n_existing)
 
 
-def launch(config: SweepConfig, *, progress: bool | None = None) -> optuna.Study:
+def _check_resume(
+    config: SweepConfig, previous: dict[str, Any], stored: dict[str, Any], *, allow_objective_change: bool
+) -> None:
+    """Refuse to resume a study with another space, other data or (unless allowed) another
+    objective. Studies stored before gapsweep kept a data fingerprint are not checked for it."""
+    name = config.study
+    for key in ("space", "hypermodel"):
+        if key in stored and previous.get(key) != stored.get(key) and not _same_code(key, previous, stored, config):
+            what = "hypermodel" if key == "hypermodel" else "search space"
+            raise ConfigError(
+                f"study '{name}' was started with a different {what}; "
+                f"resume it with the same {what} or launch under a new --study name"
+            )
+    fingerprint = previous.get("data_fingerprint")
+    if fingerprint is not None and fingerprint != stored["data_fingerprint"]:
+        was, now = _data_name(previous.get("data")), _data_name(stored.get("data"))
+        raise ConfigError(
+            f"study '{name}' was started on other data ({was}, fingerprint {fingerprint}; now {now}, "
+            f"{stored['data_fingerprint']}); resume it with the same data or launch under a new --study name"
+        )
+    before, after = previous.get("objective") or {}, stored.get("objective") or {}
+    changed = [f"{key} {before[key]!r} -> {after[key]!r}" for key in after if key in before and before[key] != after[key]]
+    if changed and not allow_objective_change:
+        raise ConfigError(
+            f"study '{name}' was started with another objective ({', '.join(changed)}): its scores would not compare; "
+            "resume with the same settings, pass --allow-objective-change to score the trials still to run the new way, "
+            "or launch under a new --study name"
+        )
+
+
+def _data_name(data: Any) -> str:
+    if not isinstance(data, dict):
+        return "unknown data"
+    return str(data.get("source")) + (f", target {data['target']}" if data.get("target") else "")
+
+
+def _pruner(config: SweepConfig, hypermodel: Hypermodel) -> optuna.pruners.BasePruner:
+    """Epochs are the pruner's steps, or folds under cross-validation (a trial reports once per
+    fold, so a pruner sized in epochs would wait for steps that never come)."""
+    if config.objective.multi_objective:
+        return make_pruner("none", max_epochs=hypermodel.max_epochs)
+    if config.objective.cv:
+        return make_pruner(config.pruner, max_epochs=config.objective.cv, warmup_epochs=1)
+    return make_pruner(config.pruner, max_epochs=hypermodel.max_epochs)
+
+
+def launch(
+    config: SweepConfig, *, progress: bool | None = None, allow_objective_change: bool = False, log_file: str | Path | None = None
+) -> optuna.Study:
     """Run ``config`` until the study holds ``config.trials`` complete or pruned trials.
 
     The budget is the study's, not this call's: launching the same study again continues to
     the same total, and a larger ``trials`` extends it. ``progress=None`` shows a bar only on a
-    terminal.
+    terminal. Optuna's per-trial log (with each failed trial's traceback) goes to ``log_file``
+    (default: ``default_log_path``).
     """
-    sweep = prepare(config)
+    sweep = prepare(config, allow_objective_change=allow_objective_change)
     try:
-        run_trials(sweep, progress=progress)
+        run_trials(sweep, progress=progress, log_file=log_file)
     finally:
         sweep.close()
     return sweep.study
 
 
-def run_trials(sweep: Sweep, *, max_trials: int | None = None, progress: bool | None = None) -> int:
+def run_trials(
+    sweep: Sweep, *, max_trials: int | None = None, progress: bool | None = None, log_file: str | Path | None = None
+) -> int:
     """Claim and train trials until the budget, the timeout or ``max_trials`` is reached.
 
     Each trial is claimed under a study-wide lock that covers the budget check and the trial's
     creation, so concurrent workers never overshoot. Returns the number of trials this call
-    ran.
+    ran. A failed trial costs one line on stderr (its traceback goes to the log file); after
+    ``config.max_failures`` failures in a row the sweep stops with ``SweepFailedError``.
     """
     config, study = sweep.config, sweep.study
     keeper = ModelKeeper(sweep.storage.engine, config.study, config.objective.keep_models)
@@ -152,20 +217,32 @@ def run_trials(sweep: Sweep, *, max_trials: int | None = None, progress: bool | 
         sweep.hypermodel, sweep.splits, config.objective, seed=config.seed, keeper=keeper,
         checkpoint_engine=sweep.storage.engine, on_start=lock.release,
     )
+    log_path = Path(log_file) if log_file is not None else default_log_path(config.storage)
+    failures = _Failures(config.max_failures, log_path)
     deadline = None if config.timeout is None else time.monotonic() + config.timeout
     ran = db_errors = 0
-    with _ProgressBar(study, config.trials, progress) as bar:
+    waiting_said = False
+    with _trial_log(log_path, config.study), _ProgressBar(study, config.trials, progress) as bar:
         while max_trials is None or ran < max_trials:
             if sweep.stop_requested or (deadline is not None and time.monotonic() >= deadline):
                 break
             try:
                 lock.acquire()
                 reap(study, sweep.storage.engine)
-                work = has_work(sweep)
+                counts = queries.state_counts(sweep.storage.engine, config.study)
+                work = _work_in(counts, config.trials)
                 if work is None:
                     break
                 if work:
-                    study.optimize(objective, n_trials=1, catch=(TrainingDiverged,), callbacks=[bar], gc_after_trial=False)
+                    _resample_if_shared(sweep, counts)
+                    study.optimize(
+                        _FailureGuard(objective), n_trials=1, catch=(TrainingDiverged, TrialFailed),
+                        callbacks=[bar, failures], gc_after_trial=False,
+                    )
+            except KeyboardInterrupt:
+                # Stopped at once (a second Ctrl-C): the trial Optuna just failed is queued again.
+                _requeue(study, objective.last_trial)
+                raise
             except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
                 # A dropped connection fails at most this trial, whose parameters are queued
                 # again; the pool reconnects on the next checkout (pool_pre_ping).
@@ -182,15 +259,129 @@ def run_trials(sweep: Sweep, *, max_trials: int | None = None, progress: bool | 
             if not work:
                 # Other workers' trials are still running; if one of them died, its trial turns
                 # stale and is queued again, so wait instead of leaving it behind.
+                if not waiting_said:
+                    waiting_said = True
+                    tqdm.write(
+                        f"gapsweep: the budget is taken; waiting for {counts['RUNNING']} running trial(s) to finish "
+                        f"(a trial whose worker died is retried after {heartbeat_settings()[1]} s without a heartbeat)",
+                        file=sys.stderr,
+                    )
                 time.sleep(min(IDLE_POLL_S, heartbeat_settings()[0]))
                 continue
             ran += 1
             db_errors = 0
+            if failures.exhausted:
+                raise SweepFailedError(failures.verdict(ran))
     return ran
 
 
+class TrialFailed(RuntimeError):
+    """A trial raised an error that is neither a user mistake nor a database failure (a Keras
+    error for some parameters, memory): that trial fails with its reason and the sweep goes on."""
+
+
+class _FailureGuard:
+    """The objective, with any trial error other than pruning, divergence, a user mistake or a
+    database failure turned into ``TrialFailed`` with its reason recorded as ``fail_reason``."""
+
+    def __init__(self, objective: Callable[[optuna.Trial], Any]) -> None:
+        self.objective = objective
+
+    def __call__(self, trial: optuna.Trial) -> Any:
+        try:
+            return self.objective(trial)
+        except (optuna.TrialPruned, TrainingDiverged, GapsweepError, SQLAlchemyError, optuna.exceptions.StorageInternalError):
+            raise
+        except Exception as exc:
+            text = str(exc).strip()
+            reason = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+            trial.set_user_attr("fail_reason", reason)
+            raise TrialFailed(reason) from exc
+
+
+class _Failures:
+    """An Optuna callback: one stderr line per failed trial, and a count of failures in a row."""
+
+    def __init__(self, limit: int, log_path: Path) -> None:
+        self.limit = limit
+        self.log_path = log_path
+        self.in_a_row: list[str] = []
+        self.succeeded = False
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state in COUNTED:
+            self.in_a_row.clear()
+            self.succeeded = True
+        elif trial.state == TrialState.FAIL:
+            reason = str(trial.user_attrs.get("fail_reason") or f"see {self.log_path}")
+            self.in_a_row.append(reason)
+            tqdm.write(f"gapsweep: trial {trial.number} failed: {reason}", file=sys.stderr)
+
+    @property
+    def exhausted(self) -> bool:
+        return len(self.in_a_row) >= self.limit
+
+    def verdict(self, ran: int) -> str:
+        """One line: how many failed, their most common reason, and where the tracebacks are."""
+        kinds = collections.Counter(_reason_kind(reason) for reason in self.in_a_row)
+        kind, count = kinds.most_common(1)[0]
+        example = next(reason for reason in reversed(self.in_a_row) if _reason_kind(reason) == kind)
+        head = (
+            f"every trial failed ({len(self.in_a_row)} of {ran})" if not self.succeeded and ran == len(self.in_a_row)
+            else f"the last {len(self.in_a_row)} trials failed in a row"
+        )
+        share = "" if count == len(self.in_a_row) else f" ({count} of them)"
+        return f"{head}, so the sweep stopped: {example}{share}; tracebacks in {self.log_path} (raise max_failures to go on longer)"
+
+
+def _reason_kind(reason: str) -> str:
+    """A failure reason without its numbers, so the same failure at other epochs reads as one."""
+    return re.sub(r"[-+]?(\d[\d.]*(e[-+]?\d+)?|nan|inf)", "#", reason)
+
+
+def default_log_path(storage: str | None) -> Path:
+    """Where a sweep's Optuna log goes: beside a SQLite database (``sweeps.db`` →
+    ``sweeps.log``), else ``gapsweep.log`` in the working folder."""
+    path = sqlite_path(parse(storage))
+    return path.with_suffix(".log") if path is not None else Path("gapsweep.log")
+
+
+@contextlib.contextmanager
+def _trial_log(path: Path, study: str) -> Iterator[None]:
+    """Send Optuna's log (a traceback per failed trial) to ``path`` instead of the console. The
+    file is opened on the first record, so a sweep that logs nothing writes no file."""
+    logger = logging.getLogger("optuna")
+    handler = logging.FileHandler(path, delay=True, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [{study}] %(message)s"))
+    optuna.logging.disable_default_handler()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.setLevel(level)
+        optuna.logging.enable_default_handler()
+
+
+def _resample_if_shared(sweep: Sweep, counts: dict[str, int]) -> None:
+    """Seed the sampler anew when another process added trials since this one last claimed.
+
+    Two ``launch`` processes on one study start from the same seed; without this both would
+    draw the same parameters. Claims happen under the study lock, so the study's size at a claim
+    is unique to that claim, and a seed derived from it is too. A lone process never reseeds,
+    so its draws stay those of its seed.
+    """
+    total = sum(counts.values())
+    if total != sweep.trials_seen:
+        sweep.study.sampler = _sampler(sweep.config, n_existing=total, salt=sweep.salt)
+    sweep.trials_seen = total + (0 if counts["WAITING"] else 1)
+
+
 def _requeue(study: optuna.Study, number: int | None) -> None:
-    """Queue the parameters of a trial that a database error failed, so none is lost.
+    """Queue the parameters of a trial that a database error or an interrupt failed, so none is lost.
 
     A trial left RUNNING (its final write never arrived) needs nothing: its heartbeat goes
     stale and Optuna's retry callback queues it.
@@ -215,8 +406,11 @@ def has_work(sweep: Sweep) -> bool | None:
     Counted in SQL: loading every trial (with its curves) before each claim would grow with
     the study.
     """
-    counts = queries.state_counts(sweep.storage.engine, sweep.config.study)
-    if counts["WAITING"] or sum(counts[state.name] for state in COUNTED) + counts["RUNNING"] < sweep.config.trials:
+    return _work_in(queries.state_counts(sweep.storage.engine, sweep.config.study), sweep.config.trials)
+
+
+def _work_in(counts: dict[str, int], budget: int) -> bool | None:
+    if counts["WAITING"] or sum(counts[state.name] for state in COUNTED) + counts["RUNNING"] < budget:
         return True
     return False if counts["RUNNING"] else None
 

@@ -150,7 +150,8 @@ class Objective:
                 running = statistics.fmean(s.value for s in scores)
                 if not self.settings.multi_objective:
                     trial.report(running, step=index)
-                    if trial.should_prune():
+                    # After the last fold there is nothing left to save: a trained trial completes.
+                    if index < self.settings.cv - 1 and trial.should_prune():
                         raise optuna.TrialPruned(f"pruned after fold {index} with mean score {running:.4f}")
         attrs["fold_scores"] = [s.value for s in scores]
         attrs["fold_best_epochs"] = [s.epoch for s in scores]

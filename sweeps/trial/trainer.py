@@ -34,7 +34,24 @@ _EVAL_BATCH = 1024
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the trial fails with this reason and the sweep goes on."""
+    """The loss became NaN or infinite, or exploded; the trial fails with this reason and the
+    sweep goes on."""
+
+
+#: A loss this many times that of predicting a constant has exploded: 1e6 × log K for a
+#: classifier, 1e6 × the target's variance for a regressor. Far above any loss a model that
+#: learns anything reaches, far below the 1e18 a runaway learning rate gives.
+EXPLOSION_FACTOR = 1e6
+
+
+def explosion_limit(splits: Splits) -> float:
+    """The loss above which a trial counts as diverged: ``EXPLOSION_FACTOR`` times the loss of a
+    constant prediction (at least 1, so a near-constant target does not make it tiny)."""
+    if splits.task.task == "classification":
+        reference = math.log(max(splits.task.n_classes, 2))
+    else:
+        reference = float(np.mean(np.var(splits.y_train, axis=0))) if len(splits.y_train) else 1.0
+    return EXPLOSION_FACTOR * max(reference, 1.0)
 
 
 @dataclass
@@ -85,7 +102,7 @@ def _datasets(splits: Splits, batch_size: int, seed: int) -> tuple["tf.data.Data
     return train, train_eval, val
 
 
-def _gap_monitor(train_eval: "tf.data.Dataset", curves: Curves, penalty: float) -> Any:
+def _gap_monitor(train_eval: "tf.data.Dataset", curves: Curves, penalty: float, limit: float) -> Any:
     import keras
 
     class GapMonitor(keras.callbacks.Callback):
@@ -100,6 +117,11 @@ def _gap_monitor(train_eval: "tf.data.Dataset", curves: Curves, penalty: float) 
             if not (math.isfinite(train) and math.isfinite(val) and math.isfinite(float(logs.get("loss", 0.0)))):
                 raise TrainingDiverged(
                     f"loss became non-finite at epoch {epoch} (train {train}, val {val}); "
+                    "lower the learning rate or its upper bound"
+                )
+            if max(train, val) > limit:
+                raise TrainingDiverged(
+                    f"loss exploded at epoch {epoch} (train {train:.3g}, val {val:.3g}, above {limit:.3g}); "
                     "lower the learning rate or its upper bound"
                 )
             logs["train_pure_loss"] = train
@@ -193,7 +215,7 @@ def train(
     ensure_pure_loss(model)
     train_ds, train_eval, val_ds = _datasets(splits, fit.batch_size, seed)
     early_stopping = _early_stopping(patience, resume)
-    callbacks: list[Any] = [_gap_monitor(train_eval, curves, penalty), early_stopping]
+    callbacks: list[Any] = [_gap_monitor(train_eval, curves, penalty, explosion_limit(splits)), early_stopping]
     if trial is not None:
         callbacks.append(pruning_callback(trial, monitor="score"))
     if checkpoints is not None:

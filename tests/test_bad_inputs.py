@@ -1,0 +1,245 @@
+"""The bad-input suite: every user mistake through the real CLI entry point ends in exactly one
+line on stderr naming the problem, a non-zero exit, no traceback, and nothing half-written (no
+new file, no change inside an existing database).
+
+Each case runs ``gapsweep.cli.main`` in-process on its own folder; all of them fail before any
+model trains, so the suite stays in the quick tier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import optuna
+import pytest
+
+from fake_trials import add_mixed_trials
+from gapsweep.cli import main
+
+Argv = Callable[[Path, str], list[str]]
+Setup = Callable[[Path, str], None]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    argv: Argv
+    says: str  #: a fragment the one line must hold
+    setup: Setup | None = None
+    code: int = 1
+
+
+def write(name: str, text: str) -> Setup:
+    def setup(folder: Path, url: str) -> None:
+        (folder / name).write_text(text)
+
+    return setup
+
+
+def npz(name: str, **arrays: np.ndarray) -> Setup:
+    def setup(folder: Path, url: str) -> None:
+        np.savez(folder / name, **arrays)
+
+    return setup
+
+
+def both(*setups: Setup) -> Setup:
+    def setup(folder: Path, url: str) -> None:
+        for step in setups:
+            step(folder, url)
+
+    return setup
+
+
+def launch(*extra: str) -> Argv:
+    return lambda folder, url: ["launch", *extra, "--storage", url, "--no-progress"]
+
+
+def command(*words: str) -> Argv:
+    return lambda folder, url: [*words, "--storage", url]
+
+
+def space_case(name: str, toml: str, says: str) -> Case:
+    return Case(name, launch("--space", "space.toml"), says, write("space.toml", toml))
+
+
+SWEEP = """study = "s"
+trials = 2
+[space]
+l2 = {type = "float", low = 1e-6, high = 1e-2, log = true}
+units = {type = "int", low = 8, high = 32}
+epochs = 2
+[data]
+source = "digits"
+train_fraction = 0.3
+"""
+
+
+def created_study(folder: Path, url: str) -> None:
+    """A study as `launch --create-only` leaves it: configuration stored, no trial yet."""
+    (folder / "s.toml").write_text(SWEEP)
+    assert main(["launch", "s.toml", "--storage", url, "--create-only"]) == 0
+
+
+def fake_study(folder: Path, url: str) -> None:
+    """A study of constructed trials (complete, pruned, failed), no stored model."""
+    study = optuna.create_study(study_name="real", storage=url)
+    study.set_user_attr("gapsweep.config", {"objective": {"gap_penalty": 1.0, "patience": 5}})
+    add_mixed_trials(study)
+
+
+def not_a_gapsweep_study(folder: Path, url: str) -> None:
+    optuna.create_study(study_name="plain", storage=url)
+
+
+X = np.random.default_rng(0).normal(size=(40, 3))
+
+CASES = [
+    # The search space.
+    space_case("space-low-above-high", '[l2]\ntype = "float"\nlow = 1\nhigh = 0.1\n', "greater than high"),
+    Case("space-unknown-builtin", launch("--space", "resnet"), "unknown search space 'resnet'"),
+    Case("space-file-missing", launch("--space", "nowhere.toml"), "file not found: nowhere.toml"),
+    space_case("space-invalid-toml", "[l2\ntype = float\n", "is not valid TOML"),
+    space_case("space-typo-in-a-name", "[dropuot]\ntype = 'float'\nlow = 0.0\nhigh = 0.5\n", "dropuot"),
+    space_case("space-negative-l2", "[l2]\ntype = 'float'\nlow = -0.01\nhigh = 0.1\n", "l2 must be a number >= 0"),
+    space_case("space-dropout-reaches-1", "[dropout]\ntype = 'float'\nlow = 0.0\nhigh = 1.0\n", "dropout must be a number in [0, 1)"),
+    space_case("space-zero-units", "[units]\ntype = 'int'\nlow = 0\nhigh = 8\n", "units must be a whole number >= 1"),
+    space_case("space-unknown-optimizer", "optimizer = 'adagrad'\n", "optimizer must be one of"),
+    space_case("space-zero-batch-size", "batch_size = [0, 32]\n", "batch_size must be a whole number >= 1"),
+    space_case("space-zero-epochs", "epochs = 0\n", "epochs must be a whole number >= 1"),
+    space_case("space-zero-learning-rate", "[learning_rate]\ntype = 'float'\nlow = 0.0\nhigh = 0.1\n", "learning_rate must be a number > 0"),
+    space_case("space-unknown-activation", "activation = ['relu', 'rleu']\n", "activation must be a Keras activation"),
+    space_case("space-log-from-zero", "[l2]\ntype = 'float'\nlow = 0.0\nhigh = 0.1\nlog = true\n", "log-scale range needs low > 0"),
+    space_case("space-int-with-fraction", "[units]\ntype = 'int'\nlow = 8.5\nhigh = 32\n", "int bounds and step must be integers"),
+    space_case("space-unknown-type", "[units]\ntype = 'choice'\nvalues = [1, 2]\n", "unknown type 'choice'"),
+    space_case("space-unknown-key", "[units]\ntype = 'int'\nlow = 8\nhigh = 32\nlog_scale = true\n", "unknown key(s) log_scale"),
+    space_case("space-duplicate-choices", "batch_size = [32, 32]\n", "duplicates"),
+    space_case("space-step-and-log", "[l2]\ntype = 'float'\nlow = 1e-6\nhigh = 1e-2\nlog = true\nstep = 0.001\n", "cannot be combined"),
+    space_case("space-empty", "", "the search space is empty"),
+    Case("space-python-file-missing", launch("--space", "nowhere.py:SPACE"), "file not found: nowhere.py"),
+    # The data.
+    Case("data-unknown-name", launch("--data", "mnist"), "unknown data 'mnist'"),
+    Case("data-npz-missing", launch("--data", "nowhere.npz"), "data file not found: nowhere.npz"),
+    Case("data-npz-is-text", launch("--data", "fake.npz"), "is not a .npz archive", write("fake.npz", "x,y\n1,2\n")),
+    Case("data-npz-without-y", launch("--data", "d.npz"), "lacks y_train", npz("d.npz", x_train=X)),
+    Case("data-npz-nan", launch("--data", "d.npz"), "NaN/inf", npz("d.npz", x_train=np.full((20, 3), np.nan), y_train=np.zeros(20))),
+    Case("data-npz-row-mismatch", launch("--data", "d.npz"), "x has 20 rows but y has 19", npz("d.npz", x_train=np.zeros((20, 3)), y_train=np.zeros(19))),
+    Case("data-npz-1d-x", launch("--data", "d.npz"), "x must be 2-D", npz("d.npz", x_train=np.zeros(20), y_train=np.zeros(20))),
+    Case("data-npz-val-without-y", launch("--data", "d.npz"), "only one of x_val/y_val", npz("d.npz", x_train=X, y_train=np.zeros(40), x_val=X)),
+    Case("data-npz-too-few-rows", launch("--data", "d.npz"), "raise the fractions or add data", npz("d.npz", x_train=X[:3], y_train=np.arange(3) % 2)),
+    Case("data-negative-labels", launch("--data", "d.npz", "--task", "classification"), "integer class labels 0..K-1", npz("d.npz", x_train=X, y_train=np.arange(40) % 2 - 1)),
+    Case("data-classification-on-a-regression-target", launch("--data", "diabetes", "--task", "classification"), "pass task = 'regression'"),
+    Case("data-classification-on-fractions", launch("--data", "d.npz", "--task", "classification"), "integer class labels", npz("d.npz", x_train=X, y_train=np.linspace(0, 1, 40))),
+    Case("data-csv-without-target", launch("--data", "d.csv"), "--target COLUMN", write("d.csv", "a,b,y\n1,2,0\n")),
+    Case("data-csv-unknown-target", launch("--data", "d.csv", "--target", "label"), "has no column 'label'", write("d.csv", "a,b,y\n1,2,0\n")),
+    Case("data-csv-text-cell", launch("--data", "d.csv", "--target", "y"), "every cell must be a number", write("d.csv", "a,b,y\n1,red,0\n")),
+    Case("data-csv-header-only", launch("--data", "d.csv", "--target", "y"), "at least one data row", write("d.csv", "a,b,y\n")),
+    Case("data-csv-ragged-row", launch("--data", "d.csv", "--target", "y"), "every row must have 3 cells", write("d.csv", "a,b,y\n1,2,0\n1,2\n")),
+    Case("data-train-fraction-above-1", launch("--train-fraction", "1.5"), "split fractions must lie in (0, 1]"),
+    Case("data-fractions-above-1", launch("s.toml"), "add up to 1.200", write("s.toml", "[data]\nsource = 'digits'\ntrain_fraction = 0.8\nval_fraction = 0.2\ntest_fraction = 0.2\n")),
+    Case("data-synthetic-unknown-option", launch("s.toml"), "unknown synthetic data option(s) rows", write("s.toml", "[data]\nsource = 'synthetic'\noptions = {rows = 10}\n")),
+    # The sweep file and flags.
+    Case("sweep-file-missing", launch("nowhere.toml"), "file not found: nowhere.toml"),
+    Case("sweep-unknown-pruner", launch("s.toml"), "unknown pruner 'sometimes'", write("s.toml", 'study = "s"\npruner = "sometimes"\n')),
+    Case("sweep-unknown-key", launch("s.toml"), "unknown sweep setting(s) trails", write("s.toml", 'study = "s"\ntrails = 5\n')),
+    Case("sweep-negative-gap-penalty", launch("s.toml"), "gap_penalty must be a number >= 0", write("s.toml", "[objective]\ngap_penalty = -1\n")),
+    Case("sweep-objective-not-a-table", launch("s.toml"), "[objective] must be a table", write("s.toml", "objective = 3\n")),
+    Case("sweep-unknown-objective-key", launch("s.toml"), "unknown [objective] setting(s) penalty", write("s.toml", "[objective]\npenalty = 1\n")),
+    Case("sweep-yaml-list", launch("s.yaml"), "must hold a table", write("s.yaml", "- 1\n- 2\n")),
+    Case("sweep-zero-max-failures", launch("s.toml"), "max_failures must be a whole number >= 1", write("s.toml", "max_failures = 0\n")),
+    Case("flag-zero-trials", launch("--trials", "0"), "trials must be a whole number >= 1"),
+    Case("flag-zero-timeout", launch("--timeout", "0"), "timeout must be > 0"),
+    Case("flag-zero-patience", launch("--patience", "0"), "patience must be a whole number >= 1"),
+    Case("flag-zero-max-failures", launch("--max-failures", "0"), "max_failures must be a whole number >= 1"),
+    Case("flag-cv-1", launch("--cv", "1"), "cv must be a whole number >= 2"),
+    Case("flag-max-gap-with-random-sampler", launch("--max-gap", "0.1", "--sampler", "random"), "max_gap needs the tpe sampler"),
+    Case("flag-space-and-hypermodel", launch("--space", "mlp", "--hypermodel", "m.py:build"), "give one of them"),
+    Case("flag-hypermodel-not-a-reference", launch("--hypermodel", "models.py"), "hypermodel must be 'path/to/module.py:NAME'"),
+    Case("flag-baseline-missing", launch("--baseline", "nowhere.json"), "baseline file not found"),
+    Case("flag-baseline-not-json", launch("--baseline", "b.json"), "is not valid JSON", write("b.json", "{units: 3")),
+    Case("flag-baseline-unknown-parameter", launch("--baseline", "b.json"), "baseline names parameter(s) nosuch", write("b.json", '{"nosuch": 1}')),
+    Case("flag-trials-not-a-number", launch("--trials", "many"), "invalid int value: 'many'", code=2),
+    Case("flag-unknown", launch("--trails", "3"), "unrecognized arguments: --trails", code=2),
+    # The database.
+    Case("storage-mysql", lambda folder, url: ["launch", "--storage", "mysql://u:hunter2@localhost/db"], "unsupported database driver 'mysql'"),
+    Case("storage-not-a-url", lambda folder, url: ["launch", "--storage", "::nonsense::"], "is not a database URL"),
+    Case("storage-missing-folder", lambda folder, url: ["launch", "--storage", f"sqlite:///{folder}/no/such/x.db"], "does not exist"),
+    Case("storage-not-sqlite", lambda folder, url: ["launch", "--storage", f"sqlite:///{folder}/notes.txt"], "is not a SQLite database", write("notes.txt", "hello, this is text\n" * 20)),
+    Case("storage-a-folder", lambda folder, url: ["launch", "--storage", f"sqlite:///{folder}/dir"], "is a folder", lambda folder, url: (folder / "dir").mkdir()),
+    # Resuming a study with other settings.
+    Case("resume-other-data", launch("s.toml", "--data", "wine"), "was started on other data (digits", created_study),
+    Case("resume-other-train-fraction", launch("s.toml", "--train-fraction", "0.5"), "was started on other data", created_study),
+    Case("resume-other-gap-penalty", launch("s.toml", "--gap-penalty", "3"), "gap_penalty 1.0 -> 3.0", created_study),
+    Case("resume-other-space", launch("s.toml", "--space", "mlp"), "different search space", created_study),
+    Case("resume-multi-objective", launch("s.toml", "--multi-objective"), "is single-objective", created_study),
+    # Queries, exports, deletes.
+    Case("best-no-database", command("best", "--study", "x"), "no database at"),
+    Case("best-unknown-study", command("best", "--study", "x"), "no study named 'x'", fake_study),
+    Case("best-unknown-param", command("best", "--study", "real", "--param", "nosuch=1:2"), "no searched parameter 'nosuch'", fake_study),
+    Case("best-zero-top", command("best", "--study", "real", "--top", "0"), "--top must be >= 1", fake_study),
+    Case("best-bad-param-range", command("best", "--study", "real", "--param", "units"), "expected NAME=LOW:HIGH", fake_study, code=2),
+    Case("trials-unknown-state", command("trials", "--study", "real", "--state", "done"), "unknown trial state 'done'", fake_study),
+    Case("trials-unknown-param", command("trials", "--study", "real", "--param", "nosuch=1:"), "no searched parameter", fake_study),
+    Case("show-unknown-trial", command("show", "real", "99"), "has no trial number 99", fake_study),
+    Case("export-to-a-folder", command("export", "real", "--out", "."), "is a folder", fake_study),
+    Case("export-without-a-model", command("export", "real", "--out", "m.keras"), "has no stored model", fake_study),
+    Case("report-to-a-folder", command("report", "--study", "real", "--out", "."), "is a folder", fake_study),
+    Case("report-into-a-missing-folder", command("report", "--study", "real", "--out", "no/r.html"), "does not exist", fake_study),
+    Case("delete-unknown-study", command("delete", "ghost", "--yes"), "no study named 'ghost'", fake_study),
+    Case("delete-without-confirmation", command("delete", "real"), "pass --yes", fake_study),
+    Case("delete-no-database", command("delete", "real", "--yes"), "no database at"),
+    Case("worker-on-a-plain-optuna-study", command("worker", "--study", "plain"), "was not created by gapsweep launch", not_a_gapsweep_study),
+    Case("reap-unknown-study", command("reap", "--study", "ghost"), "no study named 'ghost'", fake_study),
+    Case("missing-study-flag", lambda folder, url: ["best"], "the following arguments are required: --study", code=2),
+    Case("unknown-command", lambda folder, url: ["sweep"], "invalid choice: 'sweep'", code=2),
+]
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` by content; a SQLite database by its SQL dump (its WAL files
+    come and go with connections and are left out)."""
+    state = {}
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.name.endswith(("-wal", "-shm", "-journal")):
+            continue
+        key = str(path.relative_to(folder))
+        data = path.read_bytes()
+        if data.startswith(b"SQLite format 3"):
+            conn = sqlite3.connect(path)
+            try:
+                data = "\n".join(conn.iterdump()).encode()
+            finally:
+                conn.close()
+        state[key] = hashlib.sha256(data).hexdigest()
+    return state
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_a_bad_input_ends_in_one_line_and_writes_nothing(case: Case, tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False, raising=False)
+    url = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    if case.setup is not None:
+        case.setup(tmp_path, url)
+    capsys.readouterr()
+    before = _snapshot(tmp_path)
+    try:
+        code = main(case.argv(tmp_path, url))
+    except SystemExit as exit_:  # argparse's usage errors
+        code = exit_.code
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code == case.code, (code, out, err)
+    assert len(lines) == 1, err
+    assert case.says in lines[0], lines[0]
+    assert "error" in lines[0] and "Traceback" not in out + err
+    assert _snapshot(tmp_path) == before, "the failed command wrote something"
+
+
+def test_the_suite_covers_at_least_fifty_inputs():
+    assert len(CASES) >= 50 and len({case.name for case in CASES}) == len(CASES)
