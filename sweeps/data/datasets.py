@@ -110,6 +110,14 @@ def _digits(options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return bunch.data.astype("float32"), bunch.target.astype("int64")
 
 
+def _digits_images(options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Digits as 8×8×1 images, for convolutional models (the ``cnn`` space)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images[..., None].astype("float32"), bunch.target.astype("int64")
+
+
 def _sklearn(loader_name: str) -> Callable[[dict[str, Any]], tuple[np.ndarray, np.ndarray]]:
     def load(options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         import sklearn.datasets
@@ -149,6 +157,7 @@ def _synthetic(options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 
 BUILTIN: dict[str, Callable[[dict[str, Any]], tuple[np.ndarray, np.ndarray]]] = {
     "digits": _digits,
+    "digits-images": _digits_images,
     "wine": _sklearn("load_wine"),
     "breast_cancer": _sklearn("load_breast_cancer"),
     "diabetes": _sklearn("load_diabetes"),
@@ -400,9 +409,7 @@ def _check_arrays(x: Any, y: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x)
     y = np.asarray(y)
     if x.ndim == 1:
-        raise DataError(f"{where}: x must be 2-D (rows × features), got shape {x.shape}; reshape(-1, 1)")
-    if x.ndim > 2:
-        x = x.reshape(len(x), -1)
+        raise DataError(f"{where}: x must be 2-D (rows × features) or more (rows × height × width × channels), got shape {x.shape}; reshape(-1, 1)")
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if len(x) != len(y):
@@ -501,7 +508,9 @@ def _finish(arrays: dict[str, Any], task: TaskSpec, classes: tuple[str, ...], ta
         for name in ("val", "test"):
             key = f"x_{name}"
             if key in arrays and len(arrays[key]) and arrays[key].shape[1:] != train.shape[1:]:
-                raise DataError(f"x_{name} has {arrays[key].shape[1]} features but x_train has {train.shape[1]}")
+                if train.ndim == 2 and arrays[key].ndim == 2:
+                    raise DataError(f"x_{name} has {arrays[key].shape[1]} features but x_train has {train.shape[1]}")
+                raise DataError(f"x_{name} rows have shape {arrays[key].shape[1:]} but x_train rows {train.shape[1:]}")
     labels = "int64" if task.task == "classification" else "float32"
     if task.task == "classification":
         n_classes = max(
@@ -513,11 +522,12 @@ def _finish(arrays: dict[str, Any], task: TaskSpec, classes: tuple[str, ...], ta
     empty = take(train, np.zeros(0, dtype=np.int64))
     raw_test = arrays.get("x_test", empty)
     x_train = preprocessing.apply(train)
-    n_features = x_train.shape[1]
+    shape = tuple(int(size) for size in x_train.shape[1:])
+    n_features = math.prod(shape)
     if task.task == "classification":
-        task = TaskSpec(n_features=n_features, task="classification", n_classes=n_classes)
+        task = TaskSpec(n_features=n_features, task="classification", n_classes=n_classes, input_shape=shape)
     else:
-        task = TaskSpec(n_features=n_features, task="regression", n_outputs=task.n_outputs)
+        task = TaskSpec(n_features=n_features, task="regression", n_outputs=task.n_outputs, input_shape=shape)
     return Splits(
         x_train=x_train,
         y_train=arrays["y_train"].astype(labels),
