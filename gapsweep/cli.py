@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of --space: a KerasTuner build_model(hp) function or HyperModel in a Python file",
     )
     launch.add_argument("--max-epochs", type=int, help="epoch budget of a --hypermodel trial whose fit sets none, and the cap on any (default 20)")
-    launch.add_argument("--data", help="digits, wine, breast_cancer, diabetes, synthetic, a .npz or a .csv file")
+    launch.add_argument("--data", help="digits, digits-images, wine, breast_cancer, diabetes, synthetic, a .npz or a .csv file (see docs/data.md)")
     launch.add_argument("--target", help="target column of a CSV file")
     launch.add_argument(
         "--missing", choices=("impute", "refuse"),
