@@ -5,6 +5,7 @@ Run any of them as a gapsweep study, unchanged:
     gapsweep launch --hypermodel examples/keras_tuner_models.py:build_model --data digits --trials 5
     gapsweep launch --hypermodel examples/keras_tuner_models.py:build_conditional_model --data digits --trials 5
     gapsweep launch --hypermodel examples/keras_tuner_models.py:MyHyperModel --data digits --trials 5
+    gapsweep launch --hypermodel examples/keras_tuner_models.py:build_image_model --data digits-images --trials 5
 
 Digits has 64 features and 10 classes with integer labels, hence ``sparse_categorical_crossentropy``
 where KerasTuner's MNIST examples use one-hot labels.
@@ -13,6 +14,23 @@ where KerasTuner's MNIST examples use one-hot labels.
 import keras
 import keras_tuner as kt
 from keras import layers
+
+
+def build_image_model(hp):
+    """A convolutional build function for digits as 8×8×1 images (``--data digits-images``)."""
+    model = keras.Sequential([keras.Input(shape=(8, 8, 1))])
+    for block in range(hp.Int("conv_blocks", 1, 2)):
+        model.add(layers.Conv2D(hp.Int(f"filters_{block}", 8, 32, step=8), 3, padding="same", activation="relu"))
+        model.add(layers.MaxPooling2D(2))
+    model.add(layers.Flatten())
+    model.add(layers.Dense(hp.Int("units", 16, 64, step=16), activation="relu"))
+    model.add(layers.Dense(10, activation="softmax"))
+    model.compile(
+        optimizer=keras.optimizers.Adam(hp.Float("lr", 1e-3, 1e-2, sampling="log")),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
 
 
 def build_model(hp):

@@ -33,6 +33,7 @@ _EXPORTS = {
     "get_trial": "gapsweep.api",
     "load_best_model": "gapsweep.sweeps.analysis.export",
     "export_best": "gapsweep.sweeps.analysis.export",
+    "model_info": "gapsweep.sweeps.data.preprocessing",
     "GapsweepError": "gapsweep.errors",
 }
 

@@ -99,8 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of --space: a KerasTuner build_model(hp) function or HyperModel in a Python file",
     )
     launch.add_argument("--max-epochs", type=int, help="epoch budget of a --hypermodel trial whose fit sets none, and the cap on any (default 20)")
-    launch.add_argument("--data", help="digits, wine, breast_cancer, diabetes, synthetic, a .npz or a .csv file")
+    launch.add_argument("--data", help="digits, digits-images, wine, breast_cancer, diabetes, synthetic, a .npz or a .csv file (see docs/data.md)")
     launch.add_argument("--target", help="target column of a CSV file")
+    launch.add_argument(
+        "--missing", choices=("impute", "refuse"),
+        help="empty CSV cells: impute (training mean plus a missing indicator; text: a category of its own; default) or refuse",
+    )
+    launch.add_argument("--ignore", action="append", metavar="COLUMN", help="leave this CSV column out (repeatable), e.g. an id")
     launch.add_argument("--task", choices=("classification", "regression"), help="override the inferred task")
     launch.add_argument("--train-fraction", type=float, help="share of rows for training (default 0.6)")
     launch.add_argument("--trials", type=int, help="the study's total budget of finished trials (default 20)")
@@ -264,7 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export", help="write the best trial's trained model to a .keras file",
         description="Write the stored model of the study's best trial (or --trial N) to a .keras file. "
-        "Models are kept for the top trials only (objective.keep_models, default 3).",
+        "Models are kept for the top trials only (objective.keep_models, default 3). The model takes raw rows: "
+        "the sweep's standardization, imputation and category encoding are Keras layers inside it, "
+        "keras.models.load_model(path).predict(rows) needs no gapsweep, and gapsweep.model_info(path) gives "
+        "its inputs and class names. An array model takes a float array; a CSV model a dict of columns by name.",
     )
     export.add_argument("study_name", metavar="STUDY")
     export.add_argument("--out", required=True, help="output path, e.g. model.keras")
@@ -272,6 +280,22 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_flag(export)
     export.add_argument("--json", action="store_true", help="print what was exported as JSON")
     export.set_defaults(run=_cmd_export)
+
+    predict = commands.add_parser(
+        "predict", help="predict new raw rows with the best trial's model, into a CSV file",
+        description="Read new rows as the training data was read (a CSV with the same columns; the target column "
+        "may be absent; or, for array data, a .npz with an array 'x'), predict them with the study's best stored "
+        "model (or --trial N, or --model FILE.keras) and write --out: for a classifier the predicted class name "
+        "and p_<class> per class, for a regressor the predicted value, one row per input row.",
+    )
+    predict.add_argument("study_name", metavar="STUDY", nargs="?", help="study whose stored model predicts (or --model)")
+    predict.add_argument("--data", required=True, help="the new rows: a .csv file (or a .npz with x for array data)")
+    predict.add_argument("--out", required=True, help="the CSV file to write, e.g. predictions.csv")
+    predict.add_argument("--trial", type=int, help="trial number (default: the best trial)")
+    predict.add_argument("--model", help="a .keras file written by gapsweep export, instead of a STUDY")
+    _storage_flag(predict)
+    predict.add_argument("--json", action="store_true", help="print what was written as JSON")
+    predict.set_defaults(run=_cmd_predict)
 
     report = commands.add_parser(
         "report", help="an HTML report (or PNG plots) of a study",
@@ -298,7 +322,10 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     data = config.data
     if args.data is not None:
         data = DataSpec(**{**data.to_dict(), "source": args.data, "options": {} if args.data != data.source else data.options})
-    data_changes = {"target": args.target, "task": args.task, "train_fraction": args.train_fraction}
+    data_changes = {
+        "target": args.target, "task": args.task, "train_fraction": args.train_fraction, "missing": args.missing,
+        "ignore": tuple(args.ignore) if args.ignore else None,
+    }
     data = replace(data, **{key: value for key, value in data_changes.items() if value is not None})
     objective = replace(
         config.objective,
@@ -556,6 +583,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(to_json(summary))
     else:
         print(f"wrote trial {artifact.trial_number} of '{args.study_name}' to {args.out} (score {artifact.meta.get('score', float('nan')):.4f})")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from gapsweep.output import to_json
+    from gapsweep.sweeps.analysis.predict import predict_file
+
+    written = predict_file(args.study_name, args.data, args.out, args.storage, trial=args.trial, model=args.model)
+    if args.json:
+        print(to_json(written.to_dict()))
+    else:
+        source = args.model if written.trial is None else f"trial {written.trial} of '{args.study_name}'"
+        print(f"wrote {written.rows} predictions of {source} to {written.out} ({', '.join(written.columns)})")
     return 0
 
 

@@ -1,7 +1,10 @@
 """Turn sampled values into a compiled Keras model.
 
 Every Dense layer carries the sampled L2 penalty, every hidden layer is followed by Dropout, and
-the optimizer runs at the sampled learning rate. The model is compiled with a *pure* loss metric
+the optimizer runs at the sampled learning rate. With ``conv_blocks`` > 0 (the ``cnn`` space) the
+input, an image ``height × width × channels``, first passes through that many convolution blocks
+(``filters`` doubling per block, ``kernel_size``, the same L2, max pooling while the image is
+larger than 1×1, dropout); otherwise an input of more than one dimension is flattened. The model is compiled with a *pure* loss metric
 (``pure_loss``) beside the training loss: Keras' ``loss``/``val_loss`` include the L2 term, so
 scores and gaps are computed from the metric instead.
 
@@ -32,6 +35,9 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 32,
     "activation": "relu",
     "optimizer": "adam",
+    "conv_blocks": 0,
+    "filters": 16,
+    "kernel_size": 3,
 }
 TRAINING_KEYS = frozenset({"epochs", "batch_size"})
 _OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -45,6 +51,12 @@ class TaskSpec:
     task: Task
     n_classes: int = 0
     n_outputs: int = 1
+    #: The shape of one input row (``(n_features,)`` for a table, ``(h, w, c)`` for images).
+    input_shape: tuple[int, ...] = ()
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.input_shape or (self.n_features,)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +64,7 @@ class TaskSpec:
             "task": self.task,
             "n_classes": self.n_classes,
             "n_outputs": self.n_outputs,
+            "input_shape": list(self.shape),
         }
 
 
@@ -90,6 +103,9 @@ _RULES: dict[str, tuple[Any, str]] = {
     "learning_rate": (lambda v: not isinstance(v, bool) and float(v) > 0, "a number > 0"),
     "optimizer": (lambda v: v in _OPTIMIZERS, f"one of {', '.join(_OPTIMIZERS)}"),
     "activation": (lambda v: isinstance(v, str) and _known_activation(v), "a Keras activation such as relu or tanh"),
+    "conv_blocks": (_whole_at_least(0), "a whole number >= 0"),
+    "filters": (_whole_at_least(1), "a whole number >= 1"),
+    "kernel_size": (_whole_at_least(1), "a whole number >= 1"),
 }
 
 
@@ -135,8 +151,22 @@ def build_model(params: Mapping[str, Any], task: TaskSpec) -> "keras.Model":
     def regularizer() -> "keras.regularizers.Regularizer | None":
         return keras.regularizers.L2(l2) if l2 > 0 else None
 
-    inputs = keras.Input(shape=(task.n_features,), name="features")
+    inputs = keras.Input(shape=task.shape, name="features")
     x = inputs
+    check_conv(values, task)
+    size = min(task.shape[:2]) if len(task.shape) == 3 else 0
+    for block in range(int(values["conv_blocks"])):
+        x = keras.layers.Conv2D(
+            int(values["filters"]) * 2**block, int(values["kernel_size"]), padding="same",
+            activation=str(values["activation"]), kernel_regularizer=regularizer(), name=f"conv_{block}",
+        )(x)
+        if size >= 2:
+            x = keras.layers.MaxPooling2D(2, name=f"pool_{block}")(x)
+            size //= 2
+        if float(values["dropout"]) > 0:
+            x = keras.layers.Dropout(float(values["dropout"]), name=f"conv_dropout_{block}")(x)
+    if len(task.shape) > 1:
+        x = keras.layers.Flatten(name="flatten")(x)
     for index in range(int(values["n_layers"])):
         x = keras.layers.Dense(
             int(values["units"]),
@@ -161,13 +191,22 @@ def build_model(params: Mapping[str, Any], task: TaskSpec) -> "keras.Model":
         )(x)
         loss = keras.losses.MeanSquaredError()
         metrics = [keras.metrics.MeanSquaredError(name="pure_loss")]
-    model = keras.Model(inputs, outputs, name="gapsweep_mlp")
+    model = keras.Model(inputs, outputs, name="gapsweep_cnn" if int(values["conv_blocks"]) else "gapsweep_mlp")
     model.compile(
         optimizer=_optimizer(str(values["optimizer"]), float(values["learning_rate"])),
         loss=loss,
         metrics=metrics,
     )
     return model
+
+
+def check_conv(params: Mapping[str, Any], task: TaskSpec) -> None:
+    """Convolution blocks need images: rows of height × width × channels."""
+    if int(params.get("conv_blocks", 0)) > 0 and len(task.shape) != 3:
+        raise SpaceError(
+            f"conv_blocks needs image data (rows of height × width × channels), but the rows have shape {task.shape}; "
+            "use --data digits-images or an .npz of N×H×W×C arrays, or the mlp space"
+        )
 
 
 def _optimizer(name: str, learning_rate: float) -> "keras.optimizers.Optimizer":

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import optuna
 
 from gapsweep.errors import SpaceError
-from gapsweep.search_spaces.builder import DEFAULTS, TaskSpec, build_model, check_params, check_value, resolve
+from gapsweep.search_spaces.builder import DEFAULTS, TaskSpec, build_model, check_conv, check_params, check_value, resolve
 from gapsweep.search_spaces.space import Categorical, Fixed, Float, Int, SearchSpace
 
 if TYPE_CHECKING:
@@ -57,6 +57,10 @@ class SpaceHypermodel:
         values = resolve(self.space.sample(trial))
         return build_model(values, task), FitSettings(int(values["epochs"]), int(values["batch_size"]))
 
+    def check(self, task: TaskSpec) -> None:
+        """Refuse, before any trial, a space the data cannot feed (convolutions on a table)."""
+        check_conv({"conv_blocks": _highest(self.space, "conv_blocks")}, task)
+
     def describe(self) -> dict[str, Any]:
         return {"space": self.space.to_dict()}
 
@@ -80,11 +84,16 @@ def check_ranges(space: SearchSpace) -> None:
 
 
 def _max_epochs(space: SearchSpace) -> int:
-    dist = space.params.get("epochs")
+    return _highest(space, "epochs")
+
+
+def _highest(space: SearchSpace, name: str) -> int:
+    """The largest value the space can give parameter ``name`` (the builder's default if absent)."""
+    dist = space.params.get(name)
     if isinstance(dist, (Int, Float)):
         return int(dist.high)
     if isinstance(dist, Categorical):
         return int(max(float(choice) for choice in dist.choices))
     if isinstance(dist, Fixed):
         return int(dist.value)
-    return int(DEFAULTS["epochs"])
+    return int(DEFAULTS[name])

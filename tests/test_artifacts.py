@@ -48,17 +48,18 @@ def test_a_sweep_is_queryable_from_another_process_and_its_best_model_exports(an
     best = best_trials("shared", any_url, k=1)[0]
     assert exported["trial"] == best.number and exported["score"] == pytest.approx(best.value)
 
-    # Only the top 2 trials keep a model, and the exported one predicts as recorded.
+    # Only the top 2 trials keep a model, and the exported one predicts raw (unstandardized) rows as recorded.
     engine = open_storage(any_url).engine
     assert len(artifacts.trial_numbers(engine, "shared", artifacts.MODEL)) == 2
     import keras
 
     model = keras.saving.load_model(out, safe_mode=True)
     splits = load(data)
-    accuracy = float(np.mean(np.argmax(model.predict(splits.x_test, verbose=0), axis=1) == splits.y_test))
+    assert float(splits.raw_test.max()) == 16.0  # raw digits pixels, 0..16
+    accuracy = float(np.mean(np.argmax(model.predict(splits.raw_test, verbose=0), axis=1) == splits.y_test))
     assert accuracy == pytest.approx(exported["test_accuracy"], abs=1e-6)
     again = load_best_model("shared", any_url)
-    np.testing.assert_allclose(again.predict(splits.x_test[:5], verbose=0), model.predict(splits.x_test[:5], verbose=0), rtol=1e-6)
+    np.testing.assert_allclose(again.predict(splits.raw_test[:5], verbose=0), model.predict(splits.raw_test[:5], verbose=0), rtol=1e-6)
 
 
 def test_schema_is_versioned_and_refuses_a_newer_one(any_url):

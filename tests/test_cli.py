@@ -12,7 +12,7 @@ import pytest
 
 from gapsweep.cli import build_parser, main
 
-COMMANDS = ["launch", "best", "trials", "studies", "show", "export", "worker", "reap", "delete", "migrate", "report", "rerun", "verify"]
+COMMANDS = ["launch", "best", "trials", "studies", "show", "export", "worker", "reap", "delete", "migrate", "report", "rerun", "verify", "predict"]
 
 
 @pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])

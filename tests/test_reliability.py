@@ -25,6 +25,7 @@ from gapsweep.storage import artifacts
 from gapsweep.storage.engine import open_storage
 from gapsweep.storage.locks import StudyLock, lock_file
 from gapsweep.storage.studies import CONFIG_ATTR
+from gapsweep.sweeps.data import datasets
 from gapsweep.sweeps.data.datasets import DataSpec
 from gapsweep.sweeps.run.config import SweepConfig
 from gapsweep.sweeps.run.launch import _pruner, load_hypermodel
@@ -193,7 +194,7 @@ def test_cross_validation_prunes_by_folds_not_epochs(tiny_space):
     config = SweepConfig(
         space=tiny_space, pruner="hyperband", data=DataSpec("digits"), objective=ObjectiveSettings(cv=3)
     )
-    pruner = _pruner(config, load_hypermodel(config, None))  # a space needs no data to load
+    pruner = _pruner(config, load_hypermodel(config, datasets.load(config.data)))
     assert pruner._max_resource == 3  # one step per fold; the space trains 6 epochs
 
 

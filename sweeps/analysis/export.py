@@ -1,4 +1,9 @@
-"""The best trial's model out of the database: loaded (Keras safe mode) or written to a file."""
+"""The best trial's model out of the database: loaded (Keras safe mode) or written to a file.
+
+A stored model takes raw rows: the data's preprocessing (standardization, imputation, category
+encoding) is inside it as Keras layers, and ``gapsweep.json`` in the file names its inputs and
+classes (``gapsweep.model_info``).
+"""
 
 from __future__ import annotations
 
@@ -16,23 +21,24 @@ if TYPE_CHECKING:
 
 
 def load_best_model(study: str, storage: str | None = None, *, trial: int | None = None) -> "keras.Model":
-    """The stored model of the study's best trial (or of trial number ``trial``)."""
-    return model_from_bytes(_best_artifact(study, storage, trial).data)
+    """The stored model of the study's best trial (or of trial number ``trial``); it takes raw rows."""
+    return model_from_bytes(best_artifact(study, storage, trial).data)
 
 
 def export_best(study: str, out: str | os.PathLike[str], storage: str | None = None, *, trial: int | None = None) -> artifacts.Artifact:
     """Write the best (or a given) trial's model to ``out`` as a ``.keras`` file."""
-    destination = Path(out)
-    if destination.is_dir():
-        raise ConfigError(f"{destination} is a folder; --out names the file to write, e.g. {destination / 'model.keras'}")
-    if not destination.parent.is_dir():
-        raise ConfigError(f"folder {destination.parent} does not exist; create it or choose another --out")
-    artifact = _best_artifact(study, storage, trial)
-    Path(out).write_bytes(artifact.data)
+    path = Path(out)
+    if path.suffix != ".keras" or path.is_dir():
+        raise ConfigError(f"--out {path}: give a file path ending in .keras (Keras loads models from such files)")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--out {path}: the folder {path.parent} does not exist; create it first")
+    artifact = best_artifact(study, storage, trial)
+    path.write_bytes(artifact.data)
     return artifact
 
 
-def _best_artifact(study: str, storage: str | None, trial: int | None) -> artifacts.Artifact:
+def best_artifact(study: str, storage: str | None, trial: int | None = None) -> artifacts.Artifact:
+    """The stored model (bytes and meta) of the best trial, or of trial number ``trial``."""
     with reading(storage) as engine:
         queries.study_id(engine, study)
         if trial is None:

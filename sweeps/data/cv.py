@@ -1,6 +1,6 @@
 """k-fold cross-validation on the training split, for data too small to trust one val split.
 
-Folds are drawn once from the seed; each fold's model trains on the other k − 1 folds and is
+Folds are drawn once from the seed (stratified by class for classification); each fold's model trains on the other k − 1 folds and is
 validated on its own. The val split of the sweep stays unused for scoring, and the test split is
 never touched.
 """
@@ -21,7 +21,12 @@ def k_folds(splits: Splits, k: int, seed: int) -> list[Splits]:
     if k > n // 2:
         raise DataError(f"{n} training rows cannot make {k} folds of at least 2 rows; lower --cv")
     order = np.random.default_rng(seed).permutation(n)
-    parts = np.array_split(order, k)
+    if splits.task.task == "classification":
+        # Dealt round the folds class by class: each fold holds every class in proportion.
+        order = order[np.argsort(splits.y_train[order], kind="stable")]
+        parts = [np.sort(order[start::k]) for start in range(k)]
+    else:
+        parts = np.array_split(order, k)
     folds = []
     for index, held in enumerate(parts):
         rest = np.concatenate([part for other, part in enumerate(parts) if other != index])

@@ -1,16 +1,25 @@
 """Data for a sweep: built-in sets, a synthetic generator, or the user's ``.npz``/CSV file.
 
-Everything is split once, deterministically from a seed, into train/val/test; the test split is
-kept for the user and never shown to the sweep. Features are standardized with statistics of the
-training split alone, so nothing leaks from val or test into training.
+Everything is split once, deterministically from a seed, into train/val/test (stratified by
+class for classification, so every class that has the rows appears in each split); the test split
+is kept for the user and never shown to the sweep. The raw inputs then pass through a
+``Preprocessing`` fitted on the training split alone (standardization; for CSV files also
+imputation and one-hot categories), so nothing leaks from val or test into training, and the
+same steps can be put in front of a kept model so that it takes raw rows.
+
+A CSV file is read as it comes: a column whose cells are all numbers (or empty) is numeric, any
+other is a category column; empty cells (and NA, N/A, NaN, null, ?) are missing values; a text
+target makes a classification with those class names. Each defect is a one-line ``DataError``
+naming the column.
 """
 
 from __future__ import annotations
 
 import csv
-import zipfile
 import functools
 import hashlib
+import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +28,7 @@ import numpy as np
 
 from gapsweep.errors import DataError
 from gapsweep.search_spaces.builder import TaskSpec
+from gapsweep.sweeps.data.preprocessing import Columns, Preprocessing, RawInputs, n_rows, take
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,11 @@ class DataSpec:
     test_fraction: float = 0.2
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    #: What to do with empty CSV cells: "impute" (training mean plus a missing indicator for
+    #: numbers, a category of their own for text) or "refuse" (a DataError naming the column).
+    missing: str = "impute"
+    #: CSV columns to leave out (identifiers, free text, leaks of the target).
+    ignore: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         fractions = (self.train_fraction, self.val_fraction, self.test_fraction)
@@ -44,6 +59,9 @@ class DataSpec:
             )
         if self.task not in (None, "classification", "regression"):
             raise DataError(f"task must be 'classification' or 'regression', got {self.task!r}")
+        if self.missing not in ("impute", "refuse"):
+            raise DataError(f"missing must be 'impute' or 'refuse', got {self.missing!r}")
+        object.__setattr__(self, "ignore", tuple(self.ignore))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,12 +73,15 @@ class DataSpec:
             "test_fraction": self.test_fraction,
             "seed": self.seed,
             "options": dict(self.options),
+            "missing": self.missing,
+            "ignore": list(self.ignore),
         }
 
 
 @dataclass(frozen=True)
 class Splits:
-    """Train/val/test arrays and the task they define."""
+    """Train/val/test arrays as the trainer sees them, the task they define, and how raw rows
+    become those arrays."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -69,6 +90,9 @@ class Splits:
     x_test: np.ndarray
     y_test: np.ndarray
     task: TaskSpec
+    preprocessing: Preprocessing
+    #: The test split's raw inputs: what a stored model (``Preprocessing.wrap``) takes.
+    raw_test: RawInputs
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -85,6 +109,14 @@ def _digits(options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 
     bunch = load_digits()
     return bunch.data.astype("float32"), bunch.target.astype("int64")
+
+
+def _digits_images(options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Digits as 8×8×1 images, for convolutional models (the ``cnn`` space)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images[..., None].astype("float32"), bunch.target.astype("int64")
 
 
 def _sklearn(loader_name: str) -> Callable[[dict[str, Any]], tuple[np.ndarray, np.ndarray]]:
@@ -126,6 +158,7 @@ def _synthetic(options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 
 BUILTIN: dict[str, Callable[[dict[str, Any]], tuple[np.ndarray, np.ndarray]]] = {
     "digits": _digits,
+    "digits-images": _digits_images,
     "wine": _sklearn("load_wine"),
     "breast_cancer": _sklearn("load_breast_cancer"),
     "diabetes": _sklearn("load_diabetes"),
@@ -133,27 +166,43 @@ BUILTIN: dict[str, Callable[[dict[str, Any]], tuple[np.ndarray, np.ndarray]]] = 
 }
 
 
+#: Cells read as missing values in a CSV file (compared lower-case, after stripping spaces).
+MISSING_MARKERS = frozenset({"", "na", "n/a", "nan", "null", "?"})
+#: A text column with at least this share of distinct values (over at least _ID_MIN_ROWS filled
+#: cells) is an identifier or free text, not a category.
+_ID_SHARE = 0.9
+_ID_MIN_ROWS = 20
+#: An integer numeric target with at most this many distinct values is taken for class labels.
+_MAX_AUTO_CLASSES = 50
+
+
 def load(spec: DataSpec) -> Splits:
     """Load, check and split the data ``spec`` names; raises ``DataError`` on any defect."""
     path = Path(spec.source)
+    classes: tuple[str, ...] = ()
+    given = None
     if spec.source in BUILTIN:
-        x, y = BUILTIN[spec.source](dict(spec.options))
-        given = None
+        x, y = _check_arrays(*BUILTIN[spec.source](dict(spec.options)), "the data")
+        task = _task(y, spec.task)
     elif path.suffix.lower() == ".npz":
         x, y, given = _read_npz(path)
+        x, y = _check_arrays(x, y, "the data")
+        task = _task(y, spec.task)
     elif path.suffix.lower() == ".csv":
-        x, y = _read_csv(path, spec.target)
-        given = None
+        columns, y, classes = _read_csv(path, spec)
+        x = columns
+        task = _task(y, "classification" if classes else "regression")
     else:
         raise DataError(
             f"unknown data '{spec.source}': use a built-in set ({', '.join(sorted(BUILTIN))}), "
             "a .npz file with x_train/y_train, or a .csv file with --target COLUMN"
         )
-    x, y = _check_arrays(x, y, "the data")
-    task = _task(y, spec.task)
-    if given is not None:
-        return _finish(given, task)
-    return _finish(_split(x, y, spec, task), task)
+    if given is None:
+        rows = _split(y, spec, stratify=task.task == "classification")
+        given = {}
+        for name, index in rows.items():
+            given[f"x_{name}"], given[f"y_{name}"] = take(x, index), y[index]
+    return _finish(given, task, classes, spec.target)
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
@@ -187,44 +236,183 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]
     return arrays["x_train"], arrays["y_train"], given
 
 
-def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray]:
+def _csv_cells(path: Path) -> tuple[list[str], list[list[str]]]:
+    """Header and data rows of a CSV file, cells stripped, blank lines skipped."""
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    if not target:
-        raise DataError(f"{path}: name the target column with --target COLUMN (or data.target)")
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
-    if len(rows) < 2:
-        raise DataError(f"{path} needs a header row and at least one data row")
-    header = [name.strip() for name in rows[0]]
-    if target not in header:
-        raise DataError(f"{path} has no column '{target}'; columns are: {', '.join(header)}")
-    column = header.index(target)
-    body = [row for row in rows[1:] if row]  # a blank line (e.g. at the end) is no row
-    for number, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            raise DataError(f"{path}: every row must have {len(header)} cells like the header; a row near line {number} has {len(row)}")
     try:
-        table = np.array(
-            [[float(cell) if cell.strip() else np.nan for cell in row] for row in body],
-            dtype="float64",
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            lines = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path} is not a readable UTF-8 CSV file: {exc}") from None
+    if len(lines) < 2:
+        raise DataError(f"{path} needs a header row and at least one data row")
+    header = [name.strip() for name in lines[0][1]]
+    for position, name in enumerate(header):
+        if not name:
+            raise DataError(f"{path}: column {position + 1} of the header has no name; name it")
+        if header.index(name) != position:
+            raise DataError(f"{path}: column '{name}' appears twice in the header; rename one")
+    rows = []
+    for line, row in lines[1:]:
+        if len(row) != len(header):
+            raise DataError(f"{path}: line {line} has {len(row)} cells but the header has {len(header)}")
+        rows.append([cell.strip() for cell in row])
+    return header, rows
+
+
+def _missing(cell: str) -> bool:
+    return cell.lower() in MISSING_MARKERS
+
+
+def _number(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def _read_csv(path: Path, spec: DataSpec) -> tuple[Columns, np.ndarray, tuple[str, ...]]:
+    """Feature columns as raw arrays, the target as numbers or class indices, the class names."""
+    if not spec.target:
+        raise DataError(f"{path}: name the target column with --target COLUMN (or data.target)")
+    header, rows = _csv_cells(path)
+    for name in (spec.target, *spec.ignore):
+        if name not in header:
+            raise DataError(f"{path} has no column '{name}'; columns are: {', '.join(header)}")
+    cells = {name: [row[index] for row in rows] for index, name in enumerate(header)}
+    y, classes = _target(spec.target, cells[spec.target], spec.task)
+    features = {
+        name: _feature(name, values, spec.missing)
+        for name, values in cells.items()
+        if name != spec.target and name not in spec.ignore
+    }
+    if not features:
+        raise DataError(f"{path} has no feature column besides the target '{spec.target}'")
+    return features, y, classes
+
+
+def _feature(name: str, cells: list[str], missing: str) -> np.ndarray:
+    """One feature column: float32 with NaN for gaps, or text (a category) with "" for gaps."""
+    gaps = [row for row, cell in enumerate(cells) if _missing(cell)]
+    if len(gaps) == len(cells):
+        raise DataError(f"column '{name}' is empty; leave it out with data.ignore (--ignore {name})")
+    if gaps and missing == "refuse":
+        raise DataError(
+            f"column '{name}' has {len(gaps)} empty cell(s), the first on data row {gaps[0] + 1}; "
+            "fill them, or let gapsweep impute them (data.missing = 'impute')"
         )
-    except ValueError as exc:
-        raise DataError(f"{path}: every cell must be a number ({exc}); encode categories first") from None
-    if table.ndim != 2 or table.shape[1] != len(header):
-        raise DataError(f"{path}: every row must have {len(header)} cells like the header")
-    y = table[:, column]
-    x = np.delete(table, column, axis=1)
-    return x, y
+    numbers = [None if _missing(cell) else _number(cell) for cell in cells]
+    text = [row for row, (cell, number) in enumerate(zip(cells, numbers)) if number is None and not _missing(cell)]
+    filled = len(cells) - len(gaps)
+    if not text:
+        values = np.array([math.nan if number is None else number for number in numbers], dtype="float64")
+        bad = [row for row, value in enumerate(values) if math.isinf(value)]
+        if bad:
+            raise DataError(f"column '{name}' holds an infinite value on data row {bad[0] + 1}; fix or empty that cell")
+        return values.astype("float32")
+    if len(text) < filled / 2:
+        raise DataError(
+            f"column '{name}' is numeric but data row {text[0] + 1} holds '{cells[text[0]]}'; "
+            "fix that cell or empty it (a missing value)"
+        )
+    distinct = len({cell for cell in cells if not _missing(cell)})
+    if filled >= _ID_MIN_ROWS and distinct >= _ID_SHARE * filled:
+        raise DataError(
+            f"column '{name}' looks like an identifier or free text ({distinct} distinct values in {filled} rows), "
+            f"not a category; leave it out with data.ignore (--ignore {name})"
+        )
+    return np.array(["" if _missing(cell) else cell for cell in cells], dtype=object)
+
+
+def _target(name: str, cells: list[str], declared: str | None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The target as regression values, or as class indices with the class names."""
+    gaps = [row for row, cell in enumerate(cells) if _missing(cell)]
+    if gaps:
+        raise DataError(
+            f"column '{name}' (the target) has {len(gaps)} empty cell(s), the first on data row {gaps[0] + 1}; "
+            "drop those rows or fill them"
+        )
+    numbers = [_number(cell) for cell in cells]
+    if any(number is None for number in numbers):
+        if declared == "regression":
+            example = next(cell for cell, number in zip(cells, numbers) if number is None)
+            raise DataError(
+                f"column '{name}' (the target) holds text such as '{example}'; a regression target must be numbers"
+            )
+        names = sorted(set(cells))
+        index = {value: position for position, value in enumerate(names)}
+        labels = np.array([index[cell] for cell in cells], dtype="int64")
+    else:
+        values = np.array(numbers, dtype="float64")
+        if not np.all(np.isfinite(values)):
+            row = int(np.argmin(np.isfinite(values)))
+            raise DataError(f"column '{name}' (the target) holds '{cells[row]}' on data row {row + 1}; it must be finite")
+        distinct, labels = np.unique(values, return_inverse=True)
+        integral = bool(np.all(np.mod(distinct, 1) == 0))
+        if declared == "regression" or (declared is None and not (integral and len(distinct) <= _MAX_AUTO_CLASSES)):
+            return values.astype("float32"), ()
+        names = [str(int(value)) if integral else repr(float(value)) for value in distinct]
+    if len(names) < 2:
+        raise DataError(f"column '{name}' (the target) has one class only ('{names[0]}'); classification needs two or more")
+    return labels.astype("int64"), tuple(names)
+
+
+def read_rows(path: str | Path, info: dict[str, Any]) -> RawInputs:
+    """New rows for a stored model, read as its ``gapsweep.json`` (``info``) describes its inputs:
+    named CSV columns, or an array (a .npz with ``x``, or a CSV of numbers)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if info.get("inputs") == "columns":
+        if suffix != ".csv":
+            raise DataError(f"{path}: this model takes CSV rows with columns {', '.join(c['name'] for c in info['columns'])}; give a .csv file")
+        header, rows = _csv_cells(path)
+        raw: Columns = {}
+        for column in info["columns"]:
+            name = column["name"]
+            if name not in header:
+                raise DataError(f"{path} lacks column '{name}', which the model takes")
+            cells = [row[header.index(name)] for row in rows]
+            if column["kind"] == "category":
+                raw[name] = np.array(["" if _missing(cell) else cell for cell in cells], dtype=object)
+                continue
+            numbers = [math.nan if _missing(cell) else _number(cell) for cell in cells]
+            if None in numbers:
+                row = numbers.index(None)
+                raise DataError(f"column '{name}' must hold numbers, but data row {row + 1} holds '{cells[row]}'")
+            raw[name] = np.array(numbers, dtype="float32")
+        return raw
+    shape = tuple(int(size) for size in info.get("shape", ()))
+    if suffix == ".npz":
+        if not path.is_file():
+            raise DataError(f"data file not found: {path}")
+        with np.load(path, allow_pickle=False) as archive:
+            if "x" not in archive.files:
+                raise DataError(f"{path} lacks an array 'x'; save the rows with np.savez(path, x=...)")
+            x = archive["x"]
+    elif suffix == ".csv":
+        header, rows = _csv_cells(path)
+        keep = [index for index, name in enumerate(header) if name != info.get("target")]
+        try:
+            x = np.array([[float(row[index]) for index in keep] for row in rows], dtype="float32")
+        except ValueError as exc:
+            raise DataError(f"{path}: this model takes numbers only ({exc})") from None
+    else:
+        raise DataError(f"{path}: give new rows as a .csv or a .npz file with an array 'x'")
+    if x.ndim < 1 or math.prod(x.shape[1:]) != math.prod(shape):
+        raise DataError(f"{path}: the model takes rows of shape {shape}, got rows of shape {x.shape[1:]}")
+    x = x.reshape(len(x), *shape).astype("float32")
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"{path} holds NaN or infinite values; this model takes complete rows")
+    return x
 
 
 def _check_arrays(x: Any, y: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x)
     y = np.asarray(y)
     if x.ndim == 1:
-        raise DataError(f"{where}: x must be 2-D (rows × features), got shape {x.shape}; reshape(-1, 1)")
-    if x.ndim > 2:
-        x = x.reshape(len(x), -1)
+        raise DataError(f"{where}: x must be 2-D (rows × features) or more (rows × height × width × channels), got shape {x.shape}; reshape(-1, 1)")
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if len(x) != len(y):
@@ -251,7 +439,7 @@ MIN_ROWS_PER_CLASS = 2
 
 def _task(y: np.ndarray, declared: str | None) -> TaskSpec:
     integral = bool(np.all(np.equal(np.mod(y, 1), 0)))
-    task = declared or ("classification" if integral and len(np.unique(y)) <= 50 else "regression")
+    task = declared or ("classification" if integral and len(np.unique(y)) <= _MAX_AUTO_CLASSES else "regression")
     if task == "classification":
         if not integral or y.min() < 0:
             raise DataError(
@@ -268,56 +456,100 @@ def _task(y: np.ndarray, declared: str | None) -> TaskSpec:
     return TaskSpec(n_features=0, task="regression", n_outputs=1 if y.ndim == 1 else y.shape[1])
 
 
-def _split(x: np.ndarray, y: np.ndarray, spec: DataSpec, task: TaskSpec) -> dict[str, np.ndarray]:
-    order = np.random.default_rng(spec.seed).permutation(len(x))
-    n_test = int(round(spec.test_fraction * len(x)))
-    n_val = int(round(spec.val_fraction * len(x)))
-    n_train = min(int(round(spec.train_fraction * len(x))), len(x) - n_test - n_val)
+def _split(y: np.ndarray, spec: DataSpec, *, stratify: bool) -> dict[str, np.ndarray]:
+    """Row indices of the train/val/test splits, drawn from ``spec.seed``.
+
+    Stratified, each class is shared out in proportion to its size, and first one row to every
+    split that wants rows, as long as the class has a row for each; the split sizes stay exactly
+    those of the fractions.
+    """
+    n = len(y)
+    rng = np.random.default_rng(spec.seed)
+    order = rng.permutation(n)
+    n_test = int(round(spec.test_fraction * n))
+    n_val = int(round(spec.val_fraction * n))
+    n_train = min(int(round(spec.train_fraction * n)), n - n_test - n_val)
     if n_train < 2 or n_val < 1:
         raise DataError(
-            f"{len(x)} rows give {n_train} train and {n_val} val rows; raise the fractions or add data"
+            f"{n} rows give {n_train} train and {n_val} val rows; raise the fractions or add data"
         )
-    test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
-    train = train[:n_train]
-    return {
-        "x_train": x[train], "y_train": y[train],
-        "x_val": x[val], "y_val": y[val],
-        "x_test": x[test], "y_test": y[test],
-    }
+    sizes = {"test": n_test, "val": n_val, "train": n_train}
+    if not stratify:
+        bounds = np.cumsum([0, n_test, n_val, n_train])
+        return {name: order[bounds[i] : bounds[i + 1]] for i, name in enumerate(sizes)}
+    labels, shuffled = np.unique(y[order], return_inverse=True)
+    members = [order[shuffled == label] for label in range(len(labels))]  # each class, shuffled
+    counts = np.array([len(rows) for rows in members])
+    available = counts.copy()
+    taken = {}
+    wanting = sum(1 for size in sizes.values() if size)
+    for name, size in sizes.items():
+        share = _share(size, available, counts, np.where(available >= wanting, 1, 0) if size else 0 * counts, rng)
+        taken[name] = share
+        available = available - share
+        wanting -= 1 if size else 0
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)  # keep each split in the shuffled order
+    start = np.zeros(len(members), dtype=np.int64)
+    out = {}
+    for name, share in taken.items():
+        rows = np.concatenate([members[c][start[c] : start[c] + share[c]] for c in range(len(members))])
+        start += share
+        out[name] = rows[np.argsort(rank[rows], kind="stable")]
+    return out
 
 
-def _finish(arrays: dict[str, np.ndarray], task: TaskSpec) -> Splits:
-    n_features = arrays["x_train"].shape[1]
-    for name in ("val", "test"):
-        key = f"x_{name}"
-        if key in arrays and len(arrays[key]) and arrays[key].shape[1] != n_features:
-            raise DataError(
-                f"x_{name} has {arrays[key].shape[1]} features but x_train has {n_features}"
-            )
-    mean = arrays["x_train"].mean(axis=0)
-    std = arrays["x_train"].std(axis=0)
-    std[std == 0] = 1.0
+def _share(total: int, available: np.ndarray, weights: np.ndarray, floor: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``total`` rows shared out among classes: at least ``floor`` each (when the total allows),
+    the rest in proportion to ``weights`` by largest remainder, never more than ``available``."""
+    floor = np.asarray(floor, dtype=np.int64)
+    if floor.sum() > total:
+        floor = np.zeros_like(floor)
+    want = np.clip(weights * total / weights.sum() - floor, 0, available - floor)
+    share = floor + np.floor(want).astype(np.int64)
+    while share.sum() < total:
+        room = available - share
+        remainder = np.where(room > 0, weights * total / weights.sum() - share + rng.random(len(share)) * 1e-9, -np.inf)
+        chosen = np.argsort(-remainder, kind="stable")[: total - int(share.sum())]
+        share[chosen[np.isfinite(remainder[chosen])]] += 1
+    return share
 
-    def scale(values: np.ndarray) -> np.ndarray:
-        return ((values - mean) / std).astype("float32")
 
-    empty_x = np.zeros((0, n_features), dtype="float32")
-    empty_y = np.zeros((0,), dtype=arrays["y_train"].dtype)
+def _finish(arrays: dict[str, Any], task: TaskSpec, classes: tuple[str, ...], target: str | None) -> Splits:
+    """Fit the preprocessing on the training split and apply it to every split."""
+    train = arrays["x_train"]
+    if not isinstance(train, dict):
+        for name in ("val", "test"):
+            key = f"x_{name}"
+            if key in arrays and len(arrays[key]) and arrays[key].shape[1:] != train.shape[1:]:
+                if train.ndim == 2 and arrays[key].ndim == 2:
+                    raise DataError(f"x_{name} has {arrays[key].shape[1]} features but x_train has {train.shape[1]}")
+                raise DataError(f"x_{name} rows have shape {arrays[key].shape[1:]} but x_train rows {train.shape[1:]}")
     labels = "int64" if task.task == "classification" else "float32"
     if task.task == "classification":
         n_classes = max(
             task.n_classes,
             *(int(arrays[k].max()) + 1 for k in ("y_train", "y_val", "y_test") if k in arrays and len(arrays[k])),
         )
-        task = TaskSpec(n_features=n_features, task="classification", n_classes=n_classes)
+        classes = classes or tuple(str(label) for label in range(n_classes))
+    preprocessing = Preprocessing.fit(train, task=task.task, classes=classes, target=target)
+    empty = take(train, np.zeros(0, dtype=np.int64))
+    raw_test = arrays.get("x_test", empty)
+    x_train = preprocessing.apply(train)
+    shape = tuple(int(size) for size in x_train.shape[1:])
+    n_features = math.prod(shape)
+    if task.task == "classification":
+        task = TaskSpec(n_features=n_features, task="classification", n_classes=n_classes, input_shape=shape)
     else:
-        task = TaskSpec(n_features=n_features, task="regression", n_outputs=task.n_outputs)
+        task = TaskSpec(n_features=n_features, task="regression", n_outputs=task.n_outputs, input_shape=shape)
     return Splits(
-        x_train=scale(arrays["x_train"]),
+        x_train=x_train,
         y_train=arrays["y_train"].astype(labels),
-        x_val=scale(arrays["x_val"]),
+        x_val=preprocessing.apply(arrays["x_val"]),
         y_val=arrays["y_val"].astype(labels),
-        x_test=scale(arrays.get("x_test", empty_x)),
-        y_test=arrays.get("y_test", empty_y).astype(labels),
+        x_test=preprocessing.apply(raw_test),
+        y_test=arrays.get("y_test", np.zeros(0)).astype(labels),
         task=task,
+        preprocessing=preprocessing,
+        raw_test=raw_test,
     )

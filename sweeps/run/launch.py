@@ -453,9 +453,11 @@ def _same_code(key: str, previous: dict[str, Any], stored: dict[str, Any], confi
 def load_hypermodel(config: SweepConfig, splits: Splits) -> Hypermodel:
     """The hypermodel ``config`` names: a KerasTuner build function or HyperModel (a file found
     inside the project folder), checked by one build evaluated on a few rows of ``splits``, or
-    else its search space sampled into the MLP builder."""
+    else its search space sampled into the built-in builder (checked against the data's shape)."""
     if config.hypermodel is None:
-        return SpaceHypermodel(load_space(config.space))
+        space_hypermodel = SpaceHypermodel(load_space(config.space))
+        space_hypermodel.check(splits.task)
+        return space_hypermodel
     from gapsweep.search_spaces import keras_tuner
 
     init_tensorflow()  # the check builds a model, and TensorFlow's thread settings must come first

@@ -1,8 +1,10 @@
 """Trained models as bytes, and the keeper that stores the top k trials' models in the database.
 
 A ``.keras`` file is a zip of config and weights; it is stored whole, so any worker or laptop
-that reaches the database gets a ready model. Loading uses Keras' safe mode, which refuses
-models that would run arbitrary code (lambda layers) on deserialization.
+that reaches the database gets a ready model. A kept model is stored behind the data's
+preprocessing (``Preprocessing.wrap``), so it takes raw rows, with ``gapsweep.json`` (inputs,
+class names) in the zip. Loading uses Keras' safe mode, which refuses models that would run
+arbitrary code (lambda layers) on deserialization.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import Engine
 
 from gapsweep.storage import artifacts, queries
+from gapsweep.sweeps.data.preprocessing import Preprocessing, with_info
 from gapsweep.sweeps.trial.runtime import init_tensorflow
 
 if TYPE_CHECKING:
@@ -27,6 +30,12 @@ def model_to_bytes(model: "keras.Model") -> bytes:
         path = Path(folder) / "model.keras"
         model.save(path)
         return path.read_bytes()
+
+
+def raw_input_model_bytes(model: "keras.Model", preprocessing: Preprocessing) -> bytes:
+    """The stored form of a trained model: behind ``preprocessing``, so that it takes raw rows,
+    with ``gapsweep.json`` describing its inputs and classes."""
+    return with_info(model_to_bytes(preprocessing.wrap(model)), preprocessing.info())
 
 
 def model_from_bytes(data: bytes) -> "keras.Model":
@@ -68,13 +77,16 @@ class ModelKeeper:
         """Whether a trial finishing with ``value`` would be kept (asked before costly work)."""
         return self.keep >= 1 and trial_number in self._kept(trial_number, value)
 
-    def offer(self, trial_number: int, value: float, model: "keras.Model", meta: dict[str, Any]) -> bool:
-        """Save ``model`` if ``value`` places it among the best; returns whether it was kept."""
+    def offer(
+        self, trial_number: int, value: float, model: "keras.Model", meta: dict[str, Any], preprocessing: Preprocessing
+    ) -> bool:
+        """Save ``model`` behind ``preprocessing`` if ``value`` places it among the best; returns
+        whether it was kept."""
         if self.keep < 1:
             return False
         kept = self._kept(trial_number, value)
         if trial_number not in kept:
             return False
-        artifacts.save(self.engine, self.study, trial_number, artifacts.MODEL, model_to_bytes(model), meta=meta)
+        artifacts.save(self.engine, self.study, trial_number, artifacts.MODEL, raw_input_model_bytes(model, preprocessing), meta=meta)
         artifacts.delete(self.engine, self.study, kind=artifacts.MODEL, keep=kept)
         return True

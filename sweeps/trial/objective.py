@@ -117,7 +117,7 @@ class Objective:
                 "best_epoch": score.epoch,
                 **held_out_metrics(model, self.splits),
             }
-            self.keeper.offer(trial.number, rank, model, meta)
+            self.keeper.offer(trial.number, rank, model, meta, self.splits.preprocessing)
         if self.settings.multi_objective:
             return score.val_loss, score.gap
         return score.value

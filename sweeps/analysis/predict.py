@@ -1,0 +1,94 @@
+"""Predictions of a stored model on new raw rows, written as a CSV file (``gapsweep predict``).
+
+The model is the study's best stored one (or a given trial's, or a ``.keras`` file gapsweep
+exported); its ``gapsweep.json`` says which inputs it takes, so the new rows are read exactly as
+the training data was (``datasets.read_rows``). A classifier writes ``predicted`` (the class name)
+and one ``p_<class>`` probability column per class; a regressor writes ``predicted``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gapsweep.errors import ConfigError, DataError
+from gapsweep.sweeps.analysis.export import best_artifact
+from gapsweep.sweeps.data.datasets import read_rows
+from gapsweep.sweeps.data.preprocessing import model_info
+from gapsweep.sweeps.trial.models import model_from_bytes
+
+_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """What was written: how many rows, where, from which trial (None for a model file)."""
+
+    rows: int
+    out: str
+    trial: int | None
+    columns: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "out": self.out, "trial": self.trial, "columns": self.columns}
+
+
+def predict_file(
+    study: str | None,
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    storage: str | None = None,
+    *,
+    trial: int | None = None,
+    model: str | os.PathLike[str] | None = None,
+) -> Predictions:
+    """Predict the rows of ``data`` with the study's best (or ``trial``'s) model, or with the
+    ``.keras`` file ``model``, and write them to the CSV file ``out``."""
+    path = Path(out)
+    if path.suffix.lower() != ".csv" or path.is_dir():
+        raise ConfigError(f"--out {path}: give a file path ending in .csv")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--out {path}: the folder {path.parent} does not exist; create it first")
+    if model is not None:
+        source = Path(model)
+        if source.suffix != ".keras" or not source.is_file():
+            raise ConfigError(f"--model {source}: give an existing .keras file written by gapsweep export")
+        data_bytes, number = source.read_bytes(), None
+    elif study is not None:
+        artifact = best_artifact(study, storage, trial)
+        data_bytes, number = artifact.data, artifact.trial_number
+    else:
+        raise ConfigError("name a STUDY or give --model FILE.keras")
+    info = model_info(data_bytes)
+    if info is None:
+        raise DataError(
+            "this model carries no gapsweep.json (it was stored by an older gapsweep), so its inputs are unknown; "
+            "rerun the sweep to store models that take raw rows"
+        )
+    raw = read_rows(data, info)
+    output = np.asarray(model_from_bytes(data_bytes).predict(raw, verbose=0, batch_size=_BATCH))
+    header, rows = _table(output, info)
+    with tempfile.NamedTemporaryFile("w", newline="", dir=path.parent, suffix=".csv", delete=False) as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(handle.name, path)  # nothing half-written at ``out``
+    return Predictions(rows=len(rows), out=str(path), trial=number, columns=header)
+
+
+def _table(output: np.ndarray, info: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The CSV header and rows for a model's raw outputs."""
+    classes = list(info.get("classes") or [])
+    if info.get("task") == "classification":
+        predicted = np.argmax(output, axis=1)
+        header = ["predicted", *(f"p_{name}" for name in classes)]
+        return header, [[classes[int(k)], *(f"{p:.6g}" for p in row)] for k, row in zip(predicted, output)]
+    values = output.reshape(len(output), -1)
+    header = ["predicted"] if values.shape[1] == 1 else [f"predicted_{i}" for i in range(values.shape[1])]
+    return header, [[f"{v:.7g}" for v in row] for row in values]

@@ -1,0 +1,138 @@
+"""Exported models take raw rows: a messy CSV sweeps, exports, and predicts as gapsweep recorded."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gapsweep.cli import main
+from gapsweep.sweeps.data.datasets import DataSpec, load
+from gapsweep.sweeps.run.config import SweepConfig
+from gapsweep.sweeps.run.launch import launch
+from gapsweep.sweeps.trial.objective import ObjectiveSettings
+
+GAPSWEEP = str(Path(sys.executable).parent / "gapsweep")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([GAPSWEEP, *args], capture_output=True, text=True, timeout=300)
+
+
+def _customers(path: Path, n: int = 240) -> Path:
+    """A churn-like CSV: text categories, a yes/no column, empty cells, a free-text id, text labels."""
+    rng = np.random.default_rng(7)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["customer", "age", "plan", "monthly fee", "paperless", "churn"])
+        for i in range(n):
+            plan = ["basic", "plus", "pro"][i % 3]
+            age = rng.normal(45, 12)
+            fee = {"basic": 20, "plus": 45, "pro": 80}[plan] + rng.normal(0, 5)
+            churn = "yes" if fee / 40 - age / 45 + rng.normal(0, 0.5) > 0.3 else "no"
+            writer.writerow([
+                f"C-{1000 + i}", "" if i % 9 == 0 else f"{age:.0f}", "" if i % 11 == 0 else plan,
+                f"{fee:.2f}", ["Yes", "No"][i % 2], churn,
+            ])
+    return path
+
+
+def _write_columns(path: Path, raw: dict[str, np.ndarray]) -> None:
+    """Raw CSV columns back into a CSV file: gaps as empty cells, as a user's file has them."""
+    names = list(raw)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(names)
+        for row in zip(*(raw[name].tolist() for name in names)):
+            writer.writerow(["" if isinstance(cell, float) and np.isnan(cell) else cell for cell in row])
+
+
+@pytest.mark.slow
+def test_a_messy_csv_sweeps_exports_and_predicts_raw_rows_as_recorded(sqlite_url, tiny_space, tmp_path):
+    import keras
+
+    source = _customers(tmp_path / "customers.csv")
+    data = DataSpec(str(source), target="churn", ignore=("customer",))
+    launch(
+        SweepConfig(study="churn", space=tiny_space, data=data, trials=2, storage=sqlite_url, pruner="none",
+                    objective=ObjectiveSettings(keep_models=1)),
+        progress=False,
+    )
+    out = tmp_path / "churn.keras"
+    done = _cli("export", "churn", "--out", str(out), "--storage", sqlite_url, "--json")
+    assert done.returncode == 0, done.stderr
+    recorded = json.loads(done.stdout)
+
+    # Raw test rows, as the user has them: the CSV's own cells, gaps and text included.
+    splits = load(data)
+    model = keras.models.load_model(out)
+    probabilities = model.predict(splits.raw_test, verbose=0)
+    assert probabilities.shape == (len(splits.y_test), 2)
+    accuracy = float(np.mean(np.argmax(probabilities, axis=1) == splits.y_test))
+    loss = float(keras.losses.SparseCategoricalCrossentropy()(splits.y_test, probabilities))
+    assert accuracy == pytest.approx(recorded["test_accuracy"], abs=1e-6)
+    assert loss == pytest.approx(recorded["test_pure_loss"], rel=1e-4)
+    from gapsweep import model_info
+
+    info = model_info(out)
+    assert info["classes"] == ["no", "yes"] and info["target"] == "churn"
+    assert [c["name"] for c in info["columns"]] == ["age", "plan", "monthly fee", "paperless"]
+
+    # gapsweep predict on a CSV of the same rows (no target column) gives the same answers.
+    new_rows, predictions = tmp_path / "new.csv", tmp_path / "predictions.csv"
+    _write_columns(new_rows, splits.raw_test)
+    for args in (["churn", "--storage", sqlite_url], ["--model", str(out)]):
+        done = _cli("predict", *args, "--data", str(new_rows), "--out", str(predictions))
+        assert done.returncode == 0, done.stderr
+        with predictions.open(newline="") as handle:
+            table = list(csv.DictReader(handle))
+        assert len(table) == len(splits.y_test)
+        assert [row["predicted"] for row in table] == [info["classes"][k] for k in np.argmax(probabilities, axis=1)]
+        np.testing.assert_allclose([float(row["p_yes"]) for row in table], probabilities[:, 1], atol=1e-5)
+
+
+def test_export_and_predict_refuse_bad_paths_in_one_line(tmp_path: Path, capsys):
+    sqlite_url = f"sqlite:///{tmp_path / 'none.db'}"
+    model = tmp_path / "m.keras"
+    model.mkdir()
+    cases = [
+        (["export", "s", "--out", str(tmp_path / "model.h5")], "ending in .keras"),
+        (["export", "s", "--out", str(model)], "ending in .keras"),
+        (["export", "s", "--out", str(tmp_path / "no" / "m.keras")], "does not exist"),
+        (["predict", "s", "--data", "x.csv", "--out", str(tmp_path / "p.txt")], "ending in .csv"),
+        (["predict", "--model", str(model), "--data", "x.csv", "--out", str(tmp_path / "p.csv")], "give an existing .keras file"),
+        (["predict", "--data", "x.csv", "--out", str(tmp_path / "p.csv")], "name a STUDY or give --model"),
+    ]
+    for argv, fragment in cases:
+        assert main([*argv, "--storage", sqlite_url]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("gapsweep: error: ") and "\n" not in err and fragment in err, err
+    assert not list(tmp_path.glob("p.*"))
+
+
+def test_new_rows_are_read_as_the_model_takes_them(tmp_path: Path):
+    from gapsweep.errors import DataError
+    from gapsweep.sweeps.data.datasets import read_rows
+
+    info = {"inputs": "columns", "columns": [{"name": "age", "kind": "number"}, {"name": "plan", "kind": "category"}]}
+    path = tmp_path / "new.csv"
+    path.write_text("plan,age,extra\nbasic,41,z\n,NA,z\n")
+    rows = read_rows(path, info)
+    assert rows["plan"].tolist() == ["basic", ""] and rows["age"][0] == 41 and np.isnan(rows["age"][1])
+    path.write_text("plan\nbasic\n")
+    with pytest.raises(DataError, match="lacks column 'age'"):
+        read_rows(path, info)
+    path.write_text("plan,age\nbasic,old\n")
+    with pytest.raises(DataError, match="column 'age' must hold numbers, but data row 1 holds 'old'"):
+        read_rows(path, info)
+    array_info = {"inputs": "array", "shape": [3], "target": "y"}
+    path.write_text("a,b,c,y\n1,2,3,0\n4,5,6,1\n")
+    np.testing.assert_array_equal(read_rows(path, array_info), [[1, 2, 3], [4, 5, 6]])
+    np.savez(tmp_path / "x.npz", x=np.zeros((2, 4)))
+    with pytest.raises(DataError, match="rows of shape"):
+        read_rows(tmp_path / "x.npz", array_info)
