@@ -219,13 +219,24 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.set_defaults(run=_cmd_rerun)
 
     export = commands.add_parser(
-        "export", help="write the best trial's trained model to a .keras file",
+        "export", help="write the best trial's trained model (refit, or an ensemble) to a .keras file",
         description="Write the stored model of the study's best trial (or --trial N) to a .keras file. "
-        "Models are kept for the top trials only (objective.keep_models, default 3).",
+        "Models are kept for the top trials only (objective.keep_models, default 3). --refit trains the "
+        "trial's configuration again on the train and val rows together for the epochs early stopping chose; "
+        "--ensemble K writes one model that averages the K best trials' models (plain keras.models.load_model "
+        "reads it). The test rows are never used.",
     )
     export.add_argument("study_name", metavar="STUDY")
     export.add_argument("--out", required=True, help="output path, e.g. model.keras")
     export.add_argument("--trial", type=int, help="trial number (default: the best trial)")
+    export.add_argument(
+        "--refit", action="store_true",
+        help="retrain on train + val rows with the trial's recorded seed, for its best epoch count (no early stopping)",
+    )
+    export.add_argument(
+        "--ensemble", type=int, metavar="K",
+        help="average the K best trials that kept a model (with --refit: the K best complete trials, each refit)",
+    )
     _storage_flag(export)
     export.add_argument("--json", action="store_true", help="print what was exported as JSON")
     export.set_defaults(run=_cmd_export)
@@ -478,12 +489,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from gapsweep.sweeps.analysis.export import export_best
     from gapsweep.output import to_json
 
-    artifact = export_best(args.study_name, args.out, args.storage, trial=args.trial)
-    summary = {"study": args.study_name, "trial": artifact.trial_number, "out": str(args.out), **artifact.meta}
+    exported = export_best(
+        args.study_name, args.out, args.storage, trial=args.trial, refit=args.refit, ensemble=args.ensemble
+    )
     if args.json:
-        print(to_json(summary))
+        print(to_json(exported.to_dict()))
+        return 0
+    meta = exported.meta
+    if len(exported.trials) > 1:
+        what = f"an ensemble of trials {', '.join(map(str, exported.trials))}"
+        if "val_loss" in meta:
+            what += f" (val loss {meta['val_loss']:.4f}; the members' mean {meta['members_mean_val_loss']:.4f})"
     else:
-        print(f"wrote trial {artifact.trial_number} of '{args.study_name}' to {args.out} (score {artifact.meta.get('score', float('nan')):.4f})")
+        what = f"trial {exported.trial_number} (score {meta.get('score') or float('nan'):.4f})"
+    if exported.refit:
+        epochs = meta["refit_epochs"]
+        epochs_text = ", ".join(map(str, epochs)) if isinstance(epochs, list) else str(epochs)
+        what += f", refit on {meta['refit_rows']} train + val rows for {epochs_text} epochs,"
+    print(f"wrote {what} of '{args.study_name}' to {args.out}")
+    if exported.note:
+        print(f"note: {exported.note}")
     return 0
 
 
