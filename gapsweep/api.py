@@ -26,13 +26,14 @@ from gapsweep.storage.reader import (
     get_trial,
     list_studies,
     list_trials,
+    study_reference,
 )
 from gapsweep.storage.studies import require_study
 from gapsweep.sweeps.analysis.rerank import Reranked, rerank
 
 __all__ = [
     "baseline_trial", "best_trials", "get_study_config", "get_trial", "list_studies", "list_trials",
-    "migrate", "reap_study", "rerank_trials",
+    "migrate", "reap_study", "rerank_trials", "study_reference",
 ]
 
 

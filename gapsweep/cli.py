@@ -312,7 +312,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     counts = next(s.counts for s in list_studies(config.storage) if s.name == config.study)
     baseline = baseline_trial(config.study, config.storage)
     if args.json:
-        summary = {"study": config.study, "counts": counts, "best": [t.summary() for t in top]}
+        summary = {"study": config.study, "counts": counts, "best": _with_reference(config.study, config.storage, [t.summary() for t in top])}
         print(to_json({**summary, "baseline": baseline.summary() if baseline else None}))
     else:
         finished = ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n)
@@ -320,6 +320,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         print(trials_table([t.summary() for t in top]) if top else "no complete trial yet")
         if baseline is not None:
             print(_against_baseline(baseline, top[0] if top else None))
+        _print_reference_line(config.study, config.storage, [t.summary() for t in top])
     return 0
 
 
@@ -355,7 +356,7 @@ def _cmd_best(args: argparse.Namespace) -> int:
         rows = [with_diagnosis(record) for record in records]
         best = records[0] if records else None
     if args.json:
-        print(to_json(rows))
+        print(to_json(_with_reference(args.study, args.storage, rows)))
     elif args.csv:
         sys.stdout.write(trials_csv(rows))
     else:
@@ -363,7 +364,31 @@ def _cmd_best(args: argparse.Namespace) -> int:
         baseline = baseline_trial(args.study, args.storage)
         if baseline is not None:
             print(_against_baseline(baseline, best))
+        _print_reference_line(args.study, args.storage, rows)
     return 0
+
+
+def _with_reference(study: str, storage: str | None, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row with the study's linear reference beside its val loss (``reference``), when the
+    study has one."""
+    from gapsweep.api import study_reference
+    from gapsweep.sweeps.run.reference import versus
+
+    reference = study_reference(study, storage)
+    if reference is None:
+        return rows
+    return [{**row, "reference": versus(reference, row.get("val_loss"))} for row in rows]
+
+
+def _print_reference_line(study: str, storage: str | None, rows: list[dict[str, Any]]) -> None:
+    """The first row's val loss beside the linear reference's, in one sentence."""
+    from gapsweep.api import study_reference
+    from gapsweep.sweeps.run.reference import sentence
+
+    reference = study_reference(study, storage)
+    if reference is not None:
+        pick = rows[0] if rows else {}
+        print(sentence(reference, pick.get("number"), pick.get("val_loss")))
 
 
 def _cmd_trials(args: argparse.Namespace) -> int:
@@ -396,6 +421,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     record = get_trial(args.study_name, args.trial, args.storage)
     payload = with_diagnosis(record, record.to_dict())
     if args.json:
+        (payload,) = _with_reference(args.study_name, args.storage, [payload])
         print(to_json(payload))
         return 0
     payload["diagnosis"] = "{label}: {reason}".format(**payload["diagnosis"])
@@ -407,6 +433,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(f"{'param.' + key:>14}: {value}")
     for name, values in curves.items():
         print(f"{'curve.' + name:>14}: " + " ".join(f"{v:.4f}" for v in values))
+    _print_reference_line(args.study_name, args.storage, [{"number": record.number, "val_loss": record.attrs.get("val_loss")}])
     return 0
 
 

@@ -1,7 +1,9 @@
 """Turn sampled values into a compiled Keras model.
 
 Every Dense layer carries the sampled L2 penalty, every hidden layer is followed by Dropout, and
-the optimizer runs at the sampled learning rate. The model is compiled with a *pure* loss metric
+the optimizer runs at the sampled learning rate. With ``n_layers = 0`` the inputs go straight to
+the output layer: logistic (softmax) or linear regression with weight decay, the simplest model a
+sweep should never lose to; width and dropout then play no part. The model is compiled with a *pure* loss metric
 (``pure_loss``) beside the training loss: Keras' ``loss``/``val_loss`` include the L2 term, so
 scores and gaps are computed from the metric instead.
 
