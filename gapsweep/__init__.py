@@ -31,6 +31,7 @@ _EXPORTS = {
     "list_trials": "gapsweep.api",
     "list_studies": "gapsweep.api",
     "get_trial": "gapsweep.api",
+    "study_reference": "gapsweep.api",
     "load_best_model": "gapsweep.sweeps.analysis.export",
     "export_best": "gapsweep.sweeps.analysis.export",
     "model_info": "gapsweep.sweeps.data.preprocessing",

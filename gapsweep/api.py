@@ -4,7 +4,9 @@
     launch(SweepConfig(study="digits", data=DataSpec("digits"), trials=20))
     print(best_trials("digits", k=3)[0].summary())
 
-``load_best_model`` and ``export_best`` give back the best trial's trained model. Query
+``load_best_model`` and ``export_best`` give back the best trial's trained model (``export_best``
+also refits it on train + val rows, or averages the best trials into one ensemble);
+``study_reference`` gives the linear reference fitted beside the study. Query
 functions take a storage URL (default ``sqlite:///gapsweep.db``) and open and close their
 own connection pool, so they are safe to call from any process.
 """
@@ -26,13 +28,14 @@ from gapsweep.storage.reader import (
     get_trial,
     list_studies,
     list_trials,
+    study_reference,
 )
 from gapsweep.storage.studies import require_study
 from gapsweep.sweeps.analysis.rerank import Reranked, rerank
 
 __all__ = [
     "baseline_trial", "best_trials", "delete_study", "get_study_config", "get_trial", "list_studies", "list_trials",
-    "migrate", "reap_study", "rerank_trials",
+    "migrate", "reap_study", "rerank_trials", "study_reference",
 ]
 
 

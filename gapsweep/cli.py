@@ -267,16 +267,27 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.set_defaults(run=_cmd_rerun)
 
     export = commands.add_parser(
-        "export", help="write the best trial's trained model to a .keras file",
+        "export", help="write the best trial's trained model (refit, or an ensemble) to a .keras file",
         description="Write the stored model of the study's best trial (or --trial N) to a .keras file. "
-        "Models are kept for the top trials only (objective.keep_models, default 3). The model takes raw rows: "
-        "the sweep's standardization, imputation and category encoding are Keras layers inside it, "
-        "keras.models.load_model(path).predict(rows) needs no gapsweep, and gapsweep.model_info(path) gives "
-        "its inputs and class names. An array model takes a float array; a CSV model a dict of columns by name.",
+        "Models are kept for the top trials only (objective.keep_models, default 3). --refit trains the "
+        "trial's configuration again on the train and val rows together for the epochs early stopping chose; "
+        "--ensemble K writes one model that averages the K best trials' models. The test rows are never used. "
+        "The model takes raw rows: the sweep's standardization, imputation and category encoding are Keras "
+        "layers inside it, keras.models.load_model(path).predict(rows) needs no gapsweep, and "
+        "gapsweep.model_info(path) gives its inputs and class names. An array model takes a float array; a CSV "
+        "model a dict of columns by name.",
     )
     export.add_argument("study_name", metavar="STUDY")
     export.add_argument("--out", required=True, help="output path, e.g. model.keras")
     export.add_argument("--trial", type=int, help="trial number (default: the best trial)")
+    export.add_argument(
+        "--refit", action="store_true",
+        help="retrain on train + val rows with the trial's recorded seed, for its best epoch count (no early stopping)",
+    )
+    export.add_argument(
+        "--ensemble", type=int, metavar="K",
+        help="average the K best trials that kept a model (with --refit: the K best complete trials, each refit)",
+    )
     _storage_flag(export)
     export.add_argument("--json", action="store_true", help="print what was exported as JSON")
     export.set_defaults(run=_cmd_export)
@@ -374,7 +385,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     counts = next(s.counts for s in list_studies(config.storage) if s.name == config.study)
     baseline = baseline_trial(config.study, config.storage)
     if args.json:
-        summary = {"study": config.study, "counts": counts, "best": [t.summary() for t in top]}
+        summary = {"study": config.study, "counts": counts, "best": _with_reference(config.study, config.storage, [t.summary() for t in top])}
         print(to_json({**summary, "baseline": baseline.summary() if baseline else None}))
     else:
         finished = ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n)
@@ -382,6 +393,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         print(trials_table([t.summary() for t in top]) if top else "no complete trial yet")
         if baseline is not None:
             print(_against_baseline(baseline, top[0] if top else None))
+        _print_reference_line(config.study, config.storage, [t.summary() for t in top])
     if interrupted:
         print(f"gapsweep: interrupted; launch study '{config.study}' again to go on", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -420,7 +432,7 @@ def _cmd_best(args: argparse.Namespace) -> int:
         rows = [with_diagnosis(record) for record in records]
         best = records[0] if records else None
     if args.json:
-        print(to_json(rows))
+        print(to_json(_with_reference(args.study, args.storage, rows)))
     elif args.csv:
         sys.stdout.write(trials_csv(rows))
     else:
@@ -428,7 +440,31 @@ def _cmd_best(args: argparse.Namespace) -> int:
         baseline = baseline_trial(args.study, args.storage)
         if baseline is not None:
             print(_against_baseline(baseline, best))
+        _print_reference_line(args.study, args.storage, rows)
     return 0
+
+
+def _with_reference(study: str, storage: str | None, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row with the study's linear reference beside its val loss (``reference``), when the
+    study has one."""
+    from gapsweep.api import study_reference
+    from gapsweep.sweeps.run.reference import versus
+
+    reference = study_reference(study, storage)
+    if reference is None:
+        return rows
+    return [{**row, "reference": versus(reference, row.get("val_loss"))} for row in rows]
+
+
+def _print_reference_line(study: str, storage: str | None, rows: list[dict[str, Any]]) -> None:
+    """The first row's val loss beside the linear reference's, in one sentence."""
+    from gapsweep.api import study_reference
+    from gapsweep.sweeps.run.reference import sentence
+
+    reference = study_reference(study, storage)
+    if reference is not None:
+        pick = rows[0] if rows else {}
+        print(sentence(reference, pick.get("number"), pick.get("val_loss")))
 
 
 def _cmd_trials(args: argparse.Namespace) -> int:
@@ -461,6 +497,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     record = get_trial(args.study_name, args.trial, args.storage)
     payload = with_diagnosis(record, record.to_dict())
     if args.json:
+        (payload,) = _with_reference(args.study_name, args.storage, [payload])
         print(to_json(payload))
         return 0
     payload["diagnosis"] = "{label}: {reason}".format(**payload["diagnosis"])
@@ -472,6 +509,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(f"{'param.' + key:>14}: {value}")
     for name, values in curves.items():
         print(f"{'curve.' + name:>14}: " + " ".join(f"{v:.4f}" for v in values))
+    _print_reference_line(args.study_name, args.storage, [{"number": record.number, "val_loss": record.attrs.get("val_loss")}])
     return 0
 
 
@@ -577,12 +615,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from gapsweep.sweeps.analysis.export import export_best
     from gapsweep.output import to_json
 
-    artifact = export_best(args.study_name, args.out, args.storage, trial=args.trial)
-    summary = {"study": args.study_name, "trial": artifact.trial_number, "out": str(args.out), **artifact.meta}
+    exported = export_best(
+        args.study_name, args.out, args.storage, trial=args.trial, refit=args.refit, ensemble=args.ensemble
+    )
     if args.json:
-        print(to_json(summary))
+        print(to_json(exported.to_dict()))
+        return 0
+    meta = exported.meta
+    if len(exported.trials) > 1:
+        what = f"an ensemble of trials {', '.join(map(str, exported.trials))}"
+        if "val_loss" in meta:
+            what += f" (val loss {meta['val_loss']:.4f}; the members' mean {meta['members_mean_val_loss']:.4f})"
     else:
-        print(f"wrote trial {artifact.trial_number} of '{args.study_name}' to {args.out} (score {artifact.meta.get('score', float('nan')):.4f})")
+        what = f"trial {exported.trial_number} (score {meta.get('score') or float('nan'):.4f})"
+    if exported.refit:
+        epochs = meta["refit_epochs"]
+        epochs_text = ", ".join(map(str, epochs)) if isinstance(epochs, list) else str(epochs)
+        what += f", refit on {meta['refit_rows']} train + val rows for {epochs_text} epochs,"
+    print(f"wrote {what} of '{args.study_name}' to {args.out}")
+    if exported.note:
+        print(f"note: {exported.note}")
     return 0
 
 

@@ -1,10 +1,13 @@
 """Turn sampled values into a compiled Keras model.
 
 Every Dense layer carries the sampled L2 penalty, every hidden layer is followed by Dropout, and
-the optimizer runs at the sampled learning rate. With ``conv_blocks`` > 0 (the ``cnn`` space) the
-input, an image ``height × width × channels``, first passes through that many convolution blocks
-(``filters`` doubling per block, ``kernel_size``, the same L2, max pooling while the image is
-larger than 1×1, dropout); otherwise an input of more than one dimension is flattened. The model is compiled with a *pure* loss metric
+the optimizer runs at the sampled learning rate. With ``n_layers = 0`` the inputs go straight to
+the output layer: logistic (softmax) or linear regression with weight decay, the simplest model a
+sweep should never lose to; width and dropout then play no part. With ``conv_blocks`` > 0 (the
+``cnn`` space) the input, an image ``height × width × channels``, first passes through that many
+convolution blocks (``filters`` doubling per block, ``kernel_size``, the same L2, max pooling while
+the image is larger than 1×1, dropout); otherwise an input of more than one dimension is
+flattened. The model is compiled with a *pure* loss metric
 (``pure_loss``) beside the training loss: Keras' ``loss``/``val_loss`` include the L2 term, so
 scores and gaps are computed from the metric instead.
 

@@ -3,11 +3,18 @@
 The space is plain data so that it can be validated before any study is created, stored with the
 study as JSON, and compared when a study is resumed. ``sample`` is the only place that talks to
 Optuna's trial API.
+
+A parameter may be conditional: ``when = "n_layers > 0"`` samples it only when an earlier
+parameter's value satisfies the comparison (``==``, ``!=``, ``<``, ``<=``, ``>``, ``>=`` against a
+number, ``true``/``false`` or a string). Otherwise it is never suggested, Optuna's define-by-run
+way: a depth-0 network records no width and no dropout, and the builder's default stands in.
 """
 
 from __future__ import annotations
 
 import math
+import operator
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Union
 
@@ -26,6 +33,7 @@ class Float:
     high: float
     log: bool = False
     step: float | None = None
+    when: str | None = None
 
     def check(self, name: str) -> None:
         _check_bounds(name, self.low, self.high, self.log)
@@ -46,6 +54,7 @@ class Int:
     high: int
     log: bool = False
     step: int = 1
+    when: str | None = None
 
     def check(self, name: str) -> None:
         for bound in (self.low, self.high, self.step):
@@ -68,6 +77,7 @@ class Categorical:
     """One of a fixed list of choices (activations, optimizers, batch sizes)."""
 
     choices: tuple[Scalar, ...]
+    when: str | None = None
 
     def check(self, name: str) -> None:
         if not self.choices:
@@ -90,6 +100,7 @@ class Fixed:
     """A value that is not searched but still recorded with every trial."""
 
     value: Scalar
+    when: str | None = None
 
     def check(self, name: str) -> None:
         if not isinstance(self.value, (int, float, str, bool)):
@@ -105,6 +116,57 @@ class Fixed:
 
 
 Distribution = Union[Float, Int, Categorical, Fixed]
+
+_COMPARISONS = {
+    "==": operator.eq, "!=": operator.ne, "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt,
+}
+_CONDITION = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(==|!=|<=|>=|<|>)\s*(\S.*?)\s*$")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """``NAME OP VALUE`` from a parameter's ``when``: it is sampled only if this holds."""
+
+    name: str
+    op: str
+    value: Scalar
+
+    @classmethod
+    def parse(cls, param: str, text: Any) -> "Condition":
+        match = _CONDITION.match(text) if isinstance(text, str) else None
+        if match is None:
+            raise SpaceError(
+                f"parameter '{param}': 'when' must read NAME OP VALUE with OP one of "
+                f"{' '.join(_COMPARISONS)}, e.g. \"n_layers > 0\"; got {text!r}"
+            )
+        name, op, raw = match.groups()
+        value = _literal(raw)
+        if op not in ("==", "!=") and (isinstance(value, (bool, str))):
+            raise SpaceError(f"parameter '{param}': '{op}' in 'when' needs a number, got {raw!r}")
+        return cls(name, op, value)
+
+    def holds(self, values: Mapping[str, Scalar]) -> bool:
+        """False also when the parameter it names was itself inactive (absent)."""
+        if self.name not in values:
+            return False
+        value = values[self.name]
+        if self.op not in ("==", "!=") and (isinstance(value, (bool, str))):
+            return False
+        return bool(_COMPARISONS[self.op](value, self.value))
+
+
+def _literal(raw: str) -> Scalar:
+    """A condition's value: a number, true/false, or a string (quoted or bare)."""
+    if raw in ("true", "false"):
+        return raw == "true"
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        return raw[1:-1]
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            continue
+    return raw
 
 
 def _check_bounds(name: str, low: float, high: float, log: bool) -> None:
@@ -134,10 +196,23 @@ class SearchSpace:
                     f"parameter '{name}': expected Float, Int, Categorical or Fixed, got {dist!r}"
                 )
             dist.check(name)
+            if dist.when is not None:
+                condition = Condition.parse(name, dist.when)
+                earlier = list(self.params)[: list(self.params).index(name)]
+                if condition.name not in earlier:
+                    raise SpaceError(
+                        f"parameter '{name}': 'when' refers to '{condition.name}', which must be declared "
+                        "before it (parameters are sampled in order)"
+                    )
 
     def sample(self, trial: optuna.Trial) -> dict[str, Scalar]:
-        """Draw one configuration; the order is the declaration order, so seeds reproduce."""
-        return {name: dist.sample(trial, name) for name, dist in self.params.items()}
+        """Draw one configuration; the order is the declaration order, so seeds reproduce.
+        A parameter whose ``when`` does not hold is not suggested and not returned."""
+        values: dict[str, Scalar] = {}
+        for name, dist in self.params.items():
+            if dist.when is None or Condition.parse(name, dist.when).holds(values):
+                values[name] = dist.sample(trial, name)
+        return values
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The declarative form, the same one ``from_dict`` reads and sweep files hold."""
@@ -159,6 +234,8 @@ class SearchSpace:
                 entry = {"type": "categorical", "choices": list(dist.choices)}
             else:
                 entry = {"type": "fixed", "value": dist.value}
+            if dist.when is not None:
+                entry["when"] = dist.when
             out[name] = entry
         return out
 
@@ -176,10 +253,10 @@ class SearchSpace:
 
 
 _KEYS = {
-    "float": {"type", "low", "high", "log", "step"},
-    "int": {"type", "low", "high", "log", "step"},
-    "categorical": {"type", "choices"},
-    "fixed": {"type", "value"},
+    "float": {"type", "low", "high", "log", "step", "when"},
+    "int": {"type", "low", "high", "log", "step", "when"},
+    "categorical": {"type", "choices", "when"},
+    "fixed": {"type", "value", "when"},
 }
 
 
@@ -201,6 +278,7 @@ def _parse_param(name: str, spec: Any) -> Distribution:
             f"parameter '{name}': unknown key(s) {', '.join(sorted(unknown))} for type '{kind}'; "
             f"allowed: {', '.join(sorted(_KEYS[kind] - {'type'}))}"
         )
+    when = spec.get("when")
     try:
         if kind == "float":
             return Float(
@@ -208,6 +286,7 @@ def _parse_param(name: str, spec: Any) -> Distribution:
                 high=_number(name, spec, "high"),
                 log=_flag(name, spec, "log"),
                 step=_number(name, spec, "step") if "step" in spec else None,
+                when=when,
             )
         if kind == "int":
             return Int(
@@ -215,13 +294,14 @@ def _parse_param(name: str, spec: Any) -> Distribution:
                 high=spec["high"],
                 log=_flag(name, spec, "log"),
                 step=spec.get("step", 1),
+                when=when,
             )
         if kind == "categorical":
             choices = spec["choices"]
             if not isinstance(choices, list):
                 raise SpaceError(f"parameter '{name}': 'choices' must be a list, got {choices!r}")
-            return Categorical(tuple(choices))
-        return Fixed(spec["value"])
+            return Categorical(tuple(choices), when=when)
+        return Fixed(spec["value"], when=when)
     except KeyError as missing:
         raise SpaceError(f"parameter '{name}': missing key {missing} for type '{kind}'") from None
 

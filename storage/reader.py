@@ -9,7 +9,7 @@ from gapsweep.errors import StudyNotFoundError
 from gapsweep.storage import queries
 from gapsweep.storage.engine import heartbeat_settings, reading
 from gapsweep.storage.queries import ParamRange, StudySummary, TrialRecord
-from gapsweep.storage.studies import CONFIG_ATTR
+from gapsweep.storage.studies import CONFIG_ATTR, REFERENCE_ATTR
 
 
 def best_trials(
@@ -61,3 +61,10 @@ def baseline_trial(study: str, storage: str | None = None) -> TrialRecord | None
     """The trial that ran the user's ``--baseline`` configuration, or None."""
     with reading(storage) as engine:
         return queries.baseline_trial(engine, study)
+
+
+def study_reference(study: str, storage: str | None = None) -> dict[str, Any] | None:
+    """The linear reference stored when the study was created (model, params, val loss), or None
+    for a study made before gapsweep fitted one."""
+    with reading(storage) as engine:
+        return queries.study_user_attrs(engine, study).get(REFERENCE_ATTR)

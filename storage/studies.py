@@ -1,7 +1,8 @@
 """Create, resume and look up studies by name.
 
 gapsweep keeps a study's configuration as one study user attribute (``gapsweep.config``), inside
-Optuna's schema, so the study carries everything a later launch or worker needs.
+Optuna's schema, so the study carries everything a later launch or worker needs; the linear
+reference fitted when the study was created sits beside it (``gapsweep.reference``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import optuna
 from gapsweep.errors import StudyNotFoundError
 
 CONFIG_ATTR = "gapsweep.config"
+REFERENCE_ATTR = "gapsweep.reference"
 
 
 

@@ -186,7 +186,7 @@ CASES = [
     Case("trials-unknown-state", command("trials", "--study", "real", "--state", "done"), "unknown trial state 'done'", fake_study),
     Case("trials-unknown-param", command("trials", "--study", "real", "--param", "nosuch=1:"), "no searched parameter", fake_study),
     Case("show-unknown-trial", command("show", "real", "99"), "has no trial number 99", fake_study),
-    Case("export-to-a-folder", command("export", "real", "--out", "."), "give a file path ending in .keras", fake_study),
+    Case("export-to-a-folder", command("export", "real", "--out", "."), "is a folder", fake_study),
     Case("export-without-a-model", command("export", "real", "--out", "m.keras"), "has no stored model", fake_study),
     Case("report-to-a-folder", command("report", "--study", "real", "--out", "."), "is a folder", fake_study),
     Case("report-into-a-missing-folder", command("report", "--study", "real", "--out", "no/r.html"), "does not exist", fake_study),

@@ -101,8 +101,8 @@ def test_export_and_predict_refuse_bad_paths_in_one_line(tmp_path: Path, capsys)
     model = tmp_path / "m.keras"
     model.mkdir()
     cases = [
-        (["export", "s", "--out", str(tmp_path / "model.h5")], "ending in .keras"),
-        (["export", "s", "--out", str(model)], "ending in .keras"),
+        (["export", "s", "--out", str(tmp_path / "model.h5")], "must end in .keras"),
+        (["export", "s", "--out", str(model)], "is a folder"),
         (["export", "s", "--out", str(tmp_path / "no" / "m.keras")], "does not exist"),
         (["predict", "s", "--data", "x.csv", "--out", str(tmp_path / "p.txt")], "ending in .csv"),
         (["predict", "--model", str(model), "--data", "x.csv", "--out", str(tmp_path / "p.csv")], "give an existing .keras file"),

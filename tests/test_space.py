@@ -51,7 +51,10 @@ def test_sampling_respects_bounds_and_is_seeded():
     assert first == again
     for params in first:
         assert 1e-6 <= params["l2"] <= 1e-1
-        assert 16 <= params["units"] <= 512 and isinstance(params["units"], int)
+        if params["n_layers"]:
+            assert 16 <= params["units"] <= 512 and isinstance(params["units"], int)
+        else:  # depth 0: width and dropout are inactive, never suggested
+            assert "units" not in params and "dropout" not in params
         assert params["batch_size"] in (32, 64, 128)
 
 
@@ -122,3 +125,49 @@ def test_unreadable_space_files(tmp_path: Path):
         py_file = tmp_path / "m.py"
         py_file.write_text("X = 1\n")
         load_space(f"{py_file}:NOPE")
+
+
+def test_the_builtin_space_reaches_depth_zero_without_width_or_dropout():
+    space = load_space("mlp")
+    assert space.params["n_layers"].low == 0
+    linear = space.sample(optuna.trial.FixedTrial({"l2": 1e-3, "n_layers": 0, "learning_rate": 1e-2, "epochs": 10, "batch_size": 32}))
+    assert linear == {"l2": 1e-3, "n_layers": 0, "learning_rate": 1e-2, "epochs": 10, "batch_size": 32}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    draws = [space.sample(study.ask()) for _ in range(40)]
+    assert any(d["n_layers"] == 0 for d in draws) and any(d["n_layers"] > 0 for d in draws)
+    for draw in draws:
+        assert ("units" in draw) == ("dropout" in draw) == (draw["n_layers"] > 0)
+
+
+def test_conditions_round_trip_and_compare_values():
+    space = SearchSpace.from_dict(
+        {
+            "optimizer": ["sgd", "adam"],
+            "momentum": {"type": "float", "low": 0.0, "high": 0.9, "when": "optimizer == 'sgd'"},
+            "depth": {"type": "int", "low": 0, "high": 3},
+            "width": {"type": "int", "low": 8, "high": 16, "when": "depth >= 2"},
+            "tag": {"type": "fixed", "value": "x", "when": "momentum > 0.5"},  # absent parent: inactive
+        }
+    )
+    assert SearchSpace.from_dict(space.to_dict()) == space
+    assert space.to_dict()["width"]["when"] == "depth >= 2"
+    fixed = {"optimizer": "adam", "momentum": 0.8, "depth": 1, "width": 9}
+    assert space.sample(optuna.trial.FixedTrial(fixed)) == {"optimizer": "adam", "depth": 1}
+    fixed = {"optimizer": "sgd", "momentum": 0.8, "depth": 2, "width": 9}
+    trial = optuna.trial.FixedTrial(fixed)
+    assert space.sample(trial) == {**fixed, "tag": "x"}
+
+
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        ({"a": {"type": "int", "low": 0, "high": 2, "when": "b > 0"}}, "must be declared before it"),
+        ({"b": [1, 2], "a": {"type": "int", "low": 0, "high": 2, "when": "b ~ 0"}}, "NAME OP VALUE"),
+        ({"b": [1, 2], "a": {"type": "int", "low": 0, "high": 2, "when": "b > x"}}, "needs a number"),
+        ({"b": [1, 2], "a": {"type": "int", "low": 0, "high": 2, "when": {"b": 1}}}, "NAME OP VALUE"),
+    ],
+)
+def test_bad_conditions_are_refused_in_one_line(raw, fragment):
+    with pytest.raises(SpaceError, match=fragment) as caught:
+        SearchSpace.from_dict(raw)
+    assert "\n" not in str(caught.value)

@@ -2,7 +2,8 @@
 
 One HTML file holds everything (PNG images inlined as base64), so a report can be mailed,
 archived beside the database or opened on a machine without gapsweep. It shows the optimization
-history, the learning curves of the best trials with the epoch early stopping restored, val loss
+history, the best trial's val loss beside the linear reference's (``gapsweep.sweeps.run.reference``),
+the learning curves of the best trials with the epoch early stopping restored, val loss
 against the gap with the Pareto front, Optuna's parameter importances, and every trial with its
 diagnosis (``gapsweep.sweeps.analysis.diagnosis``). ``write_pngs`` writes the same plots as separate files.
 
@@ -31,8 +32,9 @@ from gapsweep.errors import ConfigError
 from gapsweep.storage.engine import open_storage
 from gapsweep.storage.pareto import pareto_front
 from gapsweep.storage.queries import TrialRecord
-from gapsweep.storage.reader import best_trials, list_trials
+from gapsweep.storage.reader import best_trials, list_trials, study_reference
 from gapsweep.sweeps.analysis.diagnosis import LABELS, Diagnosis, diagnose_record
+from gapsweep.sweeps.run.reference import sentence, versus
 
 FORMATS = ("html", "png")
 _DPI = 100
@@ -56,6 +58,9 @@ class Report:
     trials: list[TrialRecord]
     diagnoses: dict[int, Diagnosis]
     sections: list[Section]
+    #: The linear reference stored with the study, and the best trial it is compared with.
+    reference: dict[str, Any] | None = None
+    pick: TrialRecord | None = None
 
 
 def build_report(study: str, storage: str | None = None, *, top: int = 5) -> Report:
@@ -72,7 +77,10 @@ def build_report(study: str, storage: str | None = None, *, top: int = 5) -> Rep
         _pareto_section(complete),
         _importance_section(study, storage, len(complete)),
     ]
-    return Report(study=study, trials=trials, diagnoses=diagnoses, sections=sections)
+    return Report(
+        study=study, trials=trials, diagnoses=diagnoses, sections=sections,
+        reference=study_reference(study, storage), pick=best[0] if best else None,
+    )
 
 
 def check_destination(out: Path, fmt: str) -> None:
@@ -276,7 +284,7 @@ img { max-width: 100%; } .note { color: #666; font-style: italic; }
 table { border-collapse: collapse; font-size: 13px; width: 100%; }
 th, td { border-bottom: 1px solid #e5e5e5; padding: 4px 6px; text-align: left; vertical-align: top; }
 th { background: #f5f5f5; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.label { font-weight: 600; } .why { color: #555; font-size: 12px; } .params { font-size: 12px; color: #444; }
+.warn { color: #b00; font-weight: 600; } .label { font-weight: 600; } .why { color: #555; font-size: 12px; } .params { font-size: 12px; color: #444; }
 """
 
 
@@ -297,6 +305,8 @@ def render_html(report: Report) -> str:
         f"Diagnoses: {_e(', '.join(f'{n} {label}' for label, n in sorted(labels.items())))}. "
         f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
     ]
+    if report.reference is not None:
+        parts.append(_reference_paragraph(report.reference, report.pick))
     for section in report.sections:
         parts.append(f"<h2>{_e(section.heading)}</h2>")
         if section.figure is not None:
@@ -308,6 +318,14 @@ def render_html(report: Report) -> str:
     parts.append(_trial_table(report))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _reference_paragraph(reference: dict[str, Any], pick: TrialRecord | None) -> str:
+    """The best trial's val loss beside the linear reference's; flagged when it is not lower."""
+    val_loss = pick.attrs.get("val_loss") if pick is not None else None
+    beaten = versus(reference, val_loss)["beaten"]
+    text = sentence(reference, pick.number if pick is not None else None, val_loss)
+    return f'<p id="reference" class="{"" if beaten else "warn"}">{_e(text[0].upper() + text[1:])}.</p>'
 
 
 def _trial_table(report: Report) -> str:

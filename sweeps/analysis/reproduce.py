@@ -1,4 +1,5 @@
-"""Reproducibility: what a trial needs to be trained again, and ``rerun`` that does it.
+"""Reproducibility: what a trial needs to be trained again, ``rerun`` that does it, and
+``refit`` that trains its configuration once more on train + val rows.
 
 Every trial records its seed, the data's fingerprint, the library versions, the device and the
 determinism settings (user attribute ``repro``). ``rerun`` rebuilds the trial's model from the
@@ -13,31 +14,52 @@ CPU). On GPUs, reduction order varies and the match is looser unless op determin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import optuna
 
 from gapsweep.errors import StudyNotFoundError
 from gapsweep.storage.reader import get_trial
 from gapsweep.sweeps.data import datasets
+from gapsweep.search_spaces.hypermodel import FitSettings
 from gapsweep.sweeps.data.datasets import Splits
 from gapsweep.sweeps.run.config import SweepConfig, stored_sweep
 from gapsweep.sweeps.run.launch import load_hypermodel
 from gapsweep.sweeps.trial.runtime import fresh_session
-from gapsweep.sweeps.trial.trainer import TrainResult, train
+from gapsweep.sweeps.trial.trainer import TrainResult, fit_epochs, train
+
+if TYPE_CHECKING:
+    import keras
 
 #: Relative difference of val loss within which a rerun counts as a reproduction.
 RERUN_TOLERANCE = 1e-3
 
 
-def retrain(config: SweepConfig, params: dict[str, Any], seed: int, splits: Splits) -> TrainResult:
-    """Train ``params`` again exactly as a trial of ``config`` would, without any study."""
+def rebuild(config: SweepConfig, params: dict[str, Any], seed: int, splits: Splits) -> tuple["keras.Model", FitSettings]:
+    """The compiled, freshly seeded model of a trial of ``config`` with ``params``, and how it is
+    fitted: the trial's own build, with an ``optuna.trial.FixedTrial`` for the live trial."""
     hypermodel = load_hypermodel(config, splits)
     fresh_session(seed)
-    model, fit = hypermodel.build(optuna.trial.FixedTrial(params), splits.task)
+    return hypermodel.build(optuna.trial.FixedTrial(params), splits.task)
+
+
+def retrain(config: SweepConfig, params: dict[str, Any], seed: int, splits: Splits) -> TrainResult:
+    """Train ``params`` again exactly as a trial of ``config`` would, without any study."""
+    model, fit = rebuild(config, params, seed, splits)
     return train(
         model, fit, splits, penalty=config.objective.gap_penalty, patience=config.objective.patience, seed=seed
     )
+
+
+def refit(config: SweepConfig, params: dict[str, Any], seed: int, splits: Splits, *, epochs: int) -> "keras.Model":
+    """Train ``params`` on the train and val rows together for ``epochs`` epochs, as
+    scikit-learn's ``refit=True`` does after a search: the final model sees every labelled row
+    the sweep had. No early stopping (no val rows remain); the test rows are never touched."""
+    model, fit = rebuild(config, params, seed, splits)
+    x = np.concatenate([splits.x_train, splits.x_val])
+    y = np.concatenate([splits.y_train, splits.y_val])
+    return fit_epochs(model, fit, x, y, epochs=epochs, seed=seed)
 
 
 @dataclass(frozen=True)

@@ -176,6 +176,15 @@ class Preprocessing:
         return described
 
 
+def unwrap(model: "keras.Model") -> "keras.Model":
+    """The trained model inside a raw-input model (``Preprocessing.wrap``); any other model as it is."""
+    import keras
+
+    if model.name != "gapsweep_raw_input":
+        return model
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
 def with_info(model_bytes: bytes, info: dict[str, Any]) -> bytes:
     """A ``.keras`` file's bytes with ``gapsweep.json`` added."""
     buffer = io.BytesIO(model_bytes)

@@ -38,10 +38,11 @@ from gapsweep.storage import artifacts, queries
 from gapsweep.storage.engine import describe_failure, heartbeat_settings, sqlite_path
 from gapsweep.storage.heartbeats import open_crash_safe_storage, quiet_experimental, reap
 from gapsweep.storage.locks import StudyLock
-from gapsweep.storage.studies import CONFIG_ATTR, create_or_load, stored_config
+from gapsweep.storage.studies import CONFIG_ATTR, REFERENCE_ATTR, create_or_load, stored_config
 from gapsweep.storage.url import parse
 from gapsweep.sweeps.data import datasets
 from gapsweep.sweeps.run.config import SweepConfig
+from gapsweep.sweeps.run.reference import fit_reference
 from gapsweep.sweeps.data.datasets import Splits
 from gapsweep.sweeps.trial.models import ModelKeeper
 from gapsweep.sweeps.trial.objective import Objective
@@ -121,6 +122,10 @@ def prepare(config: SweepConfig, *, salt: str | None = None, allow_objective_cha
             _check_resume(config, previous, stored, allow_objective_change=allow_objective_change)
         if previous is None or previous != stored:
             study.set_user_attr(CONFIG_ATTR, stored)
+        if REFERENCE_ATTR not in study.user_attrs:  # once per study: a resumed one keeps its reference
+            reference = fit_reference(splits, cv=config.objective.cv, seed=config.seed)
+            if reference is not None:
+                study.set_user_attr(REFERENCE_ATTR, reference)
         n_existing = len(study.get_trials(deepcopy=False))
         study.sampler = _sampler(config, n_existing=n_existing, salt=salt)
         if config.baseline is not None and n_existing == 0:

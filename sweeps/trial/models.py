@@ -38,14 +38,16 @@ def raw_input_model_bytes(model: "keras.Model", preprocessing: Preprocessing) ->
     return with_info(model_to_bytes(preprocessing.wrap(model)), preprocessing.info())
 
 
-def model_from_bytes(data: bytes) -> "keras.Model":
+def model_from_bytes(data: bytes, *, compile: bool = True) -> "keras.Model":
+    """The model in ``data``; ``compile=False`` leaves out its loss and optimizer (a model that
+    only predicts, such as an ensemble member)."""
     init_tensorflow()
     import keras
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.keras"
         path.write_bytes(data)
-        return keras.saving.load_model(path, safe_mode=True)
+        return keras.saving.load_model(path, safe_mode=True, compile=compile)
 
 
 def held_out_metrics(model: "keras.Model", splits: "Splits") -> dict[str, float]:

@@ -1,0 +1,144 @@
+"""Never lose to the simplest model: depth-0 trials, and the linear reference beside every study."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import optuna
+import pytest
+
+from gapsweep.api import best_trials, list_trials, study_reference
+from gapsweep.cli import main
+from gapsweep.storage.engine import open_storage
+from gapsweep.storage.studies import REFERENCE_ATTR
+from gapsweep.sweeps.analysis.export import export_best
+from gapsweep.sweeps.analysis.report import build_report, render_html
+from gapsweep.sweeps.data import losses
+from gapsweep.sweeps.data.datasets import DataSpec, load
+from gapsweep.sweeps.run.config import SweepConfig
+from gapsweep.sweeps.run.launch import launch
+from gapsweep.sweeps.run.reference import GRID, fit_reference, reference_test_losses
+from gapsweep.sweeps.trial.objective import ObjectiveSettings
+
+
+def test_the_reference_is_the_best_of_its_grid_on_the_val_rows():
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from threadpoolctl import threadpool_limits
+
+    wine = load(DataSpec("wine", train_fraction=0.4))
+    found = fit_reference(wine)
+    assert found is not None and found["model"] == "LogisticRegression"
+    assert found["val_loss"] == min(row["val_loss"] for row in found["grid"])
+    with threadpool_limits(limits=1):  # as the reference fits: BLAS threads change the last digits
+        model = LogisticRegression(C=found["params"]["C"], max_iter=1000).fit(wine.x_train, wine.y_train)
+    probabilities = model.predict_proba(wine.x_val)
+    hand = -np.mean(np.log(np.clip(probabilities[np.arange(len(wine.y_val)), wine.y_val], 1e-7, 1)))
+    assert found["val_loss"] == pytest.approx(hand, rel=1e-6)  # float32 features: float32 probabilities
+    assert (found["train_rows"], found["val_rows"]) == (len(wine.x_train), len(wine.x_val))
+
+    diabetes = load(DataSpec("diabetes"))
+    found = fit_reference(diabetes)
+    assert found is not None and found["model"] == "Ridge" and [row["alpha"] for row in found["grid"]] == list(GRID)
+    ridge = Ridge(alpha=found["params"]["alpha"]).fit(diabetes.x_train, diabetes.y_train)
+    assert found["val_loss"] == pytest.approx(np.mean((ridge.predict(diabetes.x_val) - diabetes.y_val) ** 2))
+
+    folds = fit_reference(diabetes, cv=3, seed=0)
+    assert folds is not None and folds["cv"] == 3 and folds["val_rows"] == len(diabetes.x_train)
+    assert folds["val_loss"] != found["val_loss"]
+
+
+@pytest.mark.slow
+def test_per_example_losses_match_keras_pure_loss_metric():
+    from gapsweep.search_spaces.builder import build_model
+    from gapsweep.sweeps.trial.runtime import fresh_session
+
+    for spec in (DataSpec("wine", train_fraction=0.4), DataSpec("diabetes")):
+        splits = load(spec)
+        fresh_session(0)
+        model = build_model({"n_layers": 0, "l2": 1e-2}, splits.task)
+        model.fit(splits.x_train, splits.y_train, epochs=3, verbose=0)
+        keras_value = model.evaluate(splits.x_val, splits.y_val, verbose=0, return_dict=True)["pure_loss"]
+        mine = losses.per_example(splits.task, splits.y_val, model.predict(splits.x_val, verbose=0))
+        assert mine.shape == (len(splits.y_val),)
+        assert mine.mean() == pytest.approx(keras_value, rel=1e-5)
+
+
+LINEAR_SPACE = {
+    "l2": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+    "n_layers": {"type": "int", "low": 0, "high": 0},
+    "units": {"type": "int", "low": 8, "high": 32, "when": "n_layers > 0"},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.3, "when": "n_layers > 0"},
+    "learning_rate": {"type": "float", "low": 1e-2, "high": 5e-2, "log": True},
+    "epochs": 8,
+    "batch_size": 32,
+}
+
+
+@pytest.mark.slow
+def test_a_depth_zero_trial_builds_trains_and_exports(sqlite_url, tmp_path):
+    import keras
+
+    data = DataSpec("wine", train_fraction=0.4)
+    launch(SweepConfig(study="lin", space=LINEAR_SPACE, data=data, trials=2, storage=sqlite_url, pruner="none"), progress=False)
+    trials = list_trials("lin", sqlite_url, states=["complete"])
+    assert len(trials) == 2
+    for trial in trials:  # width and dropout were never suggested
+        assert trial.params.keys() == {"l2", "n_layers", "learning_rate"} and trial.params["n_layers"] == 0
+        assert trial.attrs["val_loss"] < 1.0
+    for refit in (False, True):
+        out = tmp_path / f"lin-{refit}.keras"
+        export_best("lin", out, sqlite_url, refit=refit)
+        model = keras.models.load_model(out)
+        dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+        assert [layer.name for layer in dense] == ["output"]  # inputs straight to the output layer
+        assert not any(isinstance(layer, keras.layers.Dropout) for layer in model.layers)
+
+
+def _bump(url: str, study: str, **changes: float) -> None:
+    """Overwrite stored reference values, as a stand-in no fit would produce."""
+    loaded = optuna.load_study(study_name=study, storage=open_storage(url))
+    loaded.set_user_attr(REFERENCE_ATTR, {**loaded.user_attrs[REFERENCE_ATTR], **changes})
+
+
+@pytest.mark.slow
+def test_the_reference_is_stored_once_and_shown_beside_the_pick(any_url, tiny_space, tmp_path, capsys):
+    data = DataSpec("wine", train_fraction=0.4)
+    config = SweepConfig(study="ref", space=tiny_space, data=data, trials=2, storage=any_url, pruner="none",
+                         objective=ObjectiveSettings(keep_models=0))
+    launch(config, progress=False)
+    stored = study_reference("ref", any_url)
+    assert stored == fit_reference(load(data))  # computed from the study's own rows
+
+    # A resumed study keeps its reference: a value no fit would give survives the relaunch.
+    _bump(any_url, "ref", val_loss=123.0)
+    launch(replace(config, trials=3), progress=False)
+    assert study_reference("ref", any_url)["val_loss"] == 123.0
+    assert len(list_trials("ref", any_url)) == 3
+
+    pick = best_trials("ref", any_url, 1)[0]
+    assert main(["best", "--study", "ref", "--storage", any_url, "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["reference"] == {
+        "model": "LogisticRegression", "params": stored["params"], "val_loss": 123.0,
+        "trial_val_loss": pick.attrs["val_loss"], "beaten": True,
+    }
+    assert main(["show", "ref", str(pick.number), "--storage", any_url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["reference"]["beaten"] is True
+    assert main(["best", "--study", "ref", "--storage", any_url]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith(f"trial {pick.number}: val loss {pick.attrs['val_loss']:.4f}, lower")
+
+    # A reference the sweep did not beat is said plainly, in the text, the JSON and the report.
+    _bump(any_url, "ref", val_loss=1e-6)
+    assert main(["best", "--study", "ref", "--storage", any_url]) == 0
+    assert "The sweep did not beat the linear reference" in capsys.readouterr().out
+    assert main(["best", "--study", "ref", "--storage", any_url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["reference"]["beaten"] is False
+    page = render_html(build_report("ref", any_url))
+    assert '<p id="reference" class="warn">' in page and "did not beat the linear reference" in page
+
+    # The reference's own test losses, per example, for benchmarks that compare picks on test rows.
+    test = reference_test_losses("ref", any_url)
+    splits = load(data)
+    assert test.shape == (len(splits.x_test),) and np.all(np.isfinite(test)) and test.mean() > 0
