@@ -5,9 +5,9 @@ refit on train + val rows three ways: the epochs early stopping chose (``best_ep
 count divided by the growth in rows (the same number of optimizer steps), and multiplied by it.
 Each model's test loss is printed beside the stored model's (trained on the train rows alone).
 
-    .venv/bin/python docs/export/refit_epochs.py --seeds 0 1 2 3 4 5 6 --out /tmp/refit_epochs.json
+    .venv/bin/python -m benchmarks.refit_epochs --seeds 0 1 2 3 4 5 6 --out /tmp/refit_epochs.json
 
-Results of the recorded run: docs/export/refit_epochs.json, summarized in docs/export.md.
+Results of the recorded run: docs/benchmarks/refit_epochs.json, summarized in docs/export.md.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from gapsweep.sweeps.analysis.export import load_best_model
 from gapsweep.sweeps.analysis.reproduce import refit
 from gapsweep.sweeps.data import losses
 from gapsweep.sweeps.data.datasets import DataSpec, load
+from gapsweep.sweeps.data.preprocessing import unwrap
 from gapsweep.sweeps.run.config import SweepConfig, stored_sweep
 from gapsweep.sweeps.run.launch import launch
 from gapsweep.sweeps.trial.objective import ObjectiveSettings
@@ -64,7 +65,7 @@ def measure(seeds: list[int], url: str) -> list[dict]:
                 return float(losses.per_example(splits.task, splits.y_test, predictions).mean())
 
             row = {"task": name, "seed": seed, "best_epoch+1": epochs, "growth": round(growth, 2),
-                   "no_refit": test_loss(load_best_model(study, url))}
+                   "no_refit": test_loss(unwrap(load_best_model(study, url)))}  # the trained part: x_test is preprocessed
             counts = {"same_epochs": epochs, "same_steps": max(1, round(epochs / growth)), "scaled_up": round(epochs * growth)}
             for variant, count in counts.items():
                 seed_of_trial = int(best.attrs["repro"]["seed"])
