@@ -15,6 +15,7 @@ from gapsweep.storage import artifacts
 from gapsweep.storage.engine import open_storage
 from gapsweep.sweeps.analysis.export import export_best, load_best_model
 from gapsweep.sweeps.data import losses
+from gapsweep.sweeps.data.preprocessing import unwrap
 from gapsweep.sweeps.data.datasets import DataSpec, load
 from gapsweep.sweeps.run.config import SweepConfig
 from gapsweep.sweeps.run.launch import launch
@@ -71,10 +72,12 @@ def test_refit_trains_on_train_and_val_rows_for_the_best_epoch_count(any_url, ti
     model = keras.models.load_model(out)
     batch = best.summary()["params"]["batch_size"]
     # The optimizer took one step per batch of the train + val rows, for exactly that many epochs.
-    assert int(model.optimizer.iterations.numpy()) == epochs * math.ceil(rows / batch)
-    # It is a new model, not the stored one trained on the train rows alone.
+    assert exported["refit_steps"] == epochs * math.ceil(rows / batch)
+    # It is a new model that takes raw rows, not the stored one trained on the train rows alone.
     stored = load_best_model("ex", any_url)
-    assert not np.allclose(model.predict(splits.x_val[:8], verbose=0), stored.predict(splits.x_val[:8], verbose=0))
+    raw = splits.raw_test[:8]
+    assert np.allclose(model.predict(raw, verbose=0), unwrap(model).predict(splits.x_test[:8], verbose=0), atol=1e-5)
+    assert not np.allclose(model.predict(raw, verbose=0), stored.predict(raw, verbose=0))
 
     # A trial without a stored model (keep_models = 1) can still be refit.
     other = next(t for t in best_trials("ex", any_url, 3) if t.number != best.number)
@@ -87,9 +90,14 @@ def _jensen(url: str, data: DataSpec, out, k: int) -> dict:
     import keras
 
     exported = export_best("ex", out, url, ensemble=k)
-    ensemble = keras.models.load_model(out)  # standard layers only: no custom objects, safe mode
+    wrapped = keras.models.load_model(out)  # standard layers only: no custom objects, safe mode
     splits = load(data)
-    members = [load_best_model("ex", url, trial=number) for number in exported.trials]
+    # The file takes raw rows like every exported model; its trained part averages the members'.
+    ensemble = unwrap(wrapped)
+    np.testing.assert_allclose(
+        wrapped.predict(splits.raw_test, verbose=0), ensemble.predict(splits.x_test, verbose=0), rtol=1e-5, atol=1e-6
+    )
+    members = [unwrap(load_best_model("ex", url, trial=number)) for number in exported.trials]
     for x, y in ((splits.x_val, splits.y_val), (splits.x_test, splits.y_test)):
         predictions = [member.predict(x, verbose=0) for member in members]
         averaged = ensemble.predict(x, verbose=0)

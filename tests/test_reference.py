@@ -16,6 +16,7 @@ from gapsweep.storage.studies import REFERENCE_ATTR
 from gapsweep.sweeps.analysis.export import export_best
 from gapsweep.sweeps.analysis.report import build_report, render_html
 from gapsweep.sweeps.data import losses
+from gapsweep.sweeps.data.preprocessing import unwrap
 from gapsweep.sweeps.data.datasets import DataSpec, load
 from gapsweep.sweeps.run.config import SweepConfig
 from gapsweep.sweeps.run.launch import launch
@@ -91,7 +92,7 @@ def test_a_depth_zero_trial_builds_trains_and_exports(sqlite_url, tmp_path):
     for refit in (False, True):
         out = tmp_path / f"lin-{refit}.keras"
         export_best("lin", out, sqlite_url, refit=refit)
-        model = keras.models.load_model(out)
+        model = unwrap(keras.models.load_model(out))  # the trained part, behind the raw-input layers
         dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
         assert [layer.name for layer in dense] == ["output"]  # inputs straight to the output layer
         assert not any(isinstance(layer, keras.layers.Dropout) for layer in model.layers)

@@ -151,7 +151,8 @@ def _refit(config: SweepConfig, splits: Splits, record: TrialRecord) -> tuple["k
     except TrainingDiverged as exc:
         raise ConfigError(f"refitting trial {record.number} diverged ({exc}); export it without --refit") from None
     rows = len(splits.x_train) + len(splits.x_val)
-    return model, {"refit_epochs": epochs, "refit_rows": rows, "seed": seed}
+    steps = int(model.optimizer.iterations.numpy())  # the exported file holds no optimizer: record it here
+    return model, {"refit_epochs": epochs, "refit_rows": rows, "refit_steps": steps, "seed": seed}
 
 
 def _chosen(engine: Any, study: str, trial: int | None) -> int:
