@@ -134,6 +134,7 @@ class _Job:
         self.index = index
         self.process = process
         self.error: str | None = None
+        self.signals = 0  # signals passed on to it
         self.relay = threading.Thread(target=self._relay, name=f"gapsweep-job-{index}", daemon=True)
 
     def _relay(self) -> None:
@@ -146,6 +147,7 @@ class _Job:
                 tqdm.write(text, file=sys.stderr)
 
     def signal(self, signum: int) -> None:
+        self.signals += 1
         if self.process.returncode is None:
             try:
                 self.process.send_signal(signum)
@@ -162,14 +164,13 @@ def run_jobs(spec: JobSpec, jobs: int, *, threads: int, poll: Callable[[], None]
         env["GAPSWEEP_STORAGE"] = spec.storage
     outcome = Outcome()
     running: list[_Job] = []
-    stops = 0
+    stops: list[int] = []  # the signals received, in order
 
     def forward(signum: int, frame: FrameType | None) -> None:
-        nonlocal stops
-        stops += 1
+        stops.append(signum)
         outcome.interrupted = True
         name = signal.Signals(signum).name
-        if stops == 1:
+        if len(stops) == 1:
             tqdm.write(
                 f"gapsweep: {name}: {len(running)} job(s) finish their current trials, then stop "
                 "(send it again to stop them now; their trials are queued again)", file=sys.stderr,
@@ -188,7 +189,10 @@ def run_jobs(spec: JobSpec, jobs: int, *, threads: int, poll: Callable[[], None]
                 spec.argv(index, threads), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, text=True, process_group=0, preexec_fn=_die_with_parent(os.getpid()),
             )
-            running.append(_Job(index, process))
+            job = _Job(index, process)
+            running.append(job)
+            for signum in stops[job.signals:]:  # a signal that came while it was being started
+                job.signal(signum)
         for job in running:  # after every fork: preexec_fn must not run beside other threads
             job.relay.start()
         _wait(running, outcome, poll)

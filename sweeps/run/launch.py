@@ -42,7 +42,7 @@ from gapsweep.storage.studies import CONFIG_ATTR, REFERENCE_ATTR, create_or_load
 from gapsweep.storage.url import parse
 from gapsweep.sweeps.data import datasets
 from gapsweep.sweeps.run.config import SweepConfig
-from gapsweep.sweeps.run.jobs import JobSpec, check_jobs, run_jobs, select_device, usable_cores
+from gapsweep.sweeps.run.jobs import JobSpec, check_jobs, parse_gpus, run_jobs, select_device, usable_cores
 from gapsweep.sweeps.run.reference import fit_reference
 from gapsweep.sweeps.data.datasets import Splits
 from gapsweep.sweeps.trial.models import ModelKeeper
@@ -214,6 +214,8 @@ def launch(
     the jobs to GPUs in turn; with one job, this process to the first.
     """
     jobs = check_jobs(jobs)
+    if gpus is not None:
+        gpus = parse_gpus(",".join(gpus))
     if jobs == 1 and gpus:
         select_device(gpus[0])
     sweep = prepare(config, allow_objective_change=allow_objective_change)
@@ -252,7 +254,10 @@ def run_parallel(
     )
     with _ProgressBar(sweep.study, config.trials, progress) as bar:
         def poll() -> None:
-            if not bar.bar.disable:
+            if bar.bar.disable:
+                return
+            # A database hiccup skips one refresh of the bar; the jobs ride it out on their own.
+            with contextlib.suppress(SQLAlchemyError, optuna.exceptions.StorageInternalError):
                 bar.show(sweep.study, queries.state_counts(sweep.storage.engine, config.study), since=counts)
 
         outcome = run_jobs(spec, jobs, threads=max(1, usable_cores() // jobs), poll=poll)
