@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run (or resume) a sweep",
         description="Run a sweep until the study holds --trials finished trials. A sweep file "
         "(TOML/YAML) may hold every setting; flags override it. Launching an existing study "
-        "resumes it towards the same total budget.",
+        "resumes it towards the same total budget. Trains one trial per usable core at once by default, "
+        "each in its own worker process (--jobs).",
     )
     launch.add_argument("sweep_file", nargs="?", help="sweep file (.toml/.yaml) with the settings below")
     _study_flag(launch, required=False)

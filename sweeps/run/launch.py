@@ -263,7 +263,8 @@ def run_parallel(
         outcome = run_jobs(spec, jobs, threads=max(1, usable_cores() // jobs), poll=poll)
     if outcome.error is not None:
         raise SweepFailedError(outcome.error)
-    if outcome.died and not outcome.interrupted and has_work(sweep) is not None:
+    timed_out = spec.stop_at is not None and time.time() >= spec.stop_at
+    if outcome.died and not outcome.interrupted and not timed_out and has_work(sweep) is not None:
         raise SweepFailedError(
             f"every job ended before the budget was spent ({'; '.join(outcome.died)}); launch study "
             f"'{config.study}' again to go on: the trials they were running are retried"
