@@ -184,3 +184,28 @@ def test_a_killed_job_loses_no_trial_and_the_sweep_spends_the_budget(tmp_path, t
     states = _states(url)
     assert states.count("COMPLETE") == budget and "RUNNING" not in states and "WAITING" not in states
     assert list_studies(url)[0].counts["RUNNING"] == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_jobs_of_a_killed_launch_finish_their_trials_and_stop(tmp_path, tiny_space):
+    url = f"sqlite:///{tmp_path / 'orphans.db'}"
+    process = subprocess.Popen(
+        [GAPSWEEP, *_launch_argv(url, _space_file(tmp_path, tiny_space, 12), 30, "--jobs", "2")],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    _wait_for(lambda: "COMPLETE" in _states(url) and "RUNNING" in _states(url))
+    jobs = {int(t.attrs["worker"].rsplit(":", 1)[1]) for t in list_trials("jobs", url) if "worker" in t.attrs}
+    process.kill()
+    process.wait()
+    _wait_for(lambda: not any(_alive(pid) for pid in jobs), timeout=120)
+    states = _states(url)
+    assert "RUNNING" not in states and "FAIL" not in states and "WAITING" not in states  # finished, not dropped
+    assert len(states) < 30

@@ -9,7 +9,7 @@ may have imported TensorFlow, and it replaces itself every ``--trials-per-proces
 worker does, so memory stays flat. Jobs run in their own process group: a Ctrl-C at the terminal
 reaches only ``launch``, which passes it on once, so the first Ctrl-C lets every job finish its
 trial and a second stops them at once (their trials are queued again). A job whose ``launch`` died
-gets SIGTERM from the kernel and stops after its trial.
+gets SIGHUP from the kernel and stops after its trial.
 """
 
 from __future__ import annotations
@@ -230,14 +230,18 @@ def _wait(running: list[_Job], outcome: Outcome, poll: Callable[[], None]) -> No
 
 
 def _die_with_parent(parent: int) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has the kernel send the job SIGTERM when ``launch`` dies (Linux),
-    so no job trains on unseen after a ``kill -9`` of ``launch``; it finishes its trial and stops."""
+    """A ``preexec_fn`` that has the kernel send the job SIGHUP when ``launch`` dies (Linux), so
+    no job trains on unseen after a ``kill -9`` of ``launch``: it finishes its trial and stops.
+
+    SIGHUP, not SIGTERM: the kernel sends it again as each of launch's threads exits, and a job
+    takes any number of SIGHUPs as one request to stop (``graceful_stop``), where a second SIGTERM
+    would stop it at once."""
     if not sys.platform.startswith("linux"):
         return None
     libc = ctypes.CDLL(None, use_errno=True)
 
     def arm() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGHUP)
         if os.getppid() != parent:  # launch died before the line above
             os._exit(1)
 

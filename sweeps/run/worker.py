@@ -30,7 +30,8 @@ from gapsweep.sweeps.run.launch import Sweep, has_work, prepare, run_trials
 @contextlib.contextmanager
 def graceful_stop(sweep: Sweep) -> Iterator[None]:
     """First SIGTERM/SIGINT: finish the current trial, then stop. Second: stop now (the trial
-    is marked failed by Optuna and the worker exits)."""
+    is marked failed by Optuna and the worker exits). A job of ``launch --jobs`` also takes
+    SIGHUP (its launch died), however often it comes, as the first."""
 
     def handle(signum: int, frame: FrameType | None) -> None:
         if sweep.stop_requested:
@@ -41,7 +42,12 @@ def graceful_stop(sweep: Sweep) -> Iterator[None]:
         print(f"gapsweep: {signal.Signals(signum).name}: finishing the current trial, then stopping "
               "(send it again to stop now)", file=sys.stderr, flush=True)
 
+    def hang_up(signum: int, frame: FrameType | None) -> None:
+        sweep.stop_requested = True
+
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    if sweep.job is not None:
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hang_up)
     try:
         yield
     finally:
