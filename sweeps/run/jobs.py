@@ -8,7 +8,7 @@ Each job is a fresh interpreter (``python -m gapsweep.cli worker``), never a for
 may have imported TensorFlow, and it replaces itself every ``--trials-per-process`` trials as every
 worker does, so memory stays flat. Jobs run in their own process group: a Ctrl-C at the terminal
 reaches only ``launch``, which passes it on once, so the first Ctrl-C lets every job finish its
-trial and a second stops them at once (their trials are queued again). A job whose ``launch`` died
+trial and a second stops them at once, as it stops a worker. A job whose ``launch`` died
 gets SIGHUP from the kernel and stops after its trial.
 """
 
@@ -173,7 +173,7 @@ def run_jobs(spec: JobSpec, jobs: int, *, threads: int, poll: Callable[[], None]
         if len(stops) == 1:
             tqdm.write(
                 f"gapsweep: {name}: {len(running)} job(s) finish their current trials, then stop "
-                "(send it again to stop them now; their trials are queued again)", file=sys.stderr,
+                "(send it again to stop them now)", file=sys.stderr,
             )
         for job in running:
             job.signal(signum)
