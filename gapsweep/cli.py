@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run (or resume) a sweep",
         description="Run a sweep until the study holds --trials finished trials. A sweep file "
         "(TOML/YAML) may hold every setting; flags override it. Launching an existing study "
-        "resumes it towards the same total budget.",
+        "resumes it towards the same total budget. Trains one trial per usable core at once by default, "
+        "each in its own worker process (--jobs).",
     )
     launch.add_argument("sweep_file", nargs="?", help="sweep file (.toml/.yaml) with the settings below")
     _study_flag(launch, required=False)
@@ -140,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--pruner", choices=("median", "hyperband", "sha", "none"), help="per-epoch pruner (default median)")
     launch.add_argument("--sampler", choices=("tpe", "random"), help="Optuna sampler (default tpe)")
     launch.add_argument("--seed", type=int, help="seed for the sampler, the split and the weights (default 0)")
+    launch.add_argument(
+        "--jobs", type=int, metavar="N",
+        help="trials trained at once, each in its own worker process (default: $GAPSWEEP_JOBS, else one per GPU "
+        "given with --gpu, else one per usable core); 1 trains in this process",
+    )
+    launch.add_argument(
+        "--gpu", metavar="0,1,…",
+        help="GPUs to train on, one job per GPU by default (each job pinned to one), or 'none' for the CPU",
+    )
     _storage_flag(launch)
     launch.add_argument("--top", type=int, default=5, help="rows in the results table (default 5)")
     launch.add_argument("--json", action="store_true", help="print the result summary as JSON")
@@ -205,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--trials-per-process", type=int, default=25,
         help="after this many trials the worker replaces itself with a fresh process, keeping memory flat (default 25)",
     )
+    worker.add_argument("--threads", type=int, default=1, help="TensorFlow threads per pool (default 1: one worker per core)")
+    worker.add_argument("--log-file", metavar="PATH", help="Optuna's per-trial log (default as for launch)")
+    # Set by launch --jobs for the workers it starts: the job's index, and when to stop starting trials.
+    worker.add_argument("--job", type=int, help=argparse.SUPPRESS)
+    worker.add_argument("--stop-at", type=float, help=argparse.SUPPRESS)
     _code_dir_flag(worker)
     worker.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     worker.set_defaults(run=_cmd_worker)
@@ -366,21 +381,30 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     from gapsweep.output import to_json, trials_table
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and table say it all
-    from gapsweep.sweeps.run.launch import prepare, run_trials
+    from gapsweep.sweeps.run.jobs import check_jobs, default_jobs, parse_gpus, select_device
+    from gapsweep.sweeps.run.launch import prepare, run_parallel, run_trials
     from gapsweep.sweeps.run.worker import graceful_stop
 
+    gpus = parse_gpus(args.gpu)
+    jobs = check_jobs(args.jobs) if args.jobs is not None else default_jobs(gpus)
+    if jobs == 1 and gpus and not args.create_only:
+        select_device(gpus[0])  # before prepare, which may build a model
     sweep = prepare(config, allow_objective_change=args.allow_objective_change)
     if args.create_only:
         sweep.close()
         where = " in a checkout of the project (or with --code-dir PROJECT_FOLDER)" if config.hypermodel is not None else ""
         print(f"study '{config.study}' is ready: start workers with gapsweep worker --study {config.study} --storage URL{where}")
         return 0
+    progress = False if args.no_progress or args.json else None
     try:
-        with graceful_stop(sweep):
-            run_trials(sweep, progress=False if args.no_progress or args.json else None, log_file=args.log_file)
+        if jobs == 1:
+            with graceful_stop(sweep):
+                run_trials(sweep, progress=progress, log_file=args.log_file)
+            interrupted = sweep.stop_requested
+        else:
+            interrupted = run_parallel(sweep, jobs=jobs, gpus=gpus, progress=progress, log_file=args.log_file)
     finally:
         sweep.close()
-    interrupted = sweep.stop_requested
     top = best_trials(config.study, config.storage, args.top)
     counts = next(s.counts for s in list_studies(config.storage) if s.name == config.study)
     baseline = baseline_trial(config.study, config.storage)
@@ -514,22 +538,37 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    from gapsweep.errors import ConfigError
     from gapsweep.sweeps.run.config import stored_sweep
-    from gapsweep.sweeps.run.worker import select_device, work
+    from gapsweep.sweeps.run.jobs import select_device
+    from gapsweep.sweeps.run.worker import work
 
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     select_device(args.gpu)
     config = stored_sweep(args.study, args.storage, args.code_dir)
     config.code()  # a hypermodel outside --code-dir is refused before TensorFlow starts
     from gapsweep.sweeps.trial.runtime import init_tensorflow
 
-    print(f"gapsweep worker {os.getpid()}: study '{args.study}', training on {init_tensorflow()}", file=sys.stderr, flush=True)
+    device = init_tensorflow(threads=args.threads)
+    talk = args.job is None  # a job of launch --jobs leaves the talking to launch
+    if not talk:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    else:
+        print(f"gapsweep worker {os.getpid()}: study '{args.study}', training on {device}", file=sys.stderr, flush=True)
     ran = work(
         config,
         trials_per_process=args.trials_per_process,
         progress=False if args.no_progress else None,
         argv=args.argv,
+        job=args.job,
+        log_file=args.log_file,
+        stop_at=args.stop_at,
     )
-    print(f"gapsweep worker {os.getpid()}: ran {ran} trial(s); study '{args.study}' needs no more work from it", file=sys.stderr)
+    if talk:
+        print(f"gapsweep worker {os.getpid()}: ran {ran} trial(s); study '{args.study}' needs no more work from it", file=sys.stderr)
     return 0
 
 

@@ -8,6 +8,9 @@ from typing import Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.pop("GAPSWEEP_STORAGE", None)
+# `gapsweep launch` trains one trial per core by default; the suite's launches (in-process main()
+# calls and subprocesses alike) train one at a time unless a test passes --jobs.
+os.environ["GAPSWEEP_JOBS"] = "1"
 
 import pytest
 import sqlalchemy as sa

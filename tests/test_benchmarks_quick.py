@@ -91,3 +91,15 @@ def test_vs_kerastuner_quick(tmp_path):
         assert times == sorted(times) and times[-1] <= run["wall_s"]
         assert all(point["test_loss"] > 0 for point in run["timeline"])
     assert set(payload["target"]["per_seed"]["0"]) >= {"hyperband_final_test_loss", "time_fraction", "met"}
+
+
+def test_jobs_quick(tmp_path):
+    payload = run_quick("jobs", tmp_path)
+    assert [row["arm"] for row in payload["rows"]] == ["default", "--jobs 1"]
+    assert payload["rows"][0]["jobs"] == payload["machine"]["nproc"] and payload["rows"][1]["jobs"] == 1
+    for run in payload["runs"]:
+        assert sum(run["counts"][state] for state in ("COMPLETE", "PRUNED")) == payload["settings"]["trials"]
+        assert run["wall_s"] > 0 and run["test_loss"] > 0 and 0 <= run["test_accuracy"] <= 1
+    target = payload["target"]
+    assert target["ratio"] == pytest.approx(payload["rows"][0]["wall_s"] / payload["rows"][1]["wall_s"])
+    assert target["time_met"] == (target["ratio"] <= target["ratio_at_most"])

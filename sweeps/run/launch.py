@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -42,6 +42,7 @@ from gapsweep.storage.studies import CONFIG_ATTR, REFERENCE_ATTR, create_or_load
 from gapsweep.storage.url import parse
 from gapsweep.sweeps.data import datasets
 from gapsweep.sweeps.run.config import SweepConfig
+from gapsweep.sweeps.run.jobs import JobSpec, check_jobs, parse_gpus, run_jobs, select_device, usable_cores
 from gapsweep.sweeps.run.reference import fit_reference
 from gapsweep.sweeps.data.datasets import Splits
 from gapsweep.sweeps.trial.models import ModelKeeper
@@ -79,6 +80,10 @@ class Sweep:
     #: How many trials the study holds as far as this process's sampler knows: when another
     #: process added trials meanwhile, the sampler is seeded anew (see ``_resample_if_shared``).
     trials_seen: int = 0
+    #: This process is job K of ``launch --jobs``: each claim's sampler is seeded from the study's
+    #: seed and the claim's position in the study, whichever job makes it (see ``_resample_if_shared``),
+    #: and waits go unannounced (launch's bar shows them).
+    job: int | None = None
 
     def close(self) -> None:
         """Give the connections back: many short-lived workers must not exhaust the server."""
@@ -188,7 +193,13 @@ def _pruner(config: SweepConfig, hypermodel: Hypermodel) -> optuna.pruners.BaseP
 
 
 def launch(
-    config: SweepConfig, *, progress: bool | None = None, allow_objective_change: bool = False, log_file: str | Path | None = None
+    config: SweepConfig,
+    *,
+    jobs: int = 1,
+    gpus: Sequence[str] | None = None,
+    progress: bool | None = None,
+    allow_objective_change: bool = False,
+    log_file: str | Path | None = None,
 ) -> optuna.Study:
     """Run ``config`` until the study holds ``config.trials`` complete or pruned trials.
 
@@ -196,19 +207,81 @@ def launch(
     the same total, and a larger ``trials`` extends it. ``progress=None`` shows a bar only on a
     terminal. Optuna's per-trial log (with each failed trial's traceback) goes to ``log_file``
     (default: ``default_log_path``).
+
+    ``jobs`` > 1 trains that many trials at once, each in its own worker process (see
+    ``run_parallel``); a Ctrl-C then lets them finish their trials and raises
+    ``KeyboardInterrupt``. ``gpus`` (e.g. ``["0", "1"]``, or ``["none"]`` for the CPU) pins
+    the jobs to GPUs in turn; with one job, this process to the first.
     """
+    jobs = check_jobs(jobs)
+    if gpus is not None:
+        gpus = parse_gpus(",".join(gpus))
+    if jobs == 1 and gpus:
+        select_device(gpus[0])
     sweep = prepare(config, allow_objective_change=allow_objective_change)
     try:
-        run_trials(sweep, progress=progress, log_file=log_file)
+        if jobs == 1:
+            run_trials(sweep, progress=progress, log_file=log_file)
+        elif run_parallel(sweep, jobs=jobs, gpus=gpus, progress=progress, log_file=log_file):
+            raise KeyboardInterrupt
     finally:
         sweep.close()
     return sweep.study
 
 
+def run_parallel(
+    sweep: Sweep, *, jobs: int, gpus: Sequence[str] | None = None, progress: bool | None = None,
+    log_file: str | Path | None = None,
+) -> bool:
+    """Train up to ``jobs`` trials at once, each job a ``gapsweep worker`` process on this study,
+    under one progress bar. Returns whether a signal interrupted the jobs.
+
+    No more jobs start than trials remain, and each gets its share of the cores as TensorFlow
+    threads. A job that dies costs no trial (the others retry it once its heartbeat is stale);
+    a job's error (e.g. ``max_failures`` failures in a row) stops the others after their trials
+    and is raised here as ``SweepFailedError``; so is the death of every job before the budget.
+    """
+    config = sweep.config
+    counts = queries.state_counts(sweep.storage.engine, config.study)
+    if _work_in(counts, config.trials) is None:
+        return False  # the study is done: nothing to start
+    remaining = max(config.trials - sum(counts[state.name] for state in COUNTED), counts["WAITING"])
+    jobs = max(1, min(jobs, remaining))
+    spec = JobSpec(
+        study=config.study, storage=config.storage, code_dir=str(Path(config.code_dir or ".").resolve()),
+        log_file=Path(log_file if log_file is not None else default_log_path(config.storage)).resolve(),
+        gpus=gpus, stop_at=None if config.timeout is None else time.time() + config.timeout,
+    )
+    with _ProgressBar(sweep.study, config.trials, progress) as bar:
+        def poll() -> None:
+            if bar.bar.disable:
+                return
+            # A database hiccup skips one refresh of the bar; the jobs ride it out on their own.
+            with contextlib.suppress(SQLAlchemyError, optuna.exceptions.StorageInternalError):
+                bar.show(sweep.study, queries.state_counts(sweep.storage.engine, config.study), since=counts)
+
+        outcome = run_jobs(spec, jobs, threads=max(1, usable_cores() // jobs), poll=poll)
+    if outcome.error is not None:
+        raise SweepFailedError(outcome.error)
+    timed_out = spec.stop_at is not None and time.time() >= spec.stop_at
+    if outcome.died and not outcome.interrupted and not timed_out and has_work(sweep) is not None:
+        raise SweepFailedError(
+            f"every job ended before the budget was spent ({'; '.join(outcome.died)}); launch study "
+            f"'{config.study}' again to go on: the trials they were running are retried"
+        )
+    return outcome.interrupted
+
+
 def run_trials(
-    sweep: Sweep, *, max_trials: int | None = None, progress: bool | None = None, log_file: str | Path | None = None
+    sweep: Sweep,
+    *,
+    max_trials: int | None = None,
+    progress: bool | None = None,
+    log_file: str | Path | None = None,
+    stop_at: float | None = None,
 ) -> int:
-    """Claim and train trials until the budget, the timeout or ``max_trials`` is reached.
+    """Claim and train trials until the budget, the timeout, ``stop_at`` (a ``time.time()``)
+    or ``max_trials`` is reached.
 
     Each trial is claimed under a study-wide lock that covers the budget check and the trial's
     creation, so concurrent workers never overshoot. Returns the number of trials this call
@@ -224,7 +297,10 @@ def run_trials(
     )
     log_path = Path(log_file) if log_file is not None else default_log_path(config.storage)
     failures = _Failures(config.max_failures, log_path)
-    deadline = None if config.timeout is None else time.monotonic() + config.timeout
+    deadlines = [time.monotonic() + config.timeout] if config.timeout is not None else []
+    if stop_at is not None:
+        deadlines.append(time.monotonic() + stop_at - time.time())
+    deadline = min(deadlines, default=None)
     ran = db_errors = 0
     waiting_said = False
     with _trial_log(log_path, config.study), _ProgressBar(study, config.trials, progress) as bar:
@@ -264,7 +340,7 @@ def run_trials(
             if not work:
                 # Other workers' trials are still running; if one of them died, its trial turns
                 # stale and is queued again, so wait instead of leaving it behind.
-                if not waiting_said:
+                if not waiting_said and sweep.job is None:
                     waiting_said = True
                     tqdm.write(
                         f"gapsweep: the budget is taken; waiting for {counts['RUNNING']} running trial(s) to finish "
@@ -380,7 +456,11 @@ def _resample_if_shared(sweep: Sweep, counts: dict[str, int]) -> None:
     so its draws stay those of its seed.
     """
     total = sum(counts.values())
-    if total != sweep.trials_seen:
+    if sweep.job is not None:
+        # Jobs of one launch: the draw depends on where the claim falls in the study, not on
+        # which job makes it, so the same seed gives the same trials however the jobs interleave.
+        sweep.study.sampler = _sampler(sweep.config, n_existing=total, salt="jobs")
+    elif total != sweep.trials_seen:
         sweep.study.sampler = _sampler(sweep.config, n_existing=total, salt=sweep.salt)
     sweep.trials_seen = total + (0 if counts["WAITING"] else 1)
 
@@ -489,19 +569,30 @@ class _ProgressBar:
             return  # no terminal: skip the best-value query the postfix would cost every trial
         if trial.state in self.counts:
             self.counts[trial.state] += 1
-        postfix: dict[str, Any] = {
-            "pruned": self.counts[TrialState.PRUNED],
-            "failed": self.counts[TrialState.FAIL],
-        }
+        self._postfix(study, {"pruned": self.counts[TrialState.PRUNED], "failed": self.counts[TrialState.FAIL]})
+        if trial.state in COUNTED:
+            self.bar.update(1)
+        else:
+            self.bar.refresh()
+
+    def show(self, study: optuna.Study, counts: dict[str, int], *, since: dict[str, int]) -> None:
+        """Other processes' trials, from the study's state counts; pruned and failed since ``since``."""
+        if self.bar.disable:
+            return
+        self._postfix(study, {
+            "running": counts["RUNNING"],
+            "pruned": counts["PRUNED"] - since["PRUNED"],
+            "failed": counts["FAIL"] - since["FAIL"],
+        })
+        self.bar.n = min(sum(counts[state.name] for state in COUNTED), self.bar.total)
+        self.bar.refresh()
+
+    def _postfix(self, study: optuna.Study, postfix: dict[str, Any]) -> None:
         if len(study.directions) > 1:
             postfix["front"] = len(study.best_trials)
         elif (best := _best_value(study)) is not None:
             postfix["best"] = f"{best:.4f}"
         self.bar.set_postfix(postfix, refresh=False)
-        if trial.state in COUNTED:
-            self.bar.update(1)
-        else:
-            self.bar.refresh()
 
     def __enter__(self) -> "_ProgressBar":
         return self

@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Iterator, Sequence
 
@@ -26,36 +27,27 @@ from gapsweep.sweeps.run.config import SweepConfig
 from gapsweep.sweeps.run.launch import Sweep, has_work, prepare, run_trials
 
 
-def select_device(gpu: str | None) -> None:
-    """Pin this process to one GPU (``"0"``, ``"1"``…) or to the CPU (``"none"``).
-
-    Must run before TensorFlow is imported: CUDA reads ``CUDA_VISIBLE_DEVICES`` once.
-    """
-    if gpu is None:
-        return
-    if "tensorflow" in sys.modules:
-        raise RuntimeError("select_device must run before TensorFlow is imported")
-    if gpu == "none":
-        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
-    elif gpu.isdigit():
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    else:
-        raise ConfigError(f"--gpu takes a GPU index such as 0 or 'none', got '{gpu}'")
-
-
 @contextlib.contextmanager
 def graceful_stop(sweep: Sweep) -> Iterator[None]:
     """First SIGTERM/SIGINT: finish the current trial, then stop. Second: stop now (the trial
-    is marked failed by Optuna and the worker exits)."""
+    is marked failed by Optuna and the worker exits). A job of ``launch --jobs`` also takes
+    SIGHUP (its launch died), however often it comes, as the first."""
 
     def handle(signum: int, frame: FrameType | None) -> None:
         if sweep.stop_requested:
             raise KeyboardInterrupt
         sweep.stop_requested = True
+        if sweep.job is not None:
+            return  # launch said it once for all its jobs
         print(f"gapsweep: {signal.Signals(signum).name}: finishing the current trial, then stopping "
               "(send it again to stop now)", file=sys.stderr, flush=True)
 
+    def hang_up(signum: int, frame: FrameType | None) -> None:
+        sweep.stop_requested = True
+
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    if sweep.job is not None:
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hang_up)
     try:
         yield
     finally:
@@ -63,18 +55,30 @@ def graceful_stop(sweep: Sweep) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def work(config: SweepConfig, *, trials_per_process: int, progress: bool | None, argv: Sequence[str] | None) -> int:
+def work(
+    config: SweepConfig,
+    *,
+    trials_per_process: int,
+    progress: bool | None,
+    argv: Sequence[str] | None,
+    job: int | None = None,
+    log_file: str | Path | None = None,
+    stop_at: float | None = None,
+) -> int:
     """Run trials of ``config``'s study in this process; ``exec`` a fresh one to go on.
 
     Returns the number of trials this process ran. ``argv`` is the command line to re-run
-    after ``trials_per_process`` trials (None: never re-exec, as in tests).
+    after ``trials_per_process`` trials (None: never re-exec, as in tests). ``job``: this worker
+    is job K of ``launch --jobs`` (see ``Sweep.job``). ``stop_at``: wall-clock time after which
+    no trial starts (it survives the re-exec, where a timeout would restart).
     """
     if trials_per_process < 1:
         raise ConfigError(f"--trials-per-process must be >= 1, got {trials_per_process}")
     sweep = prepare(config, salt=f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}")
+    sweep.job = job
     try:
         with graceful_stop(sweep):
-            ran = run_trials(sweep, max_trials=trials_per_process, progress=progress)
+            ran = run_trials(sweep, max_trials=trials_per_process, progress=progress, log_file=log_file, stop_at=stop_at)
         more = not sweep.stop_requested and ran == trials_per_process and has_work(sweep) is not None
     finally:
         sweep.close()

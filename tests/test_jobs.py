@@ -1,0 +1,211 @@
+"""`launch --jobs N`: several trials at once in worker processes on one study, as real processes
+on a real database: the exact budget, the same trials from the same seed, Ctrl-C, a killed job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import SQLAlchemyError
+
+from gapsweep.api import list_studies, list_trials
+from gapsweep.cli import main
+from gapsweep.errors import GapsweepError
+from gapsweep.sweeps.data.datasets import DataSpec
+from gapsweep.sweeps.run.config import SweepConfig
+from gapsweep.sweeps.run.jobs import JobSpec, default_jobs, usable_cores
+from gapsweep.sweeps.run.launch import launch
+from gapsweep.sweeps.trial.objective import ObjectiveSettings
+
+GAPSWEEP = str(Path(sys.executable).parent / "gapsweep")
+# Fast heartbeats, so a killed job's trial is retried within seconds.
+ENV = {**os.environ, "GAPSWEEP_HEARTBEAT_S": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _space_file(folder: Path, space: dict, epochs: int) -> Path:
+    """A space as a TOML file, for `gapsweep launch` in a subprocess."""
+    space = {**space, "epochs": {"type": "fixed", "value": epochs}}
+    lines = []
+    for name, spec in space.items():
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {str(value).lower() if isinstance(value, bool) else repr(value)}" for key, value in spec.items()]
+    path = folder / f"space-{epochs}.toml"
+    path.write_text("\n".join(lines).replace("'", '"') + "\n")
+    return path
+
+
+def _launch_argv(url: str, space: Path, trials: int, *extra: str) -> list[str]:
+    return [
+        "launch", "--study", "jobs", "--data", "digits", "--train-fraction", "0.3", "--space", str(space),
+        "--trials", str(trials), "--pruner", "none", "--patience", "50", "--storage", url, "--no-progress", *extra,
+    ]
+
+
+def _states(url: str) -> list[str]:
+    """The study's trial states; none while launch has not created the study yet."""
+    try:
+        return [t.state for t in list_trials("jobs", url)]
+    except (GapsweepError, SQLAlchemyError):  # not created yet, or being created
+        return []
+
+
+def _wait_for(condition, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+# --- quick: flags and defaults -------------------------------------------------------------
+
+
+def test_the_default_is_one_job_per_core_or_per_gpu_unless_the_environment_says(monkeypatch):
+    monkeypatch.delenv("GAPSWEEP_JOBS")
+    assert default_jobs(None) == usable_cores() == len(os.sched_getaffinity(0))
+    assert default_jobs(["none"]) == usable_cores()
+    assert default_jobs(["0", "1", "3"]) == 3
+    monkeypatch.setenv("GAPSWEEP_JOBS", "5")
+    assert default_jobs(["0", "1"]) == 5
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        (["--jobs", "0"], None, "--jobs must be >= 1, got 0"),
+        (["--gpu", "0,x"], None, "--gpu takes GPU indices"),
+        ([], "many", "GAPSWEEP_JOBS must be a whole number >= 1"),
+    ],
+)
+def test_bad_job_settings_fail_in_one_line_before_anything_is_written(tmp_path, monkeypatch, capsys, flags, env, message):
+    if env is not None:
+        monkeypatch.setenv("GAPSWEEP_JOBS", env)
+    url = f"sqlite:///{tmp_path / 'none.db'}"
+    assert main(["launch", "--study", "x", "--data", "digits", "--storage", url, *flags]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_jobs_get_their_gpus_in_turn_and_never_the_storage_url_on_their_command_line(tmp_path):
+    spec = JobSpec(
+        study="s", storage="postgresql://me:secret@db/sweeps", code_dir=str(tmp_path), log_file=tmp_path / "x.log",
+        gpus=["0", "1"],
+    )
+    argvs = [spec.argv(index, threads=2) for index in range(3)]
+    assert [argv[argv.index("--gpu") + 1] for argv in argvs] == ["0", "1", "0"]
+    assert all("secret" not in " ".join(argv) for argv in argvs)
+    assert argvs[2][argvs[2].index("--job") + 1] == "2" and argvs[2][argvs[2].index("--threads") + 1] == "2"
+
+
+# --- slow: real processes ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_one_job_trains_in_this_process_as_before(tmp_path, tiny_space):
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    # The suite's GAPSWEEP_JOBS=1 is the default here, as --jobs 1 would be.
+    assert main(_launch_argv(url, _space_file(tmp_path, tiny_space, 2), 2)) == 0
+    trials = list_trials("jobs", url)
+    assert [t.state for t in trials] == ["COMPLETE"] * 2
+    assert {int(t.attrs["worker"].rsplit(":", 1)[1]) for t in trials} == {os.getpid()}
+
+
+@pytest.mark.slow
+def test_two_jobs_spend_exactly_the_budget_without_duplicates_and_repeat_with_their_seed(tmp_path, tiny_space, monkeypatch):
+    monkeypatch.setenv("GAPSWEEP_HEARTBEAT_S", "1")
+    budget = 6
+    drawn = []
+    for run in ("a", "b"):
+        url = f"sqlite:///{tmp_path / f'{run}.db'}"
+        config = SweepConfig(
+            study="jobs", space={**tiny_space, "epochs": {"type": "fixed", "value": 3}},
+            data=DataSpec("digits", train_fraction=0.3), trials=budget, storage=url, pruner="none", sampler="random",
+            seed=7, objective=ObjectiveSettings(patience=50, keep_models=1),
+        )
+        launch(config, jobs=2, progress=False)
+        trials = list_trials("jobs", url)
+        assert [t.state for t in trials] == ["COMPLETE"] * budget  # exactly the budget: none more, none running
+        params = [tuple(sorted(t.params.items())) for t in trials]
+        assert len(set(params)) == budget  # no two jobs drew the same trial
+        assert os.getpid() not in {int(t.attrs["worker"].rsplit(":", 1)[1]) for t in trials}
+        drawn.append(set(params))
+    assert drawn[0] == drawn[1]  # the same seed and jobs: the same trials, however the jobs interleaved
+
+
+@pytest.mark.slow
+def test_ctrl_c_lets_every_job_finish_its_trial_and_a_relaunch_spends_the_rest(tmp_path, tiny_space):
+    url = f"sqlite:///{tmp_path / 'stop.db'}"
+    budget = 8
+    space = _space_file(tmp_path, tiny_space, 12)
+    process = subprocess.Popen(
+        [GAPSWEEP, *_launch_argv(url, space, budget, "--jobs", "2")],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    _wait_for(lambda: "COMPLETE" in _states(url) and "RUNNING" in _states(url))
+    process.send_signal(signal.SIGINT)  # to launch alone, as a Ctrl-C at the terminal is
+    out, err = process.communicate(timeout=240)
+    assert process.returncode == 130, err
+    assert "finish their current trials" in err and "launch study 'jobs' again" in err
+    assert "study 'jobs':" in out  # the summary, once
+    after = _states(url)
+    assert "RUNNING" not in after and "FAIL" not in after and len(after) < budget  # finished, not dropped
+    assert main(_launch_argv(url, space, budget, "--jobs", "1")) == 0
+    assert _states(url).count("COMPLETE") == budget
+
+
+@pytest.mark.slow
+def test_a_killed_job_loses_no_trial_and_the_sweep_spends_the_budget(tmp_path, tiny_space):
+    url = f"sqlite:///{tmp_path / 'kill.db'}"
+    budget = 6
+    space = _space_file(tmp_path, tiny_space, 10)
+    process = subprocess.Popen(
+        [GAPSWEEP, *_launch_argv(url, space, budget, "--jobs", "2")],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    victim: list[int] = []
+
+    def kill_a_running_job() -> bool:
+        for trial in list_trials("jobs", url) if _states(url) else []:
+            if trial.state == "RUNNING" and "worker" in trial.attrs:
+                victim.append(trial.number)
+                os.kill(int(trial.attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+                return True
+        return False
+
+    _wait_for(kill_a_running_job)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    assert "died (SIGKILL)" in err
+    states = _states(url)
+    assert states.count("COMPLETE") == budget and "RUNNING" not in states and "WAITING" not in states
+    assert list_studies(url)[0].counts["RUNNING"] == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_jobs_of_a_killed_launch_finish_their_trials_and_stop(tmp_path, tiny_space):
+    url = f"sqlite:///{tmp_path / 'orphans.db'}"
+    process = subprocess.Popen(
+        [GAPSWEEP, *_launch_argv(url, _space_file(tmp_path, tiny_space, 12), 30, "--jobs", "2")],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    _wait_for(lambda: "COMPLETE" in _states(url) and "RUNNING" in _states(url))
+    jobs = {int(t.attrs["worker"].rsplit(":", 1)[1]) for t in list_trials("jobs", url) if "worker" in t.attrs}
+    process.kill()
+    process.wait()
+    _wait_for(lambda: not any(_alive(pid) for pid in jobs), timeout=120)
+    states = _states(url)
+    assert "RUNNING" not in states and "FAIL" not in states and "WAITING" not in states  # finished, not dropped
+    assert len(states) < 30
