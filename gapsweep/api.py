@@ -4,7 +4,9 @@
     launch(SweepConfig(study="digits", data=DataSpec("digits"), trials=20))
     print(best_trials("digits", k=3)[0].summary())
 
-``load_best_model`` and ``export_best`` give back the best trial's trained model. Query
+``load_best_model`` and ``export_best`` give back the best trial's trained model.
+``select_trials`` gives the noise-aware view ``gapsweep best`` prints: the val-min trial, how
+many trials the val rows cannot tell apart from it, and the paired rule's pick among them. Query
 functions take a storage URL (default ``sqlite:///gapsweep.db``) and open and close their
 own connection pool, so they are safe to call from any process.
 """
@@ -16,9 +18,10 @@ from typing import Any
 import optuna
 
 from gapsweep.errors import ConfigError
-from gapsweep.storage import artifacts
+from gapsweep.storage import artifacts, val_losses
 from gapsweep.storage.engine import open_storage
 from gapsweep.storage.heartbeats import open_crash_safe_storage, reap
+from gapsweep.storage.queries import TrialRecord
 from gapsweep.storage.reader import (
     baseline_trial,
     best_trials,
@@ -26,13 +29,16 @@ from gapsweep.storage.reader import (
     get_trial,
     list_studies,
     list_trials,
+    stored_val_losses,
 )
 from gapsweep.storage.studies import require_study
 from gapsweep.sweeps.analysis.rerank import Reranked, rerank
+from gapsweep.sweeps.analysis.selection import RULES, Selection, paired_select
+from gapsweep.sweeps.trial.score import DEFAULT_KAPPA
 
 __all__ = [
     "baseline_trial", "best_trials", "get_study_config", "get_trial", "list_studies", "list_trials",
-    "migrate", "reap_study", "rerank_trials",
+    "migrate", "reap_study", "rerank_trials", "select_trials", "best_trial",
 ]
 
 
@@ -68,6 +74,7 @@ def migrate(source: str, target: str, *, studies: list[str] | None = None) -> li
         for name in names:
             optuna.copy_study(from_study_name=name, from_storage=src, to_storage=dst)
             moved = artifacts.copy(src.engine, dst.engine, name) if artifacts.schema_version(src.engine) else 0
+            val_losses.copy(src.engine, dst.engine, name)
             n_trials = len(optuna.load_study(study_name=name, storage=dst).get_trials(deepcopy=False))
             copied.append({"study": name, "trials": n_trials, "artifacts": moved})
         return copied
@@ -79,5 +86,36 @@ def migrate(source: str, target: str, *, studies: list[str] | None = None) -> li
 def rerank_trials(
     study: str, storage: str | None = None, k: int = 1, *, gap_penalty: float, epoch: str = "best"
 ) -> list[Reranked]:
-    """The ``k`` best complete trials for another gap penalty or epoch rule, from stored curves."""
-    return rerank(list_trials(study, storage, states=["complete"]), penalty=gap_penalty, epoch=epoch)[:k]
+    """The ``k`` best complete trials for another gap penalty or epoch rule, from stored curves,
+    scored with the study's own score (``bounded`` or ``additive``) and κ."""
+    objective = get_study_config(study, storage).get("objective", {})
+    # Studies from before the bounded score stored no score name: theirs was additive.
+    kind, kappa = objective.get("score", "additive"), objective.get("kappa", DEFAULT_KAPPA)
+    records = list_trials(study, storage, states=["complete"])
+    return rerank(records, penalty=gap_penalty, epoch=epoch, score=kind, kappa=kappa)[:k]
+
+
+def select_trials(study: str, storage: str | None = None) -> Selection | None:
+    """The paired one-standard-error view of ``study`` (``gapsweep.sweeps.analysis.selection``):
+    None when no complete trial has stored per-example val losses."""
+    records = list_trials(study, storage, states=["complete"])
+    return paired_select(records, stored_val_losses(study, storage))
+
+
+def best_trial(study: str, storage: str | None = None, *, rule: str = "score") -> TrialRecord | None:
+    """The study's pick: by ``score`` Optuna's best trial (lowest objective value), by ``paired``
+    the paired rule's pick; None while no trial is complete."""
+    if rule not in RULES:
+        raise ConfigError(f"unknown rule '{rule}'; use one of {', '.join(RULES)}")
+    if rule == "score":
+        top = best_trials(study, storage, 1)
+        return top[0] if top else None
+    selection = select_trials(study, storage)
+    if selection is None:
+        if not best_trials(study, storage, 1):
+            return None
+        raise ConfigError(
+            f"study '{study}' stores no per-example val losses (launched by an older gapsweep, or every "
+            "trial is chance-level); use --rule score"
+        )
+    return selection.pick

@@ -1,4 +1,5 @@
-"""gapsweep's own tables, beside Optuna's: trained models and per-epoch checkpoints.
+"""gapsweep's own tables, beside Optuna's: trained models and per-epoch checkpoints, and the
+per-example val losses of complete trials (``gapsweep.storage.val_losses``).
 
 Optuna has no place for binary blobs that every worker can reach (its artifact store needs a
 shared file system), so models live in ``gapsweep_artifacts`` in the same database. Rows are
@@ -18,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from gapsweep.errors import StorageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MODEL = "model"
 CHECKPOINT = "checkpoint"
 
@@ -43,8 +44,23 @@ artifacts_table = sa.Table(
     sa.UniqueConstraint("study_name", "trial_number", "kind", name="uq_gapsweep_artifact"),
 )
 
+#: Per-example val losses of a complete trial at its restored epoch (float32, little-endian):
+#: the paired selection rule compares trials row by row on the val rows they all share.
+val_losses_table = sa.Table(
+    "gapsweep_val_losses",
+    metadata,
+    sa.Column("study_name", sa.String(512), primary_key=True),
+    sa.Column("trial_number", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("epoch", sa.Integer, nullable=True),
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("losses", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
 #: Upgrades from version N to N + 1; the list grows with the schema and never shrinks.
-_UPGRADES: list[Callable[[Connection], None]] = []
+_UPGRADES: list[Callable[[Connection], None]] = [
+    lambda conn: val_losses_table.create(conn, checkfirst=True),  # 1 → 2: per-example val losses
+]
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from gapsweep.errors import StudyNotFoundError
-from gapsweep.storage import queries
+from gapsweep.storage import queries, val_losses
 from gapsweep.storage.engine import heartbeat_settings, reading
 from gapsweep.storage.queries import ParamRange, StudySummary, TrialRecord
 from gapsweep.storage.studies import CONFIG_ATTR
@@ -61,3 +61,10 @@ def baseline_trial(study: str, storage: str | None = None) -> TrialRecord | None
     """The trial that ran the user's ``--baseline`` configuration, or None."""
     with reading(storage) as engine:
         return queries.baseline_trial(engine, study)
+
+
+def stored_val_losses(study: str, storage: str | None = None) -> dict[int, list[float]]:
+    """The per-example val losses of ``study``'s complete trials, by trial number."""
+    with reading(storage) as engine:
+        queries.study_id(engine, study)  # a missing study is named as such
+        return val_losses.load(engine, study)

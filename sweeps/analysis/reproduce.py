@@ -36,7 +36,7 @@ def retrain(config: SweepConfig, params: dict[str, Any], seed: int, splits: Spli
     fresh_session(seed)
     model, fit = hypermodel.build(optuna.trial.FixedTrial(params), splits.task)
     return train(
-        model, fit, splits, penalty=config.objective.gap_penalty, patience=config.objective.patience, seed=seed
+        model, fit, splits, scoring=config.objective.scoring, patience=config.objective.patience, seed=seed
     )
 
 
