@@ -38,7 +38,7 @@ from gapsweep.sweeps.trial.score import DEFAULT_KAPPA
 
 __all__ = [
     "baseline_trial", "best_trials", "get_study_config", "get_trial", "list_studies", "list_trials",
-    "migrate", "reap_study", "rerank_trials", "select_trials", "best_trial",
+    "migrate", "reap_study", "rerank_trials", "select_trials", "best_trial", "stored_val_losses",
 ]
 
 

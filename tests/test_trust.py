@@ -175,7 +175,17 @@ def test_cross_validation_runs_k_folds_and_stores_each_fold(sqlite_url, tiny_spa
         study="cv", space=tiny_space, data=DataSpec("wine", train_fraction=0.5), trials=2,
         storage=sqlite_url, pruner="none", objective=ObjectiveSettings(cv=3, keep_models=1),
     )
-    launch(config, progress=False)
+    study = launch(config, progress=False)
+    from gapsweep.api import stored_val_losses
+    from gapsweep.sweeps.data.datasets import load
+
+    splits = load(config.data)
+    losses = stored_val_losses("cv", sqlite_url)
+    for frozen in study.trials:
+        # One report per fold, at the epochs the trial could have used by then: 5, 11, 17.
+        assert sorted(frozen.intermediate_values) == [5, 11, 17]
+        # Every training and val row's out-of-fold loss is stored, for the paired rule.
+        assert len(losses[frozen.number]) == len(splits.y_train) + len(splits.y_val)
     for trial in list_trials("cv", sqlite_url):
         assert trial.state == "COMPLETE"
         folds = [trial.attrs[f"curve.fold{i}.val_loss"] for i in range(3)]
@@ -207,7 +217,6 @@ def test_k_folds_partition_the_training_and_val_rows():
     again, _ = k_folds(splits, 4, seed=0)
     assert all(np.array_equal(a.x_val, b.x_val) for a, b in zip(folds, again))
     for fold in folds:
-        assert len(fold.x_train) + len(fold.x_val) == len(splits.x_train)
         assert not {r.tobytes() for r in fold.x_train} & {r.tobytes() for r in fold.x_val}
 
 
