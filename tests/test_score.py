@@ -110,3 +110,23 @@ def test_scoring_refuses_unknown_names_and_negative_values():
         Scoring("ladder")
     with pytest.raises(ConfigError, match="kappa must be a number >= 0"):
         Scoring("bounded", 1.0, kappa=-1.0)
+
+
+def test_the_score_is_chosen_by_name_in_a_sweep_file_and_by_flag(tmp_path, capsys):
+    from gapsweep.api import get_study_config
+    from gapsweep.cli import main
+    from gapsweep.sweeps.run.config import SweepConfig, load_sweep_file
+
+    assert SweepConfig().objective.score == "bounded" and SweepConfig().objective.kappa == 1.0
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text('study = "s"\n[objective]\nscore = "additive"\ngap_penalty = 0.5\n')
+    assert load_sweep_file(sweep).objective.scoring == Scoring("additive", 0.5, 1.0)
+    sweep.write_text('study = "s"\n[objective]\nscore = "ladder"\n')
+    with pytest.raises(ConfigError, match="unknown score 'ladder'"):
+        load_sweep_file(sweep)
+    with pytest.raises(ConfigError, match="kappa must be a number >= 0"):
+        SweepConfig.from_dict({"objective": {"kappa": -1}})
+    url = f"sqlite:///{tmp_path / 'flags.db'}"
+    assert main(["launch", "--study", "f", "--storage", url, "--score", "bounded", "--kappa", "2", "--create-only"]) == 0
+    objective = get_study_config("f", url)["objective"]
+    assert (objective["score"], objective["kappa"], objective["gap_penalty"]) == ("bounded", 2.0, 1.0)
