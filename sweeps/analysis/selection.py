@@ -12,6 +12,7 @@ are never picked. The standard error of the val-min trial's own val loss is repo
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -62,15 +63,14 @@ def paired_select(records: Sequence[TrialRecord], losses: Mapping[int, Sequence[
     (all of the same length); None when no such trial beats the prior."""
     rows: dict[int, np.ndarray] = {}
     for record in records:
-        values = losses.get(record.number)
-        if values is not None and len(values) and not record.attrs.get("chance_level", False):
-            rows[record.number] = np.asarray(values, dtype=np.float64)
+        values = np.asarray(losses.get(record.number, []), dtype=np.float64)
+        if len(values) and np.all(np.isfinite(values)) and not record.attrs.get("chance_level", False):
+            rows[record.number] = values
     if not rows:
         return None
-    n = max({len(v) for v in rows.values()}, key=lambda length: sum(len(v) == length for v in rows.values()))
-    rows = {number: values for number, values in rows.items() if len(values) == n and np.all(np.isfinite(values))}
-    if not rows:
-        return None
+    # Trials compare on the rows they share: those validated on the study's usual number of rows.
+    n = Counter(len(values) for values in rows.values()).most_common(1)[0][0]
+    rows = {number: values for number, values in rows.items() if len(values) == n}
     by_number = {record.number: record for record in records}
     best = min(rows, key=lambda number: (float(rows[number].mean()), number))
     differences = {number: paired_difference(values, rows[best]) for number, values in rows.items()}
