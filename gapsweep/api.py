@@ -29,6 +29,7 @@ from gapsweep.storage.reader import (
     get_trial,
     list_studies,
     list_trials,
+    selection_candidates,
     stored_val_losses,
 )
 from gapsweep.storage.studies import require_study
@@ -96,10 +97,10 @@ def rerank_trials(
 
 
 def select_trials(study: str, storage: str | None = None) -> Selection | None:
-    """The paired one-standard-error view of ``study`` (``gapsweep.sweeps.analysis.selection``):
-    None when no complete trial has stored per-example val losses."""
-    records = list_trials(study, storage, states=["complete"])
-    return paired_select(records, stored_val_losses(study, storage))
+    """The paired one-standard-error view of ``study`` (``gapsweep.sweeps.analysis.selection``)
+    over its trials of lowest val loss: None when no complete trial has stored per-example val
+    losses."""
+    return paired_select(*selection_candidates(study, storage))
 
 
 def best_trial(study: str, storage: str | None = None, *, rule: str = "score") -> TrialRecord | None:

@@ -68,3 +68,21 @@ def stored_val_losses(study: str, storage: str | None = None) -> dict[int, list[
     with reading(storage) as engine:
         queries.study_id(engine, study)  # a missing study is named as such
         return val_losses.load(engine, study)
+
+
+#: How many trials of lowest val loss the paired rule compares (a trial tied with the val-min
+#: trial lies within about two SE of it, far inside this many in any study of ordinary size).
+PAIRED_CANDIDATES = 100
+
+
+def selection_candidates(
+    study: str, storage: str | None = None, k: int = PAIRED_CANDIDATES
+) -> tuple[list[TrialRecord], dict[int, list[float]]]:
+    """The ``k`` complete trials of lowest val loss with their stored per-example val losses;
+    nothing is loaded for a study that stores none, so ``best`` stays one query on such studies."""
+    with reading(storage) as engine:
+        queries.study_id(engine, study)
+        if not val_losses.any_stored(engine, study):
+            return [], {}
+        records = queries.best_trials(engine, study, k, by="val_loss")
+        return records, val_losses.load(engine, study, [record.number for record in records])

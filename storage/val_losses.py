@@ -60,6 +60,14 @@ def load(engine: Engine, study: str, trial_numbers: Sequence[int] | None = None)
         return {int(number): _decode(bytes(data)) for number, data in conn.execute(query)}
 
 
+def any_stored(engine: Engine, study: str) -> bool:
+    """Whether any trial of ``study`` has stored losses (one indexed lookup, no blob read)."""
+    if (schema_version(engine) or 0) < 2:
+        return False
+    with engine.connect() as conn:
+        return conn.execute(sa.select(table.c.trial_number).where(table.c.study_name == study).limit(1)).first() is not None
+
+
 def copy(source: Engine, target: Engine, study: str, new_study: str | None = None) -> int:
     """Copy every stored row of ``study`` into another database (used by ``migrate``)."""
     if (schema_version(source) or 0) < 2:

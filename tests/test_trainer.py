@@ -165,3 +165,21 @@ def test_checkpoints_are_taken_by_time_not_by_epoch(digits, sqlite_url, interval
     stored = artifacts.load(engine, "ckpt", 0, artifacts.CHECKPOINT)
     assert (stored.epoch if stored is not None else None) == (expected[-1] if expected else None)
     engine.dispose()
+
+
+def test_prior_predictions_match_the_loss_they_feed():
+    from gapsweep.sweeps.trial.trainer import prior_predictions
+
+    labels = np.array([0, 0, 0, 1, 2, 2])
+    probs = prior_predictions(labels, 4, 3, classification=True, from_logits=False)
+    assert probs.shape == (4, 3) and probs[0] == pytest.approx([0.5, 1 / 6, 1 / 3])
+    logits = prior_predictions(labels, 4, 3, classification=True, from_logits=True)
+    softmax = np.exp(logits[0]) / np.exp(logits[0]).sum()
+    assert softmax == pytest.approx(probs[0])
+    one_hot = np.eye(3)[labels]
+    assert prior_predictions(one_hot, 2, 3, True, False)[1] == pytest.approx(probs[0])
+    binary = np.array([0, 1, 1, 1])
+    assert prior_predictions(binary, 2, 1, True, False)[0] == pytest.approx([0.75])
+    assert prior_predictions(binary, 2, 1, True, True)[0] == pytest.approx([np.log(3.0)])
+    target = np.array([[1.0, 10.0], [3.0, 20.0]])
+    assert prior_predictions(target, 3, 2, False, False)[2] == pytest.approx([2.0, 15.0])
