@@ -25,6 +25,7 @@ from gapsweep import DataSpec, ObjectiveSettings, SweepConfig, launch
 from gapsweep.api import best_trials, list_trials, select_trials
 from gapsweep.sweeps.analysis.export import load_best_model
 from gapsweep.sweeps.data.datasets import Splits, load
+from gapsweep.sweeps.trial.score import DEFAULT_KAPPA
 from gapsweep.sweeps.trial.trainer import LossFunction, predict, prior_predictions
 
 NAME = "generalization"
@@ -50,6 +51,10 @@ ARMS: dict[str, ObjectiveSettings] = {
     "default": ObjectiveSettings(),
     "plain": ObjectiveSettings(score="additive", gap_penalty=0.0),
 }
+
+#: Seeds of a full run. κ's default was chosen after a run on seeds 0–9 (κ = 1 cost test loss on
+#: wine and breast_cancer; κ = 0.5 did not), so the gate runs on seeds no choice has seen.
+FULL_SEEDS = tuple(range(10, 20))
 
 #: A small mlp space: ≤ 20 epochs (early stopping, patience 5), so 80 sweeps fit in ~25 minutes.
 SPACE: dict[str, dict[str, Any]] = {
@@ -236,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     if options.quick:
         seeds, trials, space = (0,), 3, harness.QUICK_SPACE
     else:
-        seeds, trials, space = tuple(range(10)), 8, SPACE
+        seeds, trials, space = FULL_SEEDS, 8, SPACE
     started, machine = time.monotonic(), harness.machine()
     calls = [(task, seed, trials, space) for task in TASKS for seed in seeds]
     results = harness.in_fresh_processes(run_seed, calls, workers=2)
@@ -283,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     body = "\n\n".join([
         f"`python -m benchmarks.generalization{' --quick' if options.quick else ''}`: for each task and seed the "
-        f"same sweep twice — the default objective (bounded score, λ = 1, κ = 1) and plain val-loss selection "
+        f"same sweep twice — the default objective (bounded score, λ = 1, κ = {DEFAULT_KAPPA:g}) and plain val-loss selection "
         f"(additive score, λ = 0) — {trials} trials each (TPE, median pruning, patience 5), seeds "
         f"{seeds[0]}–{seeds[-1]} (the seed also draws the split). Every complete trial keeps its model, so the pick "
         "and every earlier incumbent are scored on the test split no trial saw, per example. Tasks: digits at a "

@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="bounded (default): the gap penalty is capped at κ standard errors of the val loss and "
         "chance-level models rank last; additive: the older val + λ·gap, for comparison (docs/selection.md)",
     )
-    launch.add_argument("--kappa", type=float, help="κ: the bounded penalty moves a score by at most κ·SE (default 1)")
+    launch.add_argument("--kappa", type=float, help="κ: the bounded penalty moves a score by at most κ·SE (default 0.5)")
     launch.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 5)")
     launch.add_argument(
         "--max-gap", type=float,

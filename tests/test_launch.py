@@ -48,9 +48,9 @@ def test_ten_trial_sweep_prunes_stores_and_answers_queries(tiny_space, sqlite_ur
     # The bounded default: val + min(λ·gap, κ·SE), with every part recorded.
     assert best["gap"] == pytest.approx(max(0.0, best["val_loss"] - best["train_loss"]))
     assert best["raw_penalty"] == pytest.approx(1.0 * best["gap"])
-    assert best["applied_penalty"] == pytest.approx(min(best["raw_penalty"], 1.0 * best["val_se"]))
+    assert best["applied_penalty"] == pytest.approx(min(best["raw_penalty"], best["kappa"] * best["val_se"]))
     assert best["score"] == pytest.approx(best["val_loss"] + best["applied_penalty"])
-    assert best["score_kind"] == "bounded" and best["val_se"] > 0
+    assert best["score_kind"] == "bounded" and best["kappa"] == 0.5 and best["val_se"] > 0
     assert best["prior_loss"] > best["val_loss"] and best["chance_level"] is False
     # Beside it, the noise-aware view: the val-min trial, its SE, the tie and the paired pick.
     selection = payload["selection"]

@@ -117,10 +117,10 @@ def test_the_score_is_chosen_by_name_in_a_sweep_file_and_by_flag(tmp_path, capsy
     from gapsweep.cli import main
     from gapsweep.sweeps.run.config import SweepConfig, load_sweep_file
 
-    assert SweepConfig().objective.score == "bounded" and SweepConfig().objective.kappa == 1.0
+    assert SweepConfig().objective.score == "bounded" and SweepConfig().objective.kappa == 0.5
     sweep = tmp_path / "sweep.toml"
     sweep.write_text('study = "s"\n[objective]\nscore = "additive"\ngap_penalty = 0.5\n')
-    assert load_sweep_file(sweep).objective.scoring == Scoring("additive", 0.5, 1.0)
+    assert load_sweep_file(sweep).objective.scoring == Scoring("additive", 0.5, 0.5)
     sweep.write_text('study = "s"\n[objective]\nscore = "ladder"\n')
     with pytest.raises(ConfigError, match="unknown score 'ladder'"):
         load_sweep_file(sweep)

@@ -13,7 +13,7 @@ A sweep file keeps space, data, objective, pruner, budget and storage in version
     [objective]
     gap_penalty = 1.0
     score = "bounded"             # bounded (default) | additive
-    kappa = 1.0                   # the bounded penalty moves a score by at most κ·SE
+    kappa = 0.5                   # the bounded penalty moves a score by at most κ·SE
 
 Flags given on the command line override the file. Relative paths in a file are read relative
 to the file.
