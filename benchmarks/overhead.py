@@ -44,7 +44,7 @@ from gapsweep.search_spaces.hypermodel import FitSettings, SpaceHypermodel
 from gapsweep.sweeps.trial import objective as objective_module
 from gapsweep.sweeps.trial.checkpoints import CheckpointStore, TrainingState
 from gapsweep.sweeps.data.datasets import Splits
-from gapsweep.sweeps.trial.score import best_score, gap_score
+from gapsweep.sweeps.trial.score import Scoring, as_scoring, best_score, evaluate, gap_score
 from gapsweep.sweeps.trial.trainer import Curves, TrainResult
 
 NAME = "overhead"
@@ -119,7 +119,7 @@ def stub_train(
     fit: FitSettings,
     splits: Splits,
     *,
-    penalty: float,
+    scoring: Scoring | float,
     patience: int,
     seed: int,
     trial: optuna.Trial | None = None,
@@ -140,12 +140,12 @@ def stub_train(
         curves.val_loss.append(val)
         curves.val_accuracy.append(0.9)
         if trial is not None:
-            trial.report(gap_score(train, val, penalty), step=epoch)
+            trial.report(evaluate(train, val, as_scoring(scoring)).value, step=epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
         if checkpoints is not None and checkpoints.due():
             checkpoints.save(stand_in_checkpoint(epoch, curves, model.weights))
-    return TrainResult(model=model, curves=curves, score=best_score(curves.train_loss, curves.val_loss, penalty))
+    return TrainResult(model=model, curves=curves, score=best_score(curves.train_loss, curves.val_loss, scoring))
 
 
 def stand_in_checkpoint(epoch: int, curves: Curves, weights: int) -> TrainingState:

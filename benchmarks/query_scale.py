@@ -274,7 +274,7 @@ def cli_args(url: str, study: str, query: Query) -> list[str]:
 
 def ask_gapsweep_cli(url: str, study: str, query: Query) -> list[int]:
     done = subprocess.run(cli_args(url, study, query), capture_output=True, text=True, check=True, cwd=harness.REPO)
-    return [row["number"] for row in json.loads(done.stdout)]
+    return [row["number"] for row in json.loads(done.stdout)["trials"]]
 
 
 def ask_optuna_best_trials(url: str, study: str, query: Query) -> list[int]:

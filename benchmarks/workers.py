@@ -68,7 +68,7 @@ class SleepingHypermodel:
         return self.real.describe()
 
 
-def sleeping_train(model: Any, fit: Any, splits: Any, *, penalty: float, patience: int, seed: int,
+def sleeping_train(model: Any, fit: Any, splits: Any, *, scoring: Any, patience: int, seed: int,
                    trial: Any = None, curves: Any = None, checkpoints: Any = None) -> Any:
     """``gapsweep.sweeps.trial.trainer.train`` with sleep for work: per epoch, fake losses, a report and a prune check.
 
@@ -77,7 +77,7 @@ def sleeping_train(model: Any, fit: Any, splits: Any, *, penalty: float, patienc
     """
     import optuna
 
-    from gapsweep.sweeps.trial.score import best_score, gap_score
+    from gapsweep.sweeps.trial.score import as_scoring, best_score, evaluate
     from gapsweep.sweeps.trial.trainer import Curves, TrainResult
 
     curves = curves if curves is not None else Curves()
@@ -91,10 +91,10 @@ def sleeping_train(model: Any, fit: Any, splits: Any, *, penalty: float, patienc
         curves.val_loss.append(val)
         curves.val_accuracy.append(0.9)
         if trial is not None:
-            trial.report(gap_score(train, val, penalty), step=epoch)
+            trial.report(evaluate(train, val, as_scoring(scoring)).value, step=epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
-    return TrainResult(model=model, curves=curves, score=best_score(curves.train_loss, curves.val_loss, penalty))
+    return TrainResult(model=model, curves=curves, score=best_score(curves.train_loss, curves.val_loss, scoring))
 
 
 @dataclass

@@ -6,7 +6,9 @@
 
 ``load_best_model`` and ``export_best`` give back the best trial's trained model (``export_best``
 also refits it on train + val rows, or averages the best trials into one ensemble);
-``study_reference`` gives the linear reference fitted beside the study. Query
+``study_reference`` gives the linear reference fitted beside the study; ``select_trials`` gives
+the noise-aware view ``gapsweep best`` prints: the val-min trial, how many trials the val rows
+cannot tell apart from it, and the paired rule's pick among them. Query
 functions take a storage URL (default ``sqlite:///gapsweep.db``) and open and close their
 own connection pool, so they are safe to call from any process.
 """
@@ -18,9 +20,10 @@ from typing import Any
 import optuna
 
 from gapsweep.errors import ConfigError
-from gapsweep.storage import artifacts
+from gapsweep.storage import artifacts, val_losses
 from gapsweep.storage.engine import connect_existing, open_storage
 from gapsweep.storage.heartbeats import open_crash_safe_storage, reap
+from gapsweep.storage.queries import TrialRecord
 from gapsweep.storage.reader import (
     baseline_trial,
     best_trials,
@@ -28,14 +31,18 @@ from gapsweep.storage.reader import (
     get_trial,
     list_studies,
     list_trials,
+    selection_candidates,
+    stored_val_losses,
     study_reference,
 )
 from gapsweep.storage.studies import require_study
 from gapsweep.sweeps.analysis.rerank import Reranked, rerank
+from gapsweep.sweeps.analysis.selection import RULES, Selection, paired_select
+from gapsweep.sweeps.trial.score import DEFAULT_KAPPA
 
 __all__ = [
-    "baseline_trial", "best_trials", "delete_study", "get_study_config", "get_trial", "list_studies", "list_trials",
-    "migrate", "reap_study", "rerank_trials", "study_reference",
+    "baseline_trial", "best_trial", "best_trials", "delete_study", "get_study_config", "get_trial", "list_studies",
+    "list_trials", "migrate", "reap_study", "rerank_trials", "select_trials", "stored_val_losses", "study_reference",
 ]
 
 
@@ -89,6 +96,7 @@ def migrate(source: str, target: str, *, studies: list[str] | None = None) -> li
         for name in names:
             optuna.copy_study(from_study_name=name, from_storage=src, to_storage=dst)
             moved = artifacts.copy(src.engine, dst.engine, name) if artifacts.schema_version(src.engine) else 0
+            val_losses.copy(src.engine, dst.engine, name)
             n_trials = len(optuna.load_study(study_name=name, storage=dst).get_trials(deepcopy=False))
             copied.append({"study": name, "trials": n_trials, "artifacts": moved})
         return copied
@@ -100,5 +108,36 @@ def migrate(source: str, target: str, *, studies: list[str] | None = None) -> li
 def rerank_trials(
     study: str, storage: str | None = None, k: int = 1, *, gap_penalty: float, epoch: str = "best"
 ) -> list[Reranked]:
-    """The ``k`` best complete trials for another gap penalty or epoch rule, from stored curves."""
-    return rerank(list_trials(study, storage, states=["complete"]), penalty=gap_penalty, epoch=epoch)[:k]
+    """The ``k`` best complete trials for another gap penalty or epoch rule, from stored curves,
+    scored with the study's own score (``bounded`` or ``additive``) and κ."""
+    objective = get_study_config(study, storage).get("objective", {})
+    # Studies from before the bounded score stored no score name: theirs was additive.
+    kind, kappa = objective.get("score", "additive"), objective.get("kappa", DEFAULT_KAPPA)
+    records = list_trials(study, storage, states=["complete"])
+    return rerank(records, penalty=gap_penalty, epoch=epoch, score=kind, kappa=kappa)[:k]
+
+
+def select_trials(study: str, storage: str | None = None) -> Selection | None:
+    """The paired one-standard-error view of ``study`` (``gapsweep.sweeps.analysis.selection``)
+    over its trials of lowest val loss: None when no complete trial has stored per-example val
+    losses."""
+    return paired_select(*selection_candidates(study, storage))
+
+
+def best_trial(study: str, storage: str | None = None, *, rule: str = "score") -> TrialRecord | None:
+    """The study's pick: by ``score`` Optuna's best trial (lowest objective value), by ``paired``
+    the paired rule's pick; None while no trial is complete."""
+    if rule not in RULES:
+        raise ConfigError(f"unknown rule '{rule}'; use one of {', '.join(RULES)}")
+    if rule == "score":
+        top = best_trials(study, storage, 1)
+        return top[0] if top else None
+    selection = select_trials(study, storage)
+    if selection is None:
+        if not best_trials(study, storage, 1):
+            return None
+        raise ConfigError(
+            f"study '{study}' stores no per-example val losses (launched by an older gapsweep, or every "
+            "trial is chance-level); use --rule score"
+        )
+    return selection.pick

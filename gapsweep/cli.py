@@ -124,7 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="Optuna's per-trial log, with the traceback of each failed trial (default: beside a SQLite "
         "database, e.g. sweeps.log for sweeps.db; else gapsweep.log here)",
     )
-    launch.add_argument("--gap-penalty", type=float, help="λ in score = val + λ·max(0, val − train); 0 = plain val loss (default 1)")
+    launch.add_argument(
+        "--gap-penalty", type=float,
+        help="λ in score = val + min(λ·gap, κ·SE), gap = max(0, val − train); 0 = plain val loss (default 1)",
+    )
+    launch.add_argument(
+        "--score", choices=("bounded", "additive"),
+        help="bounded (default): the gap penalty is capped at κ standard errors of the val loss and "
+        "chance-level models rank last; additive: the older val + λ·gap, for comparison (docs/selection.md)",
+    )
+    launch.add_argument("--kappa", type=float, help="κ: the bounded penalty moves a score by at most κ·SE (default 0.5)")
     launch.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 5)")
     launch.add_argument(
         "--max-gap", type=float,
@@ -136,7 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
         "multi-objective studies, so trials run with early stopping only (--pruner is ignored); the "
         "single gap-penalized score stays the pruned default",
     )
-    launch.add_argument("--cv", type=int, help="score each trial by k-fold cross-validation on the training split (k >= 2)")
+    launch.add_argument(
+        "--cv", type=int,
+        help="score each trial by k-fold cross-validation over the training and val rows together (k >= 2); "
+        "the pruner sees the running mean after each fold",
+    )
     launch.add_argument("--baseline", help="JSON file of your current parameter values: run first, compared in every summary")
     launch.add_argument("--pruner", choices=("median", "hyperband", "sha", "none"), help="per-epoch pruner (default median)")
     launch.add_argument("--sampler", choices=("tpe", "random"), help="Optuna sampler (default tpe)")
@@ -160,9 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     launch.set_defaults(run=_cmd_launch)
 
-    best = commands.add_parser("best", help="the best trials of a study", description="The k best complete trials, ranked in the database.")
+    best = commands.add_parser(
+        "best", help="the best trials of a study",
+        description="The k best complete trials, ranked in the database (the first is Optuna's best trial), "
+        "and beside them the noise-aware view: the trial of lowest val loss with its standard error, how many "
+        "trials its val rows cannot tell apart from it (paired one-standard-error rule), and the one of those "
+        "with the smallest gap.",
+    )
     _study_flag(best)
     best.add_argument("--top", "-k", type=int, default=1, help="how many trials (default 1)")
+    best.add_argument(
+        "--rule", choices=("score", "paired"), default="score",
+        help="score (default): rank by the stored score, as Optuna does; paired: return the paired rule's pick",
+    )
     best.add_argument("--by", default="score", choices=("score", "val_loss", "gap", "train_loss"), help="ranking (default score)")
     best.add_argument(
         "--gap-penalty", type=float,
@@ -358,7 +381,8 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         **{
             key: value
             for key, value in {
-                "gap_penalty": args.gap_penalty, "patience": args.patience, "max_gap": args.max_gap, "cv": args.cv,
+                "gap_penalty": args.gap_penalty, "score": args.score, "kappa": args.kappa,
+                "patience": args.patience, "max_gap": args.max_gap, "cv": args.cv,
                 "multi_objective": args.multi_objective,
             }.items()
             if value is not None
@@ -436,14 +460,15 @@ def _against_baseline(baseline: Any, best: Any) -> str:
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
-    from gapsweep.api import baseline_trial, best_trials, get_study_config, rerank_trials
+    from gapsweep.api import baseline_trial, best_trial, best_trials, get_study_config, rerank_trials, select_trials
     from gapsweep.output import TRIAL_COLUMNS, to_json, trials_csv, trials_table, with_diagnosis
 
     columns = TRIAL_COLUMNS
+    selection = None
     if args.gap_penalty is not None or args.epoch is not None:
         # Re-rank from the stored curves: the recomputed score parts, the stored score beside.
-        if args.by != "score" or args.param:
-            raise GapsweepError("re-ranking (--gap-penalty/--epoch) ranks by the recomputed score: drop --by and --param")
+        if args.by != "score" or args.param or args.rule != "score":
+            raise GapsweepError("re-ranking (--gap-penalty/--epoch) ranks by the recomputed score: drop --by, --param and --rule")
         penalty = args.gap_penalty
         if penalty is None:
             penalty = float(get_study_config(args.study, args.storage)["objective"]["gap_penalty"])
@@ -451,16 +476,27 @@ def _cmd_best(args: argparse.Namespace) -> int:
         rows = [with_diagnosis(item.record, item.summary()) for item in ranked]
         columns = ("number", "score", "stored_score", "val_loss", "train_loss", "gap", "best_epoch", "epochs_run")
         best = None
+    elif args.rule == "paired":
+        if args.by != "score" or args.param:
+            raise GapsweepError("--rule paired picks one trial by the paired rule: drop --by and --param")
+        pick = best_trial(args.study, args.storage, rule="paired")
+        selection = select_trials(args.study, args.storage)
+        rows = [with_diagnosis(pick)] if pick is not None else []
+        best = pick
     else:
         records = best_trials(args.study, args.storage, args.top, by=args.by, params=dict(args.param))
         rows = [with_diagnosis(record) for record in records]
         best = records[0] if records else None
+        if records and args.by == "score" and not args.param:
+            selection = select_trials(args.study, args.storage)
     if args.json:
-        print(to_json(_with_reference(args.study, args.storage, rows)))
+        print(to_json({"trials": _with_reference(args.study, args.storage, rows), "selection": selection.to_dict() if selection is not None else None}))
     elif args.csv:
         sys.stdout.write(trials_csv(rows))
     else:
         print(trials_table(rows, columns) if rows else f"study '{args.study}' has no complete trial yet")
+        if selection is not None:
+            print(_selection_lines(selection))
         baseline = baseline_trial(args.study, args.storage)
         if baseline is not None:
             print(_against_baseline(baseline, best))
@@ -489,6 +525,17 @@ def _print_reference_line(study: str, storage: str | None, rows: list[dict[str, 
     if reference is not None:
         pick = rows[0] if rows else {}
         print(sentence(reference, pick.get("number"), pick.get("val_loss")))
+
+
+def _selection_lines(selection: Any) -> str:
+    """The noise-aware view under the table: val-min trial, its SE, the tie and the paired pick."""
+    view = selection.to_dict()
+    return (
+        f"lowest val loss: trial {view['val_min_trial']}, {view['val_min_val_loss']:.4f} ± {view['se']:.4f} (SE, "
+        f"{view['n_rows']} val rows); {view['n_tied']} trial(s) tied with it by the paired 1-SE rule\n"
+        f"paired pick (smallest gap among the tied): trial {view['paired_pick']}, val loss "
+        f"{view['paired_pick_val_loss']:.4f}, gap {view['paired_pick_gap']:.4f}  (best --rule paired)"
+    )
 
 
 def _cmd_trials(args: argparse.Namespace) -> int:

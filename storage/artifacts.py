@@ -1,4 +1,5 @@
-"""gapsweep's own tables, beside Optuna's: trained models and per-epoch checkpoints.
+"""gapsweep's own tables, beside Optuna's: trained models and per-epoch checkpoints, and the
+per-example val losses of complete trials (``gapsweep.storage.val_losses``).
 
 Optuna has no place for binary blobs that every worker can reach (its artifact store needs a
 shared file system), so models live in ``gapsweep_artifacts`` in the same database. Rows are
@@ -18,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from gapsweep.errors import StorageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MODEL = "model"
 CHECKPOINT = "checkpoint"
 
@@ -43,8 +44,23 @@ artifacts_table = sa.Table(
     sa.UniqueConstraint("study_name", "trial_number", "kind", name="uq_gapsweep_artifact"),
 )
 
+#: Per-example val losses of a complete trial at its restored epoch (float32, little-endian):
+#: the paired selection rule compares trials row by row on the val rows they all share.
+val_losses_table = sa.Table(
+    "gapsweep_val_losses",
+    metadata,
+    sa.Column("study_name", sa.String(512), primary_key=True),
+    sa.Column("trial_number", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("epoch", sa.Integer, nullable=True),
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("losses", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
 #: Upgrades from version N to N + 1; the list grows with the schema and never shrinks.
-_UPGRADES: list[Callable[[Connection], None]] = []
+_UPGRADES: list[Callable[[Connection], None]] = [
+    lambda conn: val_losses_table.create(conn, checkfirst=True),  # 1 → 2: per-example val losses
+]
 
 
 @dataclass(frozen=True)
@@ -141,8 +157,11 @@ def delete(engine: Engine, study: str, *, kind: str, keep: set[int] | None = Non
 
 
 def delete_all(engine: Engine, study: str) -> int:
-    """Drop every artifact of ``study`` (models and checkpoints); returns how many."""
+    """Drop every row gapsweep stored for ``study`` (models, checkpoints, per-example val losses)
+    in one transaction; returns how many models and checkpoints went."""
     with engine.begin() as conn:
+        if (schema_version(engine) or 0) >= 2:
+            conn.execute(sa.delete(val_losses_table).where(val_losses_table.c.study_name == study))
         return conn.execute(sa.delete(artifacts_table).where(_where(study))).rowcount or 0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from gapsweep.errors import StudyNotFoundError
-from gapsweep.storage import queries
+from gapsweep.storage import queries, val_losses
 from gapsweep.storage.engine import heartbeat_settings, reading
 from gapsweep.storage.queries import ParamRange, StudySummary, TrialRecord
 from gapsweep.storage.studies import CONFIG_ATTR, REFERENCE_ATTR
@@ -68,3 +68,28 @@ def study_reference(study: str, storage: str | None = None) -> dict[str, Any] | 
     for a study made before gapsweep fitted one."""
     with reading(storage) as engine:
         return queries.study_user_attrs(engine, study).get(REFERENCE_ATTR)
+
+
+def stored_val_losses(study: str, storage: str | None = None) -> dict[int, list[float]]:
+    """The per-example val losses of ``study``'s complete trials, by trial number."""
+    with reading(storage) as engine:
+        queries.study_id(engine, study)  # a missing study is named as such
+        return val_losses.load(engine, study)
+
+
+#: How many trials of lowest val loss the paired rule compares (a trial tied with the val-min
+#: trial lies within about two SE of it, far inside this many in any study of ordinary size).
+PAIRED_CANDIDATES = 100
+
+
+def selection_candidates(
+    study: str, storage: str | None = None, k: int = PAIRED_CANDIDATES
+) -> tuple[list[TrialRecord], dict[int, list[float]]]:
+    """The ``k`` complete trials of lowest val loss with their stored per-example val losses;
+    nothing is loaded for a study that stores none, so ``best`` stays one query on such studies."""
+    with reading(storage) as engine:
+        queries.study_id(engine, study)
+        if not val_losses.any_stored(engine, study):
+            return [], {}
+        records = queries.best_trials(engine, study, k, by="val_loss")
+        return records, val_losses.load(engine, study, [record.number for record in records])

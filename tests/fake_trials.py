@@ -13,7 +13,7 @@ import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from gapsweep.sweeps.trial.score import best_score, gap_score
+from gapsweep.sweeps.trial.score import Scoring, best_score, score_at
 
 DISTRIBUTIONS = {
     "l2": FloatDistribution(1e-6, 1e-2, log=True),
@@ -29,17 +29,25 @@ def gapsweep_trial(
     *,
     state: TrialState = TrialState.COMPLETE,
     penalty: float = 1.0,
+    score: str = "additive",
+    se: Sequence[float] | None = None,
 ) -> FrozenTrial:
-    """A trial as ``gapsweep.sweeps.trial.objective`` stores it: curves always, score parts when complete."""
-    scores = {epoch: gap_score(t, v, penalty) for epoch, (t, v) in enumerate(zip(train, val))}
+    """A trial as ``gapsweep.sweeps.trial.objective`` stores it: curves always, score parts when
+    complete. ``se`` is the per-epoch val-loss SE curve (the bounded score caps its penalty by it)."""
+    scoring = Scoring(score, penalty)
+    scores = {epoch: score_at(train, val, scoring, epoch, se_curve=se).value for epoch in range(len(val))}
     attrs: dict[str, Any] = {"epochs_run": len(val), "curve.train_loss": list(train), "curve.val_loss": list(val)}
+    if se is not None:
+        attrs["curve.val_se"] = list(se)
     value = None
     if state == TrialState.COMPLETE:
-        score = best_score(train, val, penalty)
-        value = score.value
+        best = best_score(train, val, scoring, se_curve=se)
+        value = best.value
         attrs.update(
-            score=score.value, val_loss=score.val_loss, train_loss=score.train_loss, gap=score.gap,
-            gap_penalty=penalty, best_epoch=score.epoch,
+            score=best.value, val_loss=best.val_loss, train_loss=best.train_loss, gap=best.gap,
+            gap_penalty=penalty, best_epoch=best.epoch, score_kind=score, kappa=best.kappa,
+            val_se=best.val_se if se is not None else None, raw_penalty=best.raw_penalty,
+            applied_penalty=best.applied_penalty, prior_loss=None, chance_level=False,
         )
     elif state == TrialState.PRUNED:
         value = scores[len(val) - 1]

@@ -99,7 +99,7 @@ def test_best_and_show_outputs_carry_the_diagnosis(tmp_path, capsys):
     add_mixed_trials(optuna.create_study(study_name="mixed", storage=open_storage(url)))
 
     assert main(["best", "--study", "mixed", "--top", "4", "--by", "val_loss", "--storage", url, "--json"]) == 0
-    best = json.loads(capsys.readouterr().out)
+    best = json.loads(capsys.readouterr().out)["trials"]
     assert {row["number"]: row["diagnosis"]["label"] for row in best} == {
         0: GOOD_FIT, 1: OVERFITTING, 2: UNDERFITTING, 3: GOOD_FIT,
     }

@@ -3,6 +3,8 @@ and the documentation-style examples run as stored, resumable studies on digits.
 
 from __future__ import annotations
 
+import math
+
 import json
 import statistics
 from pathlib import Path
@@ -440,7 +442,11 @@ def test_a_plain_build_function_runs_as_a_stored_queryable_study(sqlite_url):
         assert 1e-6 <= params["l2"] <= 1e-2 and 1e-4 <= params["lr"] <= 1e-2
         attrs = record.attrs
         assert attrs["epochs_run"] <= 3 and len(attrs["curve.val_loss"]) == attrs["epochs_run"]
-        assert attrs["score"] == pytest.approx(attrs["val_loss"] + max(0.0, attrs["val_loss"] - attrs["train_loss"]))
+        # The bounded default, with the SE and the prior measured through the user's own compiled loss.
+        assert attrs["raw_penalty"] == pytest.approx(max(0.0, attrs["val_loss"] - attrs["train_loss"]))
+        assert attrs["applied_penalty"] == pytest.approx(min(attrs["raw_penalty"], attrs["kappa"] * attrs["val_se"]))
+        assert attrs["score"] == pytest.approx(attrs["val_loss"] + attrs["applied_penalty"])
+        assert attrs["prior_loss"] == pytest.approx(math.log(10), rel=0.05) and attrs["chance_level"] is False
     # The same study resumes to a larger budget; another hypermodel under its name is refused.
     launch(config.override(trials=4), progress=False)
     assert len(list_trials("kt-plain", sqlite_url)) == 4

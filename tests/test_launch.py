@@ -41,11 +41,23 @@ def test_ten_trial_sweep_prunes_stores_and_answers_queries(tiny_space, sqlite_ur
     assert states.count(optuna.trial.TrialState.COMPLETE) >= 3
 
     assert main(["best", "--study", "e2e", "--storage", sqlite_url, "--json"]) == 0
-    best = json.loads(capsys.readouterr().out)[0]
+    payload = json.loads(capsys.readouterr().out)
+    best = payload["trials"][0]
     assert best["number"] == study.best_trial.number
     assert best["score"] == pytest.approx(study.best_value)
-    assert best["score"] == pytest.approx(best["val_loss"] + 1.0 * max(0.0, best["val_loss"] - best["train_loss"]))
+    # The bounded default: val + min(λ·gap, κ·SE), with every part recorded.
     assert best["gap"] == pytest.approx(max(0.0, best["val_loss"] - best["train_loss"]))
+    assert best["raw_penalty"] == pytest.approx(1.0 * best["gap"])
+    assert best["applied_penalty"] == pytest.approx(min(best["raw_penalty"], best["kappa"] * best["val_se"]))
+    assert best["score"] == pytest.approx(best["val_loss"] + best["applied_penalty"])
+    assert best["score_kind"] == "bounded" and best["kappa"] == 0.5 and best["val_se"] > 0
+    assert best["prior_loss"] > best["val_loss"] and best["chance_level"] is False
+    # Beside it, the noise-aware view: the val-min trial, its SE, the tie and the paired pick.
+    selection = payload["selection"]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert selection["val_min_trial"] == min(complete, key=lambda t: t.user_attrs["val_loss"]).number
+    assert 1 <= selection["n_tied"] <= len(complete) and selection["paired_pick"] in selection["tied_trials"]
+    assert selection["se"] > 0 and selection["n_rows"] == 359
     assert set(best["params"]) == set(tiny_space)
     assert best["params"]["epochs"] == 6  # fixed values are reported with the searched ones
 
@@ -65,6 +77,8 @@ def test_optuna_cli_reads_a_gapsweep_database(tiny_space, sqlite_url):
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["number"] == study.best_trial.number
+    # gapsweep best names the same trial as Optuna's best-trial.
+    assert best_trials("e2e", sqlite_url, k=1)[0].number == study.best_trial.number
 
 
 def test_a_study_persists_across_launches(tiny_space, sqlite_url):

@@ -47,7 +47,7 @@ def test_the_reference_is_the_best_of_its_grid_on_the_val_rows():
     assert found["val_loss"] == pytest.approx(np.mean((ridge.predict(diabetes.x_val) - diabetes.y_val) ** 2))
 
     folds = fit_reference(diabetes, cv=3, seed=0)
-    assert folds is not None and folds["cv"] == 3 and folds["val_rows"] == len(diabetes.x_train)
+    assert folds is not None and folds["cv"] == 3 and folds["val_rows"] == len(diabetes.x_train) + len(diabetes.x_val)
     assert folds["val_loss"] != found["val_loss"]
 
 

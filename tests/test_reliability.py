@@ -21,7 +21,7 @@ from fake_trials import add_mixed_trials
 from gapsweep.api import delete_study, get_study_config, list_studies, list_trials
 from gapsweep.cli import main
 from gapsweep.errors import StorageError
-from gapsweep.storage import artifacts
+from gapsweep.storage import artifacts, val_losses
 from gapsweep.storage.engine import open_storage
 from gapsweep.storage.locks import StudyLock, lock_file
 from gapsweep.storage.studies import CONFIG_ATTR
@@ -170,12 +170,14 @@ def test_delete_removes_the_study_and_its_stored_models_only(sqlite_url, capsys)
         add_mixed_trials(optuna.create_study(study_name=name, storage=storage))
         artifacts.save(storage.engine, name, 0, artifacts.MODEL, b"model")
         artifacts.save(storage.engine, name, 1, artifacts.CHECKPOINT, b"state", epoch=2)
+        val_losses.save(storage.engine, name, 0, [0.5, 0.25])
     assert main(["delete", "gone", "--yes", "--storage", sqlite_url]) == 0
     assert "deleted study 'gone' and 2 stored model(s)/checkpoint(s)" in capsys.readouterr().out
     assert [s.name for s in list_studies(sqlite_url)] == ["kept"]
     assert artifacts.trial_numbers(storage.engine, "gone", artifacts.MODEL) == []
     assert artifacts.trial_numbers(storage.engine, "gone", artifacts.CHECKPOINT) == []
     assert artifacts.trial_numbers(storage.engine, "kept", artifacts.MODEL) == [0]
+    assert val_losses.load(storage.engine, "gone") == {} and val_losses.load(storage.engine, "kept") == {0: [0.5, 0.25]}
     # A new study of the old name starts clean: no checkpoint of the deleted one to resume from.
     optuna.create_study(study_name="gone", storage=storage)
     assert artifacts.load(storage.engine, "gone", 1, artifacts.CHECKPOINT) is None

@@ -32,7 +32,7 @@ def _cross_entropy(model, x, y) -> float:
 
 def test_train_loss_is_honest_and_the_best_epoch_is_restored(digits):
     params = {"l2": 1e-2, "dropout": 0.4, "units": 32, "n_layers": 2, "learning_rate": 1e-2, "epochs": 8, "batch_size": 64}
-    result = train_params(params, digits, penalty=1.0, patience=2, seed=0)
+    result = train_params(params, digits, scoring=1.0, patience=2, seed=0)
     curves = result.curves
     assert len(curves.train_loss) == len(curves.val_loss) >= 3
     # The weights left in the model are those of the best epoch, and its curve values are the
@@ -46,17 +46,49 @@ def test_train_loss_is_honest_and_the_best_epoch_is_restored(digits):
     assert keras_loss["pure_loss"] == pytest.approx(result.score.train_loss, rel=1e-3, abs=1e-4)
 
 
+def test_the_bounded_score_uses_the_val_rows_own_noise_and_the_prior(digits):
+    from gapsweep.sweeps.trial.score import Scoring, evaluate
+
+    scoring = Scoring("bounded", penalty=1.0, kappa=1.0)
+    params = {"units": 32, "n_layers": 1, "epochs": 6, "learning_rate": 1e-2, "batch_size": 64}
+    result = train_params(params, digits, scoring=scoring, patience=3, seed=0)
+    score, curves = result.score, result.curves
+    # One loss per val row at the restored epoch: their mean is the val loss, sd/√n its SE.
+    losses = result.val_losses
+    assert losses.shape == (len(digits.y_val),)
+    assert losses.mean() == pytest.approx(score.val_loss, rel=1e-4)
+    assert score.val_se == pytest.approx(losses.std(ddof=1) / np.sqrt(len(losses)), rel=1e-4)
+    assert _cross_entropy(result.model, digits.x_val, digits.y_val) == pytest.approx(score.val_loss, rel=1e-3, abs=1e-4)
+    assert len(curves.val_se) == len(curves.val_loss) and all(se > 0 for se in curves.val_se)
+    # The prior: train-set class frequencies, scored on the val rows.
+    freq = np.bincount(digits.y_train, minlength=10) / len(digits.y_train)
+    assert score.prior_loss == pytest.approx(-np.mean(np.log(freq[digits.y_val])), rel=1e-4)
+    assert not score.chance_level and score.val_loss < score.prior_loss
+    # Early stopping restored the epoch of the lowest bounded score, and the parts add up.
+    by_epoch = [
+        evaluate(t, v, scoring, se=se, prior_loss=score.prior_loss).value
+        for t, v, se in zip(curves.train_loss, curves.val_loss, curves.val_se)
+    ]
+    assert score.epoch == int(np.argmin(by_epoch))
+    assert score.applied_penalty == pytest.approx(min(score.raw_penalty, score.val_se))
+    assert score.value == pytest.approx(score.val_loss + score.applied_penalty)
+    assert len(curves.val_accuracy) == len(curves.val_loss) and 0.5 < curves.val_accuracy[score.epoch] <= 1.0
+
+
 def test_regression_uses_mean_squared_error():
     splits = load(DataSpec("diabetes", seed=1))
-    result = train_params({"units": 16, "n_layers": 1, "epochs": 3, "learning_rate": 1e-2}, splits, penalty=0.5, patience=3, seed=0)
+    result = train_params({"units": 16, "n_layers": 1, "epochs": 3, "learning_rate": 1e-2}, splits, scoring=0.5, patience=3, seed=0)
     assert splits.task.task == "regression"
     assert all(np.isfinite(result.curves.val_loss)) and result.score.val_loss > 0
+    # The regression prior is the train mean, scored by squared error on the val rows.
+    prior = np.mean((splits.y_val.reshape(len(splits.y_val), -1) - splits.y_train.mean()) ** 2)
+    assert result.score.prior_loss == pytest.approx(prior, rel=1e-4)
 
 
 def test_a_nan_loss_raises_training_diverged(digits):
     curves = Curves()
     with pytest.raises(TrainingDiverged, match="non-finite"):
-        train_params({"learning_rate": 1e6, "optimizer": "sgd", "epochs": 3, "units": 16}, digits, penalty=1.0, patience=3, seed=0, curves=curves)
+        train_params({"learning_rate": 1e6, "optimizer": "sgd", "epochs": 3, "units": 16}, digits, scoring=1.0, patience=3, seed=0, curves=curves)
     assert len(curves.val_loss) >= 1
 
 
@@ -87,7 +119,8 @@ def test_pruning_stops_a_hopeless_trial(digits, sqlite_url):
     # Optuna's samplers see the gap constraint of both, a pruned trial's at its best epoch so far.
     assert healthy.constraints["gap"] == pytest.approx(healthy.user_attrs["gap"])
     curves = hopeless.user_attrs["curve.train_loss"], hopeless.user_attrs["curve.val_loss"]
-    assert hopeless.constraints["gap"] == pytest.approx(best_score(*curves, 1.0).gap)
+    se_curve = hopeless.user_attrs["curve.val_se"]
+    assert hopeless.constraints["gap"] == pytest.approx(best_score(*curves, settings.scoring, se_curve=se_curve).gap)
 
 
 def test_a_model_compiled_by_the_user_gets_the_pure_loss_metric(digits):
@@ -106,7 +139,7 @@ def test_a_model_compiled_by_the_user_gets_the_pure_loss_metric(digits):
         ]
     )
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    result = train(model, FitSettings(epochs=4, batch_size=64), digits, penalty=1.0, patience=5, seed=0)
+    result = train(model, FitSettings(epochs=4, batch_size=64), digits, scoring=1.0, patience=5, seed=0)
     assert len(result.curves.val_accuracy) == 4  # the user's own metric is kept
     assert _cross_entropy(result.model, digits.x_train, digits.y_train) == pytest.approx(result.score.train_loss, rel=1e-3, abs=1e-4)
     assert _cross_entropy(result.model, digits.x_val, digits.y_val) == pytest.approx(result.score.val_loss, rel=1e-3, abs=1e-4)
@@ -129,8 +162,26 @@ def test_checkpoints_are_taken_by_time_not_by_epoch(digits, sqlite_url, interval
     store = _CountingStore(engine, "ckpt", 0, interval=interval)
     store.saved = []
     params = {"units": 16, "n_layers": 1, "epochs": 4, "learning_rate": 1e-2}
-    train_params(params, digits, penalty=1.0, patience=10, seed=0, checkpoints=store)
+    train_params(params, digits, scoring=1.0, patience=10, seed=0, checkpoints=store)
     assert store.saved == expected
     stored = artifacts.load(engine, "ckpt", 0, artifacts.CHECKPOINT)
     assert (stored.epoch if stored is not None else None) == (expected[-1] if expected else None)
     engine.dispose()
+
+
+def test_prior_predictions_match_the_loss_they_feed():
+    from gapsweep.sweeps.trial.trainer import prior_predictions
+
+    labels = np.array([0, 0, 0, 1, 2, 2])
+    probs = prior_predictions(labels, 4, 3, classification=True, from_logits=False)
+    assert probs.shape == (4, 3) and probs[0] == pytest.approx([0.5, 1 / 6, 1 / 3])
+    logits = prior_predictions(labels, 4, 3, classification=True, from_logits=True)
+    softmax = np.exp(logits[0]) / np.exp(logits[0]).sum()
+    assert softmax == pytest.approx(probs[0])
+    one_hot = np.eye(3)[labels]
+    assert prior_predictions(one_hot, 2, 3, True, False)[1] == pytest.approx(probs[0])
+    binary = np.array([0, 1, 1, 1])
+    assert prior_predictions(binary, 2, 1, True, False)[0] == pytest.approx([0.75])
+    assert prior_predictions(binary, 2, 1, True, True)[0] == pytest.approx([np.log(3.0)])
+    target = np.array([[1.0, 10.0], [3.0, 20.0]])
+    assert prior_predictions(target, 3, 2, False, False)[2] == pytest.approx([2.0, 15.0])

@@ -55,13 +55,13 @@ def test_rerank_matches_a_hand_computation(sqlite_url, penalty, epoch):
 def test_rerank_changes_the_winner_when_the_penalty_grows(sqlite_url, capsys):
     _constructed(sqlite_url)
     assert main(["best", "--study", "curves", "--storage", sqlite_url, "--gap-penalty", "0", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["number"] == 0  # plain val loss: the memorizer
+    assert json.loads(capsys.readouterr().out)["trials"][0]["number"] == 0  # plain val loss: the memorizer
     assert main(["best", "--study", "curves", "--storage", sqlite_url, "--gap-penalty", "2", "--json"]) == 0
-    top = json.loads(capsys.readouterr().out)[0]
+    top = json.loads(capsys.readouterr().out)["trials"][0]
     assert top["number"] == 1 and top["stored_score"] == pytest.approx(1.0)
     # --epoch alone keeps the study's own λ (1.0 here)
     assert main(["best", "--study", "curves", "--storage", sqlite_url, "--epoch", "last", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["gap_penalty"] == 1.0
+    assert json.loads(capsys.readouterr().out)["trials"][0]["gap_penalty"] == 1.0
 
 
 def test_rerank_skips_trials_without_usable_curves():
@@ -185,7 +185,17 @@ def test_cross_validation_runs_k_folds_and_stores_each_fold(sqlite_url, tiny_spa
         study="cv", space=tiny_space, data=DataSpec("wine", train_fraction=0.5), trials=2,
         storage=sqlite_url, pruner="none", objective=ObjectiveSettings(cv=3, keep_models=1),
     )
-    launch(config, progress=False)
+    study = launch(config, progress=False)
+    from gapsweep.api import stored_val_losses
+    from gapsweep.sweeps.data.datasets import load
+
+    splits = load(config.data)
+    losses = stored_val_losses("cv", sqlite_url)
+    for frozen in study.trials:
+        # One report per fold, at the epochs the trial could have used by then: 5, 11, 17.
+        assert sorted(frozen.intermediate_values) == [5, 11, 17]
+        # Every training and val row's out-of-fold loss is stored, for the paired rule.
+        assert len(losses[frozen.number]) == len(splits.y_train) + len(splits.y_val)
     for trial in list_trials("cv", sqlite_url):
         assert trial.state == "COMPLETE"
         folds = [trial.attrs[f"curve.fold{i}.val_loss"] for i in range(3)]
@@ -197,19 +207,26 @@ def test_cross_validation_runs_k_folds_and_stores_each_fold(sqlite_url, tiny_spa
     assert model.output_shape[-1] == 3
 
 
-def test_k_folds_partition_the_training_rows():
+def test_k_folds_partition_the_training_and_val_rows():
     import numpy as np
 
     from gapsweep.sweeps.data.cv import k_folds
     from gapsweep.sweeps.data.datasets import load
 
     splits = load(DataSpec("wine", train_fraction=0.5))
-    folds = k_folds(splits, 4, seed=0)
+    folds, held_out = k_folds(splits, 4, seed=0)
+    labelled = np.concatenate([splits.x_train, splits.x_val])
     held = np.concatenate([fold.x_val for fold in folds])
-    assert len(held) == len(splits.x_train)
-    assert {row.tobytes() for row in held} == {row.tobytes() for row in splits.x_train}
+    assert len(held) == len(labelled) == len(splits.x_train) + len(splits.x_val)
+    assert {row.tobytes() for row in held} == {row.tobytes() for row in labelled}
+    # Each fold holds out the rows it names, and trains on all the others.
+    for fold, rows in zip(folds, held_out):
+        assert np.array_equal(fold.x_val, labelled[rows])
+        assert len(fold.x_train) + len(fold.x_val) == len(labelled)
+    # The same seed draws the same folds (every trial of a study sees them).
+    again, _ = k_folds(splits, 4, seed=0)
+    assert all(np.array_equal(a.x_val, b.x_val) for a, b in zip(folds, again))
     for fold in folds:
-        assert len(fold.x_train) + len(fold.x_val) == len(splits.x_train)
         assert not {r.tobytes() for r in fold.x_train} & {r.tobytes() for r in fold.x_val}
 
 
@@ -250,7 +267,7 @@ def test_a_multi_objective_sweep_runs_without_pruning(sqlite_url, tiny_space, ca
         assert trial.state == optuna.trial.TrialState.COMPLETE and not trial.intermediate_values
         assert trial.values == pytest.approx([trial.user_attrs["val_loss"], trial.user_attrs["gap"]])
     assert main(["best", "--study", "mo-run", "--storage", sqlite_url, "--json"]) == 0
-    front = json.loads(capsys.readouterr().out)
+    front = json.loads(capsys.readouterr().out)["trials"]
     assert {row["number"] for row in front} == {t.number for t in study.best_trials}
     single = config.override(objective=ObjectiveSettings())
     with pytest.raises(Exception, match="multi-objective"):

@@ -48,7 +48,7 @@ def retrain(config: SweepConfig, params: dict[str, Any], seed: int, splits: Spli
     """Train ``params`` again exactly as a trial of ``config`` would, without any study."""
     model, fit = rebuild(config, params, seed, splits)
     return train(
-        model, fit, splits, penalty=config.objective.gap_penalty, patience=config.objective.patience, seed=seed
+        model, fit, splits, scoring=config.objective.scoring, patience=config.objective.patience, seed=seed
     )
 
 

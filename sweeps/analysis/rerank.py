@@ -1,7 +1,9 @@
 """Re-rank a finished study for another gap penalty or epoch rule, without training anything.
 
-Every trial stores its per-epoch pure train and val losses, so the score of any λ at any epoch
-is arithmetic on stored curves:
+Every trial stores its per-epoch pure train and val losses (and, since the bounded score, each
+epoch's val-loss standard error and the prior's loss), so the score of any λ at any epoch is
+arithmetic on stored curves. A study launched with the bounded score is re-ranked with the
+bounded score (its κ, its SE curve); one without stored SE curves with the additive score:
 
 - ``epoch="best"``: the epoch that minimizes the new score (what early stopping would keep,
   within the epochs the trial actually ran);
@@ -16,7 +18,7 @@ from typing import Any, Sequence
 
 from gapsweep.errors import ConfigError
 from gapsweep.storage.queries import TrialRecord
-from gapsweep.sweeps.trial.score import Score, best_score, score_at
+from gapsweep.sweeps.trial.score import DEFAULT_KAPPA, Score, Scoring, best_score, score_at
 
 EPOCH_RULES = ("best", "last")
 
@@ -40,21 +42,31 @@ class Reranked:
         }
 
 
-def rerank(records: Sequence[TrialRecord], *, penalty: float, epoch: str = "best") -> list[Reranked]:
-    """Score each record's curves with ``penalty`` at the ``epoch`` rule; lowest first."""
+def rerank(
+    records: Sequence[TrialRecord], *, penalty: float, epoch: str = "best", score: str = "additive",
+    kappa: float = DEFAULT_KAPPA,
+) -> list[Reranked]:
+    """Score each record's curves with ``penalty`` (λ of the ``score`` named, with ``kappa``) at the
+    ``epoch`` rule; lowest first."""
     if epoch not in EPOCH_RULES:
         raise ConfigError(f"unknown epoch rule '{epoch}'; use one of {', '.join(EPOCH_RULES)}")
     if not math.isfinite(penalty) or penalty < 0:
         raise ConfigError(f"--gap-penalty must be a number >= 0, got {penalty}")
+    scoring = Scoring(score, penalty, kappa)
     ranked = []
     for record in records:
         train = record.attrs.get("curve.train_loss") or []
         val = record.attrs.get("curve.val_loss") or []
         if not train or len(train) != len(val):
             continue
+        se = [math.nan if v is None else float(v) for v in record.attrs.get("curve.val_se") or []]
+        prior = record.attrs.get("prior_loss")
         try:
-            score = best_score(train, val, penalty) if epoch == "best" else score_at(train, val, penalty, len(val) - 1)
+            if epoch == "best":
+                scored = best_score(train, val, scoring, se_curve=se, prior_loss=prior)
+            else:
+                scored = score_at(train, val, scoring, len(val) - 1, se_curve=se, prior_loss=prior)
         except ValueError:  # no finite epoch: a diverged trial has no place in a ranking
             continue
-        ranked.append(Reranked(record, score))
+        ranked.append(Reranked(record, scored))
     return sorted(ranked, key=lambda item: (math.isnan(item.score.value), item.score.value, item.record.number))

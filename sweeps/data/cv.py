@@ -1,7 +1,9 @@
-"""k-fold cross-validation on the training split, for data too small to trust one val split.
+"""k-fold cross-validation over every labelled row, for data too small to trust one val split.
 
-Folds are drawn once from the seed (stratified by class for classification); each fold's model trains on the other k − 1 folds and is
-validated on its own. The val split of the sweep stays unused for scoring, and the test split is
+The training and val rows are pooled and cut into k folds, drawn once from the seed (stratified
+by class for classification); each fold's model trains on the other k − 1 folds and is validated
+on its own, so every labelled row is validated exactly once (selection sees k times more val rows
+than one holdout). The test split is
 never touched.
 """
 
@@ -15,26 +17,23 @@ from gapsweep.errors import DataError
 from gapsweep.sweeps.data.datasets import Splits
 
 
-def k_folds(splits: Splits, k: int, seed: int) -> list[Splits]:
-    """``k`` train/val splits carved from ``splits``' training rows."""
-    n = len(splits.x_train)
+def k_folds(splits: Splits, k: int, seed: int) -> tuple[list[Splits], list[np.ndarray]]:
+    """``k`` train/val splits carved from ``splits``' training and val rows, and the rows each
+    fold holds out (indices into the training rows followed by the val rows)."""
+    x = np.concatenate([splits.x_train, splits.x_val])
+    y = np.concatenate([splits.y_train, splits.y_val])
+    n = len(x)
     if k > n // 2:
-        raise DataError(f"{n} training rows cannot make {k} folds of at least 2 rows; lower --cv")
+        raise DataError(f"{n} training and val rows cannot make {k} folds of at least 2 rows; lower --cv")
     order = np.random.default_rng(seed).permutation(n)
     if splits.task.task == "classification":
         # Dealt round the folds class by class: each fold holds every class in proportion.
-        order = order[np.argsort(splits.y_train[order], kind="stable")]
-        parts = [np.sort(order[start::k]) for start in range(k)]
+        order = order[np.argsort(y[order], kind="stable")]
+        held_out = [np.sort(order[start::k]) for start in range(k)]
     else:
-        parts = np.array_split(order, k)
+        held_out = [np.sort(part) for part in np.array_split(order, k)]
     folds = []
-    for index, held in enumerate(parts):
-        rest = np.concatenate([part for other, part in enumerate(parts) if other != index])
-        folds.append(
-            replace(
-                splits,
-                x_train=splits.x_train[rest], y_train=splits.y_train[rest],
-                x_val=splits.x_train[held], y_val=splits.y_train[held],
-            )
-        )
-    return folds
+    for index, held in enumerate(held_out):
+        rest = np.sort(np.concatenate([part for other, part in enumerate(held_out) if other != index]))
+        folds.append(replace(splits, x_train=x[rest], y_train=y[rest], x_val=x[held], y_val=y[held]))
+    return folds, held_out

@@ -13,6 +13,8 @@ A sweep file keeps space, data, objective, pruner, budget and storage in version
     train_fraction = 0.3
     [objective]
     gap_penalty = 1.0
+    score = "bounded"             # bounded (default) | additive
+    kappa = 0.5                   # the bounded penalty moves a score by at most κ·SE
 
 Flags given on the command line override the file. Relative paths in a file are read relative
 to the file. The file's folder is the project folder of its ``hypermodel``: the study stores the
@@ -35,6 +37,7 @@ from gapsweep.storage.reader import get_study_config
 from gapsweep.sweeps.data.datasets import DataSpec
 from gapsweep.sweeps.trial.objective import ObjectiveSettings
 from gapsweep.sweeps.trial.pruning import PRUNERS
+from gapsweep.sweeps.trial.score import SCORES
 
 if TYPE_CHECKING:
     import keras_tuner
@@ -83,6 +86,9 @@ class SweepConfig:
             raise ConfigError(f"timeout must be > 0 seconds, got {self.timeout!r}")
         objective = self.objective
         _non_negative("gap_penalty", objective.gap_penalty)
+        _non_negative("kappa", objective.kappa)
+        if objective.score not in SCORES:
+            raise ConfigError(f"unknown score {objective.score!r}; use one of {', '.join(SCORES)}")
         _whole("patience", objective.patience, 1)
         _whole("keep_models", objective.keep_models, 0)
         if objective.max_gap is not None:

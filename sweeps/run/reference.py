@@ -34,11 +34,11 @@ GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 
 def fit_reference(splits: Splits, *, cv: int = 0, seed: int = 0) -> dict[str, Any] | None:
     """The reference for ``splits``: fitted on the training rows, its strength chosen by val loss
-    (on ``cv`` folds of the training rows when ``cv`` > 1). None when the training rows hold a
+    (on the trials' ``cv`` folds of the training and val rows when ``cv`` > 1). None when the training rows hold a
     single class (there is nothing to fit)."""
     if splits.task.task == "classification" and len(np.unique(splits.y_train)) < 2:
         return None
-    parts = k_folds(splits, cv, seed) if cv > 1 else [splits]
+    parts = k_folds(splits, cv, seed)[0] if cv > 1 else [splits]
     grid = []
     for strength in GRID:
         val = statistics.fmean(float(_val_losses(part, strength).mean()) for part in parts)
@@ -51,7 +51,8 @@ def fit_reference(splits: Splits, *, cv: int = 0, seed: int = 0) -> dict[str, An
         "val_loss": val_loss,
         "grid": [{key: s, "val_loss": v} for v, s in grid],
         "train_rows": len(splits.x_train),
-        "val_rows": len(splits.x_train) if cv > 1 else len(splits.x_val),  # the rows val_loss averages
+        # The rows val_loss averages: under cv, every training and val row once, as the trials' folds.
+        "val_rows": len(splits.x_train) + len(splits.x_val) if cv > 1 else len(splits.x_val),
         "cv": cv if cv > 1 else 0,
     }
 

@@ -5,7 +5,13 @@ What a trial records (all in Optuna's own tables, so Optuna's CLI and dashboard 
 - ``score``, ``val_loss``, ``train_loss``, ``gap``, ``gap_penalty``, ``best_epoch``, ``feasible``
   (with ``max_gap``, also recorded as Optuna's constraint ``gap`` − τ for its samplers),
   ``epochs_run`` and, for classifiers, ``val_accuracy`` as user attributes;
-- ``curve.train_loss``, ``curve.val_loss`` (and ``curve.val_accuracy``): one value per epoch;
+- the score's noise and guard at the restored epoch: ``score_kind``, ``kappa``, ``val_se``,
+  ``raw_penalty`` (λ·gap), ``applied_penalty`` (what the score added), ``prior_loss`` (the class
+  prior's / train mean's val loss) and ``chance_level``;
+- ``curve.train_loss``, ``curve.val_loss``, ``curve.val_se`` (and ``curve.val_accuracy``): one
+  value per epoch;
+- the per-example val losses at the restored epoch, in gapsweep's own table
+  (``gapsweep.storage.val_losses``), for the paired selection rule of ``best``;
 - ``fail_reason`` when training diverged, ``prune_reason`` when the pruner stopped it;
 - ``worker`` (host:pid) and, for a retried trial, ``resumed_from_epoch``;
 - ``repro``: seed, data fingerprint, library versions, device, threads (``gapsweep.sweeps.analysis.reproduce``).
@@ -21,32 +27,39 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import optuna
 from sqlalchemy.engine import Engine
 
 from gapsweep.search_spaces.hypermodel import Hypermodel
+from gapsweep.storage import val_losses
 from gapsweep.storage.optuna_tables import set_user_attrs, trial_system_attrs
 from gapsweep.sweeps.trial.checkpoints import CheckpointStore
 from gapsweep.sweeps.data.datasets import Splits
 from gapsweep.sweeps.trial.models import ModelKeeper, held_out_metrics
 from gapsweep.sweeps.trial.repro import record
 from gapsweep.sweeps.data.cv import k_folds
-from gapsweep.sweeps.trial.score import Score, best_score
+from gapsweep.sweeps.trial.score import DEFAULT_KAPPA, Score, Scoring, best_score
 from gapsweep.sweeps.trial.runtime import fresh_session
 from gapsweep.sweeps.trial.trainer import Curves, TrainingDiverged, TrainResult, mean_curves, train
 
 
 @dataclass(frozen=True)
 class ObjectiveSettings:
-    """How a trial is scored (gap penalty λ or a gap constraint, early stopping's patience,
-    cross-validation) and how many of the best trials keep their trained model."""
+    """How a trial is scored (the score's name, gap penalty λ and bound κ, or a gap constraint,
+    early stopping's patience, cross-validation) and how many of the best trials keep their
+    trained model."""
 
     gap_penalty: float = 1.0
+    #: ``bounded`` (val + min(λ·gap, κ·SE), chance-level models last) or ``additive`` (val + λ·gap).
+    score: str = "bounded"
+    #: κ: the bounded penalty moves a score by at most κ standard errors of its val loss.
+    kappa: float = DEFAULT_KAPPA
     patience: int = 5
     keep_models: int = 3
     #: Instead of (or beside) the penalty: trials whose gap exceeds this are infeasible.
     max_gap: float | None = None
-    #: k > 1 scores each trial by k-fold cross-validation on the training split.
+    #: k > 1 scores each trial by k-fold cross-validation over the training and val rows together.
     cv: int = 0
     #: Minimize (val loss, gap) together: the study keeps a Pareto front, and Optuna refuses
     #: ``trial.report`` in such studies, so trials run with early stopping only (no pruning).
@@ -54,6 +67,10 @@ class ObjectiveSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def scoring(self) -> Scoring:
+        return Scoring(self.score, self.gap_penalty, self.kappa)
 
 
 class Objective:
@@ -70,6 +87,8 @@ class Objective:
         checkpoint_engine: Engine | None = None,
         on_start: Callable[[], None] | None = None,
     ) -> None:
+        """``checkpoint_engine`` reaches gapsweep's tables: checkpoints, and the per-example val
+        losses of complete trials."""
         self.hypermodel = hypermodel
         self.splits = splits
         self.settings = settings
@@ -90,7 +109,7 @@ class Objective:
         set_user_attrs(trial, {"worker": f"{socket.gethostname()}:{os.getpid()}", "repro": record(seed, self.splits)})
         attrs: dict[str, Any] = {}  # what the finished trial records, written in one transaction
         if self.settings.cv:
-            score, curves = self._cross_validate(trial, seed, attrs)
+            score, curves, losses = self._cross_validate(trial, seed, attrs)
             model = None
         else:
             checkpoints = self._checkpoints(trial, retry.get("retry_history", []))
@@ -100,7 +119,9 @@ class Objective:
                 result = self._fit(
                     trial, self.splits, seed, curves, checkpoints=checkpoints, prune=not self.settings.multi_objective
                 )
-            score, model = result.score, result.model
+            score, model, losses = result.score, result.model, result.val_losses
+        if self.checkpoint_engine is not None and len(losses):
+            val_losses.save(self.checkpoint_engine, trial.study.study_name, trial.number, losses.tolist(), epoch=score.epoch)
         set_user_attrs(trial, {**attrs, **_score_attrs(score, curves, self.settings)})
         self._constrain(trial, score)
         # Models are ranked by the study's first value: the score, or val loss when multi-objective.
@@ -130,23 +151,32 @@ class Objective:
         model, fit = self.hypermodel.build(trial, splits.task)
         return train(
             model, fit, splits,
-            penalty=self.settings.gap_penalty, patience=self.settings.patience, seed=seed,
+            scoring=self.settings.scoring, patience=self.settings.patience, seed=seed,
             trial=trial if prune else None, curves=curves, checkpoints=checkpoints,
         )
 
-    def _cross_validate(self, trial: optuna.Trial, seed: int, attrs: dict[str, Any]) -> tuple[Score, Curves]:
-        """k folds of the training split; the pruner sees the running mean after each fold.
+    def _cross_validate(self, trial: optuna.Trial, seed: int, attrs: dict[str, Any]) -> tuple[Score, Curves, "np.ndarray"]:
+        """k folds of the training and val rows together; the pruner sees the running mean.
 
-        Each fold's curves are stored (``curve.fold{i}.*``); the trial's own curves are the
-        folds' mean over the epochs every fold ran, and its score parts are the folds' means.
+        The folds are drawn from the study's seed, so every trial sees the same folds and their
+        out-of-fold losses are comparable row by row. Per-epoch pruning is off inside a fold; after
+        fold i the running mean is reported at step (i + 1)·max_epochs − 1, the epochs the trial
+        could have used so far, so pruners sized in epochs never mistake a fold for an epoch.
+        Each fold's curves are stored (``curve.fold{i}.*``); the trial's own curves are the folds'
+        mean over the epochs every fold ran, and its score parts are the folds' means. Its
+        per-example losses are every row's out-of-fold loss, in row order (train rows, then val).
         """
         scores: list[Score] = []
         fold_curves: list[Curves] = []
-        for index, fold in enumerate(k_folds(self.splits, self.settings.cv, seed)):
+        folds, held_out = k_folds(self.splits, self.settings.cv, self.seed)
+        losses = np.zeros(sum(len(rows) for rows in held_out))
+        for index, fold in enumerate(folds):
             curves = Curves()
             fold_curves.append(curves)
             with _recorded(trial, curves, None, attrs, prefix=f"curve.fold{index}."):
-                scores.append(self._fit(trial, fold, seed + index, curves).score)
+                result = self._fit(trial, fold, seed + index, curves)
+                scores.append(result.score)
+                losses[held_out[index]] = result.val_losses
                 running = statistics.fmean(s.value for s in scores)
                 if not self.settings.multi_objective:
                     trial.report(running, step=index)
@@ -155,15 +185,25 @@ class Objective:
                         raise optuna.TrialPruned(f"pruned after fold {index} with mean score {running:.4f}")
         attrs["fold_scores"] = [s.value for s in scores]
         attrs["fold_best_epochs"] = [s.epoch for s in scores]
+        priors = [s.prior_loss for s in scores if s.prior_loss is not None]
+        val_loss = statistics.fmean(s.val_loss for s in scores)
+        prior = statistics.fmean(priors) if len(priors) == len(scores) else None
         score = Score(
             value=statistics.fmean(s.value for s in scores),
-            val_loss=statistics.fmean(s.val_loss for s in scores),
+            val_loss=val_loss,
             train_loss=statistics.fmean(s.train_loss for s in scores),
             gap=statistics.fmean(s.gap for s in scores),
             penalty=self.settings.gap_penalty,
             epoch=round(statistics.fmean(s.epoch for s in scores)),
+            val_se=float(losses.std(ddof=1) / np.sqrt(len(losses))) if len(losses) > 1 else float("nan"),
+            raw_penalty=statistics.fmean(s.raw_penalty for s in scores),
+            applied_penalty=statistics.fmean(s.applied_penalty for s in scores),
+            prior_loss=prior,
+            chance_level=prior is not None and val_loss >= prior,
+            kind=self.settings.score,
+            kappa=self.settings.kappa,
         )
-        return score, mean_curves(fold_curves)
+        return score, mean_curves(fold_curves), losses
 
     def _constrain(self, trial: optuna.Trial, score: Score) -> None:
         """With ``max_gap``, tell Optuna's samplers the trial's gap − τ (feasible when <= 0)."""
@@ -172,12 +212,17 @@ class Objective:
 
     def _constrain_pruned(self, trial: optuna.Trial, curves: Curves) -> None:
         """A pruned trial is judged by its best epoch so far."""
-        self._constrain(trial, best_score(curves.train_loss, curves.val_loss, self.settings.gap_penalty))
+        self._constrain(trial, best_score(curves.train_loss, curves.val_loss, self.settings.scoring, se_curve=curves.val_se))
 
     def _checkpoints(self, trial: optuna.Trial, history: list[int]) -> CheckpointStore | None:
         if self.checkpoint_engine is None:
             return None
         return CheckpointStore(self.checkpoint_engine, trial.study.study_name, trial.number, retries_of=history)
+
+
+def _finite_or_none(value: float) -> float | None:
+    """JSON (Optuna's user attrs) has no NaN: an unknown standard error is stored as null."""
+    return value if np.isfinite(value) else None
 
 
 def _fixed(trial: optuna.Trial) -> dict[str, Any]:
@@ -235,7 +280,9 @@ def _score_attrs(score: Score, curves: Curves, settings: ObjectiveSettings) -> d
     attrs = _curve_attrs(curves) if settings.cv else {}  # the folds' mean curves
     attrs.update(
         score=score.value, val_loss=score.val_loss, train_loss=score.train_loss, gap=score.gap,
-        gap_penalty=score.penalty, best_epoch=score.epoch,
+        gap_penalty=score.penalty, best_epoch=score.epoch, score_kind=score.kind, kappa=score.kappa,
+        val_se=_finite_or_none(score.val_se), raw_penalty=score.raw_penalty, applied_penalty=score.applied_penalty,
+        prior_loss=score.prior_loss, chance_level=score.chance_level,
     )
     if settings.max_gap is not None:
         attrs["feasible"] = score.gap <= settings.max_gap

@@ -1,10 +1,15 @@
 """Train one configuration: Keras fit with the honest train loss, early stopping and pruning.
 
 Per epoch, ``GapMonitor`` evaluates the *training* data in inference mode with the pure loss
-metric (no dropout noise, no L2 term), reads the pure val loss, and writes the gap-penalized
-``score`` into the epoch logs. Keras' ``EarlyStopping`` watches that score and restores the best
-epoch's weights; the pruning callback reports it to Optuna. The curves are kept whole, also for a
-trial that is pruned or diverges, so they can be stored and re-ranked later.
+metric (no dropout noise, no L2 term) and runs the one validation pass itself: it predicts the val
+rows and computes each row's pure loss, so the epoch's val loss, its standard error (the bound of
+the penalty) and, for classifiers, its accuracy come from that single pass (Keras' own validation
+pass is not run; a compiled metric for ℓ² would put a custom class into every saved model). It
+writes the ``score`` (``gapsweep.sweeps.trial.score``) into the epoch logs. Keras'
+``EarlyStopping`` watches that score and restores the best epoch's weights; the pruning callback
+reports it to Optuna. The curves are kept whole, also for a trial that is pruned or diverges, so
+they can be stored and re-ranked later. After fit, one prediction of the val rows with the
+restored weights gives the per-example losses the paired selection rule compares.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from gapsweep.sweeps.data.datasets import Splits
 from gapsweep.sweeps.trial.models import model_from_bytes, model_to_bytes
 from gapsweep.sweeps.trial.pruning import pruning_callback
 from gapsweep.sweeps.trial.runtime import fresh_session
-from gapsweep.sweeps.trial.score import Score, best_score, gap_score
+from gapsweep.sweeps.trial.score import Score, Scoring, as_scoring, best_score, evaluate
 
 if TYPE_CHECKING:
     import keras
@@ -61,12 +66,20 @@ class Curves:
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
+    #: Standard error of each epoch's val loss: sd(per-example loss) / √n.
+    val_se: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, list[float]]:
         out = {"train_loss": self.train_loss, "val_loss": self.val_loss}
-        if self.val_accuracy:
-            out["val_accuracy"] = self.val_accuracy
+        for name in ("val_accuracy", "val_se"):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
         return out
+
+    def restore(self, stored: Mapping[str, list[float]]) -> None:
+        """Take the curves of a checkpoint (in place, so a caller's reference stays valid)."""
+        for name in ("train_loss", "val_loss", "val_accuracy", "val_se"):
+            getattr(self, name)[:] = stored.get(name, [])
 
 
 def mean_curves(folds: list[Curves]) -> Curves:
@@ -77,7 +90,10 @@ def mean_curves(folds: list[Curves]) -> Curves:
         rows = [getattr(curves, name)[:length] for curves in folds]
         return [float(v) for v in np.mean(rows, axis=0)] if rows and all(len(r) == length for r in rows) and length else []
 
-    return Curves(train_loss=mean("train_loss"), val_loss=mean("val_loss"), val_accuracy=mean("val_accuracy"))
+    return Curves(
+        train_loss=mean("train_loss"), val_loss=mean("val_loss"), val_accuracy=mean("val_accuracy"),
+        val_se=mean("val_se"),
+    )
 
 
 @dataclass
@@ -85,6 +101,8 @@ class TrainResult:
     model: "keras.Model"
     curves: Curves
     score: Score
+    #: Pure loss of every val row at the restored epoch, in the val split's row order.
+    val_losses: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def _shuffled_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> "tf.data.Dataset":
@@ -100,27 +118,122 @@ def _shuffled_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) 
     )
 
 
-def _datasets(splits: Splits, batch_size: int, seed: int) -> tuple["tf.data.Dataset", ...]:
+def _datasets(splits: Splits, batch_size: int, seed: int) -> tuple["tf.data.Dataset", "tf.data.Dataset"]:
+    """The shuffled training batches, and the training rows in order for the honest train loss."""
     import tensorflow as tf
 
     train = _shuffled_batches(splits.x_train, splits.y_train, batch_size, seed)
     train_eval = tf.data.Dataset.from_tensor_slices((splits.x_train, splits.y_train)).batch(_EVAL_BATCH)
-    val = tf.data.Dataset.from_tensor_slices((splits.x_val, splits.y_val)).batch(_EVAL_BATCH)
-    return train, train_eval, val
+    return train, train_eval
 
 
-def _gap_monitor(train_eval: "tf.data.Dataset", curves: Curves, penalty: float, limit: float) -> Any:
+class LossFunction:
+    """The model's own loss, per example and without the L2 term, computed from predictions."""
+
+    def __init__(self, model: "keras.Model") -> None:
+        import keras
+
+        if model.loss is None or isinstance(model.loss, (dict, list, tuple)):
+            raise ConfigError("the model needs one loss (not one per output): compile it with loss=...")
+        loss = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
+        self._fn = loss.call if isinstance(loss, keras.losses.Loss) else loss
+        config = loss.get_config() if hasattr(loss, "get_config") else {}
+        self.from_logits = bool(config.get("from_logits", False))
+
+    def __call__(self, y: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+        import keras
+
+        values = keras.ops.convert_to_numpy(self._fn(keras.ops.convert_to_tensor(y), keras.ops.convert_to_tensor(predictions)))
+        return np.asarray(values, dtype=np.float64).reshape(len(y), -1).mean(axis=1)
+
+
+def predict(model: "keras.Model", x: np.ndarray) -> np.ndarray:
+    """Inference-mode predictions, batch by batch through the compiled predict step."""
+    return np.concatenate([np.asarray(model.predict_on_batch(x[i : i + _EVAL_BATCH])) for i in range(0, len(x), _EVAL_BATCH)])
+
+
+def prior_predictions(y_train: np.ndarray, n: int, width: int, classification: bool, from_logits: bool) -> np.ndarray:
+    """What a model that learned nothing predicts for ``n`` rows: the train-set class frequencies
+    (as logits where the loss takes logits), or the train mean for regression."""
+    y = np.asarray(y_train, dtype=np.float64)
+    if not classification:
+        return np.broadcast_to(y.reshape(len(y), -1).mean(axis=0), (n, width)).copy()
+    if width > 1:
+        freq = y.mean(axis=0) if y.ndim == 2 and y.shape[1] == width else np.bincount(y.astype(int).ravel(), minlength=width)[:width] / len(y)
+        probs = np.clip(freq, 1e-7, 1.0)
+        probs = probs / probs.sum()
+        row = np.log(probs) if from_logits else probs
+    else:
+        p = float(np.clip(y.mean(), 1e-7, 1 - 1e-7))
+        row = np.array([math.log(p / (1 - p)) if from_logits else p])
+    return np.tile(row, (n, 1))
+
+
+def _accuracy(y: np.ndarray, predictions: np.ndarray, from_logits: bool) -> float:
+    if predictions.shape[-1] > 1:
+        truth = y.argmax(axis=-1) if y.ndim == 2 and y.shape[-1] == predictions.shape[-1] else y.reshape(-1)
+        return float(np.mean(predictions.argmax(axis=-1) == truth))
+    guess = predictions.reshape(-1) > (0.0 if from_logits else 0.5)
+    return float(np.mean(guess == (y.reshape(-1) > 0.5)))
+
+
+@dataclass
+class ValidationPass:
+    """One epoch's validation, from one prediction of the val rows."""
+
+    losses: np.ndarray
+    accuracy: float | None
+
+    @property
+    def mean(self) -> float:
+        return float(self.losses.mean())
+
+    @property
+    def se(self) -> float:
+        """sd(per-example loss)/√n: the noise of this val loss as an estimate of its test loss."""
+        n = len(self.losses)
+        return float(self.losses.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+
+
+class Validator:
+    """Validates a model on the val rows; knows the loss of the prior on the same rows."""
+
+    def __init__(self, model: "keras.Model", splits: Splits) -> None:
+        self.loss = LossFunction(model)
+        self.splits = splits
+        self._prior: float | None = None
+
+    def __call__(self, model: "keras.Model") -> ValidationPass:
+        predictions = predict(model, self.splits.x_val)
+        classification = self.splits.task.task == "classification"
+        if self._prior is None and len(self.splits.y_train):
+            prior = prior_predictions(self.splits.y_train, len(predictions), predictions.reshape(len(predictions), -1).shape[1], classification, self.loss.from_logits)
+            self._prior = float(self.loss(self.splits.y_val, prior.reshape(predictions.shape)).mean())
+        accuracy = _accuracy(self.splits.y_val, predictions, self.loss.from_logits) if classification else None
+        return ValidationPass(self.loss(self.splits.y_val, predictions), accuracy)
+
+    @property
+    def prior_loss(self) -> float | None:
+        """The prior's mean val loss (known after the first validation)."""
+        return self._prior
+
+
+def _gap_monitor(
+    train_eval: "tf.data.Dataset", validator: Validator, curves: Curves, scoring: Scoring, limit: float
+) -> Any:
     import keras
 
     class GapMonitor(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             logs = logs if logs is not None else {}
             train = float(self.model.evaluate(train_eval, verbose=0, return_dict=True)["pure_loss"])
-            val = float(logs["val_pure_loss"])
+            checked = validator(self.model)
+            val = checked.mean
             curves.train_loss.append(train)
             curves.val_loss.append(val)
-            if "val_accuracy" in logs:
-                curves.val_accuracy.append(float(logs["val_accuracy"]))
+            curves.val_se.append(checked.se)
+            if checked.accuracy is not None:
+                curves.val_accuracy.append(checked.accuracy)
             if not (math.isfinite(train) and math.isfinite(val) and math.isfinite(float(logs.get("loss", 0.0)))):
                 raise TrainingDiverged(
                     f"loss became non-finite at epoch {epoch} (train {train}, val {val}); "
@@ -132,7 +245,11 @@ def _gap_monitor(train_eval: "tf.data.Dataset", curves: Curves, penalty: float, 
                     "lower the learning rate or its upper bound"
                 )
             logs["train_pure_loss"] = train
-            logs["score"] = gap_score(train, val, penalty)
+            logs["val_pure_loss"] = val
+            logs["val_se"] = checked.se
+            if checked.accuracy is not None:
+                logs["val_accuracy"] = checked.accuracy
+            logs["score"] = evaluate(train, val, scoring, se=checked.se, prior_loss=validator.prior_loss).value
 
     return GapMonitor()
 
@@ -199,7 +316,7 @@ def train(
     fit: FitSettings,
     splits: Splits,
     *,
-    penalty: float,
+    scoring: Scoring | float,
     patience: int,
     seed: int,
     trial: optuna.Trial | None = None,
@@ -217,19 +334,19 @@ def train(
     curves = curves if curves is not None else Curves()
     if resume is not None:
         model = model_from_bytes(resume.model)
-        curves.train_loss[:], curves.val_loss[:] = resume.curves["train_loss"], resume.curves["val_loss"]
-        curves.val_accuracy[:] = resume.curves.get("val_accuracy", [])
+        curves.restore(resume.curves)
     ensure_pure_loss(model)
-    train_ds, train_eval, val_ds = _datasets(splits, fit.batch_size, seed)
+    scoring = as_scoring(scoring)
+    train_ds, train_eval = _datasets(splits, fit.batch_size, seed)
+    validator = Validator(model, splits)
     early_stopping = _early_stopping(patience, resume)
-    callbacks: list[Any] = [_gap_monitor(train_eval, curves, penalty, explosion_limit(splits)), early_stopping]
+    callbacks: list[Any] = [_gap_monitor(train_eval, validator, curves, scoring, explosion_limit(splits)), early_stopping]
     if trial is not None:
         callbacks.append(pruning_callback(trial, monitor="score"))
     if checkpoints is not None:
         callbacks.append(_checkpointer(checkpoints, early_stopping, curves))
     model.fit(
         train_ds,
-        validation_data=val_ds,
         epochs=fit.epochs,
         initial_epoch=0 if resume is None else resume.epoch + 1,
         callbacks=callbacks,
@@ -237,7 +354,11 @@ def train(
         shuffle=False,
         **fit.extra,
     )
-    return TrainResult(model=model, curves=curves, score=best_score(curves.train_loss, curves.val_loss, penalty))
+    restored = validator(model)  # the restored epoch's per-example losses (one prediction)
+    score = best_score(
+        curves.train_loss, curves.val_loss, scoring, se_curve=curves.val_se, prior_loss=validator.prior_loss
+    )
+    return TrainResult(model=model, curves=curves, score=score, val_losses=restored.losses)
 
 
 def fit_epochs(
