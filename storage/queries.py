@@ -19,6 +19,7 @@ from optuna.distributions import json_to_distribution
 from optuna.trial import TrialState
 from sqlalchemy.engine import Engine
 
+from gapsweep.storage import trial_keys
 from gapsweep.errors import ConfigError, StudyNotFoundError
 from gapsweep.storage import optuna_tables as tables
 from gapsweep.storage.pareto import pareto_front
@@ -34,7 +35,7 @@ _heartbeats = tables.trial_heartbeats
 ParamRange = tuple[float | None, float | None]
 
 #: Orderings ``best`` accepts: the objective itself, or a recorded score component.
-RANK_BY = ("score", "val_loss", "gap", "train_loss")
+RANK_BY = (trial_keys.SCORE, trial_keys.VAL_LOSS, trial_keys.GAP, trial_keys.TRAIN_LOSS)
 
 
 @dataclass(frozen=True)
@@ -69,23 +70,25 @@ class TrialRecord:
 
     def summary(self) -> dict[str, Any]:
         """The trial without per-epoch curves: what tables and ``--json`` listings show."""
-        scalars = {key: value for key, value in self.attrs.items() if not key.startswith("curve.")}
+        scalars = {
+            key: value for key, value in self.attrs.items()
+            if not key.startswith((trial_keys.CURVE_PREFIX, trial_keys.FIXED_PREFIX))
+        }
         return {
             "number": self.number,
             "state": self.state,
-            "score": scalars.pop("score", self.value),  # the objective value, unless multi-objective
-            "val_loss": scalars.pop("val_loss", None),
-            "train_loss": scalars.pop("train_loss", None),
-            "gap": scalars.pop("gap", None),
-            "params": {**self.params, **{k[6:]: scalars.pop(k) for k in list(scalars) if k.startswith("fixed.")}},
+            "score": scalars.pop(trial_keys.SCORE, self.value),  # the objective value, unless multi-objective
+            "val_loss": scalars.pop(trial_keys.VAL_LOSS, None),
+            "train_loss": scalars.pop(trial_keys.TRAIN_LOSS, None),
+            "gap": scalars.pop(trial_keys.GAP, None),
+            "params": {**self.params, **trial_keys.fixed(self.attrs)},
             "duration_s": self.duration_s,
             **scalars,
         }
 
     def to_dict(self) -> dict[str, Any]:
         """The summary plus the per-epoch curves."""
-        curves = {key[6:]: value for key, value in self.attrs.items() if key.startswith("curve.")}
-        return {**self.summary(), "curves": curves}
+        return {**self.summary(), "curves": trial_keys.curves(self.attrs)}
 
 
 def study_id(engine: Engine, name: str) -> int:
@@ -157,7 +160,7 @@ def baseline_trial(engine: Engine, study: str) -> TrialRecord | None:
     sid = study_id(engine, study)
     query = (
         sa.select(_trials.c.trial_id)
-        .join(_attrs, sa.and_(_attrs.c.trial_id == _trials.c.trial_id, _attrs.c.key == "baseline"))
+        .join(_attrs, sa.and_(_attrs.c.trial_id == _trials.c.trial_id, _attrs.c.key == trial_keys.BASELINE))
         .where(_trials.c.study_id == sid, _attrs.c.value_json == "true")
         .order_by(_trials.c.number)
         .limit(1)
@@ -337,7 +340,7 @@ def _ranking(
     # Trials that break a --max-gap constraint rank after every feasible one.
     flags = _attrs.alias("flags")
     infeasible = sa.exists().where(
-        flags.c.trial_id == _trials.c.trial_id, flags.c.key == "feasible", flags.c.value_json == "false"
+        flags.c.trial_id == _trials.c.trial_id, flags.c.key == trial_keys.FEASIBLE, flags.c.value_json == "false"
     )
     order = (sa.case((infeasible, 1), else_=0), key.asc(), _trials.c.number.asc())
     query = query.where(*_param_filters(params)).order_by(*order).limit(k)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Sequence
+from gapsweep.storage import trial_keys
 
 if TYPE_CHECKING:
     from gapsweep.storage.queries import TrialRecord
@@ -119,10 +120,10 @@ def diagnose(train: Sequence[float], val: Sequence[float], *, best_epoch: int | 
 
 def diagnose_record(record: TrialRecord) -> Diagnosis:
     """The diagnosis of a trial as the query layer returns it (curves from its user attrs)."""
-    best_epoch = record.attrs.get("best_epoch")
+    best_epoch = record.attrs.get(trial_keys.BEST_EPOCH)
     return diagnose(
-        record.attrs.get("curve.train_loss") or [],
-        record.attrs.get("curve.val_loss") or [],
+        record.attrs.get(trial_keys.curve_key("train_loss")) or [],
+        record.attrs.get(trial_keys.curve_key("val_loss")) or [],
         best_epoch=best_epoch if isinstance(best_epoch, int) else None,
     )
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gapsweep.storage import trial_keys
 from gapsweep.errors import ConfigError, StudyNotFoundError
 from gapsweep.storage import artifacts, queries
 from gapsweep.storage.engine import reading
@@ -133,12 +134,12 @@ def refit_epochs(best_epoch: int) -> int:
 
 def _recorded(record: TrialRecord) -> dict[str, Any]:
     """What the sweep recorded about a trial, beside a model trained anew."""
-    return {"score": record.value, "val_loss": record.attrs.get("val_loss"), "params": record.summary()["params"]}
+    return {"score": record.value, "val_loss": record.attrs.get(trial_keys.VAL_LOSS), "params": record.summary()["params"]}
 
 
 def _refit(config: SweepConfig, splits: Splits, record: TrialRecord) -> tuple["keras.Model", dict[str, Any]]:
-    repro = record.attrs.get("repro")
-    best_epoch = record.attrs.get("best_epoch")
+    repro = record.attrs.get(trial_keys.REPRO)
+    best_epoch = record.attrs.get(trial_keys.BEST_EPOCH)
     if record.state != "COMPLETE" or not isinstance(repro, dict) or best_epoch is None:
         raise StudyNotFoundError(
             f"trial {record.number} is {record.state.lower()} or lacks its recorded seed and best epoch; "

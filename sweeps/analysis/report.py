@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from gapsweep.storage import trial_keys
 from gapsweep.errors import ConfigError
 from gapsweep.storage.engine import open_storage
 from gapsweep.storage.pareto import pareto_front
@@ -168,7 +169,7 @@ def _history_section(trials: Sequence[TrialRecord]) -> Section:
 def _curves_section(best: Sequence[TrialRecord], diagnoses: dict[int, Diagnosis]) -> Section:
     """Train and val loss per epoch of the best trials: where they part is where memorizing starts."""
     name, heading = "curves", f"Learning curves of the best {len(best)} trial(s)"
-    drawn = [t for t in best if t.attrs.get("curve.val_loss")]
+    drawn = [t for t in best if t.attrs.get(trial_keys.curve_key("val_loss"))]
     if not drawn:
         return Section(name, heading, note="No complete trial with stored curves yet.")
     columns = min(len(drawn), 3)
@@ -191,11 +192,11 @@ def _curves_section(best: Sequence[TrialRecord], diagnoses: dict[int, Diagnosis]
 
 
 def _draw_curves(axes: Any, trial: TrialRecord, diagnosis: Diagnosis) -> None:
-    train = [v if _finite(v) else math.nan for v in trial.attrs.get("curve.train_loss", [])]
-    val = [v if _finite(v) else math.nan for v in trial.attrs["curve.val_loss"]]
+    train = [v if _finite(v) else math.nan for v in trial.attrs.get(trial_keys.curve_key("train_loss"), [])]
+    val = [v if _finite(v) else math.nan for v in trial.attrs[trial_keys.curve_key("val_loss")]]
     axes.plot(range(len(train)), train, color=_COLORS["train"])
     axes.plot(range(len(val)), val, color=_COLORS["val"])
-    best = trial.attrs.get("best_epoch")
+    best = trial.attrs.get(trial_keys.BEST_EPOCH)
     marked = isinstance(best, int) and 0 <= best < len(val)
     if marked:
         axes.axvline(best, color=_COLORS["other"], linestyle="--", linewidth=1)
@@ -218,9 +219,9 @@ def _pareto_section(complete: Sequence[TrialRecord]) -> Section:
     """Val loss against gap: the front holds every trial some gap penalty λ would pick."""
     name, heading = "pareto", "Val loss against gap, with the Pareto front"
     points = [
-        (t.number, (t.attrs["gap"], t.attrs["val_loss"]))
+        (t.number, (t.attrs[trial_keys.GAP], t.attrs[trial_keys.VAL_LOSS]))
         for t in complete
-        if _finite(t.attrs.get("gap")) and _finite(t.attrs.get("val_loss"))
+        if _finite(t.attrs.get(trial_keys.GAP)) and _finite(t.attrs.get(trial_keys.VAL_LOSS))
     ]
     if not points:
         return Section(name, heading, note="No complete trial with a val loss and gap yet.")
@@ -322,7 +323,7 @@ def render_html(report: Report) -> str:
 
 def _reference_paragraph(reference: dict[str, Any], pick: TrialRecord | None) -> str:
     """The best trial's val loss beside the linear reference's; flagged when it is not lower."""
-    val_loss = pick.attrs.get("val_loss") if pick is not None else None
+    val_loss = pick.attrs.get(trial_keys.VAL_LOSS) if pick is not None else None
     beaten = versus(reference, val_loss)["beaten"]
     text = sentence(reference, pick.number if pick is not None else None, val_loss)
     return f'<p id="reference" class="{"" if beaten else "warn"}">{_e(text[0].upper() + text[1:])}.</p>'
@@ -334,16 +335,16 @@ def _trial_table(report: Report) -> str:
     for trial in report.trials:
         diagnosis = report.diagnoses[trial.number]
         attrs = trial.attrs
-        stopped = attrs.get("prune_reason") or attrs.get("fail_reason")
+        stopped = attrs.get(trial_keys.PRUNE_REASON) or attrs.get(trial_keys.FAIL_REASON)
         state = _e(trial.state.lower()) + (f'<div class="why">{_e(stopped)}</div>' if stopped else "")
-        numbers = [trial.value, attrs.get("val_loss"), attrs.get("train_loss"), attrs.get("gap")]
+        numbers = [trial.value, attrs.get(trial_keys.VAL_LOSS), attrs.get(trial_keys.TRAIN_LOSS), attrs.get(trial_keys.GAP)]
         params = ", ".join(f"{key}={_num(value)}" for key, value in sorted(trial.params.items()))
         cells = [
             f'<td class="num">{trial.number}</td>',
             f"<td>{state}</td>",
             *(f'<td class="num">{_e(_num(value))}</td>' for value in numbers),
-            f'<td class="num">{_e(_num(attrs.get("best_epoch")))}</td>',
-            f'<td class="num">{_e(_num(attrs.get("epochs_run")))}</td>',
+            f'<td class="num">{_e(_num(attrs.get(trial_keys.BEST_EPOCH)))}</td>',
+            f'<td class="num">{_e(_num(attrs.get(trial_keys.EPOCHS_RUN)))}</td>',
             f'<td><span class="label" style="color:{_LABEL_COLORS[diagnosis.label]}">{_e(diagnosis.label)}</span>'
             f'<div class="why">{_e(diagnosis.reason)}</div></td>',
             f'<td class="params">{_e(params)}</td>',

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import optuna
 
+from gapsweep.storage import trial_keys
 from gapsweep.errors import StudyNotFoundError
 from gapsweep.storage.reader import get_trial
 from gapsweep.sweeps.data import datasets
@@ -97,15 +98,15 @@ def rerun(study: str, number: int, storage: str | None = None, *, code_dir: str 
     hypermodel is looked up in the project folder ``code_dir`` (None: the current folder)."""
     config = stored_sweep(study, storage, code_dir)
     trial = get_trial(study, number, storage)
-    repro = trial.attrs.get("repro")
-    if trial.state != "COMPLETE" or repro is None or trial.attrs.get("val_loss") is None:
+    repro = trial.attrs.get(trial_keys.REPRO)
+    if trial.state != "COMPLETE" or repro is None or trial.attrs.get(trial_keys.VAL_LOSS) is None:
         raise StudyNotFoundError(
             f"trial {number} of study '{study}' is {trial.state.lower()} or has no reproducibility record; "
             "rerun a complete trial"
         )
     splits = datasets.load(config.data)
     result = retrain(config, trial.summary()["params"], int(repro["seed"]), splits)
-    recorded = float(trial.attrs["val_loss"])
+    recorded = float(trial.attrs[trial_keys.VAL_LOSS])
     return Rerun(study, number, recorded, result.score.val_loss, str(repro["data_fingerprint"]), splits.fingerprint)
 
 

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from gapsweep.storage import trial_keys
 from gapsweep.errors import ConfigError
 from gapsweep.storage.queries import TrialRecord
 from gapsweep.sweeps.trial.score import DEFAULT_KAPPA, Score, Scoring, best_score, score_at
@@ -55,12 +56,12 @@ def rerank(
     scoring = Scoring(score, penalty, kappa)
     ranked = []
     for record in records:
-        train = record.attrs.get("curve.train_loss") or []
-        val = record.attrs.get("curve.val_loss") or []
+        train = record.attrs.get(trial_keys.curve_key("train_loss")) or []
+        val = record.attrs.get(trial_keys.curve_key("val_loss")) or []
         if not train or len(train) != len(val):
             continue
-        se = [math.nan if v is None else float(v) for v in record.attrs.get("curve.val_se") or []]
-        prior = record.attrs.get("prior_loss")
+        se = [math.nan if v is None else float(v) for v in record.attrs.get(trial_keys.curve_key("val_se")) or []]
+        prior = record.attrs.get(trial_keys.PRIOR_LOSS)
         try:
             if epoch == "best":
                 scored = best_score(train, val, scoring, se_curve=se, prior_loss=prior)

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from gapsweep.storage import trial_keys
 from gapsweep.storage.queries import TrialRecord
 
 RULES = ("score", "paired")
@@ -40,14 +41,14 @@ class Selection:
         return {
             "rule": "paired one-standard-error: tied when mean(d) <= sd(d)/sqrt(n), then the smallest gap",
             "val_min_trial": self.val_min.number,
-            "val_min_val_loss": self.val_min.attrs.get("val_loss"),
+            "val_min_val_loss": self.val_min.attrs.get(trial_keys.VAL_LOSS),
             "se": self.se,
             "n_rows": self.n_rows,
             "n_tied": len(self.tied),
             "tied_trials": list(self.tied),
             "paired_pick": self.pick.number,
-            "paired_pick_val_loss": self.pick.attrs.get("val_loss"),
-            "paired_pick_gap": self.pick.attrs.get("gap"),
+            "paired_pick_val_loss": self.pick.attrs.get(trial_keys.VAL_LOSS),
+            "paired_pick_gap": self.pick.attrs.get(trial_keys.GAP),
         }
 
 
@@ -64,7 +65,7 @@ def paired_select(records: Sequence[TrialRecord], losses: Mapping[int, Sequence[
     rows: dict[int, np.ndarray] = {}
     for record in records:
         values = np.asarray(losses.get(record.number, []), dtype=np.float64)
-        if len(values) and np.all(np.isfinite(values)) and not record.attrs.get("chance_level", False):
+        if len(values) and np.all(np.isfinite(values)) and not record.attrs.get(trial_keys.CHANCE_LEVEL, False):
             rows[record.number] = values
     if not rows:
         return None
@@ -77,7 +78,7 @@ def paired_select(records: Sequence[TrialRecord], losses: Mapping[int, Sequence[
     tied = sorted(number for number, (mean, se) in differences.items() if number == best or mean <= se)
 
     def preference(number: int) -> tuple[float, float, int]:
-        gap = by_number[number].attrs.get("gap")
+        gap = by_number[number].attrs.get(trial_keys.GAP)
         return (float(gap) if gap is not None else math.inf, float(rows[number].mean()), number)
 
     own = rows[best]

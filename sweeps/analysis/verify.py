@@ -18,6 +18,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from gapsweep.storage import trial_keys
 from gapsweep.errors import ConfigError, DataError
 from gapsweep.storage.reader import best_trials
 from gapsweep.sweeps.analysis.reproduce import retrain
@@ -121,5 +122,5 @@ def verify(
             tests.append(metrics["test_pure_loss"])
             if "test_accuracy" in metrics:
                 accuracies.append(metrics["test_accuracy"])
-        checked.append(Checked(record.number, rank, float(record.attrs["val_loss"]), vals, tests, accuracies))
+        checked.append(Checked(record.number, rank, float(record.attrs[trial_keys.VAL_LOSS]), vals, tests, accuracies))
     return checked, judge(checked)

@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
+from gapsweep.storage import trial_keys
 from gapsweep.errors import ConfigError, GapsweepError, SweepFailedError
 from gapsweep.search_spaces import code_refs
 from gapsweep.search_spaces.hypermodel import Hypermodel, SpaceHypermodel
@@ -135,7 +136,7 @@ def prepare(config: SweepConfig, *, salt: str | None = None, allow_objective_cha
         study.sampler = _sampler(config, n_existing=n_existing, salt=salt)
         if config.baseline is not None and n_existing == 0:
             # The user's current configuration runs first, so every summary can compare against it.
-            study.enqueue_trial(config.baseline, user_attrs={"baseline": True})
+            study.enqueue_trial(config.baseline, user_attrs={trial_keys.BASELINE: True})
             n_existing += 1
     except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         storage.engine.dispose()
@@ -376,7 +377,7 @@ class _FailureGuard:
         except Exception as exc:
             text = str(exc).strip()
             reason = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr(trial_keys.FAIL_REASON, reason)
             raise TrialFailed(reason) from exc
 
 
@@ -394,7 +395,7 @@ class _Failures:
             self.in_a_row.clear()
             self.succeeded = True
         elif trial.state == TrialState.FAIL:
-            reason = str(trial.user_attrs.get("fail_reason") or f"see {self.log_path}")
+            reason = str(trial.user_attrs.get(trial_keys.FAIL_REASON) or f"see {self.log_path}")
             self.in_a_row.append(reason)
             tqdm.write(f"gapsweep: trial {trial.number} failed: {reason}", file=sys.stderr)
 
@@ -476,9 +477,9 @@ def _requeue(study: optuna.Study, number: int | None) -> None:
     try:
         trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
         # Diverged trials keep their verdict; one that failed before sampling lost nothing.
-        if trial is None or trial.state != TrialState.FAIL or "fail_reason" in trial.user_attrs or not trial.params:
+        if trial is None or trial.state != TrialState.FAIL or trial_keys.FAIL_REASON in trial.user_attrs or not trial.params:
             return
-        study.enqueue_trial(trial.params, user_attrs={"requeued_from": number})
+        study.enqueue_trial(trial.params, user_attrs={trial_keys.REQUEUED_FROM: number})
     except (SQLAlchemyError, optuna.exceptions.StorageInternalError):
         pass  # still unreachable: the next claim reports it
 

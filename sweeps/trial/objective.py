@@ -1,20 +1,11 @@
 """The Optuna objective: hypermodel → trainer → score, recorded on the trial.
 
-What a trial records (all in Optuna's own tables, so Optuna's CLI and dashboard read it):
-- the searched values as Optuna params (fixed values as ``fixed.*`` user attributes);
-- ``score``, ``val_loss``, ``train_loss``, ``gap``, ``gap_penalty``, ``best_epoch``, ``feasible``
-  (with ``max_gap``, also recorded as Optuna's constraint ``gap`` − τ for its samplers),
-  ``epochs_run`` and, for classifiers, ``val_accuracy`` as user attributes;
-- the score's noise and guard at the restored epoch: ``score_kind``, ``kappa``, ``val_se``,
-  ``raw_penalty`` (λ·gap), ``applied_penalty`` (what the score added), ``prior_loss`` (the class
-  prior's / train mean's val loss) and ``chance_level``;
-- ``curve.train_loss``, ``curve.val_loss``, ``curve.val_se`` (and ``curve.val_accuracy``): one
-  value per epoch;
-- the per-example val losses at the restored epoch, in gapsweep's own table
-  (``gapsweep.storage.val_losses``), for the paired selection rule of ``best``;
-- ``fail_reason`` when training diverged, ``prune_reason`` when the pruner stopped it;
-- ``worker`` (host:pid) and, for a retried trial, ``resumed_from_epoch``;
-- ``repro``: seed, data fingerprint, library versions, device, threads (``gapsweep.sweeps.analysis.reproduce``).
+A trial records its searched values as Optuna params and everything else as user attributes in
+Optuna's own tables (so Optuna's CLI and dashboard read them), under the keys
+``gapsweep.storage.trial_keys`` defines: score parts at the restored epoch, the score's noise
+and chance-level guard, per-epoch curves, why it stopped, where it ran and how to reproduce it.
+The per-example val losses at the restored epoch go to gapsweep's own table
+(``gapsweep.storage.val_losses``), for the paired selection rule of ``best``.
 """
 
 from __future__ import annotations
@@ -31,6 +22,7 @@ import numpy as np
 import optuna
 from sqlalchemy.engine import Engine
 
+from gapsweep.storage import trial_keys
 from gapsweep.search_spaces.hypermodel import Hypermodel
 from gapsweep.storage import val_losses
 from gapsweep.storage.optuna_tables import set_user_attrs, trial_system_attrs
@@ -106,7 +98,9 @@ class Objective:
         retry = _retry_attrs(trial)
         # A retried trial trains with its original trial's seed, so a resumed run matches.
         seed = self.seed + int(retry.get("failed_trial", trial.number))
-        set_user_attrs(trial, {"worker": f"{socket.gethostname()}:{os.getpid()}", "repro": record(seed, self.splits)})
+        set_user_attrs(
+            trial, {trial_keys.WORKER: f"{socket.gethostname()}:{os.getpid()}", trial_keys.REPRO: record(seed, self.splits)}
+        )
         attrs: dict[str, Any] = {}  # what the finished trial records, written in one transaction
         if self.settings.cv:
             score, curves, losses = self._cross_validate(trial, seed, attrs)
@@ -173,7 +167,7 @@ class Objective:
         for index, fold in enumerate(folds):
             curves = Curves()
             fold_curves.append(curves)
-            with _recorded(trial, curves, None, attrs, prefix=f"curve.fold{index}."):
+            with _recorded(trial, curves, None, attrs, prefix=trial_keys.fold_prefix(index)):
                 result = self._fit(trial, fold, seed + index, curves)
                 scores.append(result.score)
                 losses[held_out[index]] = result.val_losses
@@ -183,8 +177,8 @@ class Objective:
                     # After the last fold there is nothing left to save: a trained trial completes.
                     if index < self.settings.cv - 1 and trial.should_prune():
                         raise optuna.TrialPruned(f"pruned after fold {index} with mean score {running:.4f}")
-        attrs["fold_scores"] = [s.value for s in scores]
-        attrs["fold_best_epochs"] = [s.epoch for s in scores]
+        attrs[trial_keys.FOLD_SCORES] = [s.value for s in scores]
+        attrs[trial_keys.FOLD_BEST_EPOCHS] = [s.epoch for s in scores]
         priors = [s.prior_loss for s in scores if s.prior_loss is not None]
         val_loss = statistics.fmean(s.val_loss for s in scores)
         prior = statistics.fmean(priors) if len(priors) == len(scores) else None
@@ -227,7 +221,7 @@ def _finite_or_none(value: float) -> float | None:
 
 def _fixed(trial: optuna.Trial) -> dict[str, Any]:
     """Values a space fixes (recorded as ``fixed.*`` user attributes, not Optuna params)."""
-    return {key[6:]: value for key, value in trial.user_attrs.items() if key.startswith("fixed.")}
+    return trial_keys.fixed(trial.user_attrs)
 
 
 def _retry_attrs(trial: optuna.Trial) -> dict[str, Any]:
@@ -239,7 +233,7 @@ def _retry_attrs(trial: optuna.Trial) -> dict[str, Any]:
 @contextlib.contextmanager
 def _recorded(
     trial: optuna.Trial, curves: Curves, checkpoints: CheckpointStore | None, attrs: dict[str, Any], *,
-    prefix: str = "curve.", on_prune: Callable[[], None] | None = None,
+    prefix: str = trial_keys.CURVE_PREFIX, on_prune: Callable[[], None] | None = None,
 ) -> Iterator[None]:
     """Add the curves to ``attrs`` however training ends. A trial that stops here (pruned,
     diverged, interrupted) writes them at once with its reason, since no score follows; an
@@ -249,19 +243,19 @@ def _recorded(
         yield
         stopped = False
     except optuna.TrialPruned as pruned:
-        attrs["prune_reason"] = str(pruned)
+        attrs[trial_keys.PRUNE_REASON] = str(pruned)
         if on_prune is not None:
             on_prune()
         raise
     except TrainingDiverged as diverged:
-        attrs["fail_reason"] = str(diverged)
+        attrs[trial_keys.FAIL_REASON] = str(diverged)
         raise
     except BaseException:
         ended = False  # interrupted, not finished: keep the checkpoint for a retry
         raise
     finally:
         if checkpoints is not None and checkpoints.resumed_epoch is not None:
-            attrs["resumed_from_epoch"] = checkpoints.resumed_epoch
+            attrs[trial_keys.RESUMED_FROM_EPOCH] = checkpoints.resumed_epoch
         attrs.update(_curve_attrs(curves, prefix))
         if stopped:
             set_user_attrs(trial, attrs)
@@ -269,23 +263,24 @@ def _recorded(
             checkpoints.clear()
 
 
-def _curve_attrs(curves: Curves, prefix: str = "curve.") -> dict[str, Any]:
-    attrs: dict[str, Any] = {f"{prefix}{name}": list(values) for name, values in curves.to_dict().items()}
-    if prefix == "curve.":
-        attrs["epochs_run"] = len(curves.val_loss)
+def _curve_attrs(curves: Curves, prefix: str = trial_keys.CURVE_PREFIX) -> dict[str, Any]:
+    attrs: dict[str, Any] = {trial_keys.curve_key(name, prefix): list(values) for name, values in curves.to_dict().items()}
+    if prefix == trial_keys.CURVE_PREFIX:
+        attrs[trial_keys.EPOCHS_RUN] = len(curves.val_loss)
     return attrs
 
 
 def _score_attrs(score: Score, curves: Curves, settings: ObjectiveSettings) -> dict[str, Any]:
     attrs = _curve_attrs(curves) if settings.cv else {}  # the folds' mean curves
-    attrs.update(
-        score=score.value, val_loss=score.val_loss, train_loss=score.train_loss, gap=score.gap,
-        gap_penalty=score.penalty, best_epoch=score.epoch, score_kind=score.kind, kappa=score.kappa,
-        val_se=_finite_or_none(score.val_se), raw_penalty=score.raw_penalty, applied_penalty=score.applied_penalty,
-        prior_loss=score.prior_loss, chance_level=score.chance_level,
-    )
+    attrs.update({
+        trial_keys.SCORE: score.value, trial_keys.VAL_LOSS: score.val_loss, trial_keys.TRAIN_LOSS: score.train_loss,
+        trial_keys.GAP: score.gap, trial_keys.GAP_PENALTY: score.penalty, trial_keys.BEST_EPOCH: score.epoch,
+        trial_keys.SCORE_KIND: score.kind, trial_keys.KAPPA: score.kappa, trial_keys.VAL_SE: _finite_or_none(score.val_se),
+        trial_keys.RAW_PENALTY: score.raw_penalty, trial_keys.APPLIED_PENALTY: score.applied_penalty,
+        trial_keys.PRIOR_LOSS: score.prior_loss, trial_keys.CHANCE_LEVEL: score.chance_level,
+    })
     if settings.max_gap is not None:
-        attrs["feasible"] = score.gap <= settings.max_gap
+        attrs[trial_keys.FEASIBLE] = score.gap <= settings.max_gap
     if curves.val_accuracy and score.epoch < len(curves.val_accuracy):
-        attrs["val_accuracy"] = curves.val_accuracy[score.epoch]
+        attrs[trial_keys.VAL_ACCURACY] = curves.val_accuracy[score.epoch]
     return attrs
