@@ -300,15 +300,29 @@ def ensure_pure_loss(model: "keras.Model") -> None:
     """
     import keras
 
-    compiled = getattr(model, "_compile_config", None)
-    metrics = list((compiled.config.get("metrics") if compiled is not None else None) or [])
-    if any(getattr(metric, "name", metric) == "pure_loss" for metric in metrics):
+    serialized = (model.get_compile_config() or {}).get("metrics") or []
+    if not isinstance(serialized, list) or any(isinstance(metric, (list, dict)) and "class_name" not in metric for metric in serialized):
+        raise ConfigError("the hypermodel's model must be compiled with one flat list of metrics (one output)")
+    if any(_metric_name(metric) == "pure_loss" for metric in serialized):
         return
     if model.loss is None:
         raise ConfigError("the hypermodel's model has no loss: compile it with a loss in build(hp)")
+    try:
+        # A name stays a name, so Keras picks the variant that fits the loss ("accuracy").
+        metrics = [metric if isinstance(metric, str) else keras.metrics.get(metric) for metric in serialized]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"the hypermodel's metrics cannot be rebuilt ({exc}); register a custom metric with "
+            "keras.saving.register_keras_serializable"
+        ) from None
     loss = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
     pure = keras.metrics.MeanMetricWrapper(fn=loss, name="pure_loss")
     model.compile(optimizer=model.optimizer, loss=model.loss, metrics=[pure, *metrics])
+
+
+def _metric_name(metric: str | dict[str, Any]) -> str | None:
+    """A compiled metric's name, from Keras' serialized compile config."""
+    return metric if isinstance(metric, str) else metric.get("config", {}).get("name")
 
 
 def train(
