@@ -121,7 +121,7 @@ def test_the_reference_is_stored_once_and_shown_beside_the_pick(any_url, tiny_sp
 
     pick = best_trials("ref", any_url, 1)[0]
     assert main(["best", "--study", "ref", "--storage", any_url, "--json"]) == 0
-    row = json.loads(capsys.readouterr().out)[0]
+    row = json.loads(capsys.readouterr().out)["trials"][0]
     assert row["reference"] == {
         "model": "LogisticRegression", "params": stored["params"], "val_loss": 123.0,
         "trial_val_loss": pick.attrs["val_loss"], "beaten": True,
@@ -136,7 +136,7 @@ def test_the_reference_is_stored_once_and_shown_beside_the_pick(any_url, tiny_sp
     assert main(["best", "--study", "ref", "--storage", any_url]) == 0
     assert "The sweep did not beat the linear reference" in capsys.readouterr().out
     assert main(["best", "--study", "ref", "--storage", any_url, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["reference"]["beaten"] is False
+    assert json.loads(capsys.readouterr().out)["trials"][0]["reference"]["beaten"] is False
     page = render_html(build_report("ref", any_url))
     assert '<p id="reference" class="warn">' in page and "did not beat the linear reference" in page
 

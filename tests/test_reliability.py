@@ -94,7 +94,7 @@ def test_a_loss_that_explodes_without_turning_nan_fails_the_trial():
     kernel, bias = model.get_layer("output").get_weights()
     model.get_layer("output").set_weights([kernel, bias + 1e9])
     with pytest.raises(TrainingDiverged, match="loss exploded at epoch 0"):
-        train(model, FitSettings(epochs=2, batch_size=64), splits, penalty=1.0, patience=5, seed=0)
+        train(model, FitSettings(epochs=2, batch_size=64), splits, scoring=1.0, patience=5, seed=0)
 
 
 def test_a_classifier_limit_follows_its_classes():
