@@ -41,6 +41,8 @@ from benchmarks import harness, report
 from gapsweep import DataSpec, ObjectiveSettings, SweepConfig, launch
 from gapsweep.search_spaces.builder import resolve
 from gapsweep.search_spaces.hypermodel import FitSettings, SpaceHypermodel
+from gapsweep.sweeps.data.preprocessing import Preprocessing, with_info
+from gapsweep.sweeps.trial import models as models_module
 from gapsweep.sweeps.trial import objective as objective_module
 from gapsweep.sweeps.trial.checkpoints import CheckpointStore, TrainingState
 from gapsweep.sweeps.data.datasets import Splits
@@ -106,6 +108,12 @@ def model_bytes(weights: int) -> int:
     """About what Keras writes for a trained MLP: weights plus Adam's two slots, 4 bytes each,
     plus ~25 kB of config (measured: 28 kB for 1,210 untrained weights, 3.3 MB for 826k)."""
     return 12 * weights + 25_000
+
+
+def stub_raw_input_model_bytes(model: StandInModel, preprocessing: Preprocessing) -> bytes:
+    """``models.raw_input_model_bytes`` without Keras layers: the saved stand-in with its
+    ``gapsweep.json``, as a kept model is stored."""
+    return with_info(models_module.model_to_bytes(model), preprocessing.info())
 
 
 def stub_build(self: SpaceHypermodel, trial: optuna.Trial, task: Any) -> tuple[StandInModel, FitSettings]:
@@ -203,6 +211,7 @@ def run_gapsweep(
         patches.enter_context(mock.patch.object(SpaceHypermodel, "build", stub_build))
         patches.enter_context(mock.patch.object(objective_module, "fresh_session", lambda seed: None))
         patches.enter_context(mock.patch.object(objective_module, "train", stub_train))
+        patches.enter_context(mock.patch.object(models_module, "raw_input_model_bytes", stub_raw_input_model_bytes))
         if every_epoch:
             patches.enter_context(mock.patch.dict(os.environ, {"GAPSWEEP_CHECKPOINT_S": "0"}))
         if not user_attrs:
