@@ -24,9 +24,10 @@ from benchmarks import harness, report
 from gapsweep import DataSpec, ObjectiveSettings, SweepConfig, launch
 from gapsweep.api import best_trials, list_trials, select_trials
 from gapsweep.sweeps.analysis.export import load_best_model
+from gapsweep.sweeps.data import losses as pure_losses
 from gapsweep.sweeps.data.datasets import Splits, load
 from gapsweep.sweeps.trial.score import DEFAULT_KAPPA
-from gapsweep.sweeps.trial.trainer import LossFunction, predict, prior_predictions
+from gapsweep.sweeps.trial.trainer import prior_predictions
 
 NAME = "generalization"
 TITLE = "Generalization: the default score against plain val-loss selection"
@@ -69,17 +70,17 @@ SPACE: dict[str, dict[str, Any]] = {
 
 
 def _test_losses(model: Any, splits: Splits) -> np.ndarray:
-    return LossFunction(model)(splits.y_test, predict(model, splits.x_test))
+    """Per-example pure test losses of a stored model, which takes raw rows."""
+    return pure_losses.per_example(splits.task, splits.y_test, model.predict(splits.raw_test, verbose=0))
 
 
 def _prior_test_loss(model: Any, splits: Splits) -> float:
     """The loss of the train-set prior (class frequencies, or the train mean) on the test rows."""
-    loss = LossFunction(model)
     width = int(np.prod(model.output_shape[1:]))
     prior = prior_predictions(
-        splits.y_train, len(splits.y_test), width, splits.task.task == "classification", loss.from_logits
+        splits.y_train, len(splits.y_test), width, splits.task.task == "classification", from_logits=False
     )
-    return float(loss(splits.y_test, prior.reshape((len(splits.y_test), *model.output_shape[1:]))).mean())
+    return float(pure_losses.per_example(splits.task, splits.y_test, prior).mean())
 
 
 def run_seed(task: str, seed: int, trials: int, space: dict[str, Any]) -> dict[str, Any]:

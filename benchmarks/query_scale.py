@@ -88,7 +88,7 @@ def fake_curves(rng: random.Random, params: dict[str, Any], epochs: int) -> tupl
     start = rng.uniform(1.5, 2.5)
     rate = min(0.6, params["learning_rate"] * 40 + 0.05)
     floor = rng.uniform(0.01, 0.2)
-    overfit = 0.02 / (1 + 200 * params["l2"] + 3 * params["dropout"])
+    overfit = 0.02 / (1 + 200 * params["l2"] + 3 * params.get("dropout", 0.0))  # no dropout at depth 0
     train, val = [], []
     for epoch in range(epochs):
         t = floor + (start - floor) * math.exp(-rate * epoch)

@@ -236,7 +236,13 @@ def _running(url: str, study: str) -> bool:
 @pytest.mark.parametrize("signals", [1, 2])
 def test_an_interrupted_launch_exits_130_without_a_traceback(tmp_path, signals):
     sweep = tmp_path / "s.toml"
-    sweep.write_text('study = "stop"\ntrials = 20\npruner = "none"\n[space]\nunits = {type = \"int\", low = 16, high = 32}\nepochs = 200\n[data]\nsource = "wine"\n[objective]\npatience = 1000\n')
+    # Stopped at once, the trial must not be able to finish between the two signals on a busy
+    # machine: it trains for far longer than the test waits.
+    epochs = 200 if signals == 1 else 20000
+    sweep.write_text(
+        f'study = "stop"\ntrials = 20\npruner = "none"\n[space]\nunits = {{type = "int", low = 16, high = 32}}\n'
+        f'epochs = {epochs}\n[data]\nsource = "wine"\n[objective]\npatience = 100000\n'
+    )
     url = f"sqlite:///{tmp_path / 'sweeps.db'}"
     run = subprocess.Popen([GAPSWEEP, "launch", str(sweep), "--storage", url, "--no-progress"], env=ENV,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
