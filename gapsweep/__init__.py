@@ -1,9 +1,12 @@
 """gapsweep: hyperparameter sweeps for Keras models that hunt for models which generalize.
 
-The packages, in the order data flows through them:
-- ``search_spaces``: what is searched (spaces, files, the Keras model builder);
-- ``sweeps``: how a sweep runs (data, trainer, score, pruning, objective, launch, CLI);
-- ``storage``: where results live and how they are queried (SQLite, PostgreSQL).
+The sub-packages, in the order data flows through them (each imports only those after it in
+docs/architecture.md's layers):
+- ``gapsweep.search_spaces``: what is searched (spaces, files, the Keras model builder);
+- ``gapsweep.sweeps``: how a sweep runs (``data``, ``trial``, ``run``) and how its results are
+  judged (``analysis``);
+- ``gapsweep.storage``: where results live and how they are queried (SQLite, PostgreSQL).
+``gapsweep.api`` and ``gapsweep.cli`` sit on top of them.
 
 This module re-exports the public Python API lazily, so ``import gapsweep`` stays cheap.
 """
