@@ -16,6 +16,8 @@ from gapsweep.errors import GapsweepError
 from gapsweep.storage.url import DEFAULT_URL
 
 EXIT_USER_ERROR = 1
+#: What a shell reports for a process that SIGPIPE ended (128 + 13).
+EXIT_BROKEN_PIPE = 141
 EXIT_NOT_REPRODUCED = 3
 EXIT_INTERRUPTED = 130
 
@@ -766,6 +768,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gapsweep: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`gapsweep best --json | head`): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

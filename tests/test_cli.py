@@ -87,3 +87,16 @@ def test_a_user_error_prints_no_traceback_from_the_real_command(tmp_path: Path):
     )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == ["gapsweep: error: no study named 'ghost' in this database (studies: real)"]
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path):
+    """``gapsweep show … --json | head -c1``: the reader goes away after one byte, with far more
+    than a pipe's buffer still to come; no BrokenPipeError traceback."""
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    study = optuna.create_study(study_name="long", storage=url)
+    curve = [1.0 / (epoch + 1) for epoch in range(20_000)]  # ~400 kB of JSON
+    study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={"curve.val_loss": curve, "curve.train_loss": curve}))
+    command = f"{sys.executable} -m gapsweep.cli show long 0 --json --storage {url} | head -c1"
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
+    assert done.stdout == "{"
