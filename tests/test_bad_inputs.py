@@ -20,6 +20,7 @@ import pytest
 
 from fake_trials import add_mixed_trials
 from gapsweep.cli import main
+from sweep_files import SWEEP
 
 Argv = Callable[[Path, str], list[str]]
 Setup = Callable[[Path, str], None]
@@ -68,16 +69,6 @@ def space_case(name: str, toml: str, says: str) -> Case:
     return Case(name, launch("--space", "space.toml"), says, write("space.toml", toml))
 
 
-SWEEP = """study = "s"
-trials = 2
-[space]
-l2 = {type = "float", low = 1e-6, high = 1e-2, log = true}
-units = {type = "int", low = 8, high = 32}
-epochs = 2
-[data]
-source = "digits"
-train_fraction = 0.3
-"""
 
 
 def created_study(folder: Path, url: str) -> None:

@@ -30,6 +30,7 @@ from gapsweep.sweeps.data.datasets import DataSpec
 from gapsweep.sweeps.run.config import SweepConfig
 from gapsweep.sweeps.run.launch import _pruner, load_hypermodel
 from gapsweep.sweeps.trial.objective import ObjectiveSettings
+from sweep_files import SWEEP
 
 GAPSWEEP = str(Path(sys.executable).parent / "gapsweep")
 ENV = {**os.environ, "GAPSWEEP_HEARTBEAT_S": "1", "GAPSWEEP_CHECKPOINT_S": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -49,16 +50,6 @@ units = 8
 source = "wine"
 """
 
-SWEEP = """study = "s"
-trials = 2
-[space]
-l2 = {type = "float", low = 1e-6, high = 1e-2, log = true}
-units = {type = "int", low = 8, high = 32}
-epochs = 2
-[data]
-source = "digits"
-train_fraction = 0.3
-"""
 
 
 @pytest.mark.slow
