@@ -58,6 +58,10 @@ def take(raw: RawInputs, rows: np.ndarray) -> RawInputs:
     return raw[rows]
 
 
+#: The name of a model that ``Preprocessing.wrap`` put behind the raw-input layers.
+RAW_INPUT_MODEL = "gapsweep_raw_input"
+
+
 @dataclass(frozen=True, eq=False)
 class Preprocessing:
     """The fitted steps from raw rows to the training matrix, and what the model predicts."""
@@ -140,7 +144,7 @@ class Preprocessing:
             inputs = keras.Input(shape=self.mean.shape, dtype="float32", name="features")
             axis = -1 if self.mean.ndim == 1 else tuple(range(1, self.mean.ndim + 1))
             features = keras.layers.Normalization(axis=axis, mean=self.mean, variance=variance, name="gapsweep_standardize")(inputs)
-            return keras.Model(inputs, model(features), name="gapsweep_raw_input")
+            return keras.Model(inputs, model(features), name=RAW_INPUT_MODEL)
         named = {
             name: keras.Input(shape=(1,), dtype="float32" if kind == "number" else "string", name=name.replace("/", "_"))
             for name, kind in self.columns
@@ -162,7 +166,7 @@ class Preprocessing:
         with warnings.catch_warnings():
             # A column name with "/" cannot name a Keras tensor; the dict key keeps the real name.
             warnings.filterwarnings("ignore", message="When providing `inputs` as a dict")
-            return keras.Model(named, model(features), name="gapsweep_raw_input")
+            return keras.Model(named, model(features), name=RAW_INPUT_MODEL)
 
     def info(self) -> dict[str, Any]:
         """What ``gapsweep.json`` says: inputs, task, class names, target."""
@@ -180,7 +184,7 @@ def unwrap(model: "keras.Model") -> "keras.Model":
     """The trained model inside a raw-input model (``Preprocessing.wrap``); any other model as it is."""
     import keras
 
-    if model.name != "gapsweep_raw_input":
+    if model.name != RAW_INPUT_MODEL:
         return model
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
