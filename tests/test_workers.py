@@ -158,7 +158,9 @@ def test_workers_ride_out_dropped_postgres_connections(postgres_server, tiny_spa
                 t for t in study.trials
                 if t.user_attrs.get("requeued_from") == failed.number or t.system_attrs.get("failed_trial") == failed.number
             ]
-            assert again and again[0].params == failed.params
+            # Every value the failed trial drew is kept; a trial the drop cut off while sampling
+            # draws the rest anew.
+            assert again and failed.params.items() <= again[0].params.items()
     finally:
         with admin.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
