@@ -5,8 +5,12 @@ For every task and seed, the same sweep runs twice on the same splits: with the 
 score at λ = 0). Every complete trial keeps its model, so each pick — and each earlier incumbent —
 is scored on the test split no trial saw, row by row. Per task it reports the paired test-loss
 difference (default − plain) with its 95 % interval, the gap ratio, chance-level picks and
-overtuning; beside them, the paired rule's pick of the default sweep (``best --rule paired``). One
-fresh process per task and seed runs both sweeps.
+overtuning; beside them, the paired rule's pick of the default sweep (``best --rule paired``).
+
+The default sweep's pick is then compared, on the same test rows, with what ``export`` can make of
+the same sweep — the pick refit on train + val rows, the average of the K best trials, the K best
+refit and averaged — and with the linear reference stored beside the study (its regularization
+chosen on the val rows). One fresh process per task and seed runs both sweeps and these variants.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,9 +28,10 @@ import numpy as np
 from benchmarks import harness, report
 from gapsweep import DataSpec, ObjectiveSettings, SweepConfig, launch
 from gapsweep.api import best_trials, list_trials, select_trials
-from gapsweep.sweeps.analysis.export import load_best_model
+from gapsweep.sweeps.analysis.export import export_best, load_best_model
 from gapsweep.sweeps.data import losses as pure_losses
 from gapsweep.sweeps.data.datasets import Splits, load
+from gapsweep.sweeps.run.reference import reference_test_losses
 from gapsweep.sweeps.trial.score import DEFAULT_KAPPA
 from gapsweep.sweeps.trial.trainer import prior_predictions
 
@@ -34,6 +40,8 @@ TITLE = "Generalization: the default score against plain val-loss selection"
 #: Targets of the gate, per task.
 TARGET_DIFF = 0.01  # paired mean test-loss difference at most +1 % of plain's test loss …
 TARGET_GAP_CUT = 0.30  # … and the pick's gap 30 % smaller wherever plain's pick has a gap
+TARGET_VARIANT_CUT = 0.05  # refit or ensemble: test loss 5 % below the single pick's on half the tasks
+ENSEMBLE_K = 3
 Z95 = 1.96
 
 #: Small training splits, test splits no trial sees: data on which a sweep can pick badly.
@@ -60,9 +68,9 @@ FULL_SEEDS = tuple(range(10, 20))
 #: A small mlp space: ≤ 20 epochs (early stopping, patience 5), so 80 sweeps fit in ~25 minutes.
 SPACE: dict[str, dict[str, Any]] = {
     "l2": {"type": "float", "low": 1e-6, "high": 1e-1, "log": True},
-    "dropout": {"type": "float", "low": 0.0, "high": 0.6},
-    "units": {"type": "int", "low": 16, "high": 128, "log": True},
-    "n_layers": {"type": "int", "low": 1, "high": 2},
+    "n_layers": {"type": "int", "low": 0, "high": 2},  # 0: the linear model with L2, as in the built-in space
+    "dropout": {"type": "float", "low": 0.0, "high": 0.6, "when": "n_layers > 0"},
+    "units": {"type": "int", "low": 16, "high": 128, "log": True, "when": "n_layers > 0"},
     "learning_rate": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
     "epochs": {"type": "fixed", "value": 20},
     "batch_size": {"type": "fixed", "value": 32},
@@ -81,6 +89,37 @@ def _prior_test_loss(model: Any, splits: Splits) -> float:
         splits.y_train, len(splits.y_test), width, splits.task.task == "classification", from_logits=False
     )
     return float(pure_losses.per_example(splits.task, splits.y_test, prior).mean())
+
+
+#: What ``export`` can make of a sweep besides its single pick, as ``export_best`` options.
+EXPORTS: dict[str, dict[str, Any]] = {
+    "refit": {"refit": True},
+    "ensemble": {"ensemble": ENSEMBLE_K},
+    "refit_ensemble": {"refit": True, "ensemble": ENSEMBLE_K},
+}
+#: The rows compared with the default pick: the exports, and the linear reference.
+VARIANTS = (*EXPORTS, "reference")
+
+
+def _variant_losses(study: str, url: str, splits: Splits) -> dict[str, np.ndarray]:
+    """Per-example test losses of each export of ``study`` (loaded with Keras alone, fed raw rows)
+    and of its stored linear reference."""
+    import keras
+
+    out: dict[str, np.ndarray] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, options in EXPORTS.items():
+            path = Path(folder) / f"{name}.keras"
+            export_best(study, path, url, **options)
+            out[name] = _test_losses(keras.models.load_model(path), splits)
+    out["reference"] = reference_test_losses(study, url)
+    return out
+
+
+def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """The per-example difference ``a - b`` on the same test rows: its mean and spread."""
+    d = a - b
+    return {"diff_mean": float(d.mean()), "diff_sd": float(d.std(ddof=1))}
 
 
 def run_seed(task: str, seed: int, trials: int, space: dict[str, Any]) -> dict[str, Any]:
@@ -105,6 +144,7 @@ def run_seed(task: str, seed: int, trials: int, space: dict[str, Any]) -> dict[s
                 out["prior_test_loss"] = _prior_test_loss(load_best_model(arm, url), splits)
             pick = best_trials(arm, url, 1)[0]
             selection = select_trials(arm, url)
+            variants = _variant_losses(arm, url, splits) if arm == "default" else {}
         # Incumbents: the best trial so far (by this arm's own value), in the order trials ran.
         incumbents, best_value = [], math.inf
         for record in sorted(complete, key=lambda r: r.number):
@@ -113,6 +153,10 @@ def run_seed(task: str, seed: int, trials: int, space: dict[str, Any]) -> dict[s
                 incumbents.append(record.number)
         test_of = {number: float(values.mean()) for number, values in tests.items()}
         losses[arm] = tests[pick.number]
+        out["variants"] = out.get("variants") or {
+            name: {"test_loss": float(values.mean()), **_paired(values, tests[pick.number])}
+            for name, values in variants.items()
+        }
         out["arms"][arm] = {
             "wall_s": wall,
             "complete": len(complete),
@@ -131,8 +175,7 @@ def run_seed(task: str, seed: int, trials: int, space: dict[str, Any]) -> dict[s
             "paired_pick_gap": selection.pick.attrs.get("gap") if selection is not None else None,
             "n_tied": len(selection.tied) if selection is not None else None,
         }
-    d = losses["default"] - losses["plain"]
-    out["diff_mean"], out["diff_sd"] = float(d.mean()), float(d.std(ddof=1))
+    out.update(_paired(losses["default"], losses["plain"]))
     return out
 
 
@@ -143,12 +186,13 @@ def _interval(values: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def _pooled(results: list[dict[str, Any]]) -> tuple[float, float, float]:
-    """Mean and 95 % interval over every test row of every seed (rows within a seed share models,
-    so this interval is the narrower, optimistic one)."""
-    n = sum(r["n_test"] for r in results)
-    mean = sum(r["n_test"] * r["diff_mean"] for r in results) / n
-    second = sum((r["n_test"] - 1) * r["diff_sd"] ** 2 + r["n_test"] * r["diff_mean"] ** 2 for r in results) / n
+def _pooled(parts: list[tuple[int, dict[str, float]]]) -> tuple[float, float, float]:
+    """Mean and 95 % interval over every test row of every seed, from each seed's row count and
+    paired difference (rows within a seed share models, so this interval is the narrower,
+    optimistic one)."""
+    n = sum(rows for rows, _ in parts)
+    mean = sum(rows * d["diff_mean"] for rows, d in parts) / n
+    second = sum((rows - 1) * d["diff_sd"] ** 2 + rows * d["diff_mean"] ** 2 for rows, d in parts) / n
     half = Z95 * math.sqrt(max(second - mean**2, 0.0) * n / (n - 1) / n)
     return mean, mean - half, mean + half
 
@@ -163,7 +207,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         arm = {name: [r["arms"][name] for r in mine] for name in ARMS}
         plain_test = statistics.fmean(a["test_loss"] for a in arm["plain"])
         diff, low, high = _interval([r["diff_mean"] for r in mine])
-        pooled, pooled_low, pooled_high = _pooled(mine)
+        pooled, pooled_low, pooled_high = _pooled([(r["n_test"], r) for r in mine])
         paired = [a["paired_pick_test_loss"] - p["test_loss"] for a, p in zip(arm["default"], arm["plain"]) if a["paired_pick_test_loss"] is not None]
         gap = {name: statistics.fmean(a["gap"] for a in values) for name, values in arm.items()}
         plain_se = statistics.fmean(a["val_se"] for a in arm["plain"] if a["val_se"] is not None)
@@ -190,6 +234,49 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def summarize_variants(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per task and variant: its test loss against the default pick's on the same rows (variant −
+    pick, as a share of the pick's), over seeds and pooled over rows, and the seeds it won."""
+    rows = []
+    for task in TASKS:
+        mine = [r for r in results if r["task"] == task and r.get("variants")]
+        for name in VARIANTS:
+            pick_test = statistics.fmean(r["arms"]["default"]["test_loss"] for r in mine) if mine else math.nan
+            diffs = [r["variants"][name] for r in mine]
+            if not diffs:
+                continue
+            diff, low, high = _interval([d["diff_mean"] for d in diffs])
+            pooled, pooled_low, pooled_high = _pooled([(r["n_test"], r["variants"][name]) for r in mine])
+            rows.append({
+                "task": task, "variant": name, "seeds": len(mine),
+                "pick_test_loss": pick_test,
+                "variant_test_loss": statistics.fmean(d["test_loss"] for d in diffs),
+                "diff_pct": diff / pick_test, "diff_low_pct": low / pick_test, "diff_high_pct": high / pick_test,
+                "pooled_low_pct": pooled_low / pick_test, "pooled_high_pct": pooled_high / pick_test,
+                "seeds_lower": sum(d["diff_mean"] < 0 for d in diffs),
+            })
+    return rows
+
+
+def variant_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Refit and ensembles: ≥ 5 % below the pick on at least half the tasks, never significantly
+    above it (interval over seeds entirely above 0). The reference: the pick is not significantly
+    worse than it (its interval of reference − pick does not lie entirely below 0)."""
+    out: dict[str, Any] = {}
+    for name in VARIANTS:
+        mine = [row for row in rows if row["variant"] == name]
+        if name == "reference":
+            out[name] = {row["task"]: {"pick_not_worse": not (row["diff_high_pct"] < 0)} for row in mine}
+            continue
+        lower = [row["task"] for row in mine if row["diff_pct"] <= -TARGET_VARIANT_CUT]
+        higher = [row["task"] for row in mine if row["diff_low_pct"] > 0]
+        out[name] = {
+            "tasks_5pct_lower": lower, "tasks_significantly_higher": higher,
+            "met": 2 * len(lower) >= len(mine) > 0 and not higher,
+        }
+    return out
+
+
 def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The gate per task. Plain's pick "has a gap" when its mean gap exceeds its mean val SE (a gap
     the val rows can resolve); elsewhere the gap target does not apply."""
@@ -207,7 +294,7 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], variant_rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,7 +302,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     tasks = [row["task"] for row in rows]
     xs = np.arange(len(tasks))
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     means = [100 * r["diff_pct"] for r in rows]
     errors = [[100 * (r["diff_pct"] - r["diff_low_pct"]) for r in rows], [100 * (r["diff_high_pct"] - r["diff_pct"]) for r in rows]]
     axes[0].errorbar(xs - 0.1, means, yerr=errors, fmt="o", capsize=4, label="default (95 % over seeds)")
@@ -231,6 +318,17 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         axis.bar(xs + width / 2, [r[f"default_{key}"] for r in rows], width, label="default", alpha=0.7)
         axis.set_title(title, fontsize=10)
         axis.legend(fontsize=7)
+    for offset, name in zip(np.linspace(-0.3, 0.3, len(VARIANTS)), VARIANTS):
+        mine = {r["task"]: r for r in variant_rows if r["variant"] == name}
+        means = np.array([100 * mine[t]["diff_pct"] if t in mine else np.nan for t in tasks])
+        lows = np.array([100 * mine[t]["diff_low_pct"] if t in mine else np.nan for t in tasks])
+        highs = np.array([100 * mine[t]["diff_high_pct"] if t in mine else np.nan for t in tasks])
+        errors = np.nan_to_num(np.array([means - lows, highs - means]), posinf=0.0, neginf=0.0)
+        axes[3].errorbar(xs + offset, means, yerr=errors, fmt="o", capsize=3, label=name)
+    axes[3].axhline(0, color="k", lw=0.8)
+    axes[3].axhline(-100 * TARGET_VARIANT_CUT, color="r", lw=0.8, ls="--", label="−5 % target")
+    axes[3].set_title("test loss vs the default pick (%, 95 % over seeds)", fontsize=10)
+    axes[3].legend(fontsize=7)
     for axis in axes:
         axis.set_xticks(xs, tasks)
     fig.suptitle("default score vs plain val-loss selection: mean over seeds, picks scored on untouched test rows")
@@ -248,6 +346,12 @@ def main(argv: list[str] | None = None) -> None:
     results = harness.in_fresh_processes(run_seed, calls, workers=2)
     rows = summarize(results)
     outcome = verdict(rows)
+    variant_rows = summarize_variants(results)
+    variant_outcome = variant_verdict(variant_rows)
+    variant_table = report.markdown_table(variant_rows, [
+        "task", "variant", "seeds", "pick_test_loss", "variant_test_loss", "diff_pct", "diff_low_pct",
+        "diff_high_pct", "pooled_low_pct", "pooled_high_pct", "seeds_lower",
+    ])
     table = report.markdown_table(rows, [
         "task", "seeds", "plain_test_loss", "diff_pct", "diff_low_pct", "diff_high_pct", "pooled_low_pct",
         "pooled_high_pct", "paired_rule_diff_pct", "plain_gap", "default_gap", "gap_ratio", "plain_val_se",
@@ -261,8 +365,8 @@ def main(argv: list[str] | None = None) -> None:
         "task", "seed", "arm", "pick", "val_loss", "val_se", "gap", "applied_penalty", "test_loss", "chance_level",
         "overtuning", "paired_pick", "n_tied", "paired_pick_test_loss",
     ])
-    print(seed_table, table, sep="\n\n")
-    plot(rows, report.plot_path(options.out, NAME))
+    print(seed_table, table, variant_table, sep="\n\n")
+    plot(rows, variant_rows, report.plot_path(options.out, NAME))
     harness.finish(machine, started)
     payload = {
         "benchmark": NAME, "quick": options.quick, "machine": machine,
@@ -270,10 +374,11 @@ def main(argv: list[str] | None = None) -> None:
             "seeds": list(seeds), "trials": trials, "space": space, "arms": {k: v.to_dict() for k, v in ARMS.items()},
             "tasks": {name: spec.to_dict() for name, spec in TASKS.items()}, "pruner": "median", "sampler": "tpe",
         },
-        "rows": rows, "results": results,
+        "rows": rows, "variant_rows": variant_rows, "results": results,
         "target": {
             "diff_at_most": TARGET_DIFF, "interval_reaches_zero": True, "chance_picks": 0,
             "gap_cut_at_least": TARGET_GAP_CUT, "outcomes": outcome,
+            "variant_cut_at_least": TARGET_VARIANT_CUT, "variant_outcomes": variant_outcome,
         },
     }
     report.write_json(options.out, NAME, payload)
@@ -286,6 +391,15 @@ def main(argv: list[str] | None = None) -> None:
         f"(**{met(o['diff_met'])}**), chance-level picks {row['default_chance_picks']} (**{met(o['chance_met'])}**), "
         f"gap {o['gap_cut']:.0%} smaller (**{met(o['gap_met'])}**{'' if o['plain_has_gap'] else ', plain has no resolvable gap'})"
         for (task, o), row in zip(outcome.items(), rows)
+    )
+    export_verdicts = "; ".join(
+        f"{name}: {len(o['tasks_5pct_lower'])} of {len(TASKS)} tasks ≥ {TARGET_VARIANT_CUT:.0%} lower "
+        f"({', '.join(o['tasks_5pct_lower']) or 'none'}), significantly higher on "
+        f"{', '.join(o['tasks_significantly_higher']) or 'none'} (**{met(o['met'])}**)"
+        for name, o in variant_outcome.items() if name != "reference"
+    )
+    reference_verdicts = "; ".join(
+        f"{task}: **{met(o['pick_not_worse'])}**" for task, o in variant_outcome["reference"].items()
     )
     body = "\n\n".join([
         f"`python -m benchmarks.generalization{' --quick' if options.quick else ''}`: for each task and seed the "
@@ -307,6 +421,15 @@ def main(argv: list[str] | None = None) -> None:
         f"Target: paired mean test-loss difference ≤ +{TARGET_DIFF:.0%} with its 95 % interval reaching 0 or below; "
         f"zero chance-level picks; gap ≥ {TARGET_GAP_CUT:.0%} smaller wherever plain's pick has a gap (mean gap "
         f"above its mean val SE). {verdicts}.",
+        "Against the default pick (`diff_*` = paired test-loss difference variant − pick as a share of the "
+        f"pick's test loss, intervals as above; `seeds_lower`: seeds where the variant's test loss was lower): "
+        f"`refit`, the pick trained again on train + val rows for its early-stopped epochs (`export --refit`); "
+        f"`ensemble`, the average of the {ENSEMBLE_K} best trials' stored models (`export --ensemble {ENSEMBLE_K}`); "
+        f"`refit_ensemble`, both; `reference`, the linear model stored beside the study (logistic regression, "
+        "its strength chosen on the val rows), refit on the training rows:\n\n" + variant_table,
+        f"Target (refit or ensemble): test loss ≥ {TARGET_VARIANT_CUT:.0%} lower than the pick on at least half "
+        f"the tasks and never significantly higher. {export_verdicts}. Target (reference): the pick not "
+        f"significantly worse than the linear reference (95 %, over seeds). {reference_verdicts}.",
         "Space: `" + ", ".join(f"{k}: {v}" for k, v in space.items()) + "`",
     ])
     report.write_section(options.out, NAME, TITLE, body)

@@ -91,6 +91,16 @@ def test_generalization_quick(tmp_path):
         assert row["seeds"] == 1 and row["diff_low"] is None and row["diff_high"] is None
         assert row["pooled_low_pct"] <= row["diff_pct"] <= row["pooled_high_pct"]
     assert set(payload["target"]["outcomes"]) == set(tasks)
+    # Refit, ensembles and the linear reference are scored on the same test rows as the pick.
+    variants = ("refit", "ensemble", "refit_ensemble", "reference")
+    for result in payload["results"]:
+        assert set(result["variants"]) == set(variants)
+        for name, scored in result["variants"].items():
+            assert scored["test_loss"] > 0 and scored["diff_sd"] >= 0
+            pick = result["arms"]["default"]["test_loss"]
+            assert scored["diff_mean"] == pytest.approx(scored["test_loss"] - pick, abs=1e-6)
+    assert [(row["task"], row["variant"]) for row in payload["variant_rows"]] == [(t, v) for t in tasks for v in variants]
+    assert set(payload["target"]["variant_outcomes"]) == set(variants)
 
 
 def test_vs_kerastuner_quick(tmp_path):
