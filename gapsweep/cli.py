@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of --space: a KerasTuner build_model(hp) function or HyperModel in a Python file",
     )
     launch.add_argument("--max-epochs", type=int, help="epoch budget of a --hypermodel trial whose fit sets none, and the cap on any (default 20)")
-    launch.add_argument("--data", help="digits, digits-images, wine, breast_cancer, diabetes, synthetic, a .npz or a .csv file (see docs/data.md)")
+    launch.add_argument("--data", help="digits, digits-images, wine, breast_cancer, diabetes, synthetic, a .npz or a .csv file, or a data loader module.py:NAME (see docs/data.md)")
     launch.add_argument("--target", help="target column of a CSV file")
     launch.add_argument(
         "--missing", choices=("impute", "refuse"),
@@ -596,7 +596,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     select_device(args.gpu)
     config = stored_sweep(args.study, args.storage, args.code_dir)
-    config.code()  # a hypermodel outside --code-dir is refused before TensorFlow starts
+    config.code()  # a hypermodel or data loader outside --code-dir is refused before TensorFlow starts
+    config.data_code()  # so is data that only the launching script held
     from gapsweep.sweeps.trial.runtime import init_tensorflow
 
     device = init_tensorflow(threads=args.threads)
