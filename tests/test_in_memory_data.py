@@ -152,6 +152,23 @@ def test_a_sweep_file_stores_its_loader_relative_to_its_folder(tmp_path: Path):
     assert absolute.to_dict()["data"]["source"] == "loaders.py:load"  # the same on every machine
 
 
+def test_launch_flags_read_a_loader_from_the_right_folder(sqlite_url: str, tmp_path: Path, monkeypatch):
+    project = _project(tmp_path / "project")
+    (project / "sweeps").mkdir()
+    (project / "sweeps" / "s.toml").write_text('study = "s"\n[data]\nsource = "loaders.py:load"\n')
+    (project / "sweeps" / "loaders.py").write_text(LOADERS)
+    monkeypatch.chdir(tmp_path)
+    # --space keeps the sweep file's folder as the loader's project folder
+    assert main(["launch", "project/sweeps/s.toml", "--space", "mlp", "--storage", sqlite_url, "--create-only"]) == 0
+    assert stored_sweep("s", sqlite_url).data.source == "loaders.py:load"
+    monkeypatch.chdir(project)
+    # a --data loader is read from the current folder, as any flag's path is
+    assert main(["launch", "sweeps/s.toml", "--study", "t", "--data", "loaders.py:load", "--storage", sqlite_url, "--create-only"]) == 0
+    assert stored_sweep("t", sqlite_url).data.source == "loaders.py:load"
+    (project / "loaders.py").unlink()
+    assert main(["launch", "sweeps/s.toml", "--study", "u", "--data", "loaders.py:load", "--storage", sqlite_url, "--create-only"]) == 1
+
+
 def test_data_in_memory_is_refused_where_another_process_needs_it(any_url: str, tmp_path: Path):
     config = SweepConfig(study="mem", space=_space(), data=(TABLE, LABELS), trials=2, storage=any_url)
     with pytest.raises(DataError) as caught:
