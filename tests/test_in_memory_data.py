@@ -23,6 +23,7 @@ from gapsweep.sweeps.trial.objective import ObjectiveSettings
 from test_images import TINY_CNN
 
 GAPSWEEP = str(Path(sys.executable).parent / "gapsweep")
+PROJECT = Path(__file__).resolve().parents[1]
 DIGITS = load_digits()
 IMAGES, LABELS = DIGITS.images[..., None], DIGITS.target
 TABLE = DIGITS.data
@@ -152,6 +153,12 @@ def test_a_sweep_file_stores_its_loader_relative_to_its_folder(tmp_path: Path):
     assert absolute.to_dict()["data"]["source"] == "loaders.py:load"  # the same on every machine
 
 
+def test_the_example_loader_study_gives_images():
+    config = load_sweep_file(PROJECT / "examples" / "images_loader.toml")
+    assert config.to_dict()["data"]["source"] == "loaders.py:digit_images"
+    assert load(config.data, config.code_dir).task.input_shape == (8, 8, 1)
+
+
 def test_launch_flags_read_a_loader_from_the_right_folder(sqlite_url: str, tmp_path: Path, monkeypatch):
     project = _project(tmp_path / "project")
     (project / "sweeps").mkdir()
@@ -267,3 +274,18 @@ def test_a_loader_named_study_runs_on_a_second_worker_process(postgres_url: str,
     trials = list_trials("loaded", postgres_url)
     assert [t.state for t in trials] == ["COMPLETE", "COMPLETE"]
     assert len({t.attrs["worker"] for t in trials}) == 1 and not trials[0].attrs["worker"].endswith(f":{os.getpid()}")
+
+
+@pytest.mark.slow
+def test_the_example_script_sweeps_its_tf_dataset(sqlite_url: str, tmp_path: Path):
+    (tmp_path / "tiny_cnn.toml").write_text(
+        "conv_blocks = 1\nfilters = 4\nunits = 8\nn_layers = 1\nepochs = 2\nbatch_size = 64\n"
+        'learning_rate = {type = "float", low = 1e-3, high = 1e-2, log = true}\n'
+    )
+    done = subprocess.run(
+        [sys.executable, str(PROJECT / "scripts" / "sweep_arrays.py"), "--trials", "2", "--tf-data",
+         "--space", str(tmp_path / "tiny_cnn.toml"), "--storage", sqlite_url],
+        capture_output=True, text=True, timeout=400, cwd=tmp_path, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [t.state for t in list_trials("scripted-images", sqlite_url)] == ["COMPLETE", "COMPLETE"]
