@@ -10,10 +10,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from gapsweep.errors import GapsweepError
 from gapsweep.storage.url import DEFAULT_URL
+
+if TYPE_CHECKING:
+    from gapsweep.sweeps.run.config import SweepConfig
 
 EXIT_USER_ERROR = 1
 #: What a shell reports for a process that SIGPIPE ended (128 + 13).
@@ -102,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of --space: a KerasTuner build_model(hp) function or HyperModel in a Python file",
     )
     launch.add_argument("--max-epochs", type=int, help="epoch budget of a --hypermodel trial whose fit sets none, and the cap on any (default 20)")
-    launch.add_argument("--data", help="digits, digits-images, wine, breast_cancer, diabetes, synthetic, a .npz or a .csv file (see docs/data.md)")
+    launch.add_argument("--data", help="digits, digits-images, wine, breast_cancer, diabetes, synthetic, a .npz or a .csv file, or a data loader module.py:NAME (see docs/data.md)")
     launch.add_argument("--target", help="target column of a CSV file")
     launch.add_argument(
         "--missing", choices=("impute", "refuse"),
@@ -363,8 +366,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _code_from_current_folder(config: SweepConfig) -> SweepConfig:
+    """A flag names code (``--hypermodel``, ``--data module.py:NAME``), read from the current
+    folder: that becomes the project folder, and the sweep file's own code references keep
+    their files by full path (still refused if they lie outside it)."""
+    from dataclasses import replace
+
+    base = Path(config.code_dir or ".")
+
+    def full(ref: str) -> str:
+        file, _, name = ref.rpartition(":")
+        return f"{(base / file).resolve()}:{name}"
+
+    hypermodel = full(config.hypermodel) if isinstance(config.hypermodel, str) else config.hypermodel
+    data = replace(config.data, source=full(str(config.data.source))) if config.data.loader else config.data
+    return replace(config, hypermodel=hypermodel, data=data, code_dir=None)
+
+
 def _cmd_launch(args: argparse.Namespace) -> int:
     from gapsweep.errors import ConfigError
+    from gapsweep.search_spaces.code_refs import is_ref
     from gapsweep.sweeps.run.config import SweepConfig, load_baseline, load_sweep_file
     from gapsweep.sweeps.data.datasets import DataSpec
     from dataclasses import replace
@@ -393,8 +414,9 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     if args.space and args.hypermodel:
         raise ConfigError("--space and --hypermodel both name what to search; give one of them")
     if args.space or args.hypermodel:
-        # The flag overrides a sweep file's hypermodel; its path is read from the current folder.
-        config = replace(config, hypermodel=None, code_dir=None)
+        config = replace(config, hypermodel=None)  # the flag overrides a sweep file's hypermodel
+    if config.code_dir is not None and (args.hypermodel or (args.data is not None and is_ref(args.data))):
+        config = _code_from_current_folder(config)
     config = config.override(
         study=args.study, space=args.space, trials=args.trials, timeout=args.timeout, pruner=args.pruner,
         sampler=args.sampler, seed=args.seed, storage=args.storage, data=data, objective=objective,
@@ -596,7 +618,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     select_device(args.gpu)
     config = stored_sweep(args.study, args.storage, args.code_dir)
-    config.code()  # a hypermodel outside --code-dir is refused before TensorFlow starts
+    config.code()  # a hypermodel or data loader outside --code-dir is refused before TensorFlow starts
+    config.data_code()  # so is data that only the launching script held
     from gapsweep.sweeps.trial.runtime import init_tensorflow
 
     device = init_tensorflow(threads=args.threads)

@@ -99,7 +99,7 @@ def export_best(
         data, exported = _ensemble(study, storage, ensemble, refit, path)
     elif refit:
         config = stored_sweep(study, storage)
-        splits = datasets.load(config.data)
+        splits = datasets.load(config.data, config.code_dir)
         with reading(storage) as engine:
             record = queries.get_trial(engine, study, _chosen(engine, study, trial))
         model, meta = _refit(config, splits, record)
@@ -196,7 +196,7 @@ def _ensemble(study: str, storage: str | None, k: int, refit: bool, path: Path) 
             f"objective.keep_models = {config.objective.keep_models})"
         )
         note = f"asked for {k} members but {why}; the ensemble averages {len(chosen)}"
-    splits = datasets.load(config.data)
+    splits = datasets.load(config.data, config.code_dir)
     meta: dict[str, Any] = {}
     if refit:
         data = []

@@ -104,7 +104,7 @@ def rerun(study: str, number: int, storage: str | None = None, *, code_dir: str 
             f"trial {number} of study '{study}' is {trial.state.lower()} or has no reproducibility record; "
             "rerun a complete trial"
         )
-    splits = datasets.load(config.data)
+    splits = datasets.load(config.data, config.code_dir)
     result = retrain(config, trial.summary()["params"], int(repro["seed"]), splits)
     recorded = float(trial.attrs[trial_keys.VAL_LOSS])
     return Rerun(study, number, recorded, result.score.val_loss, str(repro["data_fingerprint"]), splits.fingerprint)

@@ -109,7 +109,7 @@ def verify(
     if top < 1 or seeds < 1:
         raise ConfigError(f"--top and --seeds must be >= 1, got {top} and {seeds}")
     config = stored_sweep(study, storage, code_dir)
-    splits = datasets.load(config.data)
+    splits = datasets.load(config.data, config.code_dir)
     if not len(splits.x_test):
         raise DataError("the study's data has no test split to verify on; give it a test_fraction > 0")
     checked = []

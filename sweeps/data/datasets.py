@@ -1,4 +1,5 @@
-"""Data for a sweep: built-in sets, a synthetic generator, or the user's ``.npz``/CSV file.
+"""Data for a sweep: built-in sets, a synthetic generator, the user's ``.npz``/CSV file, data
+passed in memory from Python, or a data loader (``loaders.py:load``) that every process calls.
 
 Everything is split once, deterministically from a seed, into train/val/test (stratified by
 class for classification, so every class that has the rows appears in each split); the test split
@@ -27,15 +28,24 @@ from typing import Any, Callable
 import numpy as np
 
 from gapsweep.errors import DataError
+from gapsweep.search_spaces import code_refs
 from gapsweep.search_spaces.builder import TaskSpec
+from gapsweep.search_spaces.loader import python_object
+from gapsweep.sweeps.data import in_memory
+from gapsweep.sweeps.data.in_memory import InMemoryData
 from gapsweep.sweeps.data.preprocessing import Columns, Preprocessing, RawInputs, n_rows, take
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Where the data comes from and how it is split; stored with the study as JSON."""
+    """Where the data comes from and how it is split; stored with the study as JSON.
 
-    source: str = "digits"
+    ``source`` is a built-in name, an ``.npz``/``.csv`` path, a data loader ``path/module.py:NAME``
+    (called with ``options`` as keyword arguments), or data in memory (``in_memory.FORMS``),
+    read into arrays here, once.
+    """
+
+    source: str | InMemoryData = "digits"
     target: str | None = None
     task: str | None = None
     train_fraction: float = 0.6
@@ -62,10 +72,22 @@ class DataSpec:
         if self.missing not in ("impute", "refuse"):
             raise DataError(f"missing must be 'impute' or 'refuse', got {self.missing!r}")
         object.__setattr__(self, "ignore", tuple(self.ignore))
+        if not isinstance(self.source, (str, InMemoryData)):
+            object.__setattr__(self, "source", in_memory.capture(self.source, "the data passed from Python"))
+
+    @property
+    def loader(self) -> bool:
+        """Whether the source names a data loader, ``path/module.py:NAME``."""
+        return isinstance(self.source, str) and code_refs.is_ref(self.source)
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the data lives only in this process's memory."""
+        return isinstance(self.source, InMemoryData)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "source": self.source,
+            "source": self.source.note() if isinstance(self.source, InMemoryData) else self.source,
             "target": self.target,
             "task": self.task,
             "train_fraction": self.train_fraction,
@@ -176,15 +198,22 @@ _ID_MIN_ROWS = 20
 _MAX_AUTO_CLASSES = 50
 
 
-def load(spec: DataSpec) -> Splits:
-    """Load, check and split the data ``spec`` names; raises ``DataError`` on any defect."""
-    path = Path(spec.source)
+def load(spec: DataSpec, project: str | Path | None = None) -> Splits:
+    """Load, check and split the data ``spec`` names; raises ``DataError`` on any defect. A data
+    loader is looked up inside the project folder ``project`` (None: the current folder)."""
+    if in_memory.is_note(spec.source):
+        raise in_memory.unreachable(spec.source)
     classes: tuple[str, ...] = ()
     given = None
-    if spec.source in BUILTIN:
+    if isinstance(spec.source, InMemoryData) or spec.loader:
+        data, where = (spec.source, "the data passed from Python") if isinstance(spec.source, InMemoryData) else _call_loader(spec, project)
+        x, y, given = _from_arrays(data.arrays, where)
+        x, y = _check_arrays(x, y, where)
+        task = _task(y, spec.task)
+    elif spec.source in BUILTIN:
         x, y = _check_arrays(*BUILTIN[spec.source](dict(spec.options)), "the data")
         task = _task(y, spec.task)
-    elif path.suffix.lower() == ".npz":
+    elif (path := Path(spec.source)).suffix.lower() == ".npz":
         x, y, given = _read_npz(path)
         x, y = _check_arrays(x, y, "the data")
         task = _task(y, spec.task)
@@ -195,14 +224,30 @@ def load(spec: DataSpec) -> Splits:
     else:
         raise DataError(
             f"unknown data '{spec.source}': use a built-in set ({', '.join(sorted(BUILTIN))}), "
-            "a .npz file with x_train/y_train, or a .csv file with --target COLUMN"
+            "a .npz file with x_train/y_train, a .csv file with --target COLUMN, or a data loader module.py:NAME"
         )
-    if given is None:
-        rows = _split(y, spec, stratify=task.task == "classification")
-        given = {}
-        for name, index in rows.items():
-            given[f"x_{name}"], given[f"y_{name}"] = take(x, index), y[index]
-    return _finish(given, task, classes, spec.target)
+    return _finish(given or _split_rows(x, y, spec, task), task, classes, spec.target)
+
+
+def _split_rows(x: RawInputs, y: np.ndarray, spec: DataSpec, task: TaskSpec) -> dict[str, Any]:
+    """The train/val/test arrays of ``spec``'s fractions and seed."""
+    rows = _split(y, spec, stratify=task.task == "classification")
+    given: dict[str, Any] = {}
+    for name, index in rows.items():
+        given[f"x_{name}"], given[f"y_{name}"] = take(x, index), y[index]
+    return given
+
+
+def _call_loader(spec: DataSpec, project: str | Path | None) -> tuple[InMemoryData, str]:
+    """Import the loader from inside the project folder, call it with ``spec.options``, and read
+    what it returns as data passed in memory."""
+    assert isinstance(spec.source, str)
+    ref = code_refs.locate(spec.source, project, what="data loader")
+    where = f"data loader '{ref.stored}'"
+    loader = python_object(ref.importable, "data loader")
+    if not callable(loader):
+        raise DataError(f"{where} is a {type(loader).__name__}, not a function; name a function that returns the data")
+    return in_memory.capture(loader(**spec.options), f"what {where} returned"), where
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
@@ -225,13 +270,18 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]
     for x_key, y_key in pairs:
         if (x_key in arrays) != (y_key in arrays):
             raise DataError(f"{path} has only one of {x_key}/{y_key}; give both or neither")
+    return _from_arrays(arrays, str(path))
+
+
+def _from_arrays(arrays: dict[str, np.ndarray], where: str) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
+    """The training arrays, and every split checked when the splits are given (``x_val`` present)."""
     if "x_val" not in arrays:
         return arrays["x_train"], arrays["y_train"], None
     given = {}
-    for name in ("train", "val", "test"):
+    for name in in_memory.SPLITS:
         if f"x_{name}" in arrays:
             given[f"x_{name}"], given[f"y_{name}"] = _check_arrays(
-                arrays[f"x_{name}"], arrays[f"y_{name}"], f"{path} ({name})"
+                arrays[f"x_{name}"], arrays[f"y_{name}"], f"{where} ({name})"
             )
     return arrays["x_train"], arrays["y_train"], given
 
@@ -441,6 +491,11 @@ def _task(y: np.ndarray, declared: str | None) -> TaskSpec:
     integral = bool(np.all(np.equal(np.mod(y, 1), 0)))
     task = declared or ("classification" if integral and len(np.unique(y)) <= _MAX_AUTO_CLASSES else "regression")
     if task == "classification":
+        if y.ndim > 1:
+            raise DataError(
+                f"classification needs one class index per row (y of shape (rows,)), got y of shape {y.shape}; "
+                "for one-hot labels pass y.argmax(axis=1), for several numeric targets task = 'regression'"
+            )
         if not integral or y.min() < 0:
             raise DataError(
                 "classification needs integer class labels 0..K-1 in y; "

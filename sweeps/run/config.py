@@ -17,9 +17,9 @@ A sweep file keeps space, data, objective, pruner, budget and storage in version
     kappa = 0.5                   # the bounded penalty moves a score by at most κ·SE
 
 Flags given on the command line override the file. Relative paths in a file are read relative
-to the file. The file's folder is the project folder of its ``hypermodel``: the study stores the
-module's path relative to it, and workers look for it in their ``--code-dir`` (see
-``gapsweep.search_spaces.code_refs``).
+to the file. The file's folder is the project folder of its ``hypermodel`` and of its data
+loader (``data = "loaders.py:load"``): the study stores the module's path relative to it, and
+workers look for it in their ``--code-dir`` (see ``gapsweep.search_spaces.code_refs``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from gapsweep.errors import ConfigError, GapsweepError
 from gapsweep.search_spaces import code_refs
 from gapsweep.search_spaces.loader import read_document
 from gapsweep.storage.reader import get_study_config
+from gapsweep.sweeps.data import in_memory
 from gapsweep.sweeps.data.datasets import DataSpec
 from gapsweep.sweeps.trial.objective import ObjectiveSettings
 from gapsweep.sweeps.trial.pruning import PRUNERS
@@ -54,7 +55,8 @@ class SweepConfig:
 
     study: str = "gapsweep"
     space: str | dict[str, Any] = "mlp"
-    data: DataSpec = field(default_factory=DataSpec)
+    #: A ``DataSpec``, or what its ``source`` takes (a name, a path, a loader, data in memory).
+    data: DataSpec | Any = field(default_factory=DataSpec)
     objective: ObjectiveSettings = field(default_factory=ObjectiveSettings)
     pruner: str = "median"
     sampler: str = "tpe"
@@ -67,7 +69,7 @@ class SweepConfig:
     #: searched instead of ``space``; ``max_epochs`` is its epoch budget.
     hypermodel: str | Callable[..., Any] | keras_tuner.HyperModel | None = None
     max_epochs: int = 20
-    #: The project folder a ``hypermodel`` path is read from (None: the current folder): a sweep
+    #: The project folder a ``hypermodel`` or data loader path is read from (None: the current folder): a sweep
     #: file's folder, or a worker's ``--code-dir``. Never stored: each machine has its own.
     code_dir: str | None = None
     #: A sweep stops after this many failed trials in a row (failures spend no budget, so a
@@ -77,6 +79,8 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if not self.study or not isinstance(self.study, str):
             raise ConfigError("the study needs a name: --study NAME")
+        if not isinstance(self.data, DataSpec):
+            object.__setattr__(self, "data", DataSpec(self.data))
         if self.pruner not in PRUNERS:
             raise ConfigError(f"unknown pruner '{self.pruner}'; use one of {', '.join(PRUNERS)}")
         if self.sampler not in SAMPLERS:
@@ -116,6 +120,16 @@ class SweepConfig:
             return None
         return code_refs.locate(self.hypermodel, self.code_dir)
 
+    def data_code(self) -> code_refs.CodeRef | None:
+        """The data loader's file, found inside the project folder, as ``code`` finds the
+        hypermodel's; data that only the launching script held is refused here too, before
+        anything starts."""
+        if in_memory.is_note(self.data.source):
+            raise in_memory.unreachable(str(self.data.source))
+        if not self.data.loader:
+            return None
+        return code_refs.locate(str(self.data.source), self.code_dir, what="data loader")
+
     def to_dict(self) -> dict[str, Any]:
         """The study's stored configuration (no storage URL: it may hold a password; no
         ``code_dir``: each machine has its own)."""
@@ -125,7 +139,7 @@ class SweepConfig:
             # For a hypermodel given as an object, the hypermodel's describe() stores where it lives.
             "hypermodel": self.hypermodel if isinstance(self.hypermodel, str) else None,
             "max_epochs": self.max_epochs,
-            "data": self.data.to_dict(),
+            "data": self._stored_data(),
             "objective": self.objective.to_dict(),
             "pruner": self.pruner,
             "sampler": self.sampler,
@@ -135,6 +149,13 @@ class SweepConfig:
             "baseline": self.baseline,
             "max_failures": self.max_failures,
         }
+
+    def _stored_data(self) -> dict[str, Any]:
+        """The data as stored: a loader by its path relative to the project folder, the same on every machine."""
+        data = self.data.to_dict()
+        if self.data.loader:
+            data["source"] = self.data_code().stored
+        return data
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], base: Path | None = None) -> "SweepConfig":
@@ -156,7 +177,8 @@ class SweepConfig:
             raise ConfigError("a sweep searches either a space or a hypermodel; drop one of the two settings")
         if isinstance(values.get("space"), str) and base is not None:
             values["space"] = _relative(values["space"], base)
-        if values.get("hypermodel") is not None and base is not None:
+        loader = isinstance(values.get("data"), DataSpec) and values["data"].loader
+        if (values.get("hypermodel") is not None or loader) and base is not None:
             values["code_dir"] = str(base)  # the study stores the module relative to the sweep file
         try:
             return cls(**values)

@@ -41,7 +41,7 @@ from gapsweep.storage.heartbeats import open_crash_safe_storage, quiet_experimen
 from gapsweep.storage.locks import StudyLock
 from gapsweep.storage.studies import CONFIG_ATTR, REFERENCE_ATTR, create_or_load, stored_config
 from gapsweep.storage.url import parse
-from gapsweep.sweeps.data import datasets
+from gapsweep.sweeps.data import datasets, in_memory
 from gapsweep.sweeps.run.config import SweepConfig
 from gapsweep.sweeps.run.jobs import JobSpec, check_jobs, parse_gpus, run_jobs, select_device, usable_cores
 from gapsweep.sweeps.run.reference import fit_reference
@@ -99,8 +99,9 @@ def prepare(config: SweepConfig, *, salt: str | None = None, allow_objective_cha
     ``allow_objective_change``, the same objective: otherwise its trials would mix scores that
     cannot be compared.
     """
-    config.code()  # a hypermodel file outside the project folder is refused before anything runs
-    splits = datasets.load(config.data)
+    config.code()  # a hypermodel or data loader file outside the project folder is refused before anything runs
+    config.data_code()
+    splits = datasets.load(config.data, config.code_dir)
     hypermodel = load_hypermodel(config, splits)
     if config.baseline is not None:
         _check_baseline(config.baseline, hypermodel)
@@ -212,9 +213,12 @@ def launch(
     ``jobs`` > 1 trains that many trials at once, each in its own worker process (see
     ``run_parallel``); a Ctrl-C then lets them finish their trials and raises
     ``KeyboardInterrupt``. ``gpus`` (e.g. ``["0", "1"]``, or ``["none"]`` for the CPU) pins
-    the jobs to GPUs in turn; with one job, this process to the first.
+    the jobs to GPUs in turn; with one job, this process to the first. Data passed in memory
+    trains in this process only: ``jobs`` > 1 is refused for it.
     """
     jobs = check_jobs(jobs)
+    if jobs > 1 and config.data.in_memory:
+        raise in_memory.unreachable(config.data.to_dict()["source"], f"the {jobs} job processes of jobs={jobs}")
     if gpus is not None:
         gpus = parse_gpus(",".join(gpus))
     if jobs == 1 and gpus:

@@ -63,7 +63,8 @@ def reference_test_losses(study: str, storage: str | None = None) -> np.ndarray:
     reference = study_reference(study, storage)
     if reference is None:
         raise DataError(f"study '{study}' has no linear reference stored; launch it once to compute one")
-    splits = datasets.load(stored_sweep(study, storage).data)
+    config = stored_sweep(study, storage)
+    splits = datasets.load(config.data, config.code_dir)
     if not len(splits.x_test):
         raise DataError(f"study '{study}' has no test rows; give its data a test_fraction > 0")
     (strength,) = reference["params"].values()
