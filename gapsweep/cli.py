@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="GPUs to train on, one job per GPU by default (each job pinned to one), or 'none' for the CPU",
     )
     _storage_flag(launch)
+    launch.add_argument(
+        "--artifacts", metavar="URL",
+        help="where trained models and checkpoints live: database (default), a folder every worker mounts "
+        "(file:///shared/gapsweep-artifacts) or s3://bucket/prefix (pip install 'gapsweep[s3]'); kept with the study",
+    )
     launch.add_argument("--top", type=int, default=5, help="rows in the results table (default 5)")
     launch.add_argument("--json", action="store_true", help="print the result summary as JSON")
     launch.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -422,6 +427,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         sampler=args.sampler, seed=args.seed, storage=args.storage, data=data, objective=objective,
         baseline=load_baseline(args.baseline) if args.baseline else None,
         hypermodel=args.hypermodel, max_epochs=args.max_epochs, max_failures=args.max_failures,
+        artifacts=args.artifacts,
     )
     import optuna
 

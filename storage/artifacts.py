@@ -1,14 +1,22 @@
-"""gapsweep's own tables, beside Optuna's: trained models and per-epoch checkpoints, and the
-per-example val losses of complete trials (``gapsweep.storage.val_losses``).
+"""gapsweep's own tables, beside Optuna's: the index of trained models and per-epoch
+checkpoints, and the per-example val losses of complete trials (``gapsweep.storage.val_losses``).
 
-Optuna has no place for binary blobs that every worker can reach (its artifact store needs a
-shared file system), so models live in ``gapsweep_artifacts`` in the same database. Rows are
-keyed by study *name* and trial number, so they survive ``copy_study`` into another database.
-``gapsweep_schema`` holds the version of these tables; Optuna's schema is left to Optuna.
+``gapsweep_artifacts`` says which trial holds which kind of artifact, its epoch, size and
+metadata, and where its bytes are: in the row's ``data`` for a study whose artifact store is the
+database (the default), or under ``location`` in the study's artifact store (a shared folder or
+S3, ``gapsweep.storage.artifact_store``), so queries stay fast and Optuna's schema stays Optuna's.
+Rows are keyed by study *name* and trial number, so they survive ``copy_study`` into another
+database. ``gapsweep_schema`` holds the version of these tables.
+
+Crash safety with a store: the bytes are written first, under an id of their own, then the row
+that points at them, in one transaction; the bytes a row replaced or dropped are removed only
+after that commits. A worker killed mid-write leaves at most unreferenced bytes, never a row
+that points at half a file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,10 +26,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from gapsweep.errors import StorageError
+from gapsweep.storage.artifact_store import ArtifactStore, artifact_name, study_store
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MODEL = "model"
 CHECKPOINT = "checkpoint"
+#: File name endings in a store, so a person browsing the folder or bucket knows what is what.
+_SUFFIXES = {MODEL: ".keras", CHECKPOINT: ".npz"}
 
 metadata = sa.MetaData()
 schema_table = sa.Table(
@@ -39,8 +50,11 @@ artifacts_table = sa.Table(
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("epoch", sa.Integer, nullable=True),
     sa.Column("meta_json", sa.Text, nullable=False, default="{}"),
+    #: The bytes, for the database store; empty where ``location`` names them in the study's store.
     sa.Column("data", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("location", sa.String(1024), nullable=True),
+    sa.Column("size", sa.BigInteger, nullable=True),
     sa.UniqueConstraint("study_name", "trial_number", "kind", name="uq_gapsweep_artifact"),
 )
 
@@ -60,7 +74,16 @@ val_losses_table = sa.Table(
 #: Upgrades from version N to N + 1; the list grows with the schema and never shrinks.
 _UPGRADES: list[Callable[[Connection], None]] = [
     lambda conn: val_losses_table.create(conn, checkfirst=True),  # 1 → 2: per-example val losses
+    lambda conn: _add_location(conn),  # 2 → 3: bytes in an artifact store, and every artifact's size
 ]
+
+
+def _add_location(conn: Connection) -> None:
+    if "location" in {column["name"] for column in sa.inspect(conn).get_columns("gapsweep_artifacts")}:
+        return  # created whole by this version's create_all
+    conn.execute(sa.text("ALTER TABLE gapsweep_artifacts ADD COLUMN location VARCHAR(1024)"))
+    conn.execute(sa.text("ALTER TABLE gapsweep_artifacts ADD COLUMN size BIGINT"))
+    conn.execute(sa.update(artifacts_table).values(size=sa.func.length(artifacts_table.c.data)))
 
 
 @dataclass(frozen=True)
@@ -71,6 +94,8 @@ class Artifact:
     epoch: int | None
     meta: dict[str, Any]
     data: bytes
+    #: Its id in the study's artifact store; None where the bytes sat in the database.
+    location: str | None = None
 
 
 def ensure_schema(engine: Engine) -> None:
@@ -109,34 +134,49 @@ def _where(study: str, trial_number: int | None = None, kind: str | None = None)
 
 
 def save(
-    engine: Engine, study: str, trial_number: int, kind: str, data: bytes, *, meta: dict[str, Any] | None = None, epoch: int | None = None
+    engine: Engine, study: str, trial_number: int, kind: str, data: bytes, *, meta: dict[str, Any] | None = None,
+    epoch: int | None = None, store: ArtifactStore | None = None,
 ) -> None:
-    """Store (or replace) one artifact in a single transaction: never half-written."""
-    with engine.begin() as conn:
-        conn.execute(sa.delete(artifacts_table).where(_where(study, trial_number, kind)))
-        conn.execute(
-            sa.insert(artifacts_table).values(
-                study_name=study,
-                trial_number=trial_number,
-                kind=kind,
-                epoch=epoch,
-                meta_json=json.dumps(meta or {}),
-                data=data,
-                created_at=datetime.now(timezone.utc).replace(tzinfo=None),
+    """Store (or replace) one artifact: its bytes in ``store`` (None: the study's own), then its
+    row in one transaction. Never half-written; the replaced bytes go once the row is in."""
+    store = store or study_store(engine, study)
+    location = None if store.in_database else store.put(artifact_name(study, trial_number, kind), data, _SUFFIXES.get(kind, ""))
+    try:
+        with engine.begin() as conn:
+            replaced = _locations(conn, _where(study, trial_number, kind))
+            conn.execute(sa.delete(artifacts_table).where(_where(study, trial_number, kind)))
+            conn.execute(
+                sa.insert(artifacts_table).values(
+                    study_name=study,
+                    trial_number=trial_number,
+                    kind=kind,
+                    epoch=epoch,
+                    meta_json=json.dumps(meta or {}),
+                    data=data if location is None else b"",
+                    location=location,
+                    size=len(data),
+                    created_at=datetime.now(timezone.utc).replace(tzinfo=None),
+                )
             )
-        )
+    except BaseException:
+        if location is not None:
+            with contextlib.suppress(Exception):
+                store.remove([location])
+        raise
+    store.remove(replaced)
 
 
-def load(engine: Engine, study: str, trial_number: int, kind: str) -> Artifact | None:
+def load(engine: Engine, study: str, trial_number: int, kind: str, *, store: ArtifactStore | None = None) -> Artifact | None:
+    """One artifact with its bytes, read from ``store`` (None: the study's own) when not in its row."""
+    columns = artifacts_table.c
     with engine.connect() as conn:
         row = conn.execute(
-            sa.select(artifacts_table.c.epoch, artifacts_table.c.meta_json, artifacts_table.c.data).where(
-                _where(study, trial_number, kind)
-            )
+            sa.select(columns.epoch, columns.meta_json, columns.data, _location(engine)).where(_where(study, trial_number, kind))
         ).first()
     if row is None:
         return None
-    return Artifact(study, trial_number, kind, row.epoch, json.loads(row.meta_json), bytes(row.data))
+    data = bytes(row.data) if row.location is None else (store or study_store(engine, study)).get(row.location)
+    return Artifact(study, trial_number, kind, row.epoch, json.loads(row.meta_json), data, row.location)
 
 
 def trial_numbers(engine: Engine, study: str, kind: str) -> list[int]:
@@ -147,22 +187,51 @@ def trial_numbers(engine: Engine, study: str, kind: str) -> list[int]:
         )
 
 
-def delete(engine: Engine, study: str, *, kind: str, keep: set[int] | None = None, trial_number: int | None = None) -> int:
-    """Drop artifacts of ``kind`` (all but ``keep``, or just one trial's); returns how many."""
+def delete(
+    engine: Engine, study: str, *, kind: str, keep: set[int] | None = None, trial_number: int | None = None,
+    store: ArtifactStore | None = None,
+) -> int:
+    """Drop artifacts of ``kind`` (all but ``keep``, or just one trial's); returns how many.
+    The rows go first, in one transaction, then their bytes in ``store`` (None: the study's own)."""
     condition = _where(study, trial_number, kind)
     if keep:
         condition = sa.and_(condition, artifacts_table.c.trial_number.not_in(sorted(keep)))
     with engine.begin() as conn:
-        return conn.execute(sa.delete(artifacts_table).where(condition)).rowcount or 0
+        dropped = _locations(conn, condition)
+        count = conn.execute(sa.delete(artifacts_table).where(condition)).rowcount or 0
+    if dropped:
+        (store or study_store(engine, study)).remove(dropped)
+    return count
 
 
 def delete_all(engine: Engine, study: str) -> int:
-    """Drop every row gapsweep stored for ``study`` (models, checkpoints, per-example val losses)
-    in one transaction; returns how many models and checkpoints went."""
+    """Drop everything gapsweep stored for ``study`` (models, checkpoints, per-example val
+    losses); returns how many models and checkpoints went.
+
+    The bytes in the study's store go first, then every row in one transaction: an interrupted
+    delete leaves rows to delete again, never rows that a new study of the same name resumes from.
+    """
+    if (schema_version(engine) or 0) >= 3:
+        with engine.connect() as conn:
+            locations = _locations(conn, _where(study))
+        if locations:
+            study_store(engine, study).remove(locations)
     with engine.begin() as conn:
         if (schema_version(engine) or 0) >= 2:
             conn.execute(sa.delete(val_losses_table).where(val_losses_table.c.study_name == study))
         return conn.execute(sa.delete(artifacts_table).where(_where(study))).rowcount or 0
+
+
+def _location(engine: Engine) -> Any:
+    """The ``location`` column, or NULL in a database whose gapsweep tables predate it (read by
+    ``export``, ``delete`` or ``migrate`` before any launch upgraded them)."""
+    return artifacts_table.c.location if (schema_version(engine) or 0) >= 3 else sa.null().label("location")
+
+
+def _locations(conn: Connection, condition: Any) -> list[str]:
+    """Where the bytes of the rows matching ``condition`` live in the study's store."""
+    query = sa.select(artifacts_table.c.location).where(sa.and_(condition, artifacts_table.c.location.is_not(None)))
+    return list(conn.execute(query).scalars().all())
 
 
 def copy(source: Engine, target: Engine, study: str, new_study: str | None = None) -> int:
@@ -170,11 +239,13 @@ def copy(source: Engine, target: Engine, study: str, new_study: str | None = Non
     ensure_schema(target)
     moved = 0
     with source.connect() as conn:
-        rows = conn.execute(sa.select(artifacts_table).where(_where(study))).mappings().all()
+        columns = [column for column in artifacts_table.c if column.name not in ("location", "size")]
+        rows = conn.execute(sa.select(*columns, _location(source)).where(_where(study))).mappings().all()
+    source_store = study_store(source, study) if any(row["location"] for row in rows) else None
     for row in rows:
-        save(
-            target, new_study or study, row["trial_number"], row["kind"], bytes(row["data"]),
-            meta=json.loads(row["meta_json"]), epoch=row["epoch"],
-        )
+        data = bytes(row["data"]) if row["location"] is None else source_store.get(row["location"])  # type: ignore[union-attr]
+        # The copy gets bytes of its own in the target study's store: deleting one study never
+        # takes the other's models with it.
+        save(target, new_study or study, row["trial_number"], row["kind"], data, meta=json.loads(row["meta_json"]), epoch=row["epoch"])
         moved += 1
     return moved

@@ -114,7 +114,7 @@ def test_an_older_database_gets_the_table_on_upgrade(sqlite_url):
         conn.execute(sa.update(artifacts.schema_table).values(version=1))
     assert val_losses.load(engine, "s") == {}
     artifacts.ensure_schema(engine)
-    assert artifacts.schema_version(engine) == 2 and sa.inspect(engine).has_table("gapsweep_val_losses")
+    assert artifacts.schema_version(engine) == artifacts.SCHEMA_VERSION and sa.inspect(engine).has_table("gapsweep_val_losses")
     val_losses.save(engine, "s", 0, [1.0])
     assert val_losses.load(engine, "s") == {0: [1.0]}
 

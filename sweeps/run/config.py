@@ -16,6 +16,10 @@ A sweep file keeps space, data, objective, pruner, budget and storage in version
     score = "bounded"             # bounded (default) | additive
     kappa = 0.5                   # the bounded penalty moves a score by at most κ·SE
 
+and, above the tables, where trained models and checkpoints live (default: the database):
+
+    artifacts = "file:///shared/gapsweep-artifacts"   # or "s3://bucket/prefix"
+
 Flags given on the command line override the file. Relative paths in a file are read relative
 to the file. The file's folder is the project folder of its ``hypermodel`` and of its data
 loader (``data = "loaders.py:load"``): the study stores the module's path relative to it, and
@@ -33,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from gapsweep.errors import ConfigError, GapsweepError
 from gapsweep.search_spaces import code_refs
 from gapsweep.search_spaces.loader import read_document
+from gapsweep.storage import artifact_store
 from gapsweep.storage.reader import get_study_config
 from gapsweep.sweeps.data import in_memory
 from gapsweep.sweeps.data.datasets import DataSpec
@@ -75,6 +80,9 @@ class SweepConfig:
     #: A sweep stops after this many failed trials in a row (failures spend no budget, so a
     #: sweep whose every trial fails would otherwise run for ever).
     max_failures: int = 5
+    #: Where trained models and checkpoints keep their bytes: ``database`` (None), a shared folder
+    #: (``file:///shared/gapsweep-artifacts``) or ``s3://bucket/prefix``; stored with the study.
+    artifacts: str = artifact_store.DATABASE
 
     def __post_init__(self) -> None:
         if not self.study or not isinstance(self.study, str):
@@ -112,6 +120,9 @@ class SweepConfig:
             )
         _whole("max_epochs", self.max_epochs, 1)
         _whole("max_failures", self.max_failures, 1)
+        if self.artifacts is not None and not isinstance(self.artifacts, str):
+            raise ConfigError(f"artifacts must be a URL such as file:///shared/gapsweep-artifacts, got {self.artifacts!r}")
+        object.__setattr__(self, "artifacts", artifact_store.canonical(self.artifacts))
 
     def code(self) -> code_refs.CodeRef | None:
         """The ``hypermodel`` file, found inside the project folder; one outside it is refused
@@ -148,6 +159,7 @@ class SweepConfig:
             "seed": self.seed,
             "baseline": self.baseline,
             "max_failures": self.max_failures,
+            "artifacts": self.artifacts,
         }
 
     def _stored_data(self) -> dict[str, Any]:

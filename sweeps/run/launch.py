@@ -36,6 +36,7 @@ from gapsweep.search_spaces import code_refs
 from gapsweep.search_spaces.hypermodel import Hypermodel, SpaceHypermodel
 from gapsweep.search_spaces.loader import load_space
 from gapsweep.storage import artifacts, queries
+from gapsweep.storage.artifact_store import ArtifactStore, canonical, open_store
 from gapsweep.storage.engine import describe_failure, heartbeat_settings, sqlite_path
 from gapsweep.storage.heartbeats import open_crash_safe_storage, quiet_experimental, reap
 from gapsweep.storage.locks import StudyLock
@@ -75,6 +76,8 @@ class Sweep:
     splits: Splits
     storage: optuna.storages.RDBStorage
     study: optuna.Study
+    #: Where this study's trained models and checkpoints keep their bytes.
+    artifacts: ArtifactStore
     stop_requested: bool = False
     #: A worker's identity, mixed into its sampler's seed (None for ``launch``).
     salt: str | None = None
@@ -95,9 +98,9 @@ def prepare(config: SweepConfig, *, salt: str | None = None, allow_objective_cha
     """Validate ``config``, then create or resume its study. Nothing is written before the
     space and data have passed their checks, and no code is imported from outside the project.
 
-    A resumed study must see the same search space, the same data (by fingerprint) and, unless
-    ``allow_objective_change``, the same objective: otherwise its trials would mix scores that
-    cannot be compared.
+    A resumed study must see the same search space, the same data (by fingerprint), the same
+    artifact store and, unless ``allow_objective_change``, the same objective: otherwise its
+    trials would mix scores that cannot be compared, or lose their models.
     """
     config.code()  # a hypermodel or data loader file outside the project folder is refused before anything runs
     config.data_code()
@@ -105,6 +108,8 @@ def prepare(config: SweepConfig, *, salt: str | None = None, allow_objective_cha
     hypermodel = load_hypermodel(config, splits)
     if config.baseline is not None:
         _check_baseline(config.baseline, hypermodel)
+    store = open_store(config.artifacts)
+    store.check()  # an unreachable or read-only store is named now, not after the first trained model
     stored = {**config.to_dict(), **hypermodel.describe(), "data_fingerprint": splits.fingerprint}
 
     multi = config.objective.multi_objective
@@ -145,7 +150,7 @@ def prepare(config: SweepConfig, *, salt: str | None = None, allow_objective_cha
     except GapsweepError:
         storage.engine.dispose()
         raise
-    return Sweep(config, hypermodel, splits, storage, study, salt=salt, trials_seen=n_existing)
+    return Sweep(config, hypermodel, splits, storage, study, store, salt=salt, trials_seen=n_existing)
 
 
 def _check_resume(
@@ -161,6 +166,12 @@ def _check_resume(
                 f"study '{name}' was started with a different {what}; "
                 f"resume it with the same {what} or launch under a new --study name"
             )
+    was_kept_in = canonical(previous.get("artifacts"))
+    if was_kept_in != stored["artifacts"]:
+        raise ConfigError(
+            f"study '{name}' keeps its models and checkpoints in {was_kept_in}; resume it with "
+            f"--artifacts {was_kept_in} or launch under a new --study name"
+        )
     fingerprint = previous.get("data_fingerprint")
     if fingerprint is not None and fingerprint != stored["data_fingerprint"]:
         was, now = _data_name(previous.get("data")), _data_name(stored.get("data"))
@@ -294,11 +305,11 @@ def run_trials(
     ``config.max_failures`` failures in a row the sweep stops with ``SweepFailedError``.
     """
     config, study = sweep.config, sweep.study
-    keeper = ModelKeeper(sweep.storage.engine, config.study, config.objective.keep_models)
+    keeper = ModelKeeper(sweep.storage.engine, config.study, config.objective.keep_models, sweep.artifacts)
     lock = StudyLock(sweep.storage.engine, config.study)
     objective = Objective(
         sweep.hypermodel, sweep.splits, config.objective, seed=config.seed, keeper=keeper,
-        checkpoint_engine=sweep.storage.engine, on_start=lock.release,
+        checkpoint_engine=sweep.storage.engine, artifact_store=sweep.artifacts, on_start=lock.release,
     )
     log_path = Path(log_file) if log_file is not None else default_log_path(config.storage)
     failures = _Failures(config.max_failures, log_path)

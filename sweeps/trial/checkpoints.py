@@ -1,9 +1,10 @@
-"""Checkpoints in the database, so a retried trial resumes where its worker died.
+"""Checkpoints in the study's artifact store, so a retried trial resumes where its worker died.
 
 A checkpoint holds the model after a finished epoch (weights and optimizer state), the weights
 of the best epoch so far (what early stopping will restore), early stopping's counters and the
-curves. It is one row in ``gapsweep_artifacts``, replaced in a single transaction and deleted
-when the trial finishes.
+curves. It is one row in ``gapsweep_artifacts`` (its bytes in that row, or in a shared folder or
+S3 that the row points at), replaced in a single transaction once the new bytes are whole, and
+deleted when the trial finishes.
 
 Checkpoints are taken by time, not by epoch: at the end of the first epoch that finishes at
 least ``$GAPSWEEP_CHECKPOINT_S`` seconds (default 30) after the trial's start or its last
@@ -24,6 +25,7 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 from gapsweep.storage import artifacts
+from gapsweep.storage.artifact_store import ArtifactStore
 
 
 @dataclass
@@ -63,9 +65,11 @@ class CheckpointStore:
 
     def __init__(
         self, engine: Engine, study: str, trial_number: int, retries_of: list[int] | None = None,
-        *, interval: float | None = None,
+        *, interval: float | None = None, store: ArtifactStore | None = None,
     ) -> None:
+        """``store``: where the checkpoints' bytes go (None: the store the study was launched with)."""
         self.engine = engine
+        self.store = store
         self.study = study
         self.trial_number = trial_number
         self.retries_of = list(retries_of or [])
@@ -83,7 +87,7 @@ class CheckpointStore:
         found = [
             artifact
             for number in [self.trial_number, *reversed(self.retries_of)]
-            if (artifact := artifacts.load(self.engine, self.study, number, artifacts.CHECKPOINT)) is not None
+            if (artifact := artifacts.load(self.engine, self.study, number, artifacts.CHECKPOINT, store=self.store)) is not None
         ]
         if not found:
             return None
@@ -94,10 +98,12 @@ class CheckpointStore:
 
     def save(self, state: TrainingState) -> None:
         data, meta = state.pack()
-        artifacts.save(self.engine, self.study, self.trial_number, artifacts.CHECKPOINT, data, meta=meta, epoch=state.epoch)
+        artifacts.save(
+            self.engine, self.study, self.trial_number, artifacts.CHECKPOINT, data, meta=meta, epoch=state.epoch, store=self.store
+        )
         self._last_saved = time.monotonic()
 
     def clear(self) -> None:
         """Drop this trial's checkpoints and those of the trials it retried."""
         for number in [self.trial_number, *self.retries_of]:
-            artifacts.delete(self.engine, self.study, kind=artifacts.CHECKPOINT, trial_number=number)
+            artifacts.delete(self.engine, self.study, kind=artifacts.CHECKPOINT, trial_number=number, store=self.store)

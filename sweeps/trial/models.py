@@ -1,7 +1,8 @@
-"""Trained models as bytes, and the keeper that stores the top k trials' models in the database.
+"""Trained models as bytes, and the keeper that stores the top k trials' models in the study's
+artifact store (the database by default; see ``gapsweep.storage.artifact_store``).
 
 A ``.keras`` file is a zip of config and weights; it is stored whole, so any worker or laptop
-that reaches the database gets a ready model. A kept model is stored behind the data's
+that reaches the database and the store gets a ready model. A kept model is stored behind the data's
 preprocessing (``Preprocessing.wrap``), so it takes raw rows, with ``gapsweep.json`` (inputs,
 class names) in the zip. Loading uses Keras' safe mode, which refuses models that would run
 arbitrary code (lambda layers) on deserialization.
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import Engine
 
 from gapsweep.storage import artifacts, queries
+from gapsweep.storage.artifact_store import ArtifactStore
 from gapsweep.sweeps.data.preprocessing import Preprocessing, with_info
 from gapsweep.sweeps.trial.runtime import init_tensorflow
 
@@ -64,10 +66,12 @@ class ModelKeeper:
     Expects gapsweep's tables to exist (``gapsweep.storage.artifacts.ensure_schema``).
     """
 
-    def __init__(self, engine: Engine, study: str, keep: int) -> None:
+    def __init__(self, engine: Engine, study: str, keep: int, store: ArtifactStore | None = None) -> None:
+        """``store``: where the models' bytes go (None: the store the study was launched with)."""
         self.engine = engine
         self.study = study
         self.keep = keep
+        self.store = store
 
     def _kept(self, trial_number: int, value: float) -> set[int]:
         """The trials whose models stay if this one finishes with ``value`` (its first objective
@@ -89,6 +93,7 @@ class ModelKeeper:
         kept = self._kept(trial_number, value)
         if trial_number not in kept:
             return False
-        artifacts.save(self.engine, self.study, trial_number, artifacts.MODEL, raw_input_model_bytes(model, preprocessing), meta=meta)
-        artifacts.delete(self.engine, self.study, kind=artifacts.MODEL, keep=kept)
+        data = raw_input_model_bytes(model, preprocessing)
+        artifacts.save(self.engine, self.study, trial_number, artifacts.MODEL, data, meta=meta, store=self.store)
+        artifacts.delete(self.engine, self.study, kind=artifacts.MODEL, keep=kept, store=self.store)
         return True

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from gapsweep.storage import trial_keys
 from gapsweep.search_spaces.hypermodel import Hypermodel
 from gapsweep.storage import val_losses
+from gapsweep.storage.artifact_store import ArtifactStore
 from gapsweep.storage.optuna_tables import set_user_attrs, trial_system_attrs
 from gapsweep.sweeps.trial.checkpoints import CheckpointStore
 from gapsweep.sweeps.data.datasets import Splits
@@ -77,16 +78,19 @@ class Objective:
         keeper: ModelKeeper | None = None,
         *,
         checkpoint_engine: Engine | None = None,
+        artifact_store: ArtifactStore | None = None,
         on_start: Callable[[], None] | None = None,
     ) -> None:
         """``checkpoint_engine`` reaches gapsweep's tables: checkpoints, and the per-example val
-        losses of complete trials."""
+        losses of complete trials; ``artifact_store`` holds the checkpoints' bytes (None: the
+        store the study was launched with)."""
         self.hypermodel = hypermodel
         self.splits = splits
         self.settings = settings
         self.seed = seed
         self.keeper = keeper
         self.checkpoint_engine = checkpoint_engine
+        self.artifact_store = artifact_store
         self.on_start = on_start
         #: The number of the trial this objective ran last (to requeue it after a database error).
         self.last_trial: int | None = None
@@ -211,7 +215,9 @@ class Objective:
     def _checkpoints(self, trial: optuna.Trial, history: list[int]) -> CheckpointStore | None:
         if self.checkpoint_engine is None:
             return None
-        return CheckpointStore(self.checkpoint_engine, trial.study.study_name, trial.number, retries_of=history)
+        return CheckpointStore(
+            self.checkpoint_engine, trial.study.study_name, trial.number, retries_of=history, store=self.artifact_store
+        )
 
 
 def _finite_or_none(value: float) -> float | None:

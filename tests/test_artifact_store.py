@@ -1,0 +1,232 @@
+"""Models and checkpoints in an artifact store outside the database (a shared folder here), on a
+real SQLite file and real PostgreSQL: the bytes live in the folder, the table keeps the index,
+export and delete find them, a killed worker's retry resumes from a checkpoint in the folder,
+and a store that cannot be written stops a launch in one line before any trial runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy as sa
+
+from gapsweep.api import best_trials, delete_study, get_study_config, list_studies, list_trials, migrate
+from gapsweep.cli import main
+from gapsweep.errors import ConfigError, StorageError
+from gapsweep.storage import artifacts
+from gapsweep.storage.artifact_store import canonical, open_store
+from gapsweep.storage.engine import open_storage
+from gapsweep.sweeps.data.datasets import DataSpec, load
+from gapsweep.sweeps.run.config import SweepConfig, load_sweep_file
+from gapsweep.sweeps.run.launch import launch, prepare
+from gapsweep.sweeps.trial.checkpoints import CheckpointStore, TrainingState
+from gapsweep.sweeps.trial.objective import ObjectiveSettings
+from sweep_files import SWEEP
+
+GAPSWEEP = str(Path(sys.executable).parent / "gapsweep")
+# Fast heartbeats, and a checkpoint after every epoch, so a kill mid-trial has one to resume.
+ENV = {**os.environ, "GAPSWEEP_HEARTBEAT_S": "1", "GAPSWEEP_CHECKPOINT_S": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _files(folder: Path, suffix: str = "") -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(suffix))
+
+
+def _rows(engine: sa.Engine, study: str) -> list[sa.Row]:
+    table = artifacts.artifacts_table
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(table.c.trial_number, table.c.kind, table.c.location, table.c.size, sa.func.length(table.c.data))
+            .where(table.c.study_name == study)
+        ).all()
+
+
+def test_store_urls_are_checked_without_touching_the_store(tmp_path):
+    assert canonical(None) == canonical("") == canonical("database") == "database"
+    assert canonical(str(tmp_path)) == canonical(f"file://{tmp_path}/") == f"file://{tmp_path}"
+    assert canonical("s3://models/gapsweep/") == "s3://models/gapsweep"
+    for bad, says in [
+        ("file://shared/folder", "absolute folder"),
+        ("s3://key:secret@bucket/x", "AWS_ACCESS_KEY_ID"),
+        ("s3:///prefix", "names no bucket"),
+        ("gs://bucket", "unknown artifact store"),
+    ]:
+        with pytest.raises(ConfigError, match=says):
+            canonical(bad)
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(f'artifacts = "{tmp_path}"\n' + SWEEP)
+    assert load_sweep_file(sweep).artifacts == f"file://{tmp_path}"
+
+
+def test_a_folder_store_holds_the_bytes_and_the_table_the_index(any_url, tmp_path):
+    folder = tmp_path / "store"
+    folder.mkdir()
+    store = open_store(f"file://{folder}")
+    engine = open_storage(any_url).engine
+    artifacts.ensure_schema(engine)
+    artifacts.save(engine, "s", 1, artifacts.MODEL, b"one", meta={"score": 1.0}, store=store)
+    artifacts.save(engine, "s", 1, artifacts.MODEL, b"uno!", meta={"score": 0.9}, store=store)  # replaces
+    artifacts.save(engine, "s", 2, artifacts.CHECKPOINT, b"state", epoch=3, store=store)
+    (model,) = [p for p in folder.iterdir() if "-1-model-" in p.name]
+    assert model.read_bytes() == b"uno!" and len(_files(folder)) == 2  # the replaced bytes are gone
+    rows = {(row.trial_number, row.kind): row for row in _rows(engine, "s")}
+    assert rows[(1, "model")].location == model.name and rows[(1, "model")].size == 4
+    assert all(row[4] == 0 for row in rows.values())  # no blob bytes in the database
+    found = artifacts.load(engine, "s", 1, artifacts.MODEL, store=store)
+    assert found is not None and found.data == b"uno!" and found.meta == {"score": 0.9}
+    assert artifacts.delete(engine, "s", kind=artifacts.CHECKPOINT, trial_number=2, store=store) == 1
+    assert _files(folder) == [model.name]
+    model.unlink()  # bytes removed behind gapsweep's back: one line, not a traceback
+    with pytest.raises(StorageError, match="has no .*-1-model-"):
+        artifacts.load(engine, "s", 1, artifacts.MODEL, store=store)
+    engine.dispose()
+
+
+def test_a_checkpoint_cut_short_never_becomes_the_latest(sqlite_url, tmp_path):
+    """A worker killed while writing leaves bytes that no row points at: the retry resumes from
+    the last whole checkpoint, never from the partial file."""
+    store = open_store(str(tmp_path))
+    engine = open_storage(sqlite_url).engine
+    artifacts.ensure_schema(engine)
+    checkpoints = CheckpointStore(engine, "s", 0, interval=0.0, store=store)
+    state = TrainingState(epoch=2, curves={"val_loss": [0.9, 0.8, 0.7]}, best=0.7, best_epoch=2, wait=0, model=b"weights")
+    checkpoints.save(state)
+    store.put("s-0-checkpoint", b"\x00half a checkpo")  # the next write, cut off before its row
+    resumed = CheckpointStore(engine, "s", 1, retries_of=[0], store=store).latest()
+    assert resumed is not None and resumed.epoch == 2 and resumed.model == b"weights"
+    engine.dispose()
+
+
+def test_an_unwritable_store_stops_the_launch_in_one_line_before_anything_runs(tmp_path, capsys):
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(SWEEP)
+    url = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for store, says in [
+        (f"file://{tmp_path / 'not-mounted'}", "is not a folder on this machine; create it, or mount the shared folder"),
+        (f"file://{a_file}", "is not a folder on this machine"),
+        ("file:///sys", "cannot write to artifact store file:///sys: [Errno 13] Permission denied"),
+        ("s3://bucket", "pip install 'gapsweep[s3]'") if _without_boto3() else ("nfs://x", "unknown artifact store"),
+    ]:
+        assert main(["launch", str(sweep), "--storage", url, "--artifacts", store, "--no-progress"]) == 1
+        out, err = capsys.readouterr()
+        assert err.count("\n") == 1 and says in err and "Traceback" not in err, err
+    assert not (tmp_path / "sweeps.db").exists() or list_studies(url) == []  # no study, no trial
+
+
+def _without_boto3() -> bool:
+    try:
+        import boto3  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+def test_a_study_keeps_its_store_and_refuses_another_on_resume(sqlite_url, tmp_path, tiny_space):
+    config = SweepConfig(study="kept", space=tiny_space, data=DataSpec("wine"), storage=sqlite_url, artifacts=str(tmp_path))
+    prepare(config).close()
+    assert get_study_config("kept", sqlite_url)["artifacts"] == f"file://{tmp_path}"
+    with pytest.raises(ConfigError, match=f"keeps its models and checkpoints in file://{tmp_path}; resume it with --artifacts"):
+        prepare(SweepConfig(study="kept", space=tiny_space, data=DataSpec("wine"), storage=sqlite_url))
+
+
+@pytest.mark.slow
+def test_a_sweep_keeps_its_models_in_the_folder_and_export_and_delete_find_them(any_url, tiny_space, tmp_path):
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    config = SweepConfig(
+        study="folder", space={**tiny_space, "epochs": {"type": "fixed", "value": 2}}, data=DataSpec("digits", train_fraction=0.3),
+        trials=3, storage=any_url, pruner="none", objective=ObjectiveSettings(keep_models=2), artifacts=f"file://{folder}",
+    )
+    launch(config, progress=False)
+    engine = open_storage(any_url).engine
+    rows = _rows(engine, "folder")
+    assert sorted(row.kind for row in rows) == ["model", "model"]  # the top 2; the checkpoints are cleared
+    assert sorted(row.location for row in rows) == _files(folder) == _files(folder, ".keras")
+    assert all(row[4] == 0 and row.size == (folder / row.location).stat().st_size > 1000 for row in rows)
+    out = tmp_path / "best.keras"
+    done = subprocess.run([GAPSWEEP, "export", "folder", "--out", str(out), "--storage", any_url, "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["trial"] == best_trials("folder", any_url)[0].number
+    import keras
+
+    rows_in = load(config.data).raw_test[:3]
+    assert keras.saving.load_model(out, safe_mode=True).predict(rows_in, verbose=0).shape == (3, 10)
+    assert delete_study("folder", any_url) == 2
+    assert _files(folder) == [] and _rows(engine, "folder") == []
+    engine.dispose()
+
+
+def _worker(url: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [GAPSWEEP, "worker", "--study", "crash", "--storage", url, "--no-progress", "--gpu", "none"],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_resumes_from_its_checkpoint_in_the_folder(any_url, tiny_space, tmp_path, monkeypatch):
+    monkeypatch.setenv("GAPSWEEP_HEARTBEAT_S", "1")
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    config = SweepConfig(
+        study="crash", space={**tiny_space, "epochs": {"type": "fixed", "value": 10}}, data=DataSpec("digits", train_fraction=0.3),
+        trials=2, storage=any_url, pruner="none", objective=ObjectiveSettings(patience=50, keep_models=1),
+        artifacts=f"file://{folder}",
+    )
+    prepare(config).close()
+    worker = _worker(any_url)
+    engine = open_storage(any_url).engine
+    killed = None
+    deadline = time.monotonic() + 240
+    while killed is None and time.monotonic() < deadline and worker.poll() is None:
+        for number in artifacts.trial_numbers(engine, "crash", artifacts.CHECKPOINT):
+            checkpoint = artifacts.load(engine, "crash", number, artifacts.CHECKPOINT)  # read from the folder
+            if checkpoint is not None and checkpoint.epoch >= 1:
+                worker.send_signal(signal.SIGKILL)  # kill -9 in the middle of the trial
+                killed = (number, checkpoint.epoch, checkpoint.location)
+                break
+        time.sleep(0.2)
+    _, err = worker.communicate(timeout=60)
+    assert killed is not None, f"no trial reached a checkpoint in time: {err[-2000:]}"
+    assert (folder / killed[2]).is_file() and [t.state for t in list_trials("crash", any_url)] == ["RUNNING"]
+    again = _worker(any_url)
+    _, err = again.communicate(timeout=400)
+    assert again.returncode == 0, err[-2000:]
+    trials = optuna.load_study(study_name="crash", storage=any_url).trials
+    assert [t.state.name for t in trials].count("COMPLETE") == 2
+    assert trials[0].state == optuna.trial.TrialState.FAIL  # the killed trial, failed once its heartbeat stopped
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == killed[0]]
+    assert retry.params == trials[0].params and retry.user_attrs["resumed_from_epoch"] >= killed[1]
+    assert len(retry.user_attrs["curve.val_loss"]) == 10  # the curves stay whole across the kill
+    assert not artifacts.trial_numbers(engine, "crash", artifacts.CHECKPOINT)
+    assert _files(folder, ".npz") == []  # the checkpoints' files went with their rows
+    assert [row.kind for row in _rows(engine, "crash")] == ["model"] and (folder / _rows(engine, "crash")[0].location).is_file()
+    engine.dispose()
+
+
+def test_migrate_copies_a_folder_studys_models_into_their_own_files(sqlite_url, tmp_path):
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    store = open_store(str(folder))
+    source = open_storage(sqlite_url)
+    optuna.create_study(study_name="m", storage=source).set_user_attr("gapsweep.config", {"artifacts": store.url})
+    artifacts.ensure_schema(source.engine)
+    artifacts.save(source.engine, "m", 0, artifacts.MODEL, b"model bytes", meta={"score": 1.0})  # the study's store
+    target_url = sqlite_url.replace("sweeps.db", "target.db")
+    assert migrate(sqlite_url, target_url)[0]["artifacts"] == 1
+    target = open_storage(target_url).engine
+    assert len(_files(folder)) == 2  # the copy has bytes of its own
+    assert delete_study("m", sqlite_url) == 1 and len(_files(folder)) == 1
+    copied = artifacts.load(target, "m", 0, artifacts.MODEL)
+    assert copied is not None and copied.data == b"model bytes" and copied.location == _files(folder)[0]
+    source.engine.dispose()
+    target.dispose()
