@@ -87,7 +87,8 @@ class ArtifactStore:
             self.backend.write(artifact_id, io.BytesIO(data))
         return artifact_id
 
-    def get(self, artifact_id: str) -> bytes:
+    def get(self, artifact_id: str) -> bytes | None:
+        """The bytes under ``artifact_id``; None where the store has none (removed meanwhile)."""
         from optuna.artifacts.exceptions import ArtifactNotFound
 
         try:
@@ -98,7 +99,7 @@ class ArtifactStore:
                 finally:
                     reader.close()
         except ArtifactNotFound:
-            raise StorageError(f"artifact store {self.url} has no {artifact_id} (was it deleted by hand?)") from None
+            return None
 
     def remove(self, artifact_ids: list[str]) -> None:
         """Remove the bytes behind ``artifact_ids``; ones already gone are fine."""
@@ -148,12 +149,13 @@ def open_store(url: str | None) -> ArtifactStore:
         return ArtifactStore(url, FileSystemArtifactStore(url[len("file://"):]), errors=(OSError,))
     try:
         import boto3
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
     except ImportError:
         raise ConfigError(f"artifact store {url} needs boto3: pip install 'gapsweep[s3]'") from None
     bucket, _, prefix = url[len("s3://"):].partition("/")
     backend = Boto3ArtifactStore(bucket, boto3.client("s3"))
-    return ArtifactStore(url, backend, prefix=f"{prefix}/" if prefix else "", errors=(BotoCoreError, ClientError))
+    return ArtifactStore(url, backend, prefix=f"{prefix}/" if prefix else "", errors=(Boto3Error, BotoCoreError, ClientError))
 
 
 def study_store(engine: Engine, study: str) -> ArtifactStore:

@@ -169,13 +169,25 @@ def save(
 def load(engine: Engine, study: str, trial_number: int, kind: str, *, store: ArtifactStore | None = None) -> Artifact | None:
     """One artifact with its bytes, read from ``store`` (None: the study's own) when not in its row."""
     columns = artifacts_table.c
-    with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(columns.epoch, columns.meta_json, columns.data, _location(engine)).where(_where(study, trial_number, kind))
-        ).first()
-    if row is None:
-        return None
-    data = bytes(row.data) if row.location is None else (store or study_store(engine, study)).get(row.location)
+    query = sa.select(columns.epoch, columns.meta_json, columns.data, _location(engine)).where(_where(study, trial_number, kind))
+    missing = None
+    while True:
+        with engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        if row.location is None:
+            data = bytes(row.data)
+            break
+        if row.location == missing:
+            raise StorageError(f"artifact store {store.url} has no {missing}, which trial {trial_number}'s {kind} points at")
+        store = store or study_store(engine, study)
+        found = store.get(row.location)
+        if found is not None:
+            data = found
+            break
+        # Replaced meanwhile (a newer checkpoint, a model that left the top k): its row tells.
+        missing = row.location
     return Artifact(study, trial_number, kind, row.epoch, json.loads(row.meta_json), data, row.location)
 
 
@@ -235,17 +247,17 @@ def _locations(conn: Connection, condition: Any) -> list[str]:
 
 
 def copy(source: Engine, target: Engine, study: str, new_study: str | None = None) -> int:
-    """Copy every artifact of ``study`` into another database (used by ``migrate``)."""
+    """Copy every artifact of ``study`` into another database (used by ``migrate``). The copy
+    gets bytes of its own in the target study's store: deleting one study never takes the
+    other's models with it."""
     ensure_schema(target)
-    moved = 0
     with source.connect() as conn:
-        columns = [column for column in artifacts_table.c if column.name not in ("location", "size")]
-        rows = conn.execute(sa.select(*columns, _location(source)).where(_where(study))).mappings().all()
-    source_store = study_store(source, study) if any(row["location"] for row in rows) else None
-    for row in rows:
-        data = bytes(row["data"]) if row["location"] is None else source_store.get(row["location"])  # type: ignore[union-attr]
-        # The copy gets bytes of its own in the target study's store: deleting one study never
-        # takes the other's models with it.
-        save(target, new_study or study, row["trial_number"], row["kind"], data, meta=json.loads(row["meta_json"]), epoch=row["epoch"])
-        moved += 1
+        keys = conn.execute(sa.select(artifacts_table.c.trial_number, artifacts_table.c.kind).where(_where(study))).all()
+    source_store = study_store(source, study)
+    moved = 0
+    for trial_number, kind in keys:
+        found = load(source, study, trial_number, kind, store=source_store)
+        if found is not None:  # else dropped meanwhile
+            save(target, new_study or study, trial_number, kind, found.data, meta=found.meta, epoch=found.epoch)
+            moved += 1
     return moved

@@ -1,7 +1,8 @@
-"""Models and checkpoints in an artifact store outside the database (a shared folder here), on a
-real SQLite file and real PostgreSQL: the bytes live in the folder, the table keeps the index,
-export and delete find them, a killed worker's retry resumes from a checkpoint in the folder,
-and a store that cannot be written stops a launch in one line before any trial runs."""
+"""Models and checkpoints in an artifact store outside the database (a shared folder, or a bucket
+of a local S3-compatible server), on a real SQLite file and real PostgreSQL: the bytes live in the
+store, the table keeps the index, export and delete find them, a killed worker's retry resumes
+from a checkpoint in the store, and a store that cannot be written stops a launch in one line
+before any trial runs."""
 
 from __future__ import annotations
 
@@ -31,8 +32,6 @@ from gapsweep.sweeps.trial.objective import ObjectiveSettings
 from sweep_files import SWEEP
 
 GAPSWEEP = str(Path(sys.executable).parent / "gapsweep")
-# Fast heartbeats, and a checkpoint after every epoch, so a kill mid-trial has one to resume.
-ENV = {**os.environ, "GAPSWEEP_HEARTBEAT_S": "1", "GAPSWEEP_CHECKPOINT_S": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def _files(folder: Path, suffix: str = "") -> list[str]:
@@ -84,7 +83,7 @@ def test_a_folder_store_holds_the_bytes_and_the_table_the_index(any_url, tmp_pat
     assert artifacts.delete(engine, "s", kind=artifacts.CHECKPOINT, trial_number=2, store=store) == 1
     assert _files(folder) == [model.name]
     model.unlink()  # bytes removed behind gapsweep's back: one line, not a traceback
-    with pytest.raises(StorageError, match="has no .*-1-model-"):
+    with pytest.raises(StorageError, match="has no .*-1-model-.*, which trial 1.s model points at"):
         artifacts.load(engine, "s", 1, artifacts.MODEL, store=store)
     engine.dispose()
 
@@ -104,7 +103,10 @@ def test_a_checkpoint_cut_short_never_becomes_the_latest(sqlite_url, tmp_path):
     engine.dispose()
 
 
-def test_an_unwritable_store_stops_the_launch_in_one_line_before_anything_runs(tmp_path, capsys):
+def test_an_unwritable_store_stops_the_launch_in_one_line_before_anything_runs(tmp_path, capsys, monkeypatch):
+    for name, value in {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)  # an S3 endpoint where nothing listens
     sweep = tmp_path / "s.toml"
     sweep.write_text(SWEEP)
     url = f"sqlite:///{tmp_path / 'sweeps.db'}"
@@ -114,20 +116,15 @@ def test_an_unwritable_store_stops_the_launch_in_one_line_before_anything_runs(t
         (f"file://{tmp_path / 'not-mounted'}", "is not a folder on this machine; create it, or mount the shared folder"),
         (f"file://{a_file}", "is not a folder on this machine"),
         ("file:///sys", "cannot write to artifact store file:///sys: [Errno 13] Permission denied"),
-        ("s3://bucket", "pip install 'gapsweep[s3]'") if _without_boto3() else ("nfs://x", "unknown artifact store"),
+        ("s3://gapsweep/models", 'cannot write to artifact store s3://gapsweep/models: Could not connect to the endpoint URL: "http://127.0.0.1:9/'),
     ]:
         assert main(["launch", str(sweep), "--storage", url, "--artifacts", store, "--no-progress"]) == 1
         out, err = capsys.readouterr()
         assert err.count("\n") == 1 and says in err and "Traceback" not in err, err
+    monkeypatch.setitem(sys.modules, "boto3", None)  # a machine without the s3 extra
+    assert main(["launch", str(sweep), "--storage", url, "--artifacts", "s3://gapsweep", "--no-progress"]) == 1
+    assert capsys.readouterr().err == "gapsweep: error: artifact store s3://gapsweep needs boto3: pip install 'gapsweep[s3]'\n"
     assert not (tmp_path / "sweeps.db").exists() or list_studies(url) == []  # no study, no trial
-
-
-def _without_boto3() -> bool:
-    try:
-        import boto3  # noqa: F401
-    except ImportError:
-        return True
-    return False
 
 
 def test_a_study_keeps_its_store_and_refuses_another_on_resume(sqlite_url, tmp_path, tiny_space):
@@ -138,58 +135,87 @@ def test_a_study_keeps_its_store_and_refuses_another_on_resume(sqlite_url, tmp_p
         prepare(SweepConfig(study="kept", space=tiny_space, data=DataSpec("wine"), storage=sqlite_url))
 
 
+def _listing(store: str) -> list[str]:
+    """The ids a store holds: file names in a folder, keys in a bucket."""
+    if store.startswith("file://"):
+        return sorted(p.name for p in Path(store[len("file://"):]).iterdir())
+    import boto3
+
+    bucket, _, prefix = store[len("s3://"):].partition("/")
+    return sorted(o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []))
+
+
+@pytest.fixture(params=[("sqlite", "folder"), ("postgres", "folder"), ("postgres", "s3")], ids="-".join)
+def url_and_store(request, tmp_path) -> tuple[str, str]:
+    """A database and an artifact store outside it: a shared folder, or a bucket of a local
+    S3-compatible server."""
+    backend, kind = request.param
+    url = request.getfixturevalue(f"{backend}_url")
+    if kind == "s3":
+        return url, request.getfixturevalue("s3_store")
+    (tmp_path / "shared").mkdir()
+    return url, f"file://{tmp_path / 'shared'}"
+
+
 @pytest.mark.slow
-def test_a_sweep_keeps_its_models_in_the_folder_and_export_and_delete_find_them(any_url, tiny_space, tmp_path):
-    folder = tmp_path / "shared"
-    folder.mkdir()
+def test_a_sweep_keeps_its_models_in_the_store_and_export_and_delete_find_them(url_and_store, tiny_space, tmp_path):
+    url, store = url_and_store
     config = SweepConfig(
-        study="folder", space={**tiny_space, "epochs": {"type": "fixed", "value": 2}}, data=DataSpec("digits", train_fraction=0.3),
-        trials=3, storage=any_url, pruner="none", objective=ObjectiveSettings(keep_models=2), artifacts=f"file://{folder}",
+        study="kept", space={**tiny_space, "epochs": {"type": "fixed", "value": 2}}, data=DataSpec("digits", train_fraction=0.3),
+        trials=3, storage=url, pruner="none", objective=ObjectiveSettings(keep_models=2), artifacts=store,
     )
     launch(config, progress=False)
-    engine = open_storage(any_url).engine
-    rows = _rows(engine, "folder")
+    engine = open_storage(url).engine
+    rows = _rows(engine, "kept")
     assert sorted(row.kind for row in rows) == ["model", "model"]  # the top 2; the checkpoints are cleared
-    assert sorted(row.location for row in rows) == _files(folder) == _files(folder, ".keras")
-    assert all(row[4] == 0 and row.size == (folder / row.location).stat().st_size > 1000 for row in rows)
+    assert sorted(row.location for row in rows) == _listing(store) and all(row.location.endswith(".keras") for row in rows)
+    for row in rows:  # the bytes are in the store, the table only points at them
+        assert row[4] == 0 and row.size > 1000
+        assert len(artifacts.load(engine, "kept", row.trial_number, artifacts.MODEL).data) == row.size
     out = tmp_path / "best.keras"
-    done = subprocess.run([GAPSWEEP, "export", "folder", "--out", str(out), "--storage", any_url, "--json"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [GAPSWEEP, "export", "kept", "--out", str(out), "--storage", url, "--json"], env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["trial"] == best_trials("folder", any_url)[0].number
+    assert json.loads(done.stdout)["trial"] == best_trials("kept", url)[0].number
     import keras
 
-    rows_in = load(config.data).raw_test[:3]
-    assert keras.saving.load_model(out, safe_mode=True).predict(rows_in, verbose=0).shape == (3, 10)
-    assert delete_study("folder", any_url) == 2
-    assert _files(folder) == [] and _rows(engine, "folder") == []
+    raw_rows = load(config.data).raw_test[:3]
+    assert keras.saving.load_model(out, safe_mode=True).predict(raw_rows, verbose=0).shape == (3, 10)
+    assert delete_study("kept", url) == 2
+    assert _listing(store) == [] and _rows(engine, "kept") == []
     engine.dispose()
+
+
+def _env() -> dict[str, str]:
+    """The environment of a gapsweep subprocess: this one's (with the AWS_* settings a test set),
+    fast heartbeats, and a checkpoint after every epoch, so a kill mid-trial has one to resume."""
+    return {**os.environ, "GAPSWEEP_HEARTBEAT_S": "1", "GAPSWEEP_CHECKPOINT_S": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def _worker(url: str) -> subprocess.Popen:
     return subprocess.Popen(
         [GAPSWEEP, "worker", "--study", "crash", "--storage", url, "--no-progress", "--gpu", "none"],
-        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_trial_resumes_from_its_checkpoint_in_the_folder(any_url, tiny_space, tmp_path, monkeypatch):
+def test_a_worker_killed_mid_trial_resumes_from_its_checkpoint_in_the_store(url_and_store, tiny_space, monkeypatch):
     monkeypatch.setenv("GAPSWEEP_HEARTBEAT_S", "1")
-    folder = tmp_path / "shared"
-    folder.mkdir()
+    url, store = url_and_store
     config = SweepConfig(
         study="crash", space={**tiny_space, "epochs": {"type": "fixed", "value": 10}}, data=DataSpec("digits", train_fraction=0.3),
-        trials=2, storage=any_url, pruner="none", objective=ObjectiveSettings(patience=50, keep_models=1),
-        artifacts=f"file://{folder}",
+        trials=2, storage=url, pruner="none", objective=ObjectiveSettings(patience=50, keep_models=1), artifacts=store,
     )
     prepare(config).close()
-    worker = _worker(any_url)
-    engine = open_storage(any_url).engine
+    worker = _worker(url)
+    engine = open_storage(url).engine
     killed = None
     deadline = time.monotonic() + 240
     while killed is None and time.monotonic() < deadline and worker.poll() is None:
         for number in artifacts.trial_numbers(engine, "crash", artifacts.CHECKPOINT):
-            checkpoint = artifacts.load(engine, "crash", number, artifacts.CHECKPOINT)  # read from the folder
+            checkpoint = artifacts.load(engine, "crash", number, artifacts.CHECKPOINT)  # its bytes read from the store
             if checkpoint is not None and checkpoint.epoch >= 1:
                 worker.send_signal(signal.SIGKILL)  # kill -9 in the middle of the trial
                 killed = (number, checkpoint.epoch, checkpoint.location)
@@ -197,19 +223,19 @@ def test_a_worker_killed_mid_trial_resumes_from_its_checkpoint_in_the_folder(any
         time.sleep(0.2)
     _, err = worker.communicate(timeout=60)
     assert killed is not None, f"no trial reached a checkpoint in time: {err[-2000:]}"
-    assert (folder / killed[2]).is_file() and [t.state for t in list_trials("crash", any_url)] == ["RUNNING"]
-    again = _worker(any_url)
+    assert killed[2] in _listing(store) and [t.state for t in list_trials("crash", url)] == ["RUNNING"]
+    again = _worker(url)
     _, err = again.communicate(timeout=400)
     assert again.returncode == 0, err[-2000:]
-    trials = optuna.load_study(study_name="crash", storage=any_url).trials
+    trials = optuna.load_study(study_name="crash", storage=url).trials
     assert [t.state.name for t in trials].count("COMPLETE") == 2
     assert trials[0].state == optuna.trial.TrialState.FAIL  # the killed trial, failed once its heartbeat stopped
     (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == killed[0]]
     assert retry.params == trials[0].params and retry.user_attrs["resumed_from_epoch"] >= killed[1]
     assert len(retry.user_attrs["curve.val_loss"]) == 10  # the curves stay whole across the kill
     assert not artifacts.trial_numbers(engine, "crash", artifacts.CHECKPOINT)
-    assert _files(folder, ".npz") == []  # the checkpoints' files went with their rows
-    assert [row.kind for row in _rows(engine, "crash")] == ["model"] and (folder / _rows(engine, "crash")[0].location).is_file()
+    (model,) = _rows(engine, "crash")  # what the store still holds: the kept model, no checkpoint
+    assert model.kind == "model" and _listing(store) == [model.location]
     engine.dispose()
 
 
