@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import Engine
 
 from gapsweep.errors import ConfigError, StorageError, StudyNotFoundError
+from gapsweep.storage import queries
+from gapsweep.storage.studies import CONFIG_ATTR
 
 DATABASE = "database"
 #: The study configuration key that names the store (``gapsweep.config``).
@@ -154,15 +156,16 @@ def open_store(url: str | None) -> ArtifactStore:
     except ImportError:
         raise ConfigError(f"artifact store {url} needs boto3: pip install 'gapsweep[s3]'") from None
     bucket, _, prefix = url[len("s3://"):].partition("/")
-    backend = Boto3ArtifactStore(bucket, boto3.client("s3"))
+    try:
+        client = boto3.client("s3")
+    except (BotoCoreError, ValueError) as exc:  # e.g. AWS_ENDPOINT_URL_S3 that is not a URL
+        raise StorageError(f"cannot reach artifact store {url}: {exc}") from None
+    backend = Boto3ArtifactStore(bucket, client)
     return ArtifactStore(url, backend, prefix=f"{prefix}/" if prefix else "", errors=(Boto3Error, BotoCoreError, ClientError))
 
 
 def study_store(engine: Engine, study: str) -> ArtifactStore:
     """The store ``study`` was launched with (the database for a study without one)."""
-    from gapsweep.storage import queries
-    from gapsweep.storage.studies import CONFIG_ATTR
-
     try:
         config = queries.study_user_attrs(engine, study).get(CONFIG_ATTR) or {}
     except StudyNotFoundError:  # a table row with no Optuna study (tests, half-deleted studies)

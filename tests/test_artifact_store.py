@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import sqlalchemy as sa
@@ -182,6 +183,10 @@ def test_a_sweep_keeps_its_models_in_the_store_and_export_and_delete_find_them(u
 
     raw_rows = load(config.data).raw_test[:3]
     assert keras.saving.load_model(out, safe_mode=True).predict(raw_rows, verbose=0).shape == (3, 10)
+    np.savez(tmp_path / "new.npz", x=raw_rows)
+    predictions = tmp_path / "predictions.csv"
+    assert main(["predict", "kept", "--data", str(tmp_path / "new.npz"), "--out", str(predictions), "--storage", url]) == 0
+    assert len(predictions.read_text().splitlines()) == 1 + 3  # the stored model, read from the store
     assert delete_study("kept", url) == 2
     assert _listing(store) == [] and _rows(engine, "kept") == []
     engine.dispose()
@@ -256,3 +261,24 @@ def test_migrate_copies_a_folder_studys_models_into_their_own_files(sqlite_url, 
     assert copied is not None and copied.data == b"model bytes" and copied.location == _files(folder)[0]
     source.engine.dispose()
     target.dispose()
+
+
+def test_a_version_2_database_is_read_as_it_is_and_upgraded_on_launch(any_url):
+    """Before version 3 every model sat in its row: ``export`` reads such a database untouched,
+    and the first launch adds ``location`` and ``size`` (filled in for the rows already there)."""
+    engine = open_storage(any_url).engine
+    artifacts.ensure_schema(engine)
+    artifacts.save(engine, "old", 0, artifacts.MODEL, b"an old model", meta={"score": 1.0})
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE gapsweep_artifacts DROP COLUMN location"))
+        conn.execute(sa.text("ALTER TABLE gapsweep_artifacts DROP COLUMN size"))
+        conn.execute(sa.update(artifacts.schema_table).values(version=2))
+    engine.dispose()  # a fresh pool: no cached idea of the table's columns
+    engine = open_storage(any_url).engine
+    found = artifacts.load(engine, "old", 0, artifacts.MODEL)
+    assert found is not None and found.data == b"an old model" and found.location is None
+    artifacts.ensure_schema(engine)
+    assert artifacts.schema_version(engine) == artifacts.SCHEMA_VERSION == 3
+    ((number, kind, location, size, in_row),) = _rows(engine, "old")
+    assert (number, kind, location, size, in_row) == (0, "model", None, len(b"an old model"), len(b"an old model"))
+    engine.dispose()
