@@ -162,12 +162,19 @@ CASES = [
     Case("storage-missing-folder", lambda folder, url: ["launch", "--storage", f"sqlite:///{folder}/no/such/x.db"], "does not exist"),
     Case("storage-not-sqlite", lambda folder, url: ["launch", "--storage", f"sqlite:///{folder}/notes.txt"], "is not a SQLite database", write("notes.txt", "hello, this is text\n" * 20)),
     Case("storage-a-folder", lambda folder, url: ["launch", "--storage", f"sqlite:///{folder}/dir"], "is a folder", lambda folder, url: (folder / "dir").mkdir()),
+    # The artifact store (tests/test_artifact_store.py also covers unwritable and unreachable ones).
+    Case("artifacts-unknown-scheme", launch("--artifacts", "gs://bucket/models"), "unknown artifact store 'gs://bucket/models'"),
+    Case("artifacts-relative-folder", launch("--artifacts", "file://shared/models"), "needs an absolute folder"),
+    Case("artifacts-s3-credentials", launch("--artifacts", "s3://key:hunter2@bucket"), "name only the bucket"),
+    Case("artifacts-folder-missing", lambda folder, url: ["launch", "--storage", url, "--artifacts", f"{folder}/not-mounted"], "create it, or mount the shared folder there"),
+    Case("artifacts-in-sweep-file-not-a-url", launch("a.toml"), "artifacts must be a URL", write("a.toml", "artifacts = 5\n" + SWEEP)),
     # Resuming a study with other settings.
     Case("resume-other-data", launch("s.toml", "--data", "wine"), "was started on other data (digits", created_study),
     Case("resume-other-train-fraction", launch("s.toml", "--train-fraction", "0.5"), "was started on other data", created_study),
     Case("resume-other-gap-penalty", launch("s.toml", "--gap-penalty", "3"), "gap_penalty 1.0 -> 3.0", created_study),
     Case("resume-other-space", launch("s.toml", "--space", "mlp"), "different search space", created_study),
     Case("resume-multi-objective", launch("s.toml", "--multi-objective"), "is single-objective", created_study),
+    Case("resume-other-artifact-store", lambda folder, url: ["launch", "s.toml", "--storage", url, "--artifacts", str(folder)], "keeps its models and checkpoints in database", created_study),
     # Queries, exports, deletes.
     Case("best-no-database", command("best", "--study", "x"), "no database at"),
     Case("best-unknown-study", command("best", "--study", "x"), "no study named 'x'", fake_study),
