@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
         "the pruner sees the running mean after each fold",
     )
     launch.add_argument("--baseline", help="JSON file of your current parameter values: run first, compared in every summary")
+    launch.add_argument(
+        "--no-linear-start", dest="linear_start", action="store_false", default=None,
+        help="do not queue the linear reference's configuration (depth 0) as a new study's first trial",
+    )
     launch.add_argument("--pruner", choices=("median", "hyperband", "sha", "none"), help="per-epoch pruner (default median)")
     launch.add_argument("--sampler", choices=("tpe", "random"), help="Optuna sampler (default tpe)")
     launch.add_argument("--seed", type=int, help="seed for the sampler, the split and the weights (default 0)")
@@ -427,7 +431,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         sampler=args.sampler, seed=args.seed, storage=args.storage, data=data, objective=objective,
         baseline=load_baseline(args.baseline) if args.baseline else None,
         hypermodel=args.hypermodel, max_epochs=args.max_epochs, max_failures=args.max_failures,
-        artifacts=args.artifacts,
+        artifacts=args.artifacts, linear_start=args.linear_start,
     )
     import optuna
 

@@ -52,6 +52,8 @@ REPRO = "repro"
 #: Set on the trial that ran the user's ``--baseline`` configuration; on a trial queued again
 #: after a database error, the number of the trial it repeats.
 BASELINE = "baseline"
+#: Set on the trial that trains the linear reference's configuration (depth 0), queued first.
+LINEAR_START = "linear_start"
 REQUEUED_FROM = "requeued_from"
 
 # Cross-validation: each fold's score and restored epoch.

@@ -144,3 +144,43 @@ def test_the_reference_is_stored_once_and_shown_beside_the_pick(any_url, tiny_sp
     test = reference_test_losses("ref", any_url)
     splits = load(data)
     assert test.shape == (len(splits.x_test),) and np.all(np.isfinite(test)) and test.mean() > 0
+
+
+def test_the_linear_start_is_the_reference_in_the_spaces_own_terms():
+    from gapsweep.search_spaces.loader import load_space
+    from gapsweep.sweeps.run.reference import LINEAR_LEARNING_RATE, linear_start
+
+    mlp = load_space("mlp")
+    logistic = {"model": "LogisticRegression", "params": {"C": 0.5}}
+    # C·Σloss + ½‖w‖² over 100 rows is mean loss + ‖w‖²/(2·C·100): l2 = 0.01.
+    start = linear_start(logistic, mlp, 100)
+    assert start == {
+        "n_layers": 0, "l2": pytest.approx(0.01), "learning_rate": LINEAR_LEARNING_RATE,
+        "epochs": mlp.params["epochs"].high,
+    }
+    ridge = linear_start({"model": "Ridge", "params": {"alpha": 1e-9}}, mlp, 100)
+    assert ridge is not None and ridge["l2"] == mlp.params["l2"].low  # clipped into the space
+    # Spaces that cannot train a linear model get no linear start.
+    assert linear_start(logistic, load_space("cnn"), 100) is None
+    deep = load_space({**LINEAR_SPACE, "n_layers": {"type": "int", "low": 1, "high": 3}})
+    assert linear_start(logistic, deep, 100) is None
+    # A fixed parameter is not Optuna's to set; a value the space cannot take is left to the sampler.
+    fixed = load_space({**LINEAR_SPACE, "learning_rate": {"type": "categorical", "choices": [0.001, 0.01]}})
+    assert linear_start(logistic, fixed, 100) == {"n_layers": 0, "l2": pytest.approx(0.01)}
+
+
+@pytest.mark.slow
+def test_a_new_study_tries_the_linear_reference_first(any_url, tiny_space):
+    data = DataSpec("wine", train_fraction=0.4)
+    space = {**tiny_space, "n_layers": {"type": "int", "low": 0, "high": 2}}
+    config = SweepConfig(study="start", space=space, data=data, trials=2, storage=any_url, pruner="none",
+                         objective=ObjectiveSettings(keep_models=0))
+    launch(config, progress=False)
+    first = next(t for t in list_trials("start", any_url) if t.number == 0)
+    assert first.params["n_layers"] == 0 and first.attrs["linear_start"] is True
+    assert first.state == "COMPLETE" and first.attrs["val_loss"] < 1.0
+    # A resume queues nothing more; a study launched without it samples its first trial.
+    launch(replace(config, trials=3), progress=False)
+    assert sum(bool(t.attrs.get("linear_start")) for t in list_trials("start", any_url)) == 1
+    launch(replace(config, study="plain", linear_start=False), progress=False)
+    assert not any(t.attrs.get("linear_start") for t in list_trials("plain", any_url))

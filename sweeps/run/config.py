@@ -83,6 +83,9 @@ class SweepConfig:
     #: Where trained models and checkpoints keep their bytes: ``database`` (None), a shared folder
     #: (``file:///shared/gapsweep-artifacts``) or ``s3://bucket/prefix``; stored with the study.
     artifacts: str = artifact_store.DATABASE
+    #: A new study's first trial trains the linear reference's configuration where the space can
+    #: express it (``reference.linear_start``), so the sweep always tries the simplest sound model.
+    linear_start: bool = True
 
     def __post_init__(self) -> None:
         if not self.study or not isinstance(self.study, str):
@@ -94,6 +97,8 @@ class SweepConfig:
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler '{self.sampler}'; use one of {', '.join(SAMPLERS)}")
         _whole("trials", self.trials, 1)
+        if not isinstance(self.linear_start, bool):
+            raise ConfigError(f"linear_start must be true or false, got {self.linear_start!r}")
         if self.timeout is not None and not (self.timeout > 0):
             raise ConfigError(f"timeout must be > 0 seconds, got {self.timeout!r}")
         objective = self.objective
@@ -160,6 +165,7 @@ class SweepConfig:
             "baseline": self.baseline,
             "max_failures": self.max_failures,
             "artifacts": self.artifacts,
+            "linear_start": self.linear_start,
         }
 
     def _stored_data(self) -> dict[str, Any]:

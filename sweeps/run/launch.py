@@ -45,7 +45,7 @@ from gapsweep.storage.url import parse
 from gapsweep.sweeps.data import datasets, in_memory
 from gapsweep.sweeps.run.config import SweepConfig
 from gapsweep.sweeps.run.jobs import JobSpec, check_jobs, parse_gpus, run_jobs, select_device, usable_cores
-from gapsweep.sweeps.run.reference import fit_reference
+from gapsweep.sweeps.run.reference import fit_reference, linear_start
 from gapsweep.sweeps.data.datasets import Splits
 from gapsweep.sweeps.trial.models import ModelKeeper
 from gapsweep.sweeps.trial.objective import Objective
@@ -140,10 +140,8 @@ def prepare(config: SweepConfig, *, salt: str | None = None, allow_objective_cha
                 study.set_user_attr(REFERENCE_ATTR, reference)
         n_existing = len(study.get_trials(deepcopy=False))
         study.sampler = _sampler(config, n_existing=n_existing, salt=salt)
-        if config.baseline is not None and n_existing == 0:
-            # The user's current configuration runs first, so every summary can compare against it.
-            study.enqueue_trial(config.baseline, user_attrs={trial_keys.BASELINE: True})
-            n_existing += 1
+        if n_existing == 0:
+            n_existing += _enqueue_starts(study, config, hypermodel, study.user_attrs.get(REFERENCE_ATTR), len(splits.x_train))
     except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         storage.engine.dispose()
         raise describe_failure(storage.engine.url, exc.__cause__ or exc) from None
@@ -151,6 +149,24 @@ def prepare(config: SweepConfig, *, salt: str | None = None, allow_objective_cha
         storage.engine.dispose()
         raise
     return Sweep(config, hypermodel, splits, storage, study, store, salt=salt, trials_seen=n_existing)
+
+
+def _enqueue_starts(
+    study: optuna.Study, config: SweepConfig, hypermodel: Hypermodel, reference: dict[str, Any] | None, train_rows: int
+) -> int:
+    """Queue a new study's first trials: the user's baseline (so every summary can compare
+    against it), then the linear reference's configuration. Returns how many were queued."""
+    starts = []
+    if config.baseline is not None:
+        starts.append((config.baseline, trial_keys.BASELINE))
+    space = getattr(hypermodel, "space", None)
+    if config.linear_start and reference is not None and space is not None:
+        linear = linear_start(reference, space, train_rows)
+        if linear is not None:
+            starts.append((linear, trial_keys.LINEAR_START))
+    for params, key in starts:
+        study.enqueue_trial(params, user_attrs={key: True})
+    return len(starts)
 
 
 def _check_resume(
