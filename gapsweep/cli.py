@@ -748,7 +748,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if "val_loss" in meta:
             what += f" (val loss {meta['val_loss']:.4f}; the members' mean {meta['members_mean_val_loss']:.4f})"
     else:
-        what = f"trial {exported.trial_number} (score {meta.get('score') or float('nan'):.4f})"
+        score = meta.get("score")
+        what = f"trial {exported.trial_number}" + (f" (score {score:.4f})" if score is not None else "")
     if exported.refit:
         epochs = meta["refit_epochs"]
         epochs_text = ", ".join(map(str, epochs)) if isinstance(epochs, list) else str(epochs)

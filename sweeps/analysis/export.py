@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from gapsweep.storage import trial_keys
 from gapsweep.errors import ConfigError, StudyNotFoundError
 from gapsweep.storage import artifacts, queries
@@ -168,35 +170,36 @@ def _chosen(engine: Any, study: str, trial: int | None) -> int:
 
 
 def _ensemble(study: str, storage: str | None, k: int, refit: bool, path: Path) -> tuple[bytes, Exported]:
-    """The ensemble file's bytes: the K best trials' models (stored, or refit) averaged."""
+    """The ensemble file's bytes: up to K trials' models (stored, or refit) averaged.
+
+    Where stored models allow, the members are chosen on the val rows by forward selection
+    (``forward_selection``), so the average never has a higher val loss than the study's pick:
+    averaging in a weaker trial can cost more than the diversity gains. Without stored models, a
+    refit ensemble takes the K best trials.
+    """
     config = stored_sweep(study, storage)
+    splits = datasets.load(config.data, config.code_dir)
     with reading(storage) as engine:
         complete = queries.state_counts(engine, study)["COMPLETE"]
         ranked = [number for _, number in queries.best_values(engine, study, complete)] if complete else []
-        if not refit:
-            stored = set(artifacts.trial_numbers(engine, study, artifacts.MODEL)) if artifacts.schema_version(engine) else set()
-            ranked = [number for number in ranked if number in stored]
-        chosen = ranked[:k]
-        if len(chosen) < 2:
+        stored = set(artifacts.trial_numbers(engine, study, artifacts.MODEL)) if artifacts.schema_version(engine) else set()
+        blobs = [blob for number in ranked if number in stored and (blob := artifacts.load(engine, study, number, artifacts.MODEL))]
+        selected_from = len(blobs) if len(blobs) >= 2 else None  # stored models to choose among
+        if selected_from is not None:
+            predictions = [unwrap(model_from_bytes(blob.data, compile=False)).predict(splits.x_val, verbose=0) for blob in blobs]
+            picked = forward_selection(predictions, splits, k)
+            chosen, blobs = [blobs[i].trial_number for i in picked], [blobs[i] for i in picked]
+        elif refit and len(ranked) >= 2:
+            chosen = ranked[:k]
+        else:
             where = "are complete" if refit else "have a stored model"
+            found = len(ranked) if refit else len(blobs)
             raise StudyNotFoundError(
-                f"only {len(chosen)} trial(s) of study '{study}' {where}; an ensemble needs at least 2"
+                f"only {found} trial(s) of study '{study}' {where}; an ensemble needs at least 2"
                 + ("" if refit else " (raise objective.keep_models, or add --refit to retrain the best trials)")
             )
-        if refit:
-            records = [queries.get_trial(engine, study, number) for number in chosen]
-        else:
-            blobs = [blob for number in chosen if (blob := artifacts.load(engine, study, number, artifacts.MODEL))]
-            chosen = [blob.trial_number for blob in blobs]
-    note = None
-    if len(chosen) < k:
-        why = (
-            f"the study has {len(chosen)} complete trials" if refit
-            else f"only {len(chosen)} trials have a stored model (the study keeps the best "
-            f"objective.keep_models = {config.objective.keep_models})"
-        )
-        note = f"asked for {k} members but {why}; the ensemble averages {len(chosen)}"
-    splits = datasets.load(config.data, config.code_dir)
+        records = [queries.get_trial(engine, study, number) for number in chosen] if refit else []
+    note = _members_note(k, len(chosen), selected_from, len(ranked), config.objective.keep_models)
     meta: dict[str, Any] = {}
     if refit:
         data = []
@@ -211,6 +214,39 @@ def _ensemble(study: str, storage: str | None, k: int, refit: bool, path: Path) 
     if not refit:  # refit members have seen the val rows: their val loss would mean nothing
         meta.update(_val_losses(ensemble, splits, chosen))
     return raw_input_model_bytes(ensemble, splits.preprocessing), Exported(study, path, chosen, refit, meta, note)
+
+
+def forward_selection(predictions: list[np.ndarray], splits: Splits, k: int) -> list[int]:
+    """Positions of the ensemble's members among ``predictions`` (val-row predictions, the study's
+    pick first): the pick alone, then one at a time the model whose addition lowers the average's
+    val loss most, until ``k`` members or until no addition lowers it (Caruana et al., 2004,
+    without repeats)."""
+
+    def loss(members: list[int]) -> float:
+        average = np.mean([predictions[i] for i in members], axis=0)
+        return float(losses.per_example(splits.task, splits.y_val, average).mean())
+
+    chosen, current = [0], loss([0])
+    while len(chosen) < k:
+        options = [(loss([*chosen, i]), i) for i in range(len(predictions)) if i not in chosen]
+        if not options or min(options)[0] >= current:
+            break
+        current, best = min(options)
+        chosen.append(best)
+    return chosen
+
+
+def _members_note(k: int, members: int, stored: int | None, complete: int, keep: int) -> str | None:
+    """Why the ensemble has fewer than ``k`` members, if it has."""
+    if members >= k:
+        return None
+    if stored is None:
+        why = f"the study has {complete} complete trials"
+    elif stored < k and members == stored:
+        why = f"only {stored} trials have a stored model (the study keeps the best objective.keep_models = {keep})"
+    else:
+        why = f"adding any other of the {stored} stored models did not lower the val loss of the average"
+    return f"asked for {k} members but {why}; the ensemble averages {members}"
 
 
 def average_models(blobs: list[bytes], numbers: list[int]) -> "keras.Model":
@@ -236,8 +272,9 @@ def average_models(blobs: list[bytes], numbers: list[int]) -> "keras.Model":
     inputs = keras.Input(shape=tuple(members[0].inputs[0].shape[1:]), name="features")
     for number, member in zip(numbers, members):
         member.name = member_name(number)  # sub-models need distinct names
-    outputs = keras.layers.Average(name="average")([member(inputs) for member in members])
-    ensemble = keras.Model(inputs, outputs, name="gapsweep_ensemble")
+    outputs = [member(inputs) for member in members]
+    output = keras.layers.Average(name="average")(outputs) if len(outputs) > 1 else outputs[0]
+    ensemble = keras.Model(inputs, output, name="gapsweep_ensemble")
     if compile_config is not None:
         ensemble.compile_from_config(compile_config)
     return ensemble
