@@ -112,6 +112,9 @@ def test_vs_kerastuner_quick(tmp_path):
         assert times == sorted(times) and times[-1] <= run["wall_s"]
         assert all(point["test_loss"] > 0 for point in run["timeline"])
     assert set(payload["target"]["per_seed"]["0"]) >= {"hyperband_final_test_loss", "time_fraction", "met"}
+    # gapsweep's final point is its exported refit model, timed within its wall time.
+    ours = payload["runs"][0]["timeline"]
+    assert ours[-1]["trial"] == "export --refit" and ours[-1]["t"] == payload["runs"][0]["wall_s"]
 
 
 def test_jobs_quick(tmp_path):
