@@ -1,15 +1,18 @@
 """Train one configuration: Keras fit with the honest train loss, early stopping and pruning.
 
-Per epoch, ``GapMonitor`` evaluates the *training* data in inference mode with the pure loss
-metric (no dropout noise, no L2 term) and runs the one validation pass itself: it predicts the val
-rows and computes each row's pure loss, so the epoch's val loss, its standard error (the bound of
-the penalty) and, for classifiers, its accuracy come from that single pass (Keras' own validation
-pass is not run; a compiled metric for ℓ² would put a custom class into every saved model). It
-writes the ``score`` (``gapsweep.sweeps.trial.score``) into the epoch logs. Keras'
-``EarlyStopping`` watches that score and restores the best epoch's weights; the pruning callback
-reports it to Optuna. The curves are kept whole, also for a trial that is pruned or diverges, so
-they can be stored and re-ranked later. After fit, one prediction of the val rows with the
-restored weights gives the per-example losses the paired selection rule compares.
+Per epoch, ``GapMonitor`` runs one inference-mode prediction (no dropout noise) of the val rows
+together with a fixed subsample of training rows (as many as the val rows, drawn once per trial
+from its seed; all of them when the training set is no larger) and computes each row's pure loss
+(the model's own loss without the L2 term). From that single pass come the epoch's val loss, its
+standard error (the bound of the penalty), for classifiers its accuracy, and the honest train
+loss with its standard error, an estimate of the loss over all training rows. Keras' own
+validation pass is not run, and the training rows are not evaluated in full: either costs a
+``evaluate`` call per epoch, large beside a small epoch. It writes the ``score``
+(``gapsweep.sweeps.trial.score``) into the epoch logs. Keras' ``EarlyStopping`` watches that
+score and restores the best epoch's weights; the pruning callback reports it to Optuna. The
+curves are kept whole, also for a trial that is pruned or diverges, so they can be stored and
+re-ranked later. After fit, one prediction with the restored weights gives the per-example val
+losses the paired selection rule compares.
 """
 
 from __future__ import annotations
@@ -61,24 +64,26 @@ def explosion_limit(splits: Splits) -> float:
 
 @dataclass
 class Curves:
-    """Per-epoch pure losses: train measured in inference mode, val as Keras reports it."""
+    """Per-epoch pure losses in inference mode: train on the training subsample, val on all val rows."""
 
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
     #: Standard error of each epoch's val loss: sd(per-example loss) / √n.
     val_se: list[float] = field(default_factory=list)
+    #: Standard error of each epoch's train loss, an estimate from the training subsample.
+    train_se: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, list[float]]:
         out = {"train_loss": self.train_loss, "val_loss": self.val_loss}
-        for name in ("val_accuracy", "val_se"):
+        for name in ("val_accuracy", "val_se", "train_se"):
             if getattr(self, name):
                 out[name] = getattr(self, name)
         return out
 
     def restore(self, stored: Mapping[str, list[float]]) -> None:
         """Take the curves of a checkpoint (in place, so a caller's reference stays valid)."""
-        for name in ("train_loss", "val_loss", "val_accuracy", "val_se"):
+        for name in ("train_loss", "val_loss", "val_accuracy", "val_se", "train_se"):
             getattr(self, name)[:] = stored.get(name, [])
 
 
@@ -92,7 +97,7 @@ def mean_curves(folds: list[Curves]) -> Curves:
 
     return Curves(
         train_loss=mean("train_loss"), val_loss=mean("val_loss"), val_accuracy=mean("val_accuracy"),
-        val_se=mean("val_se"),
+        val_se=mean("val_se"), train_se=mean("train_se"),
     )
 
 
@@ -118,13 +123,15 @@ def _shuffled_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) 
     )
 
 
-def _datasets(splits: Splits, batch_size: int, seed: int) -> tuple["tf.data.Dataset", "tf.data.Dataset"]:
-    """The shuffled training batches, and the training rows in order for the honest train loss."""
-    import tensorflow as tf
+def train_subsample(n_train: int, n_val: int, seed: int) -> np.ndarray:
+    """The training rows whose loss stands for the whole training set: ``n_val`` of them, drawn
+    once from ``seed`` (in row order), or all of them when there are no more than ``n_val``.
 
-    train = _shuffled_batches(splits.x_train, splits.y_train, batch_size, seed)
-    train_eval = tf.data.Dataset.from_tensor_slices((splits.x_train, splits.y_train)).batch(_EVAL_BATCH)
-    return train, train_eval
+    As many rows as the val split give the train loss about the val loss's precision, so the gap
+    is no noisier than the val loss it is added to, at the cost of one val pass."""
+    if n_train <= n_val:
+        return np.arange(n_train)
+    return np.sort(np.random.default_rng(seed).choice(n_train, size=n_val, replace=False))
 
 
 class LossFunction:
@@ -178,62 +185,80 @@ def _accuracy(y: np.ndarray, predictions: np.ndarray, from_logits: bool) -> floa
 
 
 @dataclass
-class ValidationPass:
-    """One epoch's validation, from one prediction of the val rows."""
+class PassLosses:
+    """Per-example pure losses of some rows from one prediction, with the rows' accuracy."""
 
     losses: np.ndarray
     accuracy: float | None
 
     @property
     def mean(self) -> float:
-        return float(self.losses.mean())
+        return float(self.losses.mean()) if len(self.losses) else math.nan
 
     @property
     def se(self) -> float:
-        """sd(per-example loss)/√n: the noise of this val loss as an estimate of its test loss."""
+        """sd(per-example loss)/√n: the noise of this mean as an estimate of the mean over all
+        rows like these."""
         n = len(self.losses)
         return float(self.losses.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
 
 
-class Validator:
-    """Validates a model on the val rows; knows the loss of the prior on the same rows."""
+@dataclass
+class EpochCheck:
+    """One epoch's val rows and training subsample, from one prediction."""
 
-    def __init__(self, model: "keras.Model", splits: Splits) -> None:
+    val: PassLosses
+    train: PassLosses
+
+
+class Validator:
+    """Checks a model on the val rows and the training subsample in one prediction; knows the
+    loss of the prior on the val rows."""
+
+    def __init__(self, model: "keras.Model", splits: Splits, seed: int) -> None:
         self.loss = LossFunction(model)
         self.splits = splits
+        self.rows = train_subsample(len(splits.x_train), len(splits.x_val), seed)
+        self._x = np.concatenate([splits.x_val, splits.x_train[self.rows]])
+        self._y_train = splits.y_train[self.rows]
         self._prior: float | None = None
 
-    def __call__(self, model: "keras.Model") -> ValidationPass:
-        predictions = predict(model, self.splits.x_val)
+    def __call__(self, model: "keras.Model") -> EpochCheck:
+        predictions = predict(model, self._x)
+        n_val = len(self.splits.x_val)
+        val = predictions[:n_val]
+        if self._prior is None and len(self.splits.y_train) and n_val:
+            width = val.reshape(n_val, -1).shape[1]
+            classification = self.splits.task.task == "classification"
+            prior = prior_predictions(self.splits.y_train, n_val, width, classification, self.loss.from_logits)
+            self._prior = float(self.loss(self.splits.y_val, prior.reshape(val.shape)).mean())
+        return EpochCheck(self._losses(self.splits.y_val, val), self._losses(self._y_train, predictions[n_val:]))
+
+    def _losses(self, y: np.ndarray, predictions: np.ndarray) -> PassLosses:
         classification = self.splits.task.task == "classification"
-        if self._prior is None and len(self.splits.y_train):
-            prior = prior_predictions(self.splits.y_train, len(predictions), predictions.reshape(len(predictions), -1).shape[1], classification, self.loss.from_logits)
-            self._prior = float(self.loss(self.splits.y_val, prior.reshape(predictions.shape)).mean())
-        accuracy = _accuracy(self.splits.y_val, predictions, self.loss.from_logits) if classification else None
-        return ValidationPass(self.loss(self.splits.y_val, predictions), accuracy)
+        accuracy = _accuracy(y, predictions, self.loss.from_logits) if classification and len(y) else None
+        return PassLosses(self.loss(y, predictions), accuracy)
 
     @property
     def prior_loss(self) -> float | None:
-        """The prior's mean val loss (known after the first validation)."""
+        """The prior's mean val loss (known after the first check)."""
         return self._prior
 
 
-def _gap_monitor(
-    train_eval: "tf.data.Dataset", validator: Validator, curves: Curves, scoring: Scoring, limit: float
-) -> Any:
+def _gap_monitor(validator: Validator, curves: Curves, scoring: Scoring, limit: float) -> Any:
     import keras
 
     class GapMonitor(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             logs = logs if logs is not None else {}
-            train = float(self.model.evaluate(train_eval, verbose=0, return_dict=True)["pure_loss"])
             checked = validator(self.model)
-            val = checked.mean
+            train, val = checked.train.mean, checked.val.mean
             curves.train_loss.append(train)
             curves.val_loss.append(val)
-            curves.val_se.append(checked.se)
-            if checked.accuracy is not None:
-                curves.val_accuracy.append(checked.accuracy)
+            curves.val_se.append(checked.val.se)
+            curves.train_se.append(checked.train.se)
+            if checked.val.accuracy is not None:
+                curves.val_accuracy.append(checked.val.accuracy)
             if not (math.isfinite(train) and math.isfinite(val) and math.isfinite(float(logs.get("loss", 0.0)))):
                 raise TrainingDiverged(
                     f"loss became non-finite at epoch {epoch} (train {train}, val {val}); "
@@ -245,11 +270,12 @@ def _gap_monitor(
                     "lower the learning rate or its upper bound"
                 )
             logs["train_pure_loss"] = train
+            logs["train_se"] = checked.train.se
             logs["val_pure_loss"] = val
-            logs["val_se"] = checked.se
-            if checked.accuracy is not None:
-                logs["val_accuracy"] = checked.accuracy
-            logs["score"] = evaluate(train, val, scoring, se=checked.se, prior_loss=validator.prior_loss).value
+            logs["val_se"] = checked.val.se
+            if checked.val.accuracy is not None:
+                logs["val_accuracy"] = checked.val.accuracy
+            logs["score"] = evaluate(train, val, scoring, se=checked.val.se, prior_loss=validator.prior_loss).value
 
     return GapMonitor()
 
@@ -351,10 +377,10 @@ def train(
         curves.restore(resume.curves)
     ensure_pure_loss(model)
     scoring = as_scoring(scoring)
-    train_ds, train_eval = _datasets(splits, fit.batch_size, seed)
-    validator = Validator(model, splits)
+    train_ds = _shuffled_batches(splits.x_train, splits.y_train, fit.batch_size, seed)
+    validator = Validator(model, splits, seed)
     early_stopping = _early_stopping(patience, resume)
-    callbacks: list[Any] = [_gap_monitor(train_eval, validator, curves, scoring, explosion_limit(splits)), early_stopping]
+    callbacks: list[Any] = [_gap_monitor(validator, curves, scoring, explosion_limit(splits)), early_stopping]
     if trial is not None:
         callbacks.append(pruning_callback(trial, monitor="score"))
     if checkpoints is not None:
@@ -368,7 +394,7 @@ def train(
         shuffle=False,
         **fit.extra,
     )
-    restored = validator(model)  # the restored epoch's per-example losses (one prediction)
+    restored = validator(model).val  # the restored epoch's per-example losses (one prediction)
     score = best_score(
         curves.train_loss, curves.val_loss, scoring, se_curve=curves.val_se, prior_loss=validator.prior_loss
     )
