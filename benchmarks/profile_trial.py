@@ -2,9 +2,10 @@
 
 The sweep runs through ``launch`` on a SQLite file, as a user's would, in this (fresh) process.
 Timers wrap the pieces in place: building the model, Keras' epoch loop (train steps are the time
-between an epoch's start and its callbacks), the honest train-loss pass, the val pass, the other
-callbacks, and the database writes of the objective. The first epoch of a trial also traces the
-train, test and predict functions; its excess over a later epoch is counted as tracing.
+between an epoch's start and its callbacks), the one prediction that gives the val and the honest
+train loss, the other callbacks, and the database writes of the objective. The first epoch of a
+trial also traces the train and predict functions; its excess over a later epoch is counted as
+tracing.
 ``Sweep bookkeeping`` is what ``launch`` spends outside the objective (Optuna's ask/tell, the
 sampler, the study lock).
 """
@@ -80,8 +81,7 @@ def instrument(clock: Clock) -> None:
     wrap(clock, objective.Objective, "__call__", "objective (whole trial)")
     wrap(clock, optuna.Trial, "report", "db: report + should_prune")
     wrap(clock, optuna.Trial, "should_prune", "db: report + should_prune")
-    wrap(clock, keras.Model, "evaluate", "train-loss pass (evaluate)")
-    wrap(clock, trainer.Validator, "__call__", "val pass (predict + loss)")
+    wrap(clock, trainer.Validator, "__call__", "val + train-loss pass (one predict)")
     wrap(clock, keras.Model, "fit", "fit (whole)")
 
     begin, end = CallbackList.on_epoch_begin, CallbackList.on_epoch_end
@@ -139,8 +139,7 @@ def breakdown(run: dict[str, Any]) -> list[dict[str, Any]]:
         return sum(e.get(part, 0.0) for e in per_epoch), max(excess, 0.0)
 
     steps, steps_trace = in_epochs("train steps")
-    train_pass, train_trace = in_epochs("train-loss pass (evaluate)")
-    val_pass, val_trace = in_epochs("val pass (predict + loss)")
+    check, check_trace = in_epochs("val + train-loss pass (one predict)")
     report_prune, _ = in_epochs("db: report + should_prune")
     callbacks = totals.get("callbacks (all)", 0.0)
     fit = totals.get("fit (whole)", 0.0)
@@ -148,15 +147,13 @@ def breakdown(run: dict[str, Any]) -> list[dict[str, Any]]:
         "fresh session (clear_session, seed)": totals.get("fresh session (clear_session, seed)", 0.0),
         "build and compile": totals.get("build and compile", 0.0),
         "trace: train step": steps_trace,
-        "trace: train-loss pass": train_trace,
-        "trace: val pass": val_trace,
+        "trace: predict step": check_trace,
         "train steps": steps - steps_trace,
-        "val pass (predict + loss)": val_pass - val_trace,
-        "train-loss pass": train_pass - train_trace,
+        "val + train-loss pass (one predict)": check - check_trace,
         "db: report + should_prune": report_prune,
-        "other callbacks (gap monitor, early stopping, checkpointer)": callbacks - train_pass - val_pass - report_prune,
+        "other callbacks (gap monitor, early stopping, checkpointer)": callbacks - check - report_prune,
         "fit setup and teardown": fit - steps - callbacks,
-        "val pass after fit (restored weights)": totals.get("val pass (predict + loss)", 0.0) - val_pass,
+        "val pass after fit (restored weights)": totals.get("val + train-loss pass (one predict)", 0.0) - check,
         "db: trial attributes": totals.get("db: trial attributes", 0.0),
         "db: per-example val losses": totals.get("db: per-example val losses", 0.0),
         "keep model (serialize, db)": totals.get("keep model (serialize, db)", 0.0),

@@ -165,7 +165,7 @@ def test_pruning_stops_a_hopeless_trial(digits, sqlite_url):
     assert hopeless.constraints["gap"] == pytest.approx(best_score(*curves, settings.scoring, se_curve=se_curve).gap)
 
 
-def test_a_model_compiled_by_the_user_gets_the_pure_loss_metric(digits):
+def test_a_model_compiled_by_the_user_is_judged_by_its_own_loss_without_l2(digits):
     import keras
 
     from gapsweep.search_spaces.hypermodel import FitSettings

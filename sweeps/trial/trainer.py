@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 import optuna
 
-from gapsweep.errors import ConfigError
 from gapsweep.search_spaces.builder import build_model, resolve
 from gapsweep.search_spaces.hypermodel import FitSettings
 from gapsweep.sweeps.trial.checkpoints import CheckpointStore, TrainingState
+from gapsweep.sweeps.trial.inference import LossFunction, accuracy, predict
 from gapsweep.sweeps.data.datasets import Splits
 from gapsweep.sweeps.trial.models import model_from_bytes, model_to_bytes
 from gapsweep.sweeps.trial.pruning import pruning_callback
@@ -37,9 +37,6 @@ from gapsweep.sweeps.trial.score import Score, Scoring, as_scoring, best_score, 
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
-
-_EVAL_BATCH = 1024
-
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite, or exploded; the trial fails with this reason and the
@@ -134,31 +131,6 @@ def train_subsample(n_train: int, n_val: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n_train, size=n_val, replace=False))
 
 
-class LossFunction:
-    """The model's own loss, per example and without the L2 term, computed from predictions."""
-
-    def __init__(self, model: "keras.Model") -> None:
-        import keras
-
-        if model.loss is None or isinstance(model.loss, (dict, list, tuple)):
-            raise ConfigError("the model needs one loss (not one per output): compile it with loss=...")
-        loss = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
-        self._fn = loss.call if isinstance(loss, keras.losses.Loss) else loss
-        config = loss.get_config() if hasattr(loss, "get_config") else {}
-        self.from_logits = bool(config.get("from_logits", False))
-
-    def __call__(self, y: np.ndarray, predictions: np.ndarray) -> np.ndarray:
-        import keras
-
-        values = keras.ops.convert_to_numpy(self._fn(keras.ops.convert_to_tensor(y), keras.ops.convert_to_tensor(predictions)))
-        return np.asarray(values, dtype=np.float64).reshape(len(y), -1).mean(axis=1)
-
-
-def predict(model: "keras.Model", x: np.ndarray) -> np.ndarray:
-    """Inference-mode predictions, batch by batch through the compiled predict step."""
-    return np.concatenate([np.asarray(model.predict_on_batch(x[i : i + _EVAL_BATCH])) for i in range(0, len(x), _EVAL_BATCH)])
-
-
 def prior_predictions(y_train: np.ndarray, n: int, width: int, classification: bool, from_logits: bool) -> np.ndarray:
     """What a model that learned nothing predicts for ``n`` rows: the train-set class frequencies
     (as logits where the loss takes logits), or the train mean for regression."""
@@ -174,14 +146,6 @@ def prior_predictions(y_train: np.ndarray, n: int, width: int, classification: b
         p = float(np.clip(y.mean(), 1e-7, 1 - 1e-7))
         row = np.array([math.log(p / (1 - p)) if from_logits else p])
     return np.tile(row, (n, 1))
-
-
-def _accuracy(y: np.ndarray, predictions: np.ndarray, from_logits: bool) -> float:
-    if predictions.shape[-1] > 1:
-        truth = y.argmax(axis=-1) if y.ndim == 2 and y.shape[-1] == predictions.shape[-1] else y.reshape(-1)
-        return float(np.mean(predictions.argmax(axis=-1) == truth))
-    guess = predictions.reshape(-1) > (0.0 if from_logits else 0.5)
-    return float(np.mean(guess == (y.reshape(-1) > 0.5)))
 
 
 @dataclass
@@ -236,8 +200,8 @@ class Validator:
 
     def _losses(self, y: np.ndarray, predictions: np.ndarray) -> PassLosses:
         classification = self.splits.task.task == "classification"
-        accuracy = _accuracy(y, predictions, self.loss.from_logits) if classification and len(y) else None
-        return PassLosses(self.loss(y, predictions), accuracy)
+        share = accuracy(y, predictions, self.loss.from_logits) if classification and len(y) else None
+        return PassLosses(self.loss(y, predictions), share)
 
     @property
     def prior_loss(self) -> float | None:
@@ -318,39 +282,6 @@ def _checkpointer(store: CheckpointStore, early_stopping: Any, curves: Curves) -
     return Checkpointer()
 
 
-def ensure_pure_loss(model: "keras.Model") -> None:
-    """Give a user-compiled model the ``pure_loss`` metric: its own loss without the L2 term.
-
-    The MLP builder compiles with it already; another model (a KerasTuner hypermodel's) is
-    recompiled with its own optimizer, loss and metrics plus this one, before any training.
-    """
-    import keras
-
-    serialized = (model.get_compile_config() or {}).get("metrics") or []
-    if not isinstance(serialized, list) or any(isinstance(metric, (list, dict)) and "class_name" not in metric for metric in serialized):
-        raise ConfigError("the hypermodel's model must be compiled with one flat list of metrics (one output)")
-    if any(_metric_name(metric) == "pure_loss" for metric in serialized):
-        return
-    if model.loss is None:
-        raise ConfigError("the hypermodel's model has no loss: compile it with a loss in build(hp)")
-    try:
-        # A name stays a name, so Keras picks the variant that fits the loss ("accuracy").
-        metrics = [metric if isinstance(metric, str) else keras.metrics.get(metric) for metric in serialized]
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"the hypermodel's metrics cannot be rebuilt ({exc}); register a custom metric with "
-            "keras.saving.register_keras_serializable"
-        ) from None
-    loss = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
-    pure = keras.metrics.MeanMetricWrapper(fn=loss, name="pure_loss")
-    model.compile(optimizer=model.optimizer, loss=model.loss, metrics=[pure, *metrics])
-
-
-def _metric_name(metric: str | dict[str, Any]) -> str | None:
-    """A compiled metric's name, from Keras' serialized compile config."""
-    return metric if isinstance(metric, str) else metric.get("config", {}).get("name")
-
-
 def train(
     model: "keras.Model",
     fit: FitSettings,
@@ -375,7 +306,6 @@ def train(
     if resume is not None:
         model = model_from_bytes(resume.model)
         curves.restore(resume.curves)
-    ensure_pure_loss(model)
     scoring = as_scoring(scoring)
     train_ds = _shuffled_batches(splits.x_train, splits.y_train, fit.batch_size, seed)
     validator = Validator(model, splits, seed)
