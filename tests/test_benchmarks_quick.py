@@ -126,7 +126,7 @@ def test_speed_quick(tmp_path):
         assert run["wall_s"] > 0 and sum(t["epochs"] for t in run["trials"]) > 0
     for task in tasks:
         gapsweep, plain, floor = (next(r for r in payload["runs"] if r["task"] == task and r["arm"] == arm) for arm in ("gapsweep", "plain", "floor"))
-        assert len(gapsweep["trials"]) == len(plain["trials"]) == payload["settings"]["trials"]
+        assert len(gapsweep["trials"]) == len(plain["trials"]) == payload["settings"]["trials"][task]
         # The floor refits exactly the epochs gapsweep's trials ran.
         assert [t["epochs"] for t in floor["trials"]] == [t["epochs"] for t in gapsweep["trials"] if t["epochs"]]
     for task, outcome in payload["target"]["per_task"].items():
