@@ -228,3 +228,18 @@ def test_prior_predictions_match_the_loss_they_feed():
     assert prior_predictions(binary, 2, 1, True, True)[0] == pytest.approx([np.log(3.0)])
     target = np.array([[1.0, 10.0], [3.0, 20.0]])
     assert prior_predictions(target, 3, 2, False, False)[2] == pytest.approx([2.0, 15.0])
+
+
+def test_predictions_trace_the_predict_step_once_per_model(digits):
+    from gapsweep.search_spaces.builder import build_model, resolve
+    from gapsweep.sweeps.trial.inference import predict
+    from gapsweep.sweeps.trial.runtime import fresh_session
+
+    fresh_session(0)
+    model = build_model(resolve({"units": 16, "dropout": 0.5}), digits.task)
+    x = np.concatenate([digits.x_train, digits.x_val, digits.x_test])
+    for rows in (700, 300, len(x)):  # fewer than one batch, and more than one with a short last one
+        predictions = predict(model, x[:rows])
+        assert predictions.shape == (rows, 10)
+        np.testing.assert_allclose(predictions, np.asarray(model(x[:rows], training=False)), rtol=1e-5, atol=1e-6)
+    assert model.predict_function.experimental_get_tracing_count() == 1

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import keras
 
 #: Rows per predict step: a bounded batch keeps a large split from one huge tensor.
-_EVAL_BATCH = 1024
+EVAL_BATCH = 1024
 
 
 class LossFunction:
@@ -43,8 +43,18 @@ class LossFunction:
 
 
 def predict(model: "keras.Model", x: np.ndarray) -> np.ndarray:
-    """Inference-mode predictions, batch by batch through the compiled predict step."""
-    return np.concatenate([np.asarray(model.predict_on_batch(x[i : i + _EVAL_BATCH])) for i in range(0, len(x), _EVAL_BATCH)])
+    """Inference-mode predictions, batch by batch through the compiled predict step.
+
+    Every batch has ``EVAL_BATCH`` rows (the last is padded, its padding's predictions dropped),
+    so the step is traced once per model whatever the number of rows: tracing costs more than
+    predicting a thousand rows of a small model.
+    """
+    batches = []
+    for start in range(0, len(x), EVAL_BATCH):
+        rows = x[start : start + EVAL_BATCH]
+        padding = np.zeros((EVAL_BATCH - len(rows), *rows.shape[1:]), dtype=rows.dtype)
+        batches.append(np.asarray(model.predict_on_batch(np.concatenate([rows, padding])))[: len(rows)])
+    return np.concatenate(batches)
 
 
 def accuracy(y: np.ndarray, predictions: np.ndarray, from_logits: bool) -> float:
