@@ -6,7 +6,7 @@ from its seed; all of them when the training set is no larger) and computes each
 (the model's own loss without the L2 term). From that single pass come the epoch's val loss, its
 standard error (the bound of the penalty), for classifiers its accuracy, and the honest train
 loss with its standard error, an estimate of the loss over all training rows. Keras' own
-validation pass is not run, and the training rows are not evaluated in full: either costs a
+validation pass is not run, and the training rows are not evaluated in full: either costs an
 ``evaluate`` call per epoch, large beside a small epoch. It writes the ``score``
 (``gapsweep.sweeps.trial.score``) into the epoch logs. Keras' ``EarlyStopping`` watches that
 score and restores the best epoch's weights; the pruning callback reports it to Optuna. The
@@ -37,6 +37,7 @@ from gapsweep.sweeps.trial.score import Score, Scoring, as_scoring, best_score, 
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite, or exploded; the trial fails with this reason and the
@@ -150,7 +151,8 @@ def prior_predictions(y_train: np.ndarray, n: int, width: int, classification: b
 
 @dataclass
 class PassLosses:
-    """Per-example pure losses of some rows from one prediction, with the rows' accuracy."""
+    """Per-example pure losses of some rows from one prediction, with a classifier's accuracy on
+    them where it is wanted (the val rows)."""
 
     losses: np.ndarray
     accuracy: float | None
@@ -196,12 +198,12 @@ class Validator:
             classification = self.splits.task.task == "classification"
             prior = prior_predictions(self.splits.y_train, n_val, width, classification, self.loss.from_logits)
             self._prior = float(self.loss(self.splits.y_val, prior.reshape(val.shape)).mean())
-        return EpochCheck(self._losses(self.splits.y_val, val), self._losses(self._y_train, predictions[n_val:]))
-
-    def _losses(self, y: np.ndarray, predictions: np.ndarray) -> PassLosses:
         classification = self.splits.task.task == "classification"
-        share = accuracy(y, predictions, self.loss.from_logits) if classification and len(y) else None
-        return PassLosses(self.loss(y, predictions), share)
+        share = accuracy(self.splits.y_val, val, self.loss.from_logits) if classification and n_val else None
+        return EpochCheck(
+            PassLosses(self.loss(self.splits.y_val, val), share),
+            PassLosses(self.loss(self._y_train, predictions[n_val:]), None),
+        )
 
     @property
     def prior_loss(self) -> float | None:
