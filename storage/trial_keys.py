@@ -60,7 +60,7 @@ REQUEUED_FROM = "requeued_from"
 FOLD_SCORES = "fold_scores"
 FOLD_BEST_EPOCHS = "fold_best_epochs"
 
-#: Per-epoch curves: ``curve.train_loss``, ``curve.val_loss``, ``curve.val_se``,
+#: Per-epoch curves: ``curve.train_loss``, ``curve.train_se``, ``curve.val_loss``, ``curve.val_se``,
 #: ``curve.val_accuracy``; under cross-validation also ``curve.fold{i}.*`` per fold.
 CURVE_PREFIX = "curve."
 #: Values the space fixes (not Optuna params): ``fixed.NAME``.

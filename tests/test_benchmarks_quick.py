@@ -127,3 +127,22 @@ def test_jobs_quick(tmp_path):
     target = payload["target"]
     assert target["ratio"] == pytest.approx(payload["rows"][0]["wall_s"] / payload["rows"][1]["wall_s"])
     assert target["time_met"] == (target["ratio"] <= target["ratio_at_most"])
+
+
+def test_speed_quick(tmp_path):
+    payload = run_quick("speed", tmp_path)
+    tasks = list(payload["settings"]["tasks"])
+    assert [(row["task"], row["arm"]) for row in payload["rows"]] == [
+        (task, arm) for task in tasks for arm in ("gapsweep", "plain", "floor")
+    ]
+    for run in payload["runs"]:
+        assert run["wall_s"] > 0 and sum(t["epochs"] for t in run["trials"]) > 0
+    for task in tasks:
+        gapsweep, plain, floor = (next(r for r in payload["runs"] if r["task"] == task and r["arm"] == arm) for arm in ("gapsweep", "plain", "floor"))
+        assert len(gapsweep["trials"]) == len(plain["trials"]) == payload["settings"]["trials"][task]
+        # The floor refits exactly the epochs gapsweep's trials ran.
+        assert [t["epochs"] for t in floor["trials"]] == [t["epochs"] for t in gapsweep["trials"] if t["epochs"]]
+    for task, outcome in payload["target"]["per_task"].items():
+        row = next(r for r in payload["rows"] if r["task"] == task and r["arm"] == "gapsweep")
+        assert outcome["sweep_vs_plain"] == pytest.approx(row["sweep_vs_plain"])
+        assert outcome["epoch_met"] == (row["epoch_vs_floor"] <= payload["target"]["epoch_ratio_at_most"])

@@ -2,11 +2,15 @@
 per model.
 
 TensorFlow is imported here and nowhere at module level, so commands that only query the
-database never load it.
+database never load it. Its import leaves some 400,000 Python objects that live as long as the
+process; they are frozen out of the garbage collector (``gc.freeze``), so the collection that
+frees each old model (``clear_session``) scans only what the trials created: about 20 ms instead
+of 0.5–1 s per trial.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 
 _device: str | None = None
@@ -45,5 +49,9 @@ def init_tensorflow(threads: int | None = 1) -> str:
             tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:
         pass  # TensorFlow already ran an op in this process; its settings are fixed.
+    import keras  # noqa: F401  (its import-time objects are frozen with TensorFlow's)
+
+    gc.collect()
+    gc.freeze()
     _device = "GPU:0" if gpus else "CPU"
     return _device

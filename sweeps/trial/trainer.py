@@ -1,15 +1,18 @@
 """Train one configuration: Keras fit with the honest train loss, early stopping and pruning.
 
-Per epoch, ``GapMonitor`` evaluates the *training* data in inference mode with the pure loss
-metric (no dropout noise, no L2 term) and runs the one validation pass itself: it predicts the val
-rows and computes each row's pure loss, so the epoch's val loss, its standard error (the bound of
-the penalty) and, for classifiers, its accuracy come from that single pass (Keras' own validation
-pass is not run; a compiled metric for ℓ² would put a custom class into every saved model). It
-writes the ``score`` (``gapsweep.sweeps.trial.score``) into the epoch logs. Keras'
-``EarlyStopping`` watches that score and restores the best epoch's weights; the pruning callback
-reports it to Optuna. The curves are kept whole, also for a trial that is pruned or diverges, so
-they can be stored and re-ranked later. After fit, one prediction of the val rows with the
-restored weights gives the per-example losses the paired selection rule compares.
+Per epoch, ``GapMonitor`` runs one inference-mode prediction (no dropout noise) of the val rows
+together with a fixed subsample of training rows (as many as the val rows, drawn once per trial
+from its seed; all of them when the training set is no larger) and computes each row's pure loss
+(the model's own loss without the L2 term). From that single pass come the epoch's val loss, its
+standard error (the bound of the penalty), for classifiers its accuracy, and the honest train
+loss with its standard error, an estimate of the loss over all training rows. Keras' own
+validation pass is not run, and the training rows are not evaluated in full: either costs an
+``evaluate`` call per epoch, large beside a small epoch. It writes the ``score``
+(``gapsweep.sweeps.trial.score``) into the epoch logs. Keras' ``EarlyStopping`` watches that
+score and restores the best epoch's weights; the pruning callback reports it to Optuna. The
+curves are kept whole, also for a trial that is pruned or diverges, so they can be stored and
+re-ranked later. After fit, one prediction with the restored weights gives the per-example val
+losses the paired selection rule compares.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 import optuna
 
-from gapsweep.errors import ConfigError
 from gapsweep.search_spaces.builder import build_model, resolve
 from gapsweep.search_spaces.hypermodel import FitSettings
 from gapsweep.sweeps.trial.checkpoints import CheckpointStore, TrainingState
+from gapsweep.sweeps.trial.inference import LossFunction, accuracy, predict
 from gapsweep.sweeps.data.datasets import Splits
 from gapsweep.sweeps.trial.models import model_from_bytes, model_to_bytes
 from gapsweep.sweeps.trial.pruning import pruning_callback
@@ -34,8 +37,6 @@ from gapsweep.sweeps.trial.score import Score, Scoring, as_scoring, best_score, 
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
-
-_EVAL_BATCH = 1024
 
 
 class TrainingDiverged(RuntimeError):
@@ -61,24 +62,26 @@ def explosion_limit(splits: Splits) -> float:
 
 @dataclass
 class Curves:
-    """Per-epoch pure losses: train measured in inference mode, val as Keras reports it."""
+    """Per-epoch pure losses in inference mode: train on the training subsample, val on all val rows."""
 
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
     #: Standard error of each epoch's val loss: sd(per-example loss) / √n.
     val_se: list[float] = field(default_factory=list)
+    #: Standard error of each epoch's train loss, an estimate from the training subsample.
+    train_se: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, list[float]]:
         out = {"train_loss": self.train_loss, "val_loss": self.val_loss}
-        for name in ("val_accuracy", "val_se"):
+        for name in ("val_accuracy", "val_se", "train_se"):
             if getattr(self, name):
                 out[name] = getattr(self, name)
         return out
 
     def restore(self, stored: Mapping[str, list[float]]) -> None:
         """Take the curves of a checkpoint (in place, so a caller's reference stays valid)."""
-        for name in ("train_loss", "val_loss", "val_accuracy", "val_se"):
+        for name in ("train_loss", "val_loss", "val_accuracy", "val_se", "train_se"):
             getattr(self, name)[:] = stored.get(name, [])
 
 
@@ -92,7 +95,7 @@ def mean_curves(folds: list[Curves]) -> Curves:
 
     return Curves(
         train_loss=mean("train_loss"), val_loss=mean("val_loss"), val_accuracy=mean("val_accuracy"),
-        val_se=mean("val_se"),
+        val_se=mean("val_se"), train_se=mean("train_se"),
     )
 
 
@@ -118,38 +121,15 @@ def _shuffled_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) 
     )
 
 
-def _datasets(splits: Splits, batch_size: int, seed: int) -> tuple["tf.data.Dataset", "tf.data.Dataset"]:
-    """The shuffled training batches, and the training rows in order for the honest train loss."""
-    import tensorflow as tf
+def train_subsample(n_train: int, n_val: int, seed: int) -> np.ndarray:
+    """The training rows whose loss stands for the whole training set: ``n_val`` of them, drawn
+    once from ``seed`` (in row order), or all of them when there are no more than ``n_val``.
 
-    train = _shuffled_batches(splits.x_train, splits.y_train, batch_size, seed)
-    train_eval = tf.data.Dataset.from_tensor_slices((splits.x_train, splits.y_train)).batch(_EVAL_BATCH)
-    return train, train_eval
-
-
-class LossFunction:
-    """The model's own loss, per example and without the L2 term, computed from predictions."""
-
-    def __init__(self, model: "keras.Model") -> None:
-        import keras
-
-        if model.loss is None or isinstance(model.loss, (dict, list, tuple)):
-            raise ConfigError("the model needs one loss (not one per output): compile it with loss=...")
-        loss = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
-        self._fn = loss.call if isinstance(loss, keras.losses.Loss) else loss
-        config = loss.get_config() if hasattr(loss, "get_config") else {}
-        self.from_logits = bool(config.get("from_logits", False))
-
-    def __call__(self, y: np.ndarray, predictions: np.ndarray) -> np.ndarray:
-        import keras
-
-        values = keras.ops.convert_to_numpy(self._fn(keras.ops.convert_to_tensor(y), keras.ops.convert_to_tensor(predictions)))
-        return np.asarray(values, dtype=np.float64).reshape(len(y), -1).mean(axis=1)
-
-
-def predict(model: "keras.Model", x: np.ndarray) -> np.ndarray:
-    """Inference-mode predictions, batch by batch through the compiled predict step."""
-    return np.concatenate([np.asarray(model.predict_on_batch(x[i : i + _EVAL_BATCH])) for i in range(0, len(x), _EVAL_BATCH)])
+    As many rows as the val split give the train loss about the val loss's precision, so the gap
+    is no noisier than the val loss it is added to, at the cost of one val pass."""
+    if n_train <= n_val:
+        return np.arange(n_train)
+    return np.sort(np.random.default_rng(seed).choice(n_train, size=n_val, replace=False))
 
 
 def prior_predictions(y_train: np.ndarray, n: int, width: int, classification: bool, from_logits: bool) -> np.ndarray:
@@ -169,71 +149,82 @@ def prior_predictions(y_train: np.ndarray, n: int, width: int, classification: b
     return np.tile(row, (n, 1))
 
 
-def _accuracy(y: np.ndarray, predictions: np.ndarray, from_logits: bool) -> float:
-    if predictions.shape[-1] > 1:
-        truth = y.argmax(axis=-1) if y.ndim == 2 and y.shape[-1] == predictions.shape[-1] else y.reshape(-1)
-        return float(np.mean(predictions.argmax(axis=-1) == truth))
-    guess = predictions.reshape(-1) > (0.0 if from_logits else 0.5)
-    return float(np.mean(guess == (y.reshape(-1) > 0.5)))
-
-
 @dataclass
-class ValidationPass:
-    """One epoch's validation, from one prediction of the val rows."""
+class PassLosses:
+    """Per-example pure losses of some rows from one prediction, with a classifier's accuracy on
+    them where it is wanted (the val rows)."""
 
     losses: np.ndarray
     accuracy: float | None
 
     @property
     def mean(self) -> float:
-        return float(self.losses.mean())
+        return float(self.losses.mean()) if len(self.losses) else math.nan
 
     @property
     def se(self) -> float:
-        """sd(per-example loss)/√n: the noise of this val loss as an estimate of its test loss."""
+        """sd(per-example loss)/√n: the noise of this mean as an estimate of the mean over all
+        rows like these."""
         n = len(self.losses)
         return float(self.losses.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
 
 
-class Validator:
-    """Validates a model on the val rows; knows the loss of the prior on the same rows."""
+@dataclass
+class EpochCheck:
+    """One epoch's val rows and training subsample, from one prediction."""
 
-    def __init__(self, model: "keras.Model", splits: Splits) -> None:
+    val: PassLosses
+    train: PassLosses
+
+
+class Validator:
+    """Checks a model on the val rows and the training subsample in one prediction; knows the
+    loss of the prior on the val rows."""
+
+    def __init__(self, model: "keras.Model", splits: Splits, seed: int) -> None:
         self.loss = LossFunction(model)
         self.splits = splits
+        self.rows = train_subsample(len(splits.x_train), len(splits.x_val), seed)
+        self._x = np.concatenate([splits.x_val, splits.x_train[self.rows]])
+        self._y_train = splits.y_train[self.rows]
         self._prior: float | None = None
 
-    def __call__(self, model: "keras.Model") -> ValidationPass:
-        predictions = predict(model, self.splits.x_val)
+    def __call__(self, model: "keras.Model") -> EpochCheck:
+        predictions = predict(model, self._x)
+        n_val = len(self.splits.x_val)
+        val = predictions[:n_val]
+        if self._prior is None and len(self.splits.y_train) and n_val:
+            width = val.reshape(n_val, -1).shape[1]
+            classification = self.splits.task.task == "classification"
+            prior = prior_predictions(self.splits.y_train, n_val, width, classification, self.loss.from_logits)
+            self._prior = float(self.loss(self.splits.y_val, prior.reshape(val.shape)).mean())
         classification = self.splits.task.task == "classification"
-        if self._prior is None and len(self.splits.y_train):
-            prior = prior_predictions(self.splits.y_train, len(predictions), predictions.reshape(len(predictions), -1).shape[1], classification, self.loss.from_logits)
-            self._prior = float(self.loss(self.splits.y_val, prior.reshape(predictions.shape)).mean())
-        accuracy = _accuracy(self.splits.y_val, predictions, self.loss.from_logits) if classification else None
-        return ValidationPass(self.loss(self.splits.y_val, predictions), accuracy)
+        share = accuracy(self.splits.y_val, val, self.loss.from_logits) if classification and n_val else None
+        return EpochCheck(
+            PassLosses(self.loss(self.splits.y_val, val), share),
+            PassLosses(self.loss(self._y_train, predictions[n_val:]), None),
+        )
 
     @property
     def prior_loss(self) -> float | None:
-        """The prior's mean val loss (known after the first validation)."""
+        """The prior's mean val loss (known after the first check)."""
         return self._prior
 
 
-def _gap_monitor(
-    train_eval: "tf.data.Dataset", validator: Validator, curves: Curves, scoring: Scoring, limit: float
-) -> Any:
+def _gap_monitor(validator: Validator, curves: Curves, scoring: Scoring, limit: float) -> Any:
     import keras
 
     class GapMonitor(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             logs = logs if logs is not None else {}
-            train = float(self.model.evaluate(train_eval, verbose=0, return_dict=True)["pure_loss"])
             checked = validator(self.model)
-            val = checked.mean
+            train, val = checked.train.mean, checked.val.mean
             curves.train_loss.append(train)
             curves.val_loss.append(val)
-            curves.val_se.append(checked.se)
-            if checked.accuracy is not None:
-                curves.val_accuracy.append(checked.accuracy)
+            curves.val_se.append(checked.val.se)
+            curves.train_se.append(checked.train.se)
+            if checked.val.accuracy is not None:
+                curves.val_accuracy.append(checked.val.accuracy)
             if not (math.isfinite(train) and math.isfinite(val) and math.isfinite(float(logs.get("loss", 0.0)))):
                 raise TrainingDiverged(
                     f"loss became non-finite at epoch {epoch} (train {train}, val {val}); "
@@ -245,11 +236,12 @@ def _gap_monitor(
                     "lower the learning rate or its upper bound"
                 )
             logs["train_pure_loss"] = train
+            logs["train_se"] = checked.train.se
             logs["val_pure_loss"] = val
-            logs["val_se"] = checked.se
-            if checked.accuracy is not None:
-                logs["val_accuracy"] = checked.accuracy
-            logs["score"] = evaluate(train, val, scoring, se=checked.se, prior_loss=validator.prior_loss).value
+            logs["val_se"] = checked.val.se
+            if checked.val.accuracy is not None:
+                logs["val_accuracy"] = checked.val.accuracy
+            logs["score"] = evaluate(train, val, scoring, se=checked.val.se, prior_loss=validator.prior_loss).value
 
     return GapMonitor()
 
@@ -292,39 +284,6 @@ def _checkpointer(store: CheckpointStore, early_stopping: Any, curves: Curves) -
     return Checkpointer()
 
 
-def ensure_pure_loss(model: "keras.Model") -> None:
-    """Give a user-compiled model the ``pure_loss`` metric: its own loss without the L2 term.
-
-    The MLP builder compiles with it already; another model (a KerasTuner hypermodel's) is
-    recompiled with its own optimizer, loss and metrics plus this one, before any training.
-    """
-    import keras
-
-    serialized = (model.get_compile_config() or {}).get("metrics") or []
-    if not isinstance(serialized, list) or any(isinstance(metric, (list, dict)) and "class_name" not in metric for metric in serialized):
-        raise ConfigError("the hypermodel's model must be compiled with one flat list of metrics (one output)")
-    if any(_metric_name(metric) == "pure_loss" for metric in serialized):
-        return
-    if model.loss is None:
-        raise ConfigError("the hypermodel's model has no loss: compile it with a loss in build(hp)")
-    try:
-        # A name stays a name, so Keras picks the variant that fits the loss ("accuracy").
-        metrics = [metric if isinstance(metric, str) else keras.metrics.get(metric) for metric in serialized]
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"the hypermodel's metrics cannot be rebuilt ({exc}); register a custom metric with "
-            "keras.saving.register_keras_serializable"
-        ) from None
-    loss = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
-    pure = keras.metrics.MeanMetricWrapper(fn=loss, name="pure_loss")
-    model.compile(optimizer=model.optimizer, loss=model.loss, metrics=[pure, *metrics])
-
-
-def _metric_name(metric: str | dict[str, Any]) -> str | None:
-    """A compiled metric's name, from Keras' serialized compile config."""
-    return metric if isinstance(metric, str) else metric.get("config", {}).get("name")
-
-
 def train(
     model: "keras.Model",
     fit: FitSettings,
@@ -349,12 +308,11 @@ def train(
     if resume is not None:
         model = model_from_bytes(resume.model)
         curves.restore(resume.curves)
-    ensure_pure_loss(model)
     scoring = as_scoring(scoring)
-    train_ds, train_eval = _datasets(splits, fit.batch_size, seed)
-    validator = Validator(model, splits)
+    train_ds = _shuffled_batches(splits.x_train, splits.y_train, fit.batch_size, seed)
+    validator = Validator(model, splits, seed)
     early_stopping = _early_stopping(patience, resume)
-    callbacks: list[Any] = [_gap_monitor(train_eval, validator, curves, scoring, explosion_limit(splits)), early_stopping]
+    callbacks: list[Any] = [_gap_monitor(validator, curves, scoring, explosion_limit(splits)), early_stopping]
     if trial is not None:
         callbacks.append(pruning_callback(trial, monitor="score"))
     if checkpoints is not None:
@@ -368,7 +326,7 @@ def train(
         shuffle=False,
         **fit.extra,
     )
-    restored = validator(model)  # the restored epoch's per-example losses (one prediction)
+    restored = validator(model).val  # the restored epoch's per-example losses (one prediction)
     score = best_score(
         curves.train_loss, curves.val_loss, scoring, se_curve=curves.val_se, prior_loss=validator.prior_loss
     )
