@@ -5,7 +5,7 @@ as a trial does but builds a stand-in model; the per-trial Keras session reset i
 trainer returns at once with fake curves, after the trainer's storage work: one
 ``report``/``should_prune`` per epoch and, given a checkpoint store, a checkpoint whenever one is
 due (by default every 30 s of training, so these instant trials write none).
-The stand-in model evaluates instantly and saves as many bytes as a trained Keras model of the
+The stand-in model is scored instantly and saves as many bytes as a trained Keras model of the
 sampled shape would, so checkpoints and kept models cost what they really cost in the
 database (not the Keras serialization around them). Everything else is gapsweep's own loop,
 as ``launch`` runs it: storage settings, study lock and budget checks, stale-trial reaping,
@@ -81,15 +81,12 @@ def noise(n_bytes: int) -> bytes:
 
 
 class StandInModel:
-    """Duck-types what gapsweep calls on a trained model (``evaluate``, ``save``), and carries
-    the sampled values the stub trainer needs."""
+    """Duck-types what gapsweep calls on a trained model (``save``), and carries the sampled
+    values the stub trainer needs."""
 
     def __init__(self, values: Mapping[str, Any]) -> None:
         self.learning_rate = float(values["learning_rate"])
         self.weights = weight_count(int(values["units"]), int(values["n_layers"]))
-
-    def evaluate(self, *_: Any, **__: Any) -> dict[str, float]:
-        return {"loss": 0.3, "pure_loss": 0.25, "accuracy": 0.9}
 
     def save(self, path: str | os.PathLike[str]) -> None:
         Path(path).write_bytes(noise(model_bytes(self.weights)))
@@ -114,6 +111,11 @@ def stub_raw_input_model_bytes(model: StandInModel, preprocessing: Preprocessing
     """``models.raw_input_model_bytes`` without Keras layers: the saved stand-in with its
     ``gapsweep.json``, as a kept model is stored."""
     return with_info(models_module.model_to_bytes(model), preprocessing.info())
+
+
+def stub_held_out_metrics(model: StandInModel, splits: Splits) -> dict[str, float]:
+    """``models.held_out_metrics`` without a prediction: the test metrics a kept trial records."""
+    return {"test_pure_loss": 0.25, "test_accuracy": 0.9}
 
 
 def stub_build(self: SpaceHypermodel, trial: optuna.Trial, task: Any) -> tuple[StandInModel, FitSettings]:
@@ -211,6 +213,7 @@ def run_gapsweep(
         patches.enter_context(mock.patch.object(SpaceHypermodel, "build", stub_build))
         patches.enter_context(mock.patch.object(objective_module, "fresh_session", lambda seed: None))
         patches.enter_context(mock.patch.object(objective_module, "train", stub_train))
+        patches.enter_context(mock.patch.object(objective_module, "held_out_metrics", stub_held_out_metrics))
         patches.enter_context(mock.patch.object(models_module, "raw_input_model_bytes", stub_raw_input_model_bytes))
         if every_epoch:
             patches.enter_context(mock.patch.dict(os.environ, {"GAPSWEEP_CHECKPOINT_S": "0"}))
