@@ -424,7 +424,8 @@ def main(argv: list[str] | None = None) -> None:
         "Against the default pick (`diff_*` = paired test-loss difference variant − pick as a share of the "
         f"pick's test loss, intervals as above; `seeds_lower`: seeds where the variant's test loss was lower): "
         f"`refit`, the pick trained again on train + val rows for its early-stopped epochs (`export --refit`); "
-        f"`ensemble`, the average of the {ENSEMBLE_K} best trials' stored models (`export --ensemble {ENSEMBLE_K}`); "
+        f"`ensemble`, the average of up to {ENSEMBLE_K} stored models chosen on the val rows by forward selection "
+        f"(`export --ensemble {ENSEMBLE_K}`); "
         f"`refit_ensemble`, both; `reference`, the linear model stored beside the study (logistic regression, "
         "its strength chosen on the val rows), refit on the training rows:\n\n" + variant_table,
         f"Target (refit or ensemble): test loss ≥ {TARGET_VARIANT_CUT:.0%} lower than the pick on at least half "
