@@ -165,12 +165,12 @@ def test_the_linear_start_is_the_reference_in_the_spaces_own_terms():
     deep = load_space({**LINEAR_SPACE, "n_layers": {"type": "int", "low": 1, "high": 3}})
     assert linear_start(logistic, deep, 100) is None
     # A fixed parameter is not Optuna's to set; a value the space cannot take is left to the sampler.
-    fixed = load_space({**LINEAR_SPACE, "learning_rate": {"type": "categorical", "choices": [0.001, 0.01]}})
+    fixed = load_space({**LINEAR_SPACE, "learning_rate": {"type": "categorical", "choices": [0.0005, 0.01]}})
     assert linear_start(logistic, fixed, 100) == {"n_layers": 0, "l2": pytest.approx(0.01)}
 
 
 @pytest.mark.slow
-def test_a_new_study_tries_the_linear_reference_first(any_url, tiny_space):
+def test_a_new_study_tries_the_linear_reference_first(any_url, tiny_space, tmp_path):
     data = DataSpec("wine", train_fraction=0.4)
     space = {**tiny_space, "n_layers": {"type": "int", "low": 0, "high": 2}}
     config = SweepConfig(study="start", space=space, data=data, trials=2, storage=any_url, pruner="none",
@@ -178,9 +178,37 @@ def test_a_new_study_tries_the_linear_reference_first(any_url, tiny_space):
     launch(config, progress=False)
     first = next(t for t in list_trials("start", any_url) if t.number == 0)
     assert first.params["n_layers"] == 0 and first.attrs["linear_start"] is True
-    assert first.state == "COMPLETE" and first.attrs["val_loss"] < 1.0
+    # It starts from the reference's fit, so its val loss is the reference's, fine-tuned.
+    assert first.state == "COMPLETE"
+    assert first.attrs["val_loss"] == pytest.approx(study_reference("start", any_url)["val_loss"], rel=0.05)
+    # Refit on train + val rows starts from the same weights, so it stays a sound linear model.
+    import keras
+
+    export_best("start", tmp_path / "lin.keras", any_url, trial=0, refit=True)
+    splits = load(data)
+    refit = losses.per_example(splits.task, splits.y_test, keras.models.load_model(tmp_path / "lin.keras").predict(splits.raw_test, verbose=0))
+    assert refit.mean() < 1.2 * reference_test_losses("start", any_url).mean()
     # A resume queues nothing more; a study launched without it samples its first trial.
     launch(replace(config, trials=3), progress=False)
     assert sum(bool(t.attrs.get("linear_start")) for t in list_trials("start", any_url)) == 1
     launch(replace(config, study="plain", linear_start=False), progress=False)
     assert not any(t.attrs.get("linear_start") for t in list_trials("plain", any_url))
+
+
+@pytest.mark.slow
+def test_the_linear_weights_make_the_builders_depth_zero_model_the_reference():
+    from gapsweep.search_spaces.builder import build_model
+    from gapsweep.sweeps.run.reference import _fit, _predict, linear_weights
+    from gapsweep.sweeps.trial.trainer import start_from
+
+    for spec in (DataSpec("wine", train_fraction=0.4), DataSpec("breast_cancer"), DataSpec("diabetes")):
+        splits = load(spec)
+        reference = fit_reference(splits)
+        model = build_model({"n_layers": 0, "l2": 1e-3}, splits.task)
+        start_from(model, linear_weights(splits, reference))
+        (strength,) = reference["params"].values()
+        expected = _predict(_fit(splits, strength), splits, splits.x_test)
+        np.testing.assert_allclose(model.predict(splits.x_test, verbose=0), expected.reshape(len(expected), -1), rtol=1e-3, atol=1e-4)
+    deep = build_model({"n_layers": 1, "units": 8}, splits.task)
+    with pytest.raises(ValueError, match="depth-0"):
+        start_from(deep, linear_weights(splits, reference))

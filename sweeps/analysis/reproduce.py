@@ -14,21 +14,23 @@ CPU). On GPUs, reduction order varies and the match is looser unless op determin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import optuna
 
 from gapsweep.storage import trial_keys
 from gapsweep.errors import StudyNotFoundError
-from gapsweep.storage.reader import get_trial
+from gapsweep.storage.queries import TrialRecord
+from gapsweep.storage.reader import get_trial, study_reference
 from gapsweep.sweeps.data import datasets
 from gapsweep.search_spaces.hypermodel import FitSettings
 from gapsweep.sweeps.data.datasets import Splits
 from gapsweep.sweeps.run.config import SweepConfig, stored_sweep
 from gapsweep.sweeps.run.launch import load_hypermodel
+from gapsweep.sweeps.run.reference import linear_weights
 from gapsweep.sweeps.trial.runtime import fresh_session
-from gapsweep.sweeps.trial.trainer import TrainResult, fit_epochs, train
+from gapsweep.sweeps.trial.trainer import TrainResult, fit_epochs, start_from, train
 
 if TYPE_CHECKING:
     import keras
@@ -37,27 +39,45 @@ if TYPE_CHECKING:
 RERUN_TOLERANCE = 1e-3
 
 
-def rebuild(config: SweepConfig, params: dict[str, Any], seed: int, splits: Splits) -> tuple["keras.Model", FitSettings]:
+def initial_weights(study: str, storage: str | None, record: TrialRecord, splits: Splits) -> list[np.ndarray] | None:
+    """The output weights ``record``'s trial began from: for the linear start, the study's
+    reference fitted on ``splits``' training rows; None for every other trial."""
+    reference = study_reference(study, storage) if record.attrs.get(trial_keys.LINEAR_START) else None
+    return linear_weights(splits, reference) if reference else None
+
+
+def rebuild(
+    config: SweepConfig, params: dict[str, Any], seed: int, splits: Splits, *, initial: Sequence[np.ndarray] | None = None
+) -> tuple["keras.Model", FitSettings]:
     """The compiled, freshly seeded model of a trial of ``config`` with ``params``, and how it is
-    fitted: the trial's own build, with an ``optuna.trial.FixedTrial`` for the live trial."""
+    fitted: the trial's own build, with an ``optuna.trial.FixedTrial`` for the live trial, from
+    the trial's ``initial`` output weights where it had them (``initial_weights``)."""
     hypermodel = load_hypermodel(config, splits)
     fresh_session(seed)
-    return hypermodel.build(optuna.trial.FixedTrial(params), splits.task)
+    model, fit = hypermodel.build(optuna.trial.FixedTrial(params), splits.task)
+    if initial is not None:
+        start_from(model, initial)
+    return model, fit
 
 
-def retrain(config: SweepConfig, params: dict[str, Any], seed: int, splits: Splits) -> TrainResult:
+def retrain(
+    config: SweepConfig, params: dict[str, Any], seed: int, splits: Splits, *, initial: Sequence[np.ndarray] | None = None
+) -> TrainResult:
     """Train ``params`` again exactly as a trial of ``config`` would, without any study."""
-    model, fit = rebuild(config, params, seed, splits)
+    model, fit = rebuild(config, params, seed, splits, initial=initial)
     return train(
         model, fit, splits, scoring=config.objective.scoring, patience=config.objective.patience, seed=seed
     )
 
 
-def refit(config: SweepConfig, params: dict[str, Any], seed: int, splits: Splits, *, epochs: int) -> "keras.Model":
+def refit(
+    config: SweepConfig, params: dict[str, Any], seed: int, splits: Splits, *, epochs: int,
+    initial: Sequence[np.ndarray] | None = None,
+) -> "keras.Model":
     """Train ``params`` on the train and val rows together for ``epochs`` epochs, as
     scikit-learn's ``refit=True`` does after a search: the final model sees every labelled row
     the sweep had. No early stopping (no val rows remain); the test rows are never touched."""
-    model, fit = rebuild(config, params, seed, splits)
+    model, fit = rebuild(config, params, seed, splits, initial=initial)
     x = np.concatenate([splits.x_train, splits.x_val])
     y = np.concatenate([splits.y_train, splits.y_val])
     return fit_epochs(model, fit, x, y, epochs=epochs, seed=seed)
@@ -105,7 +125,9 @@ def rerun(study: str, number: int, storage: str | None = None, *, code_dir: str 
             "rerun a complete trial"
         )
     splits = datasets.load(config.data, config.code_dir)
-    result = retrain(config, trial.summary()["params"], int(repro["seed"]), splits)
+    result = retrain(
+        config, trial.summary()["params"], int(repro["seed"]), splits, initial=initial_weights(study, storage, trial, splits)
+    )
     recorded = float(trial.attrs[trial_keys.VAL_LOSS])
     return Rerun(study, number, recorded, result.score.val_loss, str(repro["data_fingerprint"]), splits.fingerprint)
 

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from gapsweep.storage import trial_keys
 from gapsweep.errors import ConfigError, DataError
 from gapsweep.storage.reader import best_trials
-from gapsweep.sweeps.analysis.reproduce import retrain
+from gapsweep.sweeps.analysis.reproduce import initial_weights, retrain
 from gapsweep.sweeps.data import datasets
 from gapsweep.sweeps.run.config import stored_sweep
 from gapsweep.sweeps.trial.models import held_out_metrics
@@ -115,8 +115,9 @@ def verify(
     checked = []
     for rank, record in enumerate(best_trials(study, storage, top)):
         vals, tests, accuracies = [], [], []
+        initial = initial_weights(study, storage, record, splits)
         for index in range(seeds):
-            result = retrain(config, record.summary()["params"], config.seed + SEED_OFFSET + index, splits)
+            result = retrain(config, record.summary()["params"], config.seed + SEED_OFFSET + index, splits, initial=initial)
             metrics = held_out_metrics(result.model, splits)
             vals.append(result.score.val_loss)
             tests.append(metrics["test_pure_loss"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -45,7 +46,7 @@ from gapsweep.storage.url import parse
 from gapsweep.sweeps.data import datasets, in_memory
 from gapsweep.sweeps.run.config import SweepConfig
 from gapsweep.sweeps.run.jobs import JobSpec, check_jobs, parse_gpus, run_jobs, select_device, usable_cores
-from gapsweep.sweeps.run.reference import fit_reference, linear_start
+from gapsweep.sweeps.run.reference import fit_reference, linear_start, linear_weights
 from gapsweep.sweeps.data.datasets import Splits
 from gapsweep.sweeps.trial.models import ModelKeeper
 from gapsweep.sweeps.trial.objective import Objective
@@ -323,9 +324,11 @@ def run_trials(
     config, study = sweep.config, sweep.study
     keeper = ModelKeeper(sweep.storage.engine, config.study, config.objective.keep_models, sweep.artifacts)
     lock = StudyLock(sweep.storage.engine, config.study)
+    reference = study.user_attrs.get(REFERENCE_ATTR)
     objective = Objective(
         sweep.hypermodel, sweep.splits, config.objective, seed=config.seed, keeper=keeper,
         checkpoint_engine=sweep.storage.engine, artifact_store=sweep.artifacts, on_start=lock.release,
+        start_weights=functools.cache(lambda: linear_weights(sweep.splits, reference)) if reference else None,
     )
     log_path = Path(log_file) if log_file is not None else default_log_path(config.storage)
     failures = _Failures(config.max_failures, log_path)

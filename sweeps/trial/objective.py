@@ -16,7 +16,7 @@ import os
 import socket
 import statistics
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import optuna
@@ -34,7 +34,7 @@ from gapsweep.sweeps.trial.repro import record
 from gapsweep.sweeps.data.cv import k_folds
 from gapsweep.sweeps.trial.score import DEFAULT_KAPPA, Score, Scoring, best_score
 from gapsweep.sweeps.trial.runtime import fresh_session
-from gapsweep.sweeps.trial.trainer import Curves, TrainingDiverged, TrainResult, mean_curves, train
+from gapsweep.sweeps.trial.trainer import Curves, TrainingDiverged, TrainResult, mean_curves, start_from, train
 
 
 @dataclass(frozen=True)
@@ -80,10 +80,12 @@ class Objective:
         checkpoint_engine: Engine | None = None,
         artifact_store: ArtifactStore | None = None,
         on_start: Callable[[], None] | None = None,
+        start_weights: Callable[[], Sequence[np.ndarray]] | None = None,
     ) -> None:
         """``checkpoint_engine`` reaches gapsweep's tables: checkpoints, and the per-example val
         losses of complete trials; ``artifact_store`` holds the checkpoints' bytes (None: the
-        store the study was launched with)."""
+        store the study was launched with); ``start_weights`` gives the output weights the
+        linear start trial begins from (called when that trial runs)."""
         self.hypermodel = hypermodel
         self.splits = splits
         self.settings = settings
@@ -92,6 +94,7 @@ class Objective:
         self.checkpoint_engine = checkpoint_engine
         self.artifact_store = artifact_store
         self.on_start = on_start
+        self.start_weights = start_weights
         #: The number of the trial this objective ran last (to requeue it after a database error).
         self.last_trial: int | None = None
 
@@ -115,7 +118,8 @@ class Objective:
             on_prune = functools.partial(self._constrain_pruned, trial, curves)
             with _recorded(trial, curves, checkpoints, attrs, on_prune=on_prune):
                 result = self._fit(
-                    trial, self.splits, seed, curves, checkpoints=checkpoints, prune=not self.settings.multi_objective
+                    trial, self.splits, seed, curves, checkpoints=checkpoints, prune=not self.settings.multi_objective,
+                    initial=self._initial(trial),
                 )
             score, model, losses = result.score, result.model, result.val_losses
         if self.checkpoint_engine is not None and len(losses):
@@ -141,12 +145,21 @@ class Objective:
             return score.val_loss, score.gap
         return score.value
 
+    def _initial(self, trial: optuna.Trial) -> Sequence[np.ndarray] | None:
+        """The output weights a linear start trial begins from; None for every other trial (and
+        under ``cv``, where each fold trains on other rows than the reference saw)."""
+        if self.start_weights is None or not trial.user_attrs.get(trial_keys.LINEAR_START):
+            return None
+        return self.start_weights()
+
     def _fit(
         self, trial: optuna.Trial, splits: Splits, seed: int, curves: Curves, *,
-        checkpoints: CheckpointStore | None = None, prune: bool = False,
+        checkpoints: CheckpointStore | None = None, prune: bool = False, initial: Sequence[np.ndarray] | None = None,
     ) -> TrainResult:
         fresh_session(seed)
         model, fit = self.hypermodel.build(trial, splits.task)
+        if initial is not None:
+            start_from(model, initial)
         return train(
             model, fit, splits,
             scoring=self.settings.scoring, patience=self.settings.patience, seed=seed,

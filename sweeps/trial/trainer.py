@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import optuna
@@ -282,6 +282,15 @@ def _checkpointer(store: CheckpointStore, early_stopping: Any, curves: Curves) -
             )
 
     return Checkpointer()
+
+
+def start_from(model: "keras.Model", weights: Sequence[np.ndarray]) -> None:
+    """Set the output layer of a depth-0 builder model to ``weights`` (kernel, bias): the linear
+    start's warm start from the reference's fit."""
+    layer = model.get_layer("output")
+    if [w.shape for w in layer.get_weights()] != [w.shape for w in weights] or len(model.layers) > 3:
+        raise ValueError(f"the linear start needs a depth-0 model; {model.name} has layers {[l.name for l in model.layers]}")
+    layer.set_weights(list(weights))
 
 
 def train(
