@@ -168,6 +168,7 @@ def sweep_config(url: str, budget: int) -> Any:
     return SweepConfig(
         study=STUDY, space="mlp", data=DataSpec("digits"), objective=ObjectiveSettings(gap_penalty=1.0, keep_models=0),
         pruner="none", sampler="random", trials=budget, seed=0, storage=url,
+        linear_start=False,  # every trial is a stand-in: no trial starts from a fitted model
     )
 
 

@@ -348,6 +348,15 @@ def _ranking(
         return [(int(trial_id), int(number), value) for trial_id, number, value in conn.execute(query)]
 
 
+def trial_numbers(engine: Engine, study: str, states: Sequence[str]) -> set[int]:
+    """The numbers of ``study``'s trials in ``states``: one query, no attributes loaded."""
+    query = sa.select(_trials.c.number).where(
+        _trials.c.study_id == study_id(engine, study), _trials.c.state.in_([_parse_state(s) for s in states])
+    )
+    with engine.connect() as conn:
+        return {row[0] for row in conn.execute(query)}
+
+
 def list_trials(
     engine: Engine, study: str, *, states: Sequence[str] | None = None, params: dict[str, ParamRange] | None = None
 ) -> list[TrialRecord]:

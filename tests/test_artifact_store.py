@@ -239,8 +239,13 @@ def test_a_worker_killed_mid_trial_resumes_from_its_checkpoint_in_the_store(url_
     assert retry.params == trials[0].params and retry.user_attrs["resumed_from_epoch"] >= killed[1]
     assert len(retry.user_attrs["curve.val_loss"]) == 10  # the curves stay whole across the kill
     assert not artifacts.trial_numbers(engine, "crash", artifacts.CHECKPOINT)
-    (model,) = _rows(engine, "crash")  # what the store still holds: the kept model, no checkpoint
-    assert model.kind == "model" and _listing(store) == [model.location]
+    (model,) = _rows(engine, "crash")  # what the index still holds: the kept model, no checkpoint
+    listing = _listing(store)
+    assert model.kind == "model" and model.location in listing
+    # Besides it, at most the one checkpoint write the kill cut off before its row was committed:
+    # bytes no row points at, so never resumed from (docs/workers.md).
+    left = [name for name in listing if name != model.location]
+    assert len(left) <= 1 and all(f"crash-{killed[0]}-checkpoint-" in name for name in left)
     engine.dispose()
 
 

@@ -98,3 +98,31 @@ def test_parameter_range_filters(any_url):
         study.tell(trial, value)
     assert [t.number for t in best_trials("ranges", any_url, k=5, params={"units": (16, 100)})] == [2, 1]
     assert [t.params["units"] for t in list_trials("ranges", any_url, params={"units": (None, 32)})] == [8, 32]
+
+
+@pytest.mark.slow
+def test_a_model_kept_for_a_trial_still_running_survives_another_workers_offer(any_url):
+    """Two workers: trial 0's model is stored while it still runs (its value is written after);
+    trial 1 finishing meanwhile must not drop it, or the study's best would have no model."""
+    import optuna
+
+    from gapsweep.search_spaces.builder import build_model
+    from gapsweep.sweeps.trial.models import ModelKeeper
+
+    splits = load(DataSpec("wine"))
+    model = build_model({"n_layers": 0}, splits.task)
+    storage = open_storage(any_url)
+    artifacts.ensure_schema(storage.engine)
+    study = optuna.create_study(study_name="race", storage=storage)
+    first, second = study.ask(), study.ask()
+    keeper = ModelKeeper(storage.engine, "race", keep=1)
+    assert keeper.offer(first.number, 0.1, model, {}, splits.preprocessing)
+    assert keeper.offer(second.number, 0.5, model, {}, splits.preprocessing)  # best among the complete: none yet
+    assert artifacts.trial_numbers(storage.engine, "race", artifacts.MODEL) == [0, 1]
+    study.tell(second, 0.5)
+    study.tell(first, 0.1)
+    # Once both are ranked, the next model kept leaves only the top one.
+    third = study.ask()
+    assert keeper.offer(third.number, 0.05, model, {}, splits.preprocessing)
+    assert artifacts.trial_numbers(storage.engine, "race", artifacts.MODEL) == [2]
+    storage.engine.dispose()

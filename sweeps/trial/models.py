@@ -101,5 +101,8 @@ class ModelKeeper:
             return False
         data = raw_input_model_bytes(model, preprocessing)
         artifacts.save(self.engine, self.study, trial_number, artifacts.MODEL, data, meta=meta, store=self.store)
-        artifacts.delete(self.engine, self.study, kind=artifacts.MODEL, keep=kept, store=self.store)
+        # Trials still running have no value yet to rank by: a model another worker kept for one of
+        # them stays until a later offer can rank it.
+        in_flight = queries.trial_numbers(self.engine, self.study, ["RUNNING", "WAITING"])
+        artifacts.delete(self.engine, self.study, kind=artifacts.MODEL, keep=kept | in_flight, store=self.store)
         return True
