@@ -36,7 +36,7 @@ from gapsweep.errors import ConfigError, StudyNotFoundError
 from gapsweep.storage import artifacts, queries
 from gapsweep.storage.engine import reading
 from gapsweep.storage.queries import TrialRecord
-from gapsweep.sweeps.analysis.reproduce import initial_weights
+from gapsweep.sweeps.analysis.reproduce import initial_weights, train_and_val
 from gapsweep.sweeps.analysis.reproduce import refit as refit_trial
 from gapsweep.sweeps.data import datasets, losses
 from gapsweep.sweeps.data.datasets import Splits
@@ -151,7 +151,8 @@ def _refit(config: SweepConfig, splits: Splits, record: TrialRecord) -> tuple["k
     epochs = refit_epochs(int(best_epoch))
     seed = int(repro["seed"])
     try:
-        initial = initial_weights(config.study, config.storage, record, splits)
+        # The linear start refits from the reference fitted on the same train + val rows.
+        initial = initial_weights(config.study, config.storage, record, train_and_val(splits))
         model = refit_trial(config, record.summary()["params"], seed, splits, epochs=epochs, initial=initial)
     except TrainingDiverged as exc:
         raise ConfigError(f"refitting trial {record.number} diverged ({exc}); export it without --refit") from None

@@ -13,7 +13,7 @@ CPU). On GPUs, reduction order varies and the match is looser unless op determin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -78,9 +78,16 @@ def refit(
     scikit-learn's ``refit=True`` does after a search: the final model sees every labelled row
     the sweep had. No early stopping (no val rows remain); the test rows are never touched."""
     model, fit = rebuild(config, params, seed, splits, initial=initial)
-    x = np.concatenate([splits.x_train, splits.x_val])
-    y = np.concatenate([splits.y_train, splits.y_val])
-    return fit_epochs(model, fit, x, y, epochs=epochs, seed=seed)
+    pooled = train_and_val(splits)
+    return fit_epochs(model, fit, pooled.x_train, pooled.y_train, epochs=epochs, seed=seed)
+
+
+def train_and_val(splits: Splits) -> Splits:
+    """``splits`` with the val rows joined to the training rows: what a refit trains on (and
+    what the linear start's reference is fitted on before a refit)."""
+    return replace(
+        splits, x_train=np.concatenate([splits.x_train, splits.x_val]), y_train=np.concatenate([splits.y_train, splits.y_val])
+    )
 
 
 @dataclass(frozen=True)
