@@ -45,6 +45,16 @@ class Float:
     def sample(self, trial: optuna.Trial, name: str) -> float:
         return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
 
+    def allows(self, value: Scalar) -> bool:
+        """Whether the range holds ``value``."""
+        return self.low <= value <= self.high
+
+    def nearest(self, value: float) -> float | None:
+        """``value`` clipped into the range; None on a stepped range that does not hold it."""
+        if self.step is None:
+            return float(min(max(value, self.low), self.high))
+        return value if self.allows(value) else None
+
 
 @dataclass(frozen=True)
 class Int:
@@ -71,6 +81,16 @@ class Int:
     def sample(self, trial: optuna.Trial, name: str) -> int:
         return trial.suggest_int(name, self.low, self.high, log=self.log, step=self.step)
 
+    def allows(self, value: Scalar) -> bool:
+        """Whether the range, on its steps, holds ``value``."""
+        return self.low <= value <= self.high and (value - self.low) % self.step == 0
+
+    def nearest(self, value: float) -> float | int | None:
+        """``value`` rounded and clipped into the range; None on a stepped range that does not hold it."""
+        if self.step == 1:
+            return int(min(max(round(value), self.low), self.high))
+        return value if self.allows(value) else None
+
 
 @dataclass(frozen=True)
 class Categorical:
@@ -94,6 +114,13 @@ class Categorical:
     def sample(self, trial: optuna.Trial, name: str) -> Scalar:
         return trial.suggest_categorical(name, list(self.choices))
 
+    def allows(self, value: Scalar) -> bool:
+        return value in self.choices
+
+    def nearest(self, value: Scalar) -> Scalar | None:
+        """``value`` where it is a choice; None otherwise (no choice is "near" another)."""
+        return value if self.allows(value) else None
+
 
 @dataclass(frozen=True)
 class Fixed:
@@ -113,6 +140,12 @@ class Fixed:
         # Recorded as a user attribute: Optuna's own params stay the searched ones.
         trial.set_user_attr(f"fixed.{name}", self.value)
         return self.value
+
+    def allows(self, value: Scalar) -> bool:
+        return self.value == value
+
+    def nearest(self, value: Scalar) -> Scalar | None:
+        return value if self.allows(value) else None
 
 
 Distribution = Union[Float, Int, Categorical, Fixed]

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from gapsweep.errors import DataError
-from gapsweep.search_spaces.space import Categorical, Distribution, Fixed, Float, Int, SearchSpace
+from gapsweep.search_spaces.space import Fixed, Int, SearchSpace
 from gapsweep.storage.reader import study_reference
 from gapsweep.sweeps.data import datasets, losses
 from gapsweep.sweeps.data.cv import k_folds
@@ -78,14 +78,14 @@ def linear_start(reference: Mapping[str, Any], space: SearchSpace, train_rows: i
     model with ``l2`` minimizes mean loss + l2·‖w‖², so l2 = 1/(2·C·n) or α/n for n training rows.
     """
     params = space.params
-    if "n_layers" not in params or not _allows(params["n_layers"], 0):
+    if "n_layers" not in params or not params["n_layers"].allows(0):
         return None
-    if "conv_blocks" in params and not _allows(params["conv_blocks"], 0):
+    if "conv_blocks" in params and not params["conv_blocks"].allows(0):
         return None
     (strength,) = reference["params"].values()
     l2 = 1 / (2 * strength * train_rows) if reference["model"] == "LogisticRegression" else strength / train_rows
     wanted: dict[str, Any] = {"n_layers": 0, "conv_blocks": 0, "l2": l2, "learning_rate": LINEAR_LEARNING_RATE}
-    values = {name: _nearest(params[name], value) for name, value in wanted.items() if name in params}
+    values = {name: params[name].nearest(value) for name, value in wanted.items() if name in params}
     if isinstance(params.get("epochs"), Int):
         values["epochs"] = params["epochs"].high
     # Fixed parameters are not Optuna's to set, and a value the space cannot take is left to the sampler.
@@ -111,27 +111,6 @@ def linear_weights(splits: Splits, reference: Mapping[str, Any]) -> list[np.ndar
     else:
         kernel[:, classes], bias[classes] = model.coef_.T, model.intercept_
     return [kernel, bias]
-
-
-def _allows(dist: Distribution, value: float) -> bool:
-    """Whether ``dist`` can produce ``value``."""
-    if isinstance(dist, Fixed):
-        return dist.value == value
-    if isinstance(dist, Categorical):
-        return value in dist.choices
-    if isinstance(dist, Int):
-        return dist.low <= value <= dist.high and (value - dist.low) % dist.step == 0
-    return dist.low <= value <= dist.high
-
-
-def _nearest(dist: Distribution, value: float) -> float | int | None:
-    """``value`` clipped into a continuous range (integers only where the step is 1); None where
-    ``dist`` has no such value to offer."""
-    if isinstance(dist, Float) and dist.step is None:
-        return float(min(max(value, dist.low), dist.high))
-    if isinstance(dist, Int) and dist.step == 1:
-        return int(min(max(round(value), dist.low), dist.high))
-    return value if _allows(dist, value) else None
 
 
 def reference_test_losses(study: str, storage: str | None = None) -> np.ndarray:
