@@ -193,12 +193,11 @@ class Validator:
         predictions = predict(model, self._x)
         n_val = len(self.splits.x_val)
         val = predictions[:n_val]
+        classification = self.splits.task.task == "classification"
         if self._prior is None and len(self.splits.y_train) and n_val:
             width = val.reshape(n_val, -1).shape[1]
-            classification = self.splits.task.task == "classification"
             prior = prior_predictions(self.splits.y_train, n_val, width, classification, self.loss.from_logits)
             self._prior = float(self.loss(self.splits.y_val, prior.reshape(val.shape)).mean())
-        classification = self.splits.task.task == "classification"
         share = accuracy(self.splits.y_val, val, self.loss.from_logits) if classification and n_val else None
         return EpochCheck(
             PassLosses(self.loss(self.splits.y_val, val), share),
