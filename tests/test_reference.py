@@ -212,3 +212,17 @@ def test_the_linear_weights_make_the_builders_depth_zero_model_the_reference():
     deep = build_model({"n_layers": 1, "units": 8}, splits.task)
     with pytest.raises(ValueError, match="depth-0"):
         start_from(deep, linear_weights(splits, reference))
+
+
+def test_a_cross_validated_linear_start_is_retrained_from_random_weights_as_it_was_trained():
+    """Under cv the objective starts every fold from random weights, so rerun, verify and refit
+    of the linear start must not start it from the reference's fit; without cv they do."""
+    from gapsweep.storage.queries import TrialRecord
+    from gapsweep.sweeps.analysis.reproduce import initial_weights
+
+    splits = load(DataSpec("wine", train_fraction=0.4))
+    record = TrialRecord(number=0, state="COMPLETE", value=0.1, params={"n_layers": 0}, attrs={"linear_start": True})
+    folded = SweepConfig(study="cv", data=DataSpec("wine", train_fraction=0.4), objective=ObjectiveSettings(cv=3))
+    assert initial_weights(folded, record, splits) is None
+    other = TrialRecord(number=1, state="COMPLETE", value=0.2, params={"n_layers": 0})
+    assert initial_weights(replace(folded, objective=ObjectiveSettings()), other, splits) is None  # not the linear start

@@ -152,7 +152,7 @@ def _refit(config: SweepConfig, splits: Splits, record: TrialRecord) -> tuple["k
     seed = int(repro["seed"])
     try:
         # The linear start refits from the reference fitted on the same train + val rows.
-        initial = initial_weights(config.study, config.storage, record, train_and_val(splits))
+        initial = initial_weights(config, record, train_and_val(splits))
         model = refit_trial(config, record.summary()["params"], seed, splits, epochs=epochs, initial=initial)
     except TrainingDiverged as exc:
         raise ConfigError(f"refitting trial {record.number} diverged ({exc}); export it without --refit") from None

@@ -39,10 +39,13 @@ if TYPE_CHECKING:
 RERUN_TOLERANCE = 1e-3
 
 
-def initial_weights(study: str, storage: str | None, record: TrialRecord, splits: Splits) -> list[np.ndarray] | None:
+def initial_weights(config: SweepConfig, record: TrialRecord, splits: Splits) -> list[np.ndarray] | None:
     """The output weights ``record``'s trial began from: for the linear start, the study's
-    reference fitted on ``splits``' training rows; None for every other trial."""
-    reference = study_reference(study, storage) if record.attrs.get(trial_keys.LINEAR_START) else None
+    reference fitted on ``splits``' training rows; None for every other trial, and under ``cv``,
+    where the objective trains every trial from random weights."""
+    if not record.attrs.get(trial_keys.LINEAR_START) or config.objective.cv:
+        return None
+    reference = study_reference(config.study, config.storage)
     return linear_weights(splits, reference) if reference else None
 
 
@@ -133,7 +136,7 @@ def rerun(study: str, number: int, storage: str | None = None, *, code_dir: str 
         )
     splits = datasets.load(config.data, config.code_dir)
     result = retrain(
-        config, trial.summary()["params"], int(repro["seed"]), splits, initial=initial_weights(study, storage, trial, splits)
+        config, trial.summary()["params"], int(repro["seed"]), splits, initial=initial_weights(config, trial, splits)
     )
     recorded = float(trial.attrs[trial_keys.VAL_LOSS])
     return Rerun(study, number, recorded, result.score.val_loss, str(repro["data_fingerprint"]), splits.fingerprint)

@@ -115,7 +115,7 @@ def verify(
     checked = []
     for rank, record in enumerate(best_trials(study, storage, top)):
         vals, tests, accuracies = [], [], []
-        initial = initial_weights(study, storage, record, splits)
+        initial = initial_weights(config, record, splits)
         for index in range(seeds):
             result = retrain(config, record.summary()["params"], config.seed + SEED_OFFSET + index, splits, initial=initial)
             metrics = held_out_metrics(result.model, splits)

@@ -146,8 +146,9 @@ class Objective:
         return score.value
 
     def _initial(self, trial: optuna.Trial) -> Sequence[np.ndarray] | None:
-        """The output weights a linear start trial begins from; None for every other trial (and
-        under ``cv``, where each fold trains on other rows than the reference saw)."""
+        """The output weights a linear start trial begins from; None for every other trial. Only
+        the single fit asks: under ``cv`` each fold trains on other rows than the reference saw,
+        so folds start from random weights."""
         if self.start_weights is None or not trial.user_attrs.get(trial_keys.LINEAR_START):
             return None
         return self.start_weights()
