@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ from gapsweep.sweeps.run.config import SweepConfig, load_sweep_file
 from gapsweep.sweeps.run.launch import launch, prepare
 from gapsweep.sweeps.trial.checkpoints import CheckpointStore, TrainingState
 from gapsweep.sweeps.trial.objective import ObjectiveSettings
+from kill_resume import assert_resumed, kill_at_first_checkpoint
 from sweep_files import SWEEP
 
 GAPSWEEP = str(Path(sys.executable).parent / "gapsweep")
@@ -216,36 +215,21 @@ def test_a_worker_killed_mid_trial_resumes_from_its_checkpoint_in_the_store(url_
     prepare(config).close()
     worker = _worker(url)
     engine = open_storage(url).engine
-    killed = None
-    deadline = time.monotonic() + 240
-    while killed is None and time.monotonic() < deadline and worker.poll() is None:
-        for number in artifacts.trial_numbers(engine, "crash", artifacts.CHECKPOINT):
-            checkpoint = artifacts.load(engine, "crash", number, artifacts.CHECKPOINT)  # its bytes read from the store
-            if checkpoint is not None and checkpoint.epoch >= 1:
-                worker.send_signal(signal.SIGKILL)  # kill -9 in the middle of the trial
-                killed = (number, checkpoint.epoch, checkpoint.location)
-                break
-        time.sleep(0.2)
+    killed = kill_at_first_checkpoint(worker, engine, "crash", timeout_s=240)
     _, err = worker.communicate(timeout=60)
     assert killed is not None, f"no trial reached a checkpoint in time: {err[-2000:]}"
-    assert killed[2] in _listing(store) and [t.state for t in list_trials("crash", url)] == ["RUNNING"]
+    assert killed.location in _listing(store) and [t.state for t in list_trials("crash", url)] == ["RUNNING"]
     again = _worker(url)
     _, err = again.communicate(timeout=400)
     assert again.returncode == 0, err[-2000:]
-    trials = optuna.load_study(study_name="crash", storage=url).trials
-    assert [t.state.name for t in trials].count("COMPLETE") == 2
-    assert trials[0].state == optuna.trial.TrialState.FAIL  # the killed trial, failed once its heartbeat stopped
-    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == killed[0]]
-    assert retry.params == trials[0].params and retry.user_attrs["resumed_from_epoch"] >= killed[1]
-    assert len(retry.user_attrs["curve.val_loss"]) == 10  # the curves stay whole across the kill
-    assert not artifacts.trial_numbers(engine, "crash", artifacts.CHECKPOINT)
+    assert_resumed(url, engine, "crash", killed, epochs=10)
     (model,) = _rows(engine, "crash")  # what the index still holds: the kept model, no checkpoint
     listing = _listing(store)
     assert model.kind == "model" and model.location in listing
     # Besides it, at most the one checkpoint write the kill cut off before its row was committed:
     # bytes no row points at, so never resumed from (docs/workers.md).
     left = [name for name in listing if name != model.location]
-    assert len(left) <= 1 and all(f"crash-{killed[0]}-checkpoint-" in name for name in left)
+    assert len(left) <= 1 and all(f"crash-{killed.trial_number}-checkpoint-" in name for name in left)
     engine.dispose()
 
 

@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from fake_trials import add_mixed_trials
+from kill_resume import assert_resumed, kill_at_first_checkpoint
 from gapsweep.api import delete_study, get_study_config, list_studies, list_trials
 from gapsweep.cli import main
 from gapsweep.errors import StorageError
@@ -266,30 +267,11 @@ def test_a_launch_killed_mid_trial_on_sqlite_loses_nothing_when_launched_again(t
     argv = [GAPSWEEP, "launch", str(sweep), "--storage", url, "--no-progress"]
     run = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     engine = sa.create_engine(url)
-    killed = None
-    deadline = time.monotonic() + 180
-    while killed is None and time.monotonic() < deadline and run.poll() is None:
-        try:
-            numbers = artifacts.trial_numbers(engine, "crash", artifacts.CHECKPOINT)
-        except sa.exc.OperationalError:  # the tables are not there yet
-            numbers = []
-        for number in numbers:
-            checkpoint = artifacts.load(engine, "crash", number, artifacts.CHECKPOINT)
-            if checkpoint is not None and checkpoint.epoch >= 1:
-                run.kill()  # kill -9 in the middle of the trial
-                killed = (number, checkpoint.epoch)
-                break
-        time.sleep(0.2)
+    killed = kill_at_first_checkpoint(run, engine, "crash", timeout_s=180)
     run.communicate(timeout=60)
     assert killed is not None, "no trial reached a checkpoint in time"
     assert [t.state for t in list_trials("crash", url)] == ["RUNNING"]
     again = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stderr[-2000:]
-    trials = optuna.load_study(study_name="crash", storage=url).trials
-    assert [t.state.name for t in trials].count("COMPLETE") == 2
-    assert trials[0].state == optuna.trial.TrialState.FAIL  # the killed trial, failed once its heartbeat stopped
-    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == killed[0]]
-    assert retry.params == trials[0].params and retry.user_attrs["resumed_from_epoch"] >= killed[1]
-    assert len(retry.user_attrs["curve.val_loss"]) == 12  # the curves stay whole across the kill
-    assert not artifacts.trial_numbers(engine, "crash", artifacts.CHECKPOINT)
+    assert_resumed(url, engine, "crash", killed, epochs=12)
     engine.dispose()

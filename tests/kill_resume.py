@@ -1,0 +1,44 @@
+"""The kill -9 scenario several tests share: kill a sweep process once a trial has checkpointed,
+run it again, and check that the killed trial was retried from its checkpoint, losing nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import optuna
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from gapsweep.storage import artifacts
+
+
+def kill_at_first_checkpoint(process: subprocess.Popen, engine: Engine, study: str, timeout_s: float) -> artifacts.Artifact | None:
+    """SIGKILL ``process`` as soon as one of ``study``'s trials has a checkpoint past epoch 0 (its
+    bytes read back from the study's store); that checkpoint, or None if none came in time."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            numbers = artifacts.trial_numbers(engine, study, artifacts.CHECKPOINT)
+        except sa.exc.OperationalError:  # the tables are not there yet
+            numbers = []
+        for number in numbers:
+            checkpoint = artifacts.load(engine, study, number, artifacts.CHECKPOINT)
+            if checkpoint is not None and checkpoint.epoch >= 1:
+                process.kill()  # kill -9 in the middle of the trial
+                return checkpoint
+        time.sleep(0.2)
+    return None
+
+
+def assert_resumed(url: str, engine: Engine, study: str, killed: artifacts.Artifact, epochs: int) -> None:
+    """Both trials complete; the killed one failed once its heartbeat stopped and its retry kept
+    its parameters, resumed from the checkpoint, and recorded curves of all ``epochs``; no
+    checkpoint is left in the index."""
+    trials = optuna.load_study(study_name=study, storage=url).trials
+    assert [t.state.name for t in trials].count("COMPLETE") == 2
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == killed.trial_number]
+    assert retry.params == trials[0].params and retry.user_attrs["resumed_from_epoch"] >= killed.epoch
+    assert len(retry.user_attrs["curve.val_loss"]) == epochs  # the curves stay whole across the kill
+    assert not artifacts.trial_numbers(engine, study, artifacts.CHECKPOINT)
