@@ -20,7 +20,7 @@ import contextlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -200,14 +200,16 @@ def trial_numbers(engine: Engine, study: str, kind: str) -> list[int]:
 
 
 def delete(
-    engine: Engine, study: str, *, kind: str, keep: set[int] | None = None, trial_number: int | None = None,
-    store: ArtifactStore | None = None,
+    engine: Engine, study: str, *, kind: str, trial_numbers: Collection[int], store: ArtifactStore | None = None
 ) -> int:
-    """Drop artifacts of ``kind`` (all but ``keep``, or just one trial's); returns how many.
+    """Drop the artifacts of ``kind`` that belong to ``trial_numbers``; returns how many.
+
+    Deleting named trials only, never "all but these", is what keeps concurrent workers safe: a
+    model saved for a trial that the caller did not know about is never swept away with the rest.
     The rows go first, in one transaction, then their bytes in ``store`` (None: the study's own)."""
-    condition = _where(study, trial_number, kind)
-    if keep:
-        condition = sa.and_(condition, artifacts_table.c.trial_number.not_in(sorted(keep)))
+    if not trial_numbers:
+        return 0
+    condition = sa.and_(_where(study, kind=kind), artifacts_table.c.trial_number.in_(sorted(trial_numbers)))
     with engine.begin() as conn:
         dropped = _locations(conn, condition)
         count = conn.execute(sa.delete(artifacts_table).where(condition)).rowcount or 0

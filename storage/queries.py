@@ -12,7 +12,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import sqlalchemy as sa
 from optuna.distributions import json_to_distribution
@@ -303,19 +303,28 @@ def best_trials(
 ) -> list[TrialRecord]:
     """The ``k`` complete trials with the lowest ``by`` (the score, or one of its parts),
     optionally among those whose numeric ``params`` lie in the given ranges."""
-    return _load(engine, [trial_id for trial_id, _, _ in _ranking(engine, study, k, by, params)])
+    return _load(engine, [trial_id for trial_id, _ in _ranking(engine, study, k, by, params)])
 
 
-def best_values(engine: Engine, study: str, k: int) -> list[tuple[float, int]]:
-    """(first objective value, number) of the ``k`` best complete trials, without loading them:
-    what the model keeper compares after every trial."""
-    return [(value, number) for _, number, value in _ranking(engine, study, k, "score", None)]
+class Standing(NamedTuple):
+    """Where a complete trial ranks: tuples sort exactly as ``best`` orders trials (those that
+    break a ``--max-gap`` constraint after every feasible one, then by value, then by number)."""
+
+    infeasible: bool
+    value: float
+    number: int
+
+
+def best_values(engine: Engine, study: str, k: int) -> list[Standing]:
+    """The standings of the ``k`` best complete trials by first objective value, without loading
+    them: what the model keeper compares after every trial."""
+    return [standing for _, standing in _ranking(engine, study, k, "score", None)]
 
 
 def _ranking(
     engine: Engine, study: str, k: int, by: str, params: dict[str, ParamRange] | None
-) -> list[tuple[int, int, float]]:
-    """(trial id, number, ranked value) of the ``k`` best complete trials, best first."""
+) -> list[tuple[int, Standing]]:
+    """(trial id, standing by ``by``) of the ``k`` best complete trials, best first."""
     if by not in RANK_BY:
         raise ConfigError(f"cannot rank by '{by}'; use one of {', '.join(RANK_BY)}")
     if k < 1:
@@ -339,13 +348,16 @@ def _ranking(
         )
     # Trials that break a --max-gap constraint rank after every feasible one.
     flags = _attrs.alias("flags")
-    infeasible = sa.exists().where(
+    infeasible = sa.case((sa.exists().where(
         flags.c.trial_id == _trials.c.trial_id, flags.c.key == trial_keys.FEASIBLE, flags.c.value_json == "false"
-    )
-    order = (sa.case((infeasible, 1), else_=0), key.asc(), _trials.c.number.asc())
-    query = query.where(*_param_filters(params)).order_by(*order).limit(k)
+    ), 1), else_=0)
+    query = query.add_columns(infeasible).where(*_param_filters(params))
+    query = query.order_by(infeasible, key.asc(), _trials.c.number.asc()).limit(k)
     with engine.connect() as conn:
-        return [(int(trial_id), int(number), value) for trial_id, number, value in conn.execute(query)]
+        return [
+            (int(trial_id), Standing(bool(flag), value, int(number)))
+            for trial_id, number, value, flag in conn.execute(query)
+        ]
 
 
 def trial_numbers(engine: Engine, study: str, states: Sequence[str]) -> set[int]:

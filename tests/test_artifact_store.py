@@ -80,7 +80,7 @@ def test_a_folder_store_holds_the_bytes_and_the_table_the_index(any_url, tmp_pat
     assert all(row[4] == 0 for row in rows.values())  # no blob bytes in the database
     found = artifacts.load(engine, "s", 1, artifacts.MODEL, store=store)
     assert found is not None and found.data == b"uno!" and found.meta == {"score": 0.9}
-    assert artifacts.delete(engine, "s", kind=artifacts.CHECKPOINT, trial_number=2, store=store) == 1
+    assert artifacts.delete(engine, "s", kind=artifacts.CHECKPOINT, trial_numbers=[2], store=store) == 1
     assert _files(folder) == [model.name]
     model.unlink()  # bytes removed behind gapsweep's back: one line, not a traceback
     with pytest.raises(StorageError, match="has no .*-1-model-.*, which trial 1.s model points at"):

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from gapsweep.api import best_trials, list_trials
 from gapsweep.errors import StorageError
 from gapsweep.storage import artifacts
 from gapsweep.storage.engine import open_storage
+from gapsweep.storage.queries import Standing
 from gapsweep.sweeps.run.config import SweepConfig
 from gapsweep.sweeps.data.datasets import DataSpec, load
 from gapsweep.sweeps.run.launch import launch
@@ -83,7 +85,7 @@ def test_artifacts_replace_copy_and_delete(any_url, sqlite_url):
     assert found is not None and found.data == b"uno" and found.meta == {"score": 0.9}
     target = open_storage(sqlite_url.replace("sweeps.db", "copy.db")).engine
     assert artifacts.copy(engine, target, "s") == 2
-    assert artifacts.delete(engine, "s", kind=artifacts.MODEL, keep={2}) == 1
+    assert artifacts.delete(engine, "s", kind=artifacts.MODEL, trial_numbers={1, 3}) == 1
     assert artifacts.trial_numbers(engine, "s", artifacts.MODEL) == [2]
     assert artifacts.trial_numbers(target, "s", artifacts.MODEL) == [1, 2]
 
@@ -101,7 +103,7 @@ def test_parameter_range_filters(any_url):
 
 
 @pytest.mark.slow
-def test_a_model_kept_for_a_trial_still_running_survives_another_workers_offer(any_url):
+def test_a_model_kept_for_a_trial_still_running_survives_another_workers_offer(any_url, monkeypatch):
     """Two workers: trial 0's model is stored while it still runs (its value is written after);
     trial 1 finishing meanwhile must not drop it, or the study's best would have no model."""
     import optuna
@@ -116,13 +118,29 @@ def test_a_model_kept_for_a_trial_still_running_survives_another_workers_offer(a
     study = optuna.create_study(study_name="race", storage=storage)
     first, second = study.ask(), study.ask()
     keeper = ModelKeeper(storage.engine, "race", keep=1)
-    assert keeper.offer(first.number, 0.1, model, {}, splits.preprocessing)
-    assert keeper.offer(second.number, 0.5, model, {}, splits.preprocessing)  # best among the complete: none yet
+    assert keeper.offer(Standing(False, 0.1, first.number), model, {}, splits.preprocessing)
+    assert keeper.offer(Standing(False, 0.5, second.number), model, {}, splits.preprocessing)  # none complete yet
     assert artifacts.trial_numbers(storage.engine, "race", artifacts.MODEL) == [0, 1]
     study.tell(second, 0.5)
-    study.tell(first, 0.1)
-    # Once both are ranked, the next model kept leaves only the top one.
+    # Trial 0 finishes while trial 2's model is being saved, after trial 2 asked whether it ranks.
     third = study.ask()
-    assert keeper.offer(third.number, 0.05, model, {}, splits.preprocessing)
-    assert artifacts.trial_numbers(storage.engine, "race", artifacts.MODEL) == [2]
+    save = artifacts.save
+
+    def save_while_trial_0_finishes(*args: Any, **kwargs: Any) -> None:
+        save(*args, **kwargs)
+        study.tell(first, 0.1)
+
+    monkeypatch.setattr(artifacts, "save", save_while_trial_0_finishes)
+    assert keeper.offer(Standing(False, 0.3, third.number), model, {}, splits.preprocessing)
+    monkeypatch.undo()
+    assert 0 in artifacts.trial_numbers(storage.engine, "race", artifacts.MODEL)  # the study's best
+    study.tell(third, 0.3)
+    # Once all are ranked, the next model kept leaves only the top one.
+    fourth = study.ask()
+    assert keeper.offer(Standing(False, 0.05, fourth.number), model, {}, splits.preprocessing)
+    assert artifacts.trial_numbers(storage.engine, "race", artifacts.MODEL) == [3]
+    # A trial that breaks --max-gap ranks after every feasible one, however low its value.
+    study.tell(fourth, 0.05)
+    assert not keeper.offer(Standing(True, 0.01, study.ask().number), model, {}, splits.preprocessing)
+    assert artifacts.trial_numbers(storage.engine, "race", artifacts.MODEL) == [3]
     storage.engine.dispose()

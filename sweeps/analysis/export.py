@@ -169,7 +169,7 @@ def _chosen(engine: Any, study: str, trial: int | None) -> int:
     best = queries.best_values(engine, study, 1)
     if not best:
         raise StudyNotFoundError(f"study '{study}' has no complete trial yet; nothing to export")
-    return best[0][1]
+    return best[0].number
 
 
 def _ensemble(study: str, storage: str | None, k: int, refit: bool, path: Path) -> tuple[bytes, Exported]:
@@ -184,7 +184,7 @@ def _ensemble(study: str, storage: str | None, k: int, refit: bool, path: Path) 
     splits = datasets.load(config.data, config.code_dir)
     with reading(storage) as engine:
         complete = queries.state_counts(engine, study)["COMPLETE"]
-        ranked = [number for _, number in queries.best_values(engine, study, complete)] if complete else []
+        ranked = [standing.number for standing in queries.best_values(engine, study, complete)] if complete else []
         stored = set(artifacts.trial_numbers(engine, study, artifacts.MODEL)) if artifacts.schema_version(engine) else set()
         blobs = [blob for number in ranked if number in stored and (blob := artifacts.load(engine, study, number, artifacts.MODEL))]
         selected_from = len(blobs) if len(blobs) >= 2 else None  # stored models to choose among

@@ -105,5 +105,5 @@ class CheckpointStore:
 
     def clear(self) -> None:
         """Drop this trial's checkpoints and those of the trials it retried."""
-        for number in [self.trial_number, *self.retries_of]:
-            artifacts.delete(self.engine, self.study, kind=artifacts.CHECKPOINT, trial_number=number, store=self.store)
+        numbers = [self.trial_number, *self.retries_of]
+        artifacts.delete(self.engine, self.study, kind=artifacts.CHECKPOINT, trial_numbers=numbers, store=self.store)

@@ -79,30 +79,29 @@ class ModelKeeper:
         self.keep = keep
         self.store = store
 
-    def _kept(self, trial_number: int, value: float) -> set[int]:
-        """The trials whose models stay if this one finishes with ``value`` (its first objective
-        value: the score, or the val loss in a multi-objective study)."""
+    def _kept(self, standing: queries.Standing) -> set[int]:
+        """The trials whose models stay if this one finishes at ``standing`` (by its first
+        objective value: the score, or the val loss in a multi-objective study)."""
         top = queries.best_values(self.engine, self.study, self.keep)
-        return {number for _, number in sorted(top + [(value, trial_number)])[: self.keep]}
+        return {other.number for other in sorted([*top, standing])[: self.keep]}
 
-    def qualifies(self, trial_number: int, value: float) -> bool:
-        """Whether a trial finishing with ``value`` would be kept (asked before costly work)."""
-        return self.keep >= 1 and trial_number in self._kept(trial_number, value)
+    def qualifies(self, standing: queries.Standing) -> bool:
+        """Whether a trial finishing at ``standing`` would be kept (asked before costly work)."""
+        return self.keep >= 1 and standing.number in self._kept(standing)
 
     def offer(
-        self, trial_number: int, value: float, model: "keras.Model", meta: dict[str, Any], preprocessing: Preprocessing
+        self, standing: queries.Standing, model: "keras.Model", meta: dict[str, Any], preprocessing: Preprocessing
     ) -> bool:
-        """Save ``model`` behind ``preprocessing`` if ``value`` places it among the best; returns
+        """Save ``model`` behind ``preprocessing`` if ``standing`` places it among the best; returns
         whether it was kept."""
-        if self.keep < 1:
-            return False
-        kept = self._kept(trial_number, value)
-        if trial_number not in kept:
+        if not self.qualifies(standing):
             return False
         data = raw_input_model_bytes(model, preprocessing)
-        artifacts.save(self.engine, self.study, trial_number, artifacts.MODEL, data, meta=meta, store=self.store)
-        # Trials still running have no value yet to rank by: a model another worker kept for one of
-        # them stays until a later offer can rank it.
-        in_flight = queries.trial_numbers(self.engine, self.study, ["RUNNING", "WAITING"])
-        artifacts.delete(self.engine, self.study, kind=artifacts.MODEL, keep=kept | in_flight, store=self.store)
+        artifacts.save(self.engine, self.study, standing.number, artifacts.MODEL, data, meta=meta, store=self.store)
+        # Only trials that had finished before the ranking below can be judged by it: a model that
+        # another worker keeps for a trial still running (or one that finishes meanwhile) stays until
+        # a later offer can rank it. The order of the two queries is what makes this safe.
+        finished = queries.trial_numbers(self.engine, self.study, ["COMPLETE", "PRUNED", "FAIL"])
+        dropped = finished - self._kept(standing)
+        artifacts.delete(self.engine, self.study, kind=artifacts.MODEL, trial_numbers=dropped, store=self.store)
         return True

@@ -22,7 +22,7 @@ import numpy as np
 import optuna
 from sqlalchemy.engine import Engine
 
-from gapsweep.storage import trial_keys
+from gapsweep.storage import queries, trial_keys
 from gapsweep.search_spaces.hypermodel import Hypermodel
 from gapsweep.storage import val_losses
 from gapsweep.storage.artifact_store import ArtifactStore
@@ -124,11 +124,13 @@ class Objective:
             score, model, losses = result.score, result.model, result.val_losses
         if self.checkpoint_engine is not None and len(losses):
             val_losses.save(self.checkpoint_engine, trial.study.study_name, trial.number, losses.tolist(), epoch=score.epoch)
-        set_user_attrs(trial, {**attrs, **_score_attrs(score, curves, self.settings)})
+        scored = _score_attrs(score, curves, self.settings)
+        set_user_attrs(trial, {**attrs, **scored})
         self._constrain(trial, score)
         # Models are ranked by the study's first value: the score, or val loss when multi-objective.
         rank = score.val_loss if self.settings.multi_objective else score.value
-        if self.keeper is not None and self.keeper.qualifies(trial.number, rank):
+        standing = queries.Standing(scored.get(trial_keys.FEASIBLE) is False, rank, trial.number)
+        if self.keeper is not None and self.keeper.qualifies(standing):
             if model is None:  # cross-validated: the kept model trains on all training data
                 model = self._fit(trial, self.splits, seed, Curves()).model
             meta = {
@@ -140,7 +142,7 @@ class Objective:
                 "best_epoch": score.epoch,
                 **held_out_metrics(model, self.splits),
             }
-            self.keeper.offer(trial.number, rank, model, meta, self.splits.preprocessing)
+            self.keeper.offer(standing, model, meta, self.splits.preprocessing)
         if self.settings.multi_objective:
             return score.val_loss, score.gap
         return score.value
