@@ -2,7 +2,8 @@
 
 SQLite gets WAL mode and a busy timeout, so several local workers and a reader can share a file.
 PostgreSQL gets ``pool_pre_ping`` (Optuna enables it for MySQL only), so a worker survives a
-dropped connection, and a small pool, so many workers do not exhaust the server.
+dropped connection, and a small pool, so many workers do not exhaust the server (none at all
+with ``$GAPSWEEP_PG_POOL=0``).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any, Iterator
 
 import optuna
 import sqlalchemy
+import sqlalchemy.pool
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from gapsweep.errors import StorageError
+from gapsweep.errors import ConfigError, StorageError
 from gapsweep.storage import optuna_tables
 from gapsweep.storage.url import MASK, mask, parse, passwords
 
@@ -34,11 +36,32 @@ def heartbeat_settings() -> tuple[int, int]:
     return interval, 3 * interval
 
 
+#: Idle PostgreSQL connections a process keeps open by default (``$GAPSWEEP_PG_POOL``).
+DEFAULT_PG_POOL = 2
+
+
+def pg_pool_size() -> int:
+    """Idle PostgreSQL connections a process keeps between its queries (``$GAPSWEEP_PG_POOL``).
+
+    The default keeps two, so the dozens of statements around a trial reuse them. ``0`` keeps
+    none: each query connects and hangs up, so a worker that trains holds no connection at all,
+    which lets many workers share a server's connection limit at the cost of one connection
+    set-up per query (measured in ``benchmarks/workers.py``).
+    """
+    text = os.environ.get("GAPSWEEP_PG_POOL", str(DEFAULT_PG_POOL)).strip()
+    if not text.isdigit():
+        raise ConfigError(f"GAPSWEEP_PG_POOL must be a whole number >= 0 (0: no idle connections), got '{text}'")
+    return int(text)
+
+
 def engine_kwargs(url: URL) -> dict[str, Any]:
     """Connection settings shared by gapsweep's engines and the Optuna storage."""
     if url.get_backend_name() == "sqlite":
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
-    return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 3, "pool_recycle": 1800}
+    pool = pg_pool_size()
+    if pool == 0:
+        return {"poolclass": sqlalchemy.pool.NullPool}
+    return {"pool_pre_ping": True, "pool_size": pool, "max_overflow": 3, "pool_recycle": 1800}
 
 
 def sqlite_path(url: URL) -> Path | None:

@@ -118,3 +118,27 @@ def test_user_attrs_written_together_read_back_as_optuna_writes_them(any_url):
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         set_user_attrs(trial, {"late": 1, "score": 0.0})
     assert optuna.load_study(study_name="attrs", storage=any_url).trials[0].user_attrs == stored
+
+
+@pytest.mark.parametrize(("pool", "idle"), [("2", {1, 2}), ("0", {0})])
+def test_pg_pool_sets_the_connections_a_process_keeps_between_queries(postgres_url, monkeypatch, pool, idle):
+    """``$GAPSWEEP_PG_POOL=0``: a worker holds no connection while it trains, so many fit a server."""
+    import sqlalchemy as sa
+
+    monkeypatch.setenv("GAPSWEEP_PG_POOL", pool)
+    name = f"gapsweep-pool-{pool}"
+    storage = open_storage(f"{postgres_url}&application_name={name}")
+    optuna.create_study(study_name="pool", storage=storage).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    admin = sa.create_engine(postgres_url)
+    with admin.connect() as conn:
+        held = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :n"), {"n": name}).scalar()
+    admin.dispose()
+    storage.engine.dispose()
+    assert held in idle
+
+
+def test_a_bad_pg_pool_setting_is_one_line(postgres_url, monkeypatch, capsys):
+    monkeypatch.setenv("GAPSWEEP_PG_POOL", "many")
+    assert main(["studies", "--storage", postgres_url]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "GAPSWEEP_PG_POOL must be a whole number >= 0" in err
