@@ -1,17 +1,22 @@
-"""Worker scaling: trials per second of 1, 2, 4 and 8 gapsweep workers sharing one study.
+"""Worker scaling: 1 to 64 gapsweep workers sharing one PostgreSQL study, with and without a pool.
 
-What does it cost to coordinate workers? Each worker is a separate process running gapsweep's
-own loop (``gapsweep.sweeps.run.launch.prepare`` then ``run_trials``: the study-wide lock around the budget
-check and the trial's creation, reaping of stale trials, heartbeats) against one PostgreSQL
-study with a global budget. No Keras runs: the hypermodel samples the search space and returns a
-stand-in model, and the trainer sleeps (50 ms a trial, spread over its epochs) while it reports
+What does it cost to coordinate workers, and how many connections do they hold? Each worker is a
+separate process running gapsweep's own loop (``gapsweep.sweeps.run.launch.prepare`` then
+``run_trials``: the study-wide lock around the budget check and the trial's creation, reaping of
+stale trials, heartbeats) against one PostgreSQL study with a global budget. No Keras runs: the
+hypermodel samples the search space and returns a stand-in model, and the trainer sleeps (2 s a
+trial, spread over its epochs: a GPU-bound trial leaves its worker's CPU idle) while it reports
 each epoch to Optuna, as the real one does. The objective itself is gapsweep's: it records the
 curves, the score parts and the worker as user attributes. Ideally N workers finish N× as many
-trials per second as one; the gap to N× is the coordination cost (and, past the machine's cores,
-CPU contention: every worker's database work needs a core).
+trials per second as one; the gap to N× is the coordination cost (and CPU contention: every
+worker's database work needs a core, and this machine has few).
+
+Each worker count runs twice: with the default pool (``$GAPSWEEP_PG_POOL`` unset: two idle
+connections kept per process) and with none (``GAPSWEEP_PG_POOL=0``: connect per query). A thread
+samples ``pg_stat_activity`` every 50 ms for the workers' connections.
 
 Correctness is checked on every run: exactly the budget of COMPLETE trials, none RUNNING, none
-failed, and the workers' own counts add up to the budget.
+failed, no trial run twice (the workers' own counts add up to the budget).
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import queue
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,16 +39,29 @@ NAME = "workers"
 TITLE = "Worker scaling on PostgreSQL"
 STUDY = "workers"
 EPOCHS = 5
-SLEEP_S = 0.05
-#: N workers should reach at least this share of N× one worker's rate, up to the core count.
+#: Seconds a trial sleeps (full run, quick run).
+SLEEP_S, QUICK_SLEEP_S = 2.0, 0.05
+#: Trials in the study per worker.
+TRIALS_PER_WORKER = 10
+#: The pool variants: label -> $GAPSWEEP_PG_POOL (None: unset, the default).
+POOLS = {"default pool": None, "no pool": "0"}
+#: How the benchmark's workers name themselves to PostgreSQL, so their connections can be counted.
+APPLICATION = "gapsweep-bench-workers"
+#: 32 workers should reach at least this share of 32× one worker's rate.
 TARGET_EFFICIENCY = 0.8
+#: At most this many PostgreSQL connections with 64 workers.
+TARGET_CONNECTIONS = 10
 
 
 # --- What runs inside a worker process ----------------------------------------------------------
 
 
 class StandInModel:
-    """What the objective may call on a trained model; nothing here needs Keras."""
+    """What the objective may call on a trained model; nothing here needs Keras. ``sleep_s``:
+    how long 'training' it takes."""
+
+    def __init__(self, sleep_s: float) -> None:
+        self.sleep_s = sleep_s
 
     def evaluate(self, *_: Any, **__: Any) -> dict[str, float]:
         return {"loss": 0.3, "pure_loss": 0.25, "accuracy": 0.9}
@@ -53,8 +73,9 @@ class StandInModel:
 class SleepingHypermodel:
     """gapsweep's space, sampled as a real trial samples it, with a stand-in model to 'train'."""
 
-    def __init__(self, real: Any) -> None:
+    def __init__(self, real: Any, sleep_s: float) -> None:
         self.real = real
+        self.sleep_s = sleep_s
         self.max_epochs = EPOCHS
 
     def build(self, trial: Any, task: Any) -> tuple[StandInModel, Any]:
@@ -62,7 +83,7 @@ class SleepingHypermodel:
         from gapsweep.search_spaces.hypermodel import FitSettings
 
         values = resolve(self.real.space.sample(trial))
-        return StandInModel(), FitSettings(epochs=EPOCHS, batch_size=int(values["batch_size"]))
+        return StandInModel(self.sleep_s), FitSettings(epochs=EPOCHS, batch_size=int(values["batch_size"]))
 
     def describe(self) -> dict[str, Any]:
         return self.real.describe()
@@ -84,7 +105,7 @@ def sleeping_train(model: Any, fit: Any, splits: Any, *, scoring: Any, patience:
     if checkpoints is not None:
         checkpoints.latest()
     for epoch in range(fit.epochs):
-        time.sleep(SLEEP_S / fit.epochs)
+        time.sleep(model.sleep_s / fit.epochs)
         train = 1.0 / (1.0 + epoch)
         val = train + 0.05 + 0.01 * epoch
         curves.train_loss.append(train)
@@ -137,7 +158,7 @@ def stubbed(clock: LockClock) -> Iterator[None]:
         yield
 
 
-def worker(config: Any, start: Any, results: Any) -> None:
+def worker(config: Any, sleep_s: float, start: Any, results: Any) -> None:
     """One worker process: prepare (untimed), wait for the others, then run gapsweep's loop."""
     from gapsweep.sweeps.run.launch import prepare, run_trials
 
@@ -145,9 +166,12 @@ def worker(config: Any, start: Any, results: Any) -> None:
     clock = LockClock()
     with stubbed(clock):
         sweep = prepare(config)
-        sweep.hypermodel = SleepingHypermodel(sweep.hypermodel)
+        sweep.hypermodel = SleepingHypermodel(sweep.hypermodel, sleep_s)
         try:
-            start.wait()
+            try:
+                start.wait()
+            except threading.BrokenBarrierError:  # another worker died: the run is off
+                return
             began = time.time()
             ran = run_trials(sweep, progress=False)
             ended = time.time()
@@ -159,7 +183,53 @@ def worker(config: Any, start: Any, results: Any) -> None:
                  "lock_waits": clock.waits, "lock_holds": clock.holds})
 
 
-# --- The parent: one run per worker count -------------------------------------------------------
+# --- The parent: one run per worker count and pool -------------------------------------------
+
+
+class ConnectionSampler:
+    """Counts the workers' PostgreSQL connections every 50 ms in a thread (its own connection is
+    not one of them): the peak, and the mean while the workers ran."""
+
+    def __init__(self) -> None:
+        import sqlalchemy as sa
+
+        self.engine = sa.create_engine(harness.PG_URL, poolclass=sa.pool.NullPool)
+        self.counts: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import sqlalchemy as sa
+
+        query = sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name")
+        with self.engine.connect() as conn:
+            while not self._stop.is_set():
+                self.counts.append(int(conn.execute(query, {"name": APPLICATION}).scalar() or 0))
+                conn.rollback()
+                self._stop.wait(0.05)
+
+    def __enter__(self) -> "ConnectionSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.engine.dispose()
+
+
+@contextlib.contextmanager
+def pool_setting(value: str | None) -> Iterator[None]:
+    """``$GAPSWEEP_PG_POOL`` for the worker processes spawned inside (they inherit it)."""
+    before = os.environ.pop("GAPSWEEP_PG_POOL", None)
+    if value is not None:
+        os.environ["GAPSWEEP_PG_POOL"] = value
+    try:
+        yield
+    finally:
+        os.environ.pop("GAPSWEEP_PG_POOL", None)
+        if before is not None:
+            os.environ["GAPSWEEP_PG_POOL"] = before
 
 
 def sweep_config(url: str, budget: int) -> Any:
@@ -172,172 +242,195 @@ def sweep_config(url: str, budget: int) -> Any:
     )
 
 
-def run(url: str, workers: int, budget: int) -> dict[str, Any]:
+def run(url: str, workers: int, budget: int, sleep_s: float, pool: str) -> dict[str, Any]:
     """``workers`` processes on a fresh study of ``budget`` trials; their figures and the study's."""
     import optuna
     from optuna.trial import TrialState
 
     from gapsweep.sweeps.run.launch import prepare
 
+    url = f"{url}&application_name={APPLICATION}"
     config = sweep_config(url, budget)
     prepare(config).close()  # create the study first, as `gapsweep launch --create-only` does
     context = multiprocessing.get_context("spawn")
     start, results = context.Barrier(workers + 1), context.Queue()
-    processes = [context.Process(target=worker, args=(config, start, results)) for _ in range(workers)]
-    for process in processes:
-        process.start()
-    start.wait(timeout=300)
-    released = time.time()
-    reports = [results.get(timeout=600) for _ in processes]
+    with pool_setting(POOLS[pool]):
+        processes = [context.Process(target=worker, args=(config, sleep_s, start, results)) for _ in range(workers)]
+        for process in processes:
+            process.start()
+    errors: list[str] = []
+    with ConnectionSampler() as connections:
+        while start.n_waiting < workers:  # a worker that dies preparing (e.g. no connection left) never arrives
+            dead = [p.exitcode for p in processes if p.exitcode is not None]
+            if dead:
+                start.abort()
+                errors.append(f"{len(dead)} worker(s) died before the start (exit codes {sorted(set(dead))})")
+                break
+            time.sleep(0.1)
+        else:
+            start.wait(timeout=60)
+        released = time.time()
+        sampled_from = len(connections.counts)
+        reports = []
+        while len(reports) < len(processes) and not errors:
+            try:
+                reports.append(results.get(timeout=1))
+            except queue.Empty:
+                if all(p.exitcode is not None for p in processes) and results.empty():
+                    break  # a worker died without a report: counted below
     for process in processes:
         process.join(timeout=60)
+        if process.is_alive():
+            process.kill()
     failed = [p.exitcode for p in processes if p.exitcode != 0]
     if failed:
-        raise RuntimeError(f"{len(failed)} worker(s) exited with {failed}")
+        errors.append(f"{len(failed)} worker(s) exited with {sorted(set(failed))}")
+    during = connections.counts[sampled_from:] or [0]
 
     study = optuna.load_study(study_name=STUDY, storage=url)
     trials = study.get_trials(deepcopy=False)
     study._storage._backend.engine.dispose()  # type: ignore[attr-defined]
     states = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    first_start = min(t.datetime_start for t in done).timestamp()
-    last_end = max(t.datetime_complete for t in done).timestamp()
-    span = last_end - first_start
-    waits = [w for r in reports for w in r["lock_waits"]]
+    span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds() if done else 0.0
+    claims = sorted(w + h for r in reports for w, h in zip(r["lock_waits"], r["lock_holds"]))
     holds = [h for r in reports for h in r["lock_holds"]]
     per_worker = sorted(r["ran"] for r in reports)
     return {
+        "pool": pool,
         "workers": workers,
         "budget": budget,
-        "trials_per_s": len(done) / span,
+        "trials_per_s": len(done) / span if span else 0.0,
         "span_s": span,
-        "wall_s": max(r["ended"] for r in reports) - released,
-        "idle_tail_s": max(r["ended"] for r in reports) - last_end,
-        "ms_per_trial_per_worker": 1000 * span * workers / len(done),
-        "lock_wait_ms_median": 1000 * statistics.median(waits),
-        "lock_wait_ms_max": 1000 * max(waits),
-        "lock_hold_ms_median": 1000 * statistics.median(holds),
-        "claims": len(waits),
+        "wall_s": max((r["ended"] for r in reports), default=released) - released,
+        "connections_peak": max(connections.counts or [0]),
+        "connections_mean": statistics.fmean(during),
+        "claim_ms_median": 1000 * statistics.median(claims) if claims else None,
+        "claim_ms_p95": 1000 * claims[int(0.95 * (len(claims) - 1))] if claims else None,
+        "lock_hold_ms_median": 1000 * statistics.median(holds) if holds else None,
+        "claims": len(claims),
         "per_worker": per_worker,
-        "distinct_param_sets": len({tuple(sorted(t.params.items())) for t in done}),
+        "duplicates": sum(per_worker) - states["complete"],
         "states": states,
         "tensorflow_imported": any(r["tensorflow_imported"] for r in reports),
-        "correct": states["complete"] == budget and states["running"] == 0 and states["fail"] == 0
+        "errors": errors,
+        "correct": not errors and states["complete"] == budget and states["running"] == 0 and states["fail"] == 0
         and states["waiting"] == 0 and sum(per_worker) == budget,
     }
 
 
-def measure(counts: list[int], budget: int, repeats: int) -> list[dict[str, Any]]:
-    """Every worker count ``repeats`` times, interleaved, each on a fresh PostgreSQL schema."""
-    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
-    for _ in range(repeats):
+def measure(counts: list[int], sleep_s: float) -> list[dict[str, Any]]:
+    """Every worker count with each pool, on a fresh PostgreSQL schema each; the budget grows
+    with the count (``TRIALS_PER_WORKER`` each), so every run lasts about as long."""
+    rows = []
+    for pool in POOLS:
         for n in counts:
             with harness.postgres_schema() as url:
-                runs[n].append(run(url, n, budget))
-    rows = []
-    for n, results in runs.items():
-        middle = sorted(results, key=lambda r: r["trials_per_s"])[len(results) // 2]
-        rows.append({
-            **middle,
-            "trials_per_s": statistics.median(r["trials_per_s"] for r in results),
-            "trials_per_s_runs": [r["trials_per_s"] for r in results],
-            "correct": all(r["correct"] for r in results),
-            "oversubscribed": n > len(os.sched_getaffinity(0)),
-        })
-    one = next(r for r in rows if r["workers"] == counts[0])["trials_per_s"] / counts[0]
+                rows.append(run(url, n, TRIALS_PER_WORKER * n, sleep_s, pool))
+            print(f"{pool}, {n} workers: {rows[-1]['trials_per_s']:.2f} trials/s, "
+                  f"peak {rows[-1]['connections_peak']} connections, correct {rows[-1]['correct']}", flush=True)
     for row in rows:
-        row["speedup"] = row["trials_per_s"] / one
+        one = next(r for r in rows if r["pool"] == row["pool"] and r["workers"] == counts[0])
+        row["speedup"] = row["trials_per_s"] / (one["trials_per_s"] / counts[0]) if one["trials_per_s"] else 0.0
         row["efficiency"] = row["speedup"] / row["workers"]
+        row["connections_per_worker"] = row["connections_mean"] / row["workers"]
     return rows
 
 
-def plot(rows: list[dict[str, Any]], nproc: int, path: Path) -> None:
+def plot(rows: list[dict[str, Any]], nproc: int, sleep_s: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    counts = [r["workers"] for r in rows]
+    fig, (rate, held) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for i, pool in enumerate(POOLS):
+        mine = [r for r in rows if r["pool"] == pool]
+        counts = [r["workers"] for r in mine]
+        rate.plot(counts, [r["trials_per_s"] for r in mine], "o-", color=f"C{i}", label=pool)
+        held.plot(counts, [r["connections_peak"] for r in mine], "o-", color=f"C{i}", label=f"{pool}: peak")
+        held.plot(counts, [r["connections_mean"] for r in mine], "x--", color=f"C{i}", label=f"{pool}: mean")
+    counts = sorted({r["workers"] for r in rows})
     one = rows[0]["trials_per_s"] / rows[0]["workers"]
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    ax.plot(counts, [one * n for n in counts], "--", color="grey", label="ideal (N × one worker)")
-    ax.plot(counts, [r["trials_per_s"] for r in rows], "o-", label="gapsweep workers")
-    for row in rows:
-        for rate in row["trials_per_s_runs"]:
-            ax.plot(row["workers"], rate, ".", color="C0", alpha=0.4)
-    ax.axvline(nproc, color="C3", lw=0.8, ls=":", label=f"{nproc} cores")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(counts, [str(n) for n in counts])
-    ax.set_xlabel("worker processes")
-    ax.set_ylabel("trials per second")
-    ax.set_title(f"{SLEEP_S * 1000:.0f} ms sleeping trials on PostgreSQL", fontsize=10)
-    ax.legend(fontsize=8)
+    rate.plot(counts, [one * n for n in counts], ":", color="grey", label="ideal (N × one worker)")
+    held.axhline(TARGET_CONNECTIONS, color="C3", lw=0.8, ls=":", label=f"{TARGET_CONNECTIONS} connections")
+    for ax, label in ((rate, "trials per second"), (held, "PostgreSQL connections")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(counts, [str(n) for n in counts])
+        ax.set_xlabel(f"worker processes ({nproc} cores)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{sleep_s * 1000:.0f} ms sleeping trials on PostgreSQL", fontsize=10)
     report.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
     options = harness.parse_args(__doc__.splitlines()[0], argv)
     harness.quiet_optuna()
-    counts, budget, repeats = ([1, 2], 20, 1) if options.quick else ([1, 2, 4, 8], 200, 2)
+    counts, sleep_s = ([1, 2], QUICK_SLEEP_S) if options.quick else ([1, 8, 32, 64], SLEEP_S)
     started, machine = time.monotonic(), harness.machine()
     reason = harness.postgres_reason()
-    rows = measure(counts, budget, repeats) if reason is None else []
+    rows = measure(counts, sleep_s) if reason is None else []
     skipped = {} if reason is None else {"postgresql": reason}
     if reason is None:
         machine["postgresql"] = harness.postgres_version()
 
-    columns = ["workers", "trials_per_s", "speedup", "efficiency", "span_s", "wall_s", "idle_tail_s",
-               "ms_per_trial_per_worker", "lock_wait_ms_median", "lock_wait_ms_max", "lock_hold_ms_median",
-               "distinct_param_sets", "correct"]
+    columns = ["pool", "workers", "budget", "trials_per_s", "speedup", "efficiency", "wall_s", "connections_peak",
+               "connections_mean", "connections_per_worker", "claim_ms_median", "claim_ms_p95", "lock_hold_ms_median",
+               "duplicates", "correct"]
     table = report.markdown_table(rows, columns)
     print(table)
     for backend, why in skipped.items():
         print(f"{backend} skipped: {why}")
     if rows:
-        plot(rows, machine["nproc"], report.plot_path(options.out, NAME))
+        plot(rows, machine["nproc"], sleep_s, report.plot_path(options.out, NAME))
     harness.finish(machine, started)
-    within_cores = [r for r in rows if r["workers"] <= machine["nproc"]]
+    at = {(r["pool"], r["workers"]): r for r in rows}
+    widest, middle = counts[-1], counts[-2] if len(counts) > 2 else counts[-1]
     target = {
         "efficiency_at_least": TARGET_EFFICIENCY,
-        "efficiency_within_cores": {str(r["workers"]): r["efficiency"] for r in within_cores},
-        "met": bool(within_cores) and all(r["efficiency"] >= TARGET_EFFICIENCY for r in within_cores),
+        "efficiency": {f"{pool}, {middle}": at[(pool, middle)]["efficiency"] for pool in POOLS if (pool, middle) in at},
+        "connections_at_most": TARGET_CONNECTIONS,
+        "connections_peak": {f"{pool}, {widest}": at[(pool, widest)]["connections_peak"] for pool in POOLS if (pool, widest) in at},
         "all_correct": all(r["correct"] for r in rows) if rows else None,
     }
+    target["efficiency_met"] = any(e >= TARGET_EFFICIENCY for e in target["efficiency"].values())
+    target["connections_met"] = any(c <= TARGET_CONNECTIONS for c in target["connections_peak"].values())
     payload = {
         "benchmark": NAME, "quick": options.quick, "machine": machine,
-        "settings": {"workers": counts, "budget": budget, "repeats": repeats, "sleep_s_per_trial": SLEEP_S,
-                     "epochs_reported": EPOCHS, "sampler": "random (seed 0, as every worker gets it)",
-                     "pruner": "none", "keep_models": 0, "space": "mlp (built-in)",
-                     "heartbeat_interval_s": _heartbeat_interval()},
+        "settings": {"workers": counts, "trials_per_worker": TRIALS_PER_WORKER, "pools": POOLS,
+                     "sleep_s_per_trial": sleep_s, "epochs_reported": EPOCHS,
+                     "sampler": "random (seed 0, as every worker gets it)", "pruner": "none", "keep_models": 0,
+                     "space": "mlp (built-in)", "heartbeat_interval_s": _heartbeat_interval()},
         "skipped": skipped, "rows": rows, "target": target,
     }
     report.write_json(options.out, NAME, payload)
     if not rows:
         report.write_section(options.out, NAME, TITLE, f"Skipped: PostgreSQL unavailable ({reason}).\n\nTarget: not measured.")
         return
-    oversubscribed = [r["workers"] for r in rows if r["oversubscribed"]]
-    verdict = ", ".join(f"{n} workers {e:.0%}" for n, e in target["efficiency_within_cores"].items() if n != "1")
+    efficiency = ", ".join(f"{key} workers {value:.0%}" for key, value in target["efficiency"].items())
+    peaks = ", ".join(f"{key} workers {value}" for key, value in target["connections_peak"].items())
     body = "\n\n".join([
         f"`python -m benchmarks.workers{' --quick' if options.quick else ''}`: {', '.join(map(str, counts))} worker "
-        f"processes on one PostgreSQL study with a budget of {budget} trials; each trial sleeps {SLEEP_S * 1000:.0f} ms "
-        f"over {EPOCHS} reported epochs (no Keras), random sampler, no pruner, no kept models, heartbeat every "
-        f"{_heartbeat_interval()} s. Median of {repeats} interleaved run(s), each on a fresh schema; workers are "
-        "spawned and prepared before a barrier starts them together.",
+        f"processes on one PostgreSQL study with a budget of {TRIALS_PER_WORKER} trials per worker; each trial sleeps "
+        f"{sleep_s * 1000:.0f} ms over {EPOCHS} reported epochs (no Keras), random sampler, no pruner, no kept models, "
+        f"heartbeat every {_heartbeat_interval()} s; once with the default pool and once with `GAPSWEEP_PG_POOL=0`. "
+        "One run each on a fresh schema; workers are spawned and prepared before a barrier starts them together.",
         report.machine_line(machine),
         table,
         "`trials_per_s`: complete trials over the span from the first trial's start to the last one's end (stored "
-        "timestamps); `speedup` is against one worker, `efficiency` = speedup / workers (1 is ideal). `wall_s` runs "
-        "from the barrier to the last worker's exit and `idle_tail_s` is its part after the last trial ended. "
-        "`lock_wait_ms`: time a worker waited for the study-wide lock per claim; `lock_hold_ms`: time it held it "
-        "(budget check, reaping, trial creation and the start of the objective). `distinct_param_sets` counts "
-        "different parameter sets among the complete trials; `correct`: exactly the budget complete, none running, "
-        "waiting or failed, and the workers' counts add up.",
-        *([f"Runs with {', '.join(map(str, oversubscribed))} workers put more processes than cores "
-           f"({machine['nproc']}) on the machine: their figures include CPU contention, not coordination alone."]
-          if oversubscribed else []),
-        "![trials per second by worker count](benchmarks/workers.png)",
-        f"Target: up to the core count, N workers at least {TARGET_EFFICIENCY:.0%} of N× one worker's rate: {verdict} "
-        f"— **{'met' if target['met'] else 'missed'}**; correctness checks "
+        "timestamps); `speedup` is against one worker with the same pool, `efficiency` = speedup / workers (1 is "
+        "ideal). `wall_s` runs from the barrier to the last worker's exit. `connections_peak` / `_mean`: the workers' "
+        "connections in `pg_stat_activity`, sampled every 50 ms (the mean while they ran). `claim_ms`: a claim from "
+        "asking for the study lock to starting the trial (waiting plus holding it); `lock_hold_ms`: the holding part "
+        "(budget check, reaping, trial creation and sampling). `duplicates`: trials run by more than one worker; "
+        "`correct`: exactly the budget complete, none running, waiting or failed, and the workers' counts add up.",
+        f"Every run past {machine['nproc']} workers puts more processes than cores on the machine: the workers' "
+        "database work and PostgreSQL's share them.",
+        "![trials per second and connections by worker count](benchmarks/workers.png)",
+        f"Target: {middle} workers at least {TARGET_EFFICIENCY:.0%} of {middle}× one worker's rate: {efficiency} — "
+        f"**{'met' if target['efficiency_met'] else 'missed'}**; {widest} workers on at most {TARGET_CONNECTIONS} "
+        f"connections: {peaks} — **{'met' if target['connections_met'] else 'missed'}**; correctness checks "
         f"{'all passed' if target['all_correct'] else '**failed**'}.",
     ])
     report.write_section(options.out, NAME, TITLE, body)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Collection
@@ -117,11 +118,24 @@ def ensure_schema(engine: Engine) -> None:
 
 
 def schema_version(engine: Engine) -> int | None:
-    """The version of gapsweep's tables, or None where they were never created."""
+    """The version of gapsweep's tables, or None where they were never created.
+
+    Tables at this gapsweep's version never go back to an older one, so once an engine has seen
+    them there it is not asked again: every artifact read asks, and each asking is two round trips.
+    """
+    if engine in _current:
+        return SCHEMA_VERSION
     if not sa.inspect(engine).has_table("gapsweep_schema"):
         return None
     with engine.connect() as conn:
-        return conn.execute(sa.select(schema_table.c.version).where(schema_table.c.id == 1)).scalar()
+        version = conn.execute(sa.select(schema_table.c.version).where(schema_table.c.id == 1)).scalar()
+    if version == SCHEMA_VERSION:
+        _current.add(engine)
+    return version
+
+
+#: Engines whose database holds gapsweep's tables at ``SCHEMA_VERSION``.
+_current: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 
 
 def _where(study: str, trial_number: int | None = None, kind: str | None = None) -> Any:

@@ -79,13 +79,15 @@ def test_query_scale_quick(tmp_path, postgres_server):
 
 def test_workers_quick(tmp_path, postgres_server):
     payload = run_quick("workers", tmp_path)
-    budget = payload["settings"]["budget"]
-    assert [row["workers"] for row in payload["rows"]] == [1, 2]
-    for row in payload["rows"]:
-        assert row["correct"] is True
-        assert row["states"]["complete"] == budget and row["states"]["running"] == 0
-        assert sum(row["per_worker"]) == budget and len(row["per_worker"]) == row["workers"]
+    per_worker = payload["settings"]["trials_per_worker"]
+    rows = payload["rows"]
+    assert [(row["pool"], row["workers"]) for row in rows] == [(pool, n) for pool in ("default pool", "no pool") for n in (1, 2)]
+    for row in rows:
+        assert row["correct"] is True and row["errors"] == [] and row["duplicates"] == 0
+        assert row["budget"] == per_worker * row["workers"] == row["states"]["complete"] and row["states"]["running"] == 0
+        assert sum(row["per_worker"]) == row["budget"] and len(row["per_worker"]) == row["workers"]
         assert row["tensorflow_imported"] is False
-        assert row["trials_per_s"] > 0 and row["claims"] >= budget
-    assert payload["rows"][0]["speedup"] == pytest.approx(1.0)
+        assert row["trials_per_s"] > 0 and row["claims"] >= row["budget"]
+        assert row["connections_peak"] >= 1  # the sampler sees the workers' connections
+    assert rows[0]["speedup"] == pytest.approx(1.0)
     assert payload["target"]["all_correct"] is True
