@@ -77,6 +77,7 @@ class CheckpointStore:
         #: The epoch training resumed after, once ``latest`` found a checkpoint.
         self.resumed_epoch: int | None = None
         self._last_saved = time.monotonic()
+        self._saved_any = False
 
     def due(self) -> bool:
         """Whether the epoch that just ended should be saved (asked before serializing it)."""
@@ -84,9 +85,10 @@ class CheckpointStore:
 
     def latest(self) -> TrainingState | None:
         """The most advanced checkpoint among this trial and the ones it retries."""
+        # A trial's own number is new when it starts: only the trials it retries can have saved any.
         found = [
             artifact
-            for number in [self.trial_number, *reversed(self.retries_of)]
+            for number in reversed(self.retries_of)
             if (artifact := artifacts.load(self.engine, self.study, number, artifacts.CHECKPOINT, store=self.store)) is not None
         ]
         if not found:
@@ -102,8 +104,10 @@ class CheckpointStore:
             self.engine, self.study, self.trial_number, artifacts.CHECKPOINT, data, meta=meta, epoch=state.epoch, store=self.store
         )
         self._last_saved = time.monotonic()
+        self._saved_any = True
 
     def clear(self) -> None:
         """Drop this trial's checkpoints and those of the trials it retried."""
-        numbers = [self.trial_number, *self.retries_of]
+        numbers = [self.trial_number] if self._saved_any else []
+        numbers += self.retries_of
         artifacts.delete(self.engine, self.study, kind=artifacts.CHECKPOINT, trial_numbers=numbers, store=self.store)
