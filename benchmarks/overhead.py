@@ -52,7 +52,8 @@ from gapsweep.sweeps.trial.trainer import Curves, TrainResult
 NAME = "overhead"
 TITLE = "Trial-loop overhead"
 EPOCHS = 10
-TARGET_RATIO = 1.10
+#: gapsweep's loop at most this many times plain Optuna's time per trial, per backend.
+TARGET_RATIO = {"sqlite": 1.05, "postgresql": 1.2}
 
 #: Five searched parameters; epochs and batch size fixed, as a small real sweep would have.
 SPACE: dict[str, dict[str, Any]] = {
@@ -356,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
         machine["postgresql"] = harness.postgres_version()
 
     ratios = {r["backend"]: r["time_ratio_vs_optuna"] for r in rows if r["variant"] == SUBJECT}
-    verdict = {backend: ratio <= TARGET_RATIO for backend, ratio in ratios.items()}
+    verdict = {backend: ratio <= TARGET_RATIO[backend] for backend, ratio in ratios.items()}
     columns = ["backend", "variant", "trials_per_s", "ms_per_trial", "time_ratio_vs_optuna",
                "last_tenth_trials_per_s", "statements_per_trial", "commits_per_trial", "user_attrs_per_trial"]
     table = report.markdown_table(rows, columns)
@@ -375,7 +376,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     report.write_json(options.out, NAME, payload)
     verdicts = "; ".join(
-        f"{backend}: {ratios[backend]:.2f}× — **{'met' if ok else 'missed'}**" for backend, ok in verdict.items()
+        f"{backend}: {ratios[backend]:.2f}× (target ≤ {TARGET_RATIO[backend]:.2f}×) — **{'met' if ok else 'missed'}**"
+        for backend, ok in verdict.items()
     )
     body = "\n\n".join([
         f"`python -m benchmarks.overhead{' --quick' if options.quick else ''}`: {trials} trials per run, "
@@ -385,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
         table,
         *[f"{backend} skipped: {reason}" for backend, reason in skipped.items()],
         "![ms per trial](benchmarks/overhead.png)",
-        f"Target: gapsweep's loop at most {TARGET_RATIO:.2f}× the time per trial of plain Optuna doing the same "
+        f"Target: gapsweep's loop at most the given multiple of plain Optuna's time per trial doing the same "
         f"work. {verdicts}.",
     ])
     report.write_section(options.out, NAME, TITLE, body)

@@ -15,6 +15,11 @@ gapsweep's last point is what a user takes away: ``export --refit`` of its pick 
 configuration trained again on train + val rows for its early-stopped epochs, as KerasTuner's
 documentation recommends after a search), timed on the clock, its ``.keras`` file reloaded with
 Keras alone and fed raw test rows.
+
+The question is whether gapsweep gets there in half of Hyperband's time, so each seed runs
+Hyperband first and then gives gapsweep that time as a budget, as a user with a deadline would:
+its sweep starts no trial after ``SWEEP_SHARE`` of it (``launch``'s timeout), leaving the rest for
+the refit. RandomSearch gets the trial budget.
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ NAME = "vs_kerastuner"
 TITLE = "Against KerasTuner"
 METHODS = ("gapsweep", "kt_random", "kt_hyperband")
 TARGET_TIME_FRACTION = 0.5
+#: The part of gapsweep's time budget its sweep may start trials in; the refit takes the rest.
+SWEEP_SHARE = 0.85
+#: gapsweep's trial budget under a time budget: more than the time allows, so the time decides.
+TIMED_TRIALS = 500
 DATA = DataSpec("digits", train_fraction=0.3)
 PATIENCE = 5
 BATCH_SIZE = 64
@@ -67,8 +76,9 @@ def test_metrics(model: Any, splits: Splits) -> dict[str, float]:
     return {"test_loss": float(scores["pure_loss"]), "test_accuracy": float(scores["accuracy"])}
 
 
-def run_gapsweep(seed: int, trials: int, space: dict[str, Any]) -> dict[str, Any]:
-    """gapsweep's ``launch`` (TPE, median pruning); each trial's weights kept when it improves."""
+def run_gapsweep(seed: int, trials: int, space: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    """gapsweep's ``launch`` (TPE, median pruning) for ``trials`` trials or ``timeout`` seconds;
+    each trial's weights kept when it improves."""
     harness.prepare_process()
     splits = load(DATA)
     kept: dict[int, tuple[dict[str, Any], list[Any]]] = {}
@@ -84,7 +94,7 @@ def run_gapsweep(seed: int, trials: int, space: dict[str, Any]) -> dict[str, Any
         return result
 
     with harness.sqlite_file() as url:
-        config = SweepConfig(study="race", space=space, data=DATA, trials=trials, seed=seed, storage=url)
+        config = SweepConfig(study="race", space=space, data=DATA, trials=trials, seed=seed, storage=url, timeout=timeout)
         started = datetime.now()  # Optuna stamps trials with naive local time, as this is
         with mock.patch.object(objective_module, "train", keeping_train):
             launch(config, progress=False)
@@ -256,11 +266,14 @@ def main(argv: list[str] | None = None) -> None:
     options = harness.parse_args(__doc__.splitlines()[0], argv)
     seeds, trials, space = ((0,), 3, quick_space()) if options.quick else ((0, 1, 2), 20, SPACE)
     started, machine = time.monotonic(), harness.machine()
-    runs = []
+    runs, budgets = [], {}
     for seed in seeds:
-        runs.append(harness.in_fresh_process(run_gapsweep, seed, trials, space))
-        for method in METHODS[1:]:
-            runs.append(harness.in_fresh_process(run_kerastuner, method, seed, trials, space))
+        hyperband = harness.in_fresh_process(run_kerastuner, "kt_hyperband", seed, trials, space)
+        # Quick runs keep the trial budget: their Hyperband is too short to share.
+        budgets[seed] = None if options.quick else SWEEP_SHARE * TARGET_TIME_FRACTION * hyperband["wall_s"]
+        ours = harness.in_fresh_process(run_gapsweep, seed, trials if options.quick else TIMED_TRIALS, space, budgets[seed])
+        random_search = harness.in_fresh_process(run_kerastuner, "kt_random", seed, trials, space)
+        runs += [ours, random_search, hyperband]
 
     rows, outcome = [], {}
     for run in runs:
@@ -275,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
         reached = time_to_reach(ours["timeline"], target) if target is not None else None
         fraction = reached / hyperband["wall_s"] if reached is not None else None
         outcome[str(seed)] = {"hyperband_final_test_loss": target, "hyperband_wall_s": hyperband["wall_s"],
+                              "gapsweep_sweep_budget_s": budgets[seed],
                               "gapsweep_reached_s": reached, "time_fraction": fraction,
                               "met": fraction is not None and fraction <= TARGET_TIME_FRACTION}
     means = summarize(rows)
@@ -295,6 +309,8 @@ def main(argv: list[str] | None = None) -> None:
     payload = {
         "benchmark": NAME, "quick": options.quick, "machine": machine,
         "settings": {"seeds": list(seeds), "trials": trials, "space": space, "data": DATA.to_dict(),
+                     "gapsweep_budget": "trials" if options.quick else {"sweep_share": SWEEP_SHARE, "of": TARGET_TIME_FRACTION,
+                                                                        "max_trials": TIMED_TRIALS},
                      "patience": PATIENCE, "hyperband": {"factor": 3, "hyperband_iterations": 1,
                                                          "max_epochs": space["epochs"]["value"]}},
         "rows": rows, "runs": runs,
@@ -312,8 +328,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     body = "\n\n".join([
         f"`python -m benchmarks.vs_kerastuner{' --quick' if options.quick else ''}`: digits (train_fraction 0.3), "
-        f"the space below, seed(s) {', '.join(map(str, seeds))}. Budgets: gapsweep {trials} trials "
-        f"(TPE, median pruning, gap penalty λ = 1, patience {PATIENCE}), then `export --refit` of its pick, on the "
+        f"the space below, seed(s) {', '.join(map(str, seeds))}. Budgets: gapsweep "
+        + (f"{trials} trials" if options.quick else
+           f"{TARGET_TIME_FRACTION}× the wall time of the same seed's Hyperband run (run first): its sweep starts no "
+           f"trial after {SWEEP_SHARE:.0%} of that (`launch`'s timeout) and the rest is for the refit")
+        + f" (TPE, median pruning, gap penalty λ = 1, patience {PATIENCE}), then `export --refit` of its pick, on the "
         f"clock: gapsweep's final point is that exported model; RandomSearch {trials} trials "
         f"(early stopping, patience {PATIENCE}); Hyperband one iteration with max_epochs = "
         f"{space['epochs']['value']}, factor 3 (it decides its own number of trials). Batch size {BATCH_SIZE}, "
