@@ -29,6 +29,7 @@ from sqlalchemy.engine import Engine
 from gapsweep.errors import ConfigError, StorageError, StudyNotFoundError
 from gapsweep.storage import queries
 from gapsweep.storage.studies import CONFIG_ATTR
+from gapsweep.storage.url import mask_text
 
 DATABASE = "database"
 #: The study configuration key that names the store (``gapsweep.config``).
@@ -44,26 +45,27 @@ def canonical(url: str | None) -> str:
     if url is None or url.strip() in ("", DATABASE):
         return DATABASE
     text = url.strip()
+    shown = repr(mask_text(text))  # a URL with credentials in it is refused below, never echoed
     if text.startswith("/"):
         text = Path(text).as_uri()
     parts = urlsplit(text)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise ConfigError(
-                f"artifact store {url!r} needs an absolute folder, the same on every machine: file:///shared/gapsweep-artifacts"
+                f"artifact store {shown} needs an absolute folder, the same on every machine: file:///shared/gapsweep-artifacts"
             )
         return "file://" + parts.path.rstrip("/")
     if parts.scheme == "s3":
         if "@" in parts.netloc or ":" in parts.netloc:
             raise ConfigError(
-                f"artifact store {url!r}: name only the bucket (s3://bucket/prefix); credentials and the endpoint "
+                f"artifact store {shown}: name only the bucket (s3://bucket/prefix); credentials and the endpoint "
                 "go in AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL_S3"
             )
         if not parts.netloc:
-            raise ConfigError(f"artifact store {url!r} names no bucket: s3://bucket/prefix")
+            raise ConfigError(f"artifact store {shown} names no bucket: s3://bucket/prefix")
         prefix = parts.path.strip("/")
         return f"s3://{parts.netloc}" + (f"/{prefix}" if prefix else "")
-    raise ConfigError(f"unknown artifact store {url!r}; use {_EXAMPLES}")
+    raise ConfigError(f"unknown artifact store {shown}; use {_EXAMPLES}")
 
 
 @dataclass

@@ -20,7 +20,8 @@ import sqlalchemy.pool
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from gapsweep.errors import ConfigError, StorageError
+from gapsweep import env
+from gapsweep.errors import StorageError
 from gapsweep.storage import optuna_tables
 from gapsweep.storage.url import MASK, mask, parse, passwords
 
@@ -32,7 +33,7 @@ def heartbeat_settings() -> tuple[int, int]:
 
     A running trial whose last heartbeat is older than the grace period belongs to a dead worker.
     """
-    interval = int(os.environ.get("GAPSWEEP_HEARTBEAT_S", "10"))
+    interval = int(env.number("GAPSWEEP_HEARTBEAT_S", 10, minimum=1, whole=True, meaning="seconds between heartbeats"))
     return interval, 3 * interval
 
 
@@ -48,10 +49,7 @@ def pg_pool_size() -> int:
     which lets many workers share a server's connection limit at the cost of one connection
     set-up per query (measured in ``benchmarks/workers.py``).
     """
-    text = os.environ.get("GAPSWEEP_PG_POOL", str(DEFAULT_PG_POOL)).strip()
-    if not text.isdigit():
-        raise ConfigError(f"GAPSWEEP_PG_POOL must be a whole number >= 0 (0: no idle connections), got '{text}'")
-    return int(text)
+    return int(env.number("GAPSWEEP_PG_POOL", DEFAULT_PG_POOL, minimum=0, whole=True, meaning="0: no idle connections"))
 
 
 def engine_kwargs(url: URL) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from gapsweep import env
 from gapsweep.errors import StorageError
 
 #: How often a SQLite waiter tries the lock file again.
@@ -32,7 +33,7 @@ _POLL_S = 0.02
 
 def lock_timeout_s() -> float:
     """Seconds to wait for the study lock before giving up (``$GAPSWEEP_LOCK_TIMEOUT_S``)."""
-    return float(os.environ.get("GAPSWEEP_LOCK_TIMEOUT_S", "120"))
+    return env.number("GAPSWEEP_LOCK_TIMEOUT_S", 120, minimum=1, meaning="seconds to wait for the study lock")
 
 
 def _key(study: str) -> int:

@@ -33,6 +33,7 @@ class Case:
     says: str  #: a fragment the one line must hold
     setup: Setup | None = None
     code: int = 1
+    env: tuple[tuple[str, str], ...] = ()  #: environment variables set for the command
 
 
 def write(name: str, text: str) -> Setup:
@@ -193,6 +194,15 @@ CASES = [
     Case("delete-no-database", command("delete", "real", "--yes"), "no database at"),
     Case("worker-on-a-plain-optuna-study", command("worker", "--study", "plain"), "was not created by gapsweep launch", not_a_gapsweep_study),
     Case("reap-unknown-study", command("reap", "--study", "ghost"), "no study named 'ghost'", fake_study),
+    Case("artifact-store-with-credentials", launch("--artifacts", "s3://AKIA:s3cret@bucket/x"),
+         "artifact store 's3://AKIA:***@bucket/x': name only the bucket"),
+    Case("negative-seed", launch("--seed", "-1"), "seed must be a whole number >= 0"),
+    Case("seed-past-2-32", launch("--seed", str(2**32)), "seed must be below 2**32"),
+    Case("heartbeat-not-a-number", launch(), "GAPSWEEP_HEARTBEAT_S must be a whole number >= 1", env=(("GAPSWEEP_HEARTBEAT_S", "x"),)),
+    Case("heartbeat-zero-when-reading", command("studies"), "GAPSWEEP_HEARTBEAT_S must be a whole number >= 1",
+         fake_study, env=(("GAPSWEEP_HEARTBEAT_S", "0"),)),
+    Case("lock-timeout-not-a-number", launch(), "GAPSWEEP_LOCK_TIMEOUT_S must be a number >= 1", env=(("GAPSWEEP_LOCK_TIMEOUT_S", "x"),)),
+    Case("checkpoint-interval-negative", launch(), "GAPSWEEP_CHECKPOINT_S must be a number >= 0", env=(("GAPSWEEP_CHECKPOINT_S", "-1"),)),
     Case("missing-study-flag", lambda folder, url: ["best"], "the following arguments are required: --study", code=2),
     Case("unknown-command", lambda folder, url: ["sweep"], "invalid choice: 'sweep'", code=2),
 ]
@@ -222,6 +232,8 @@ def test_a_bad_input_ends_in_one_line_and_writes_nothing(case: Case, tmp_path: P
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.stdin.isatty", lambda: False, raising=False)
     url = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    for name, value in case.env:
+        monkeypatch.setenv(name, value)
     if case.setup is not None:
         case.setup(tmp_path, url)
     capsys.readouterr()

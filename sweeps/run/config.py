@@ -43,6 +43,7 @@ from gapsweep.sweeps.data import in_memory
 from gapsweep.sweeps.data.datasets import DataSpec
 from gapsweep.sweeps.trial.objective import ObjectiveSettings
 from gapsweep.sweeps.trial.pruning import PRUNERS
+from gapsweep.sweeps.trial.runtime import SEED_RANGE
 from gapsweep.sweeps.trial.score import SCORES
 
 if TYPE_CHECKING:
@@ -97,6 +98,9 @@ class SweepConfig:
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler '{self.sampler}'; use one of {', '.join(SAMPLERS)}")
         _whole("trials", self.trials, 1)
+        _whole("seed", self.seed, 0)
+        if self.seed >= SEED_RANGE:
+            raise ConfigError(f"seed must be below 2**32 = {SEED_RANGE}, got {self.seed}")
         if not isinstance(self.linear_start, bool):
             raise ConfigError(f"linear_start must be true or false, got {self.linear_start!r}")
         if self.timeout is not None and not (self.timeout > 0):

@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
+from gapsweep import env
 from gapsweep.errors import ConfigError
 
 #: Seconds between looks at the jobs (and the study's progress).
@@ -57,14 +58,11 @@ def parse_gpus(text: str | None) -> list[str] | None:
 
 def default_jobs(gpus: Sequence[str] | None) -> int:
     """``$GAPSWEEP_JOBS`` when set; else one job per GPU given; else one per usable core."""
-    text = os.environ.get("GAPSWEEP_JOBS")
-    if text is not None:
-        if not text.strip().isdigit() or int(text) < 1:
-            raise ConfigError(f"GAPSWEEP_JOBS must be a whole number >= 1, got '{text}'")
-        return int(text)
     if gpus and gpus != ["none"]:
-        return len(gpus)
-    return usable_cores()
+        default = len(gpus)
+    else:
+        default = usable_cores()
+    return int(env.number("GAPSWEEP_JOBS", default, minimum=1, whole=True, meaning="trials trained at once"))
 
 
 def check_jobs(jobs: int) -> int:

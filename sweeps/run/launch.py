@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
+from gapsweep import env
 from gapsweep.storage import trial_keys
 from gapsweep.errors import ConfigError, GapsweepError, SweepFailedError
 from gapsweep.search_spaces import code_refs
@@ -38,9 +39,9 @@ from gapsweep.search_spaces.hypermodel import Hypermodel, SpaceHypermodel
 from gapsweep.search_spaces.loader import load_space
 from gapsweep.storage import artifacts, queries
 from gapsweep.storage.artifact_store import ArtifactStore, canonical, open_store
-from gapsweep.storage.engine import describe_failure, heartbeat_settings, sqlite_path
+from gapsweep.storage.engine import describe_failure, heartbeat_settings, pg_pool_size, sqlite_path
 from gapsweep.storage.heartbeats import open_crash_safe_storage, quiet_experimental, reap
-from gapsweep.storage.locks import StudyLock
+from gapsweep.storage.locks import StudyLock, lock_timeout_s
 from gapsweep.storage.studies import CONFIG_ATTR, REFERENCE_ATTR, create_or_load, stored_config
 from gapsweep.storage.url import parse
 from gapsweep.sweeps.data import datasets, in_memory
@@ -48,6 +49,7 @@ from gapsweep.sweeps.run.config import SweepConfig
 from gapsweep.sweeps.run.jobs import JobSpec, check_jobs, parse_gpus, run_jobs, select_device, usable_cores
 from gapsweep.sweeps.run.reference import fit_reference, linear_start, linear_weights
 from gapsweep.sweeps.data.datasets import Splits
+from gapsweep.sweeps.trial.checkpoints import checkpoint_interval
 from gapsweep.sweeps.trial.models import ModelKeeper
 from gapsweep.sweeps.trial.objective import Objective
 from gapsweep.sweeps.trial.pruning import make_pruner
@@ -103,6 +105,7 @@ def prepare(config: SweepConfig, *, salt: str | None = None, allow_objective_cha
     artifact store and, unless ``allow_objective_change``, the same objective: otherwise its
     trials would mix scores that cannot be compared, or lose their models.
     """
+    env.check([heartbeat_settings, lock_timeout_s, checkpoint_interval, pg_pool_size])
     config.code()  # a hypermodel or data loader file outside the project folder is refused before anything runs
     config.data_code()
     splits = datasets.load(config.data, config.code_dir)

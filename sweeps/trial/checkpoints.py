@@ -16,7 +16,6 @@ than that writes none. ``0`` checkpoints every epoch, ``inf`` never.
 from __future__ import annotations
 
 import io
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.engine import Engine
 
+from gapsweep import env
 from gapsweep.storage import artifacts
 from gapsweep.storage.artifact_store import ArtifactStore
 
@@ -57,7 +57,7 @@ class TrainingState:
 
 def checkpoint_interval() -> float:
     """Seconds of training between checkpoints: ``$GAPSWEEP_CHECKPOINT_S``, default 30."""
-    return float(os.environ.get("GAPSWEEP_CHECKPOINT_S", "30"))
+    return env.number("GAPSWEEP_CHECKPOINT_S", 30, minimum=0, meaning="0: every epoch, inf: never")
 
 
 class CheckpointStore:

@@ -15,14 +15,20 @@ import os
 
 _device: str | None = None
 
+#: Seeds are whole numbers below this (NumPy's and Optuna's samplers take no larger).
+SEED_RANGE = 2**32
+
 
 def fresh_session(seed: int) -> None:
-    """Free the previous model's graph and seed weights, shuffling and dropout for the next."""
+    """Free the previous model's graph and seed weights, shuffling and dropout for the next.
+
+    A trial's seed is the study's seed plus its number, so it may pass the 2**32 that NumPy's
+    generator takes; it wraps around there."""
     init_tensorflow()
     import keras
 
     keras.backend.clear_session(free_memory=True)
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(seed % SEED_RANGE)
 
 
 def init_tensorflow(threads: int | None = 1) -> str:
