@@ -143,4 +143,14 @@ def test_a_model_kept_for_a_trial_still_running_survives_another_workers_offer(a
     study.tell(fourth, 0.05)
     assert not keeper.offer(Standing(True, 0.01, study.ask().number), model, {}, splits.preprocessing)
     assert artifacts.trial_numbers(storage.engine, "race", artifacts.MODEL) == [3]
+    # Two trials kept while both ran (neither could rank the other); once both have finished, the
+    # trim a worker makes when it stops leaves the top one only.
+    fifth, sixth = study.ask(), study.ask()
+    assert keeper.offer(Standing(False, 0.02, fifth.number), model, {}, splits.preprocessing)
+    assert keeper.offer(Standing(False, 0.03, sixth.number), model, {}, splits.preprocessing)
+    assert artifacts.trial_numbers(storage.engine, "race", artifacts.MODEL) == [5, 6]
+    study.tell(fifth, 0.02)
+    study.tell(sixth, 0.03)
+    keeper.trim()
+    assert artifacts.trial_numbers(storage.engine, "race", artifacts.MODEL) == [5]
     storage.engine.dispose()

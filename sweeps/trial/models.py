@@ -85,6 +85,9 @@ class ModelKeeper:
         top = queries.best_values(self.engine, self.study, self.keep)
         return {other.number for other in sorted([*top, standing])[: self.keep]}
 
+    def _top(self) -> set[int]:
+        return {standing.number for standing in queries.best_values(self.engine, self.study, self.keep)}
+
     def qualifies(self, standing: queries.Standing) -> bool:
         """Whether a trial finishing at ``standing`` would be kept (asked before costly work)."""
         return self.keep >= 1 and standing.number in self._kept(standing)
@@ -98,10 +101,22 @@ class ModelKeeper:
             return False
         data = raw_input_model_bytes(model, preprocessing)
         artifacts.save(self.engine, self.study, standing.number, artifacts.MODEL, data, meta=meta, store=self.store)
-        # Only trials that had finished before the ranking below can be judged by it: a model that
-        # another worker keeps for a trial still running (or one that finishes meanwhile) stays until
-        # a later offer can rank it. The order of the two queries is what makes this safe.
-        finished = queries.trial_numbers(self.engine, self.study, ["COMPLETE", "PRUNED", "FAIL"])
-        dropped = finished - self._kept(standing)
-        artifacts.delete(self.engine, self.study, kind=artifacts.MODEL, trial_numbers=dropped, store=self.store)
+        self._drop_outranked(standing)
         return True
+
+    def trim(self) -> None:
+        """Drop the models of finished trials outside the top ``keep``: what offers left behind
+        when trials of several workers finished together (a worker calls this when it stops)."""
+        if self.keep >= 1:
+            self._drop_outranked(None)
+
+    def _drop_outranked(self, standing: queries.Standing | None) -> None:
+        """Drop the models that the top ``keep`` (with ``standing``, a trial about to finish) leave out.
+
+        Only trials that had finished before the ranking can be judged by it: a model that another
+        worker keeps for a trial still running (or one that finishes meanwhile) stays until a later
+        ranking sees it. The order of the two queries is what makes this safe.
+        """
+        finished = queries.trial_numbers(self.engine, self.study, ["COMPLETE", "PRUNED", "FAIL"])
+        dropped = finished - (self._kept(standing) if standing is not None else self._top())
+        artifacts.delete(self.engine, self.study, kind=artifacts.MODEL, trial_numbers=dropped, store=self.store)
