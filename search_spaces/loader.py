@@ -57,6 +57,9 @@ def read_document(path: Path) -> dict[str, Any]:
             doc = yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         reason = str(exc).splitlines()[0]
+        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+        if mark is not None and problem:  # YAML's first line names only the construct it was in
+            reason = f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
         raise SpaceError(f"{path} is not valid {path.suffix.lstrip('.').upper()}: {reason}") from None
     if not isinstance(doc, dict):
         raise SpaceError(f"{path} must hold a table of parameters at the top level")

@@ -165,6 +165,7 @@ def _chosen(engine: Any, study: str, trial: int | None) -> int:
     """``trial``, or the number of the study's best complete trial."""
     queries.study_id(engine, study)
     if trial is not None:
+        queries.get_trial(engine, study, trial)  # a number the study never had is named as such
         return trial
     best = queries.best_values(engine, study, 1)
     if not best:

@@ -240,7 +240,10 @@ def load_sweep_file(path: str | Path) -> SweepConfig:
     """Read a sweep file; any defect is a ``ConfigError`` naming the file."""
     path = Path(path)
     try:
-        return SweepConfig.from_dict(read_document(path), base=path.parent)
+        document = read_document(path)
+        if not document:  # every key has a default, but an empty file is a mistake, not a choice
+            raise ConfigError("the sweep file is empty; give at least its study, e.g. study = \"digits\"")
+        return SweepConfig.from_dict(document, base=path.parent)
     except GapsweepError as exc:
         message = str(exc)
         raise ConfigError(message if str(path) in message else f"{path}: {message}") from None
