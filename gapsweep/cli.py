@@ -439,14 +439,14 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     from gapsweep.output import to_json, trials_table
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and table say it all
-    from gapsweep.sweeps.run.jobs import check_jobs, default_jobs, parse_gpus, select_device
+    from gapsweep.sweeps.run.jobs import check_jobs, default_jobs, parse_gpus, use_device
     from gapsweep.sweeps.run.launch import prepare, run_parallel, run_trials
     from gapsweep.sweeps.run.worker import graceful_stop
 
     gpus = parse_gpus(args.gpu)
     jobs = check_jobs(args.jobs) if args.jobs is not None else default_jobs(gpus)
     if jobs == 1 and gpus and not args.create_only:
-        select_device(gpus[0])  # before prepare, which may build a model
+        use_device(gpus[0])  # before prepare, which may build a model
     sweep = prepare(config, allow_objective_change=args.allow_objective_change)
     if args.create_only:
         sweep.close()
@@ -621,7 +621,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from gapsweep.errors import ConfigError
     from gapsweep.sweeps.run.config import stored_sweep
-    from gapsweep.sweeps.run.jobs import select_device
+    from gapsweep.sweeps.run.jobs import select_device, use_device
     from gapsweep.sweeps.run.worker import work
 
     if args.threads < 1:
@@ -630,9 +630,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     config = stored_sweep(args.study, args.storage, args.code_dir)
     config.code()  # a hypermodel or data loader outside --code-dir is refused before TensorFlow starts
     config.data_code()  # so is data that only the launching script held
-    from gapsweep.sweeps.trial.runtime import init_tensorflow
-
-    device = init_tensorflow(threads=args.threads)
+    device = use_device(args.gpu, args.threads)
     talk = args.job is None  # a job of launch --jobs leaves the talking to launch
     if not talk:
         import optuna

@@ -106,6 +106,19 @@ def test_jobs_get_their_gpus_in_turn_and_never_the_storage_url_on_their_command_
 
 
 @pytest.mark.slow
+def test_a_gpu_that_tensorflow_cannot_see_is_refused_before_anything_is_written(tmp_path):
+    """On a machine without that GPU (CUDA_VISIBLE_DEVICES=7 hides any other), no quiet CPU fallback."""
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    done = subprocess.run(
+        [GAPSWEEP, "launch", "--data", "wine", "--study", "g", "--storage", url, "--gpu", "7", "--jobs", "1", "--no-progress"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    errors = [line for line in done.stderr.splitlines() if line.startswith("gapsweep:")]
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert len(errors) == 1 and "--gpu 7: TensorFlow sees no GPU there" in errors[0], done.stderr
+    assert not (tmp_path / "g.db").exists()
+
+
 def test_one_job_trains_in_this_process_as_before(tmp_path, tiny_space):
     url = f"sqlite:///{tmp_path / 'one.db'}"
     # The suite's GAPSWEEP_JOBS=1 is the default here, as --jobs 1 would be.

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from gapsweep import env
 from gapsweep.errors import ConfigError
+from gapsweep.sweeps.trial.runtime import init_tensorflow
 
 #: Seconds between looks at the jobs (and the study's progress).
 POLL_S = 0.5
@@ -86,6 +87,20 @@ def select_device(gpu: str | None) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     else:
         raise ConfigError(f"--gpu takes a GPU index such as 0 or 'none', got '{gpu}'")
+
+
+def use_device(gpu: str | None, threads: int | None = 1) -> str:
+    """Pin this process to ``gpu`` (``select_device``), start TensorFlow with ``threads`` and
+    return the device it trains on; a GPU that TensorFlow cannot see is a mistake, not a quiet
+    fall back to the CPU."""
+    select_device(gpu)
+    device = init_tensorflow(threads=threads)
+    if gpu not in (None, "none") and device == "CPU":
+        raise ConfigError(
+            f"--gpu {gpu}: TensorFlow sees no GPU there (CUDA_VISIBLE_DEVICES={gpu}); check nvidia-smi and that "
+            "the GPU build is installed (pip install 'gapsweep[gpu]'), or train on the CPU with --gpu none"
+        )
+    return device
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from gapsweep.storage.studies import CONFIG_ATTR, REFERENCE_ATTR, create_or_load
 from gapsweep.storage.url import parse
 from gapsweep.sweeps.data import datasets, in_memory
 from gapsweep.sweeps.run.config import SweepConfig
-from gapsweep.sweeps.run.jobs import JobSpec, check_jobs, parse_gpus, run_jobs, select_device, usable_cores
+from gapsweep.sweeps.run.jobs import JobSpec, check_jobs, parse_gpus, run_jobs, usable_cores, use_device
 from gapsweep.sweeps.run.reference import fit_reference, linear_start, linear_weights
 from gapsweep.sweeps.data.datasets import Splits
 from gapsweep.sweeps.trial.checkpoints import checkpoint_interval
@@ -253,7 +253,7 @@ def launch(
     if gpus is not None:
         gpus = parse_gpus(",".join(gpus))
     if jobs == 1 and gpus:
-        select_device(gpus[0])
+        use_device(gpus[0])
     sweep = prepare(config, allow_objective_change=allow_objective_change)
     try:
         if jobs == 1:
