@@ -68,9 +68,12 @@ def _param_range(text: str) -> tuple[str, tuple[float | None, float | None]]:
     try:
         if not (name and sep and colon):
             raise ValueError
-        return name, (float(low) if low else None, float(high) if high else None)
+        lowest, highest = (float(low) if low else None), (float(high) if high else None)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected NAME=LOW:HIGH (e.g. units=32:128 or l2=:1e-3), got '{text}'") from None
+    if lowest is not None and highest is not None and lowest > highest:
+        raise argparse.ArgumentTypeError(f"'{text}': LOW is above HIGH; did you mean {name}={high}:{low}?")
+    return name, (lowest, highest)
 
 
 def _param_flag(parser: argparse.ArgumentParser) -> None:
@@ -528,7 +531,14 @@ def _cmd_best(args: argparse.Namespace) -> int:
     elif args.csv:
         sys.stdout.write(trials_csv(rows))
     else:
-        print(trials_table(rows, columns) if rows else f"study '{args.study}' has no complete trial yet")
+        if rows:
+            print(trials_table(rows, columns))
+        elif args.param:
+            ranges = " ".join(f"--param {name}={'' if low is None else f'{low:g}'}:{'' if high is None else f'{high:g}'}"
+                              for name, (low, high) in args.param)
+            print(f"no complete trial of study '{args.study}' matches {ranges}")
+        else:
+            print(f"study '{args.study}' has no complete trial yet")
         if selection is not None:
             print(_selection_lines(selection))
         baseline = baseline_trial(args.study, args.storage)

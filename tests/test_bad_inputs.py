@@ -183,6 +183,8 @@ CASES = [
     Case("best-zero-top", command("best", "--study", "real", "--top", "0"), "--top must be >= 1", fake_study),
     Case("best-bad-param-range", command("best", "--study", "real", "--param", "units"), "expected NAME=LOW:HIGH", fake_study, code=2),
     Case("trials-unknown-state", command("trials", "--study", "real", "--state", "done"), "unknown trial state 'done'", fake_study),
+    Case("best-reversed-param-range", command("best", "--study", "real", "--param", "units=32:8"), "LOW is above HIGH",
+         fake_study, code=2),
     Case("trials-unknown-param", command("trials", "--study", "real", "--param", "nosuch=1:"), "no searched parameter", fake_study),
     Case("show-unknown-trial", command("show", "real", "99"), "has no trial number 99", fake_study),
     Case("export-to-a-folder", command("export", "real", "--out", "."), "is a folder", fake_study),

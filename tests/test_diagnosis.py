@@ -110,6 +110,10 @@ def test_best_and_show_outputs_carry_the_diagnosis(tmp_path, capsys):
     assert "diagnosis" in header.split()
     assert any(OVERFITTING in row.split() for row in rows)
 
+    # A range no complete trial falls in is said as such, not as a study without results.
+    assert main(["best", "--study", "mixed", "--param", "units=100:200", "--storage", url]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "no complete trial of study 'mixed' matches --param units=100:200"
+
     assert main(["show", "mixed", "5", "--storage", url, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["diagnosis"]["label"] == DIVERGED
     assert main(["show", "mixed", "1", "--storage", url]) == 0
