@@ -204,6 +204,8 @@ CASES = [
          write("empty.toml", "")),
     Case("yaml-sweep-file-without-a-closing-bracket", lambda folder, url: ["launch", "s.yaml", "--storage", url],
          "expected ',' or ']', but got ':' (line 2, column 6)", write("s.yaml", "trials: [1, 2\nstudy: x\n")),
+    Case("csv-without-a-header", launch("--data", "nohdr.csv", "--target", "2"), "holds numbers only, so it looks like data",
+         write("nohdr.csv", "0.1,0.2,1\n0.3,0.1,0\n0.5,0.9,1\n")),
     Case("negative-seed", launch("--seed", "-1"), "seed must be a whole number >= 0"),
     Case("seed-past-2-32", launch("--seed", str(2**32)), "seed must be below 2**32"),
     Case("heartbeat-not-a-number", launch(), "GAPSWEEP_HEARTBEAT_S must be a whole number >= 1", env=(("GAPSWEEP_HEARTBEAT_S", "x"),)),

@@ -130,9 +130,22 @@ def test_new_rows_are_read_as_the_model_takes_them(tmp_path: Path):
     path.write_text("plan,age\nbasic,old\n")
     with pytest.raises(DataError, match="column 'age' must hold numbers, but data row 1 holds 'old'"):
         read_rows(path, info)
+    # A row of empty cells is a row of missing values: one prediction per row, in order.
+    path.write_text("plan,age\nbasic,41\n,\npro,old\n")
+    with pytest.raises(DataError, match="data row 3 holds 'old'"):
+        read_rows(path, info)
+    path.write_text("plan,age\nbasic,41\n,\npro,30\n")
+    rows = read_rows(path, info)
+    assert rows["plan"].tolist() == ["basic", "", "pro"] and np.isnan(rows["age"][1])
     array_info = {"inputs": "array", "shape": [3], "target": "y"}
     path.write_text("a,b,c,y\n1,2,3,0\n4,5,6,1\n")
     np.testing.assert_array_equal(read_rows(path, array_info), [[1, 2, 3], [4, 5, 6]])
+    # An array model's rows may come without a header: the first row is data then.
+    path.write_text("1,2,3\n4,5,6\n")
+    np.testing.assert_array_equal(read_rows(path, array_info), [[1, 2, 3], [4, 5, 6]])
+    # Columns are found by name, so a header-less file cannot feed a column model.
+    with pytest.raises(DataError, match="holds numbers only, so it looks like data; add a header row"):
+        read_rows(path, info)
     np.savez(tmp_path / "x.npz", x=np.zeros((2, 4)))
     with pytest.raises(DataError, match="rows of shape"):
         read_rows(tmp_path / "x.npz", array_info)

@@ -286,28 +286,45 @@ def _from_arrays(arrays: dict[str, np.ndarray], where: str) -> tuple[np.ndarray,
     return arrays["x_train"], arrays["y_train"], given
 
 
-def _csv_cells(path: Path) -> tuple[list[str], list[list[str]]]:
-    """Header and data rows of a CSV file, cells stripped, blank lines skipped."""
+def _csv_cells(path: Path, *, new_rows: bool = False, numbers_only: bool = False) -> tuple[list[str] | None, list[list[str]]]:
+    """Header and data rows of a CSV file, cells stripped.
+
+    Blank lines are skipped; so are rows of empty cells (``,,``) when training, but not in
+    ``new_rows`` to predict, where every row must come back as one prediction, in order. A first
+    row of numbers only is data, not a header: refused, unless ``numbers_only`` (the rows of an
+    array model), where it means the file has no header (None).
+    """
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
-            lines = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+            lines = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row) or (new_rows and len(row) > 1)]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path} is not a readable UTF-8 CSV file: {exc}") from None
-    if len(lines) < 2:
-        raise DataError(f"{path} needs a header row and at least one data row")
-    header = [name.strip() for name in lines[0][1]]
-    for position, name in enumerate(header):
-        if not name:
-            raise DataError(f"{path}: column {position + 1} of the header has no name; name it")
-        if header.index(name) != position:
-            raise DataError(f"{path}: column '{name}' appears twice in the header; rename one")
+    first = [name.strip() for name in lines[0][1]] if lines else []
+    if first and all(_number(cell) is not None for cell in first):
+        if not numbers_only:
+            raise DataError(
+                f"{path}: its first row ({', '.join(first[:4])}{', …' if len(first) > 4 else ''}) holds numbers only, "
+                "so it looks like data; add a header row that names the columns"
+            )
+        header, data = None, lines
+    else:
+        if len(lines) < 2:
+            raise DataError(f"{path} needs a header row and at least one data row")
+        header, data = first, lines[1:]
+        for position, name in enumerate(header):
+            if not name:
+                raise DataError(f"{path}: column {position + 1} of the header has no name; name it")
+            if header.index(name) != position:
+                raise DataError(f"{path}: column '{name}' appears twice in the header; rename one")
+    width = len(header) if header is not None else len(data[0][1])
     rows = []
-    for line, row in lines[1:]:
-        if len(row) != len(header):
-            raise DataError(f"{path}: line {line} has {len(row)} cells but the header has {len(header)}")
+    for line, row in data:
+        if len(row) != width:
+            what = "the header has" if header is not None else "the first row has"
+            raise DataError(f"{path}: line {line} has {len(row)} cells but {what} {width}")
         rows.append([cell.strip() for cell in row])
     return header, rows
 
@@ -328,6 +345,7 @@ def _read_csv(path: Path, spec: DataSpec) -> tuple[Columns, np.ndarray, tuple[st
     if not spec.target:
         raise DataError(f"{path}: name the target column with --target COLUMN (or data.target)")
     header, rows = _csv_cells(path)
+    assert header is not None  # a first row of numbers only was refused
     for name in (spec.target, *spec.ignore):
         if name not in header:
             raise DataError(f"{path} has no column '{name}'; columns are: {', '.join(header)}")
@@ -417,7 +435,8 @@ def read_rows(path: str | Path, info: dict[str, Any]) -> RawInputs:
     if info.get("inputs") == "columns":
         if suffix != ".csv":
             raise DataError(f"{path}: this model takes CSV rows with columns {', '.join(c['name'] for c in info['columns'])}; give a .csv file")
-        header, rows = _csv_cells(path)
+        header, rows = _csv_cells(path, new_rows=True)
+        assert header is not None
         raw: Columns = {}
         for column in info["columns"]:
             name = column["name"]
@@ -442,8 +461,9 @@ def read_rows(path: str | Path, info: dict[str, Any]) -> RawInputs:
                 raise DataError(f"{path} lacks an array 'x'; save the rows with np.savez(path, x=...)")
             x = archive["x"]
     elif suffix == ".csv":
-        header, rows = _csv_cells(path)
-        keep = [index for index, name in enumerate(header) if name != info.get("target")]
+        header, rows = _csv_cells(path, new_rows=True, numbers_only=True)
+        names = header if header is not None else [""] * len(rows[0])
+        keep = [index for index, name in enumerate(names) if name != info.get("target")]
         try:
             x = np.array([[float(row[index]) for index in keep] for row in rows], dtype="float32")
         except ValueError as exc:
