@@ -395,6 +395,21 @@ def _code_from_current_folder(config: SweepConfig) -> SweepConfig:
     return replace(config, hypermodel=hypermodel, data=data, code_dir=None)
 
 
+def _stored_or_default(study: str | None, storage: str | None) -> SweepConfig:
+    """What a launch without a sweep file starts from: an existing study's stored configuration
+    (so ``launch --study NAME --trials 40`` resumes it as it was launched; flags still override),
+    or the defaults for a new study."""
+    from gapsweep.errors import StorageError, StudyNotFoundError
+    from gapsweep.sweeps.run.config import SweepConfig, stored_sweep
+
+    if study is None:
+        return SweepConfig()
+    try:
+        return stored_sweep(study, storage)
+    except (StudyNotFoundError, StorageError):
+        return SweepConfig()  # a new study (or a database that launch will name the trouble with)
+
+
 def _cmd_launch(args: argparse.Namespace) -> int:
     from gapsweep.errors import ConfigError
     from gapsweep.search_spaces.code_refs import is_ref
@@ -402,7 +417,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     from gapsweep.sweeps.data.datasets import DataSpec
     from dataclasses import replace
 
-    config = load_sweep_file(args.sweep_file) if args.sweep_file else SweepConfig()
+    config = load_sweep_file(args.sweep_file) if args.sweep_file else _stored_or_default(args.study, args.storage)
     data = config.data
     if args.data is not None:
         data = DataSpec(**{**data.to_dict(), "source": args.data, "options": {} if args.data != data.source else data.options})

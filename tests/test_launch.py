@@ -10,7 +10,7 @@ import sys
 import optuna
 import pytest
 
-from gapsweep.api import best_trials, list_trials
+from gapsweep.api import best_trials, get_study_config, list_trials
 from gapsweep.errors import ConfigError
 from gapsweep.storage.studies import CONFIG_ATTR
 from gapsweep.cli import main
@@ -92,6 +92,26 @@ def test_a_study_persists_across_launches(tiny_space, sqlite_url):
     # The budget is the study's: launching again with the same total trains nothing more.
     launch(_config(tiny_space, sqlite_url, trials=4), progress=False)
     assert len(list_trials("e2e", sqlite_url)) == 4
+
+
+def test_a_study_launched_from_flags_resumes_from_its_name_alone(tiny_space, sqlite_url, tmp_path, capsys):
+    """`launch --study NAME --trials N` continues the study as it was launched: the space, data
+    and objective come from the database, and a flag given again still overrides."""
+    space = tmp_path / "space.toml"
+    space.write_text("".join(
+        f"[{name}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in spec.items())
+        for name, spec in tiny_space.items()
+    ))
+    flags = ["--storage", sqlite_url, "--no-progress", "--study", "flags"]
+    assert main(["launch", "--data", "wine", "--space", str(space), "--trials", "1", "--gap-penalty", "0.5", *flags]) == 0
+    assert main(["launch", "--trials", "2", *flags]) == 0, capsys.readouterr().err
+    trials = list_trials("flags", sqlite_url)
+    assert len(trials) == 2 and trials[1].state == "COMPLETE"
+    config = get_study_config("flags", sqlite_url)
+    assert config["data"]["source"] == "wine" and config["objective"]["gap_penalty"] == 0.5 and config["trials"] == 2
+    # A flag given again is checked against the study as before.
+    assert main(["launch", "--data", "digits", "--trials", "3", *flags]) == 1
+    assert "started on other data" in capsys.readouterr().err
 
 
 def test_resuming_with_another_space_is_refused(tiny_space, sqlite_url):
