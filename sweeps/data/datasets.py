@@ -203,6 +203,11 @@ def load(spec: DataSpec, project: str | Path | None = None) -> Splits:
     loader is looked up inside the project folder ``project`` (None: the current folder)."""
     if in_memory.is_note(spec.source):
         raise in_memory.unreachable(spec.source)
+    is_csv = isinstance(spec.source, str) and not spec.loader and Path(spec.source).suffix.lower() == ".csv"
+    if (spec.target or spec.ignore) and not is_csv:
+        flags = " and ".join(flag for flag, given in (("--target", spec.target), ("--ignore", spec.ignore)) if given)
+        what = f"'{spec.source}' is not one" if isinstance(spec.source, str) else "data passed from Python is not one"
+        raise DataError(f"{flags} name columns of a .csv file, and {what}; drop {flags}")
     classes: tuple[str, ...] = ()
     given = None
     if isinstance(spec.source, InMemoryData) or spec.loader:
@@ -344,6 +349,8 @@ def _read_csv(path: Path, spec: DataSpec) -> tuple[Columns, np.ndarray, tuple[st
     """Feature columns as raw arrays, the target as numbers or class indices, the class names."""
     if not spec.target:
         raise DataError(f"{path}: name the target column with --target COLUMN (or data.target)")
+    if spec.target in spec.ignore:
+        raise DataError(f"--ignore {spec.target} leaves out the target column itself; drop it from --ignore")
     header, rows = _csv_cells(path)
     assert header is not None  # a first row of numbers only was refused
     for name in (spec.target, *spec.ignore):
