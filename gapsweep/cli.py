@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -469,7 +470,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     if args.create_only:
         sweep.close()
         where = " in a checkout of the project (or with --code-dir PROJECT_FOLDER)" if config.hypermodel is not None else ""
-        print(f"study '{config.study}' is ready: start workers with gapsweep worker --study {config.study} --storage URL{where}")
+        print(f"study '{config.study}' is ready: start workers with gapsweep worker --study {shlex.quote(config.study)} --storage URL{where}")
         return 0
     progress = False if args.no_progress or args.json else None
     try:

@@ -29,14 +29,18 @@ def parse(url: str | None) -> URL:
 
     Without ``url``: ``$GAPSWEEP_STORAGE``, then the SQLite file ``gapsweep.db`` in the current folder.
     """
+    if url is not None and not url.strip():
+        raise StorageError("--storage is empty; give a database URL such as sqlite:///gapsweep.db, or leave the flag out")
     text = url or os.environ.get("GAPSWEEP_STORAGE") or DEFAULT_URL
     try:
         parsed = make_url(text)
     except ArgumentError:
         raise StorageError(
             f"'{mask_text(text)}' is not a database URL; use sqlite:///path.db or "
-            "postgresql://user:password@host:5432/dbname"
+            "postgresql://user@host:5432/dbname (the password in PGPASSWORD or ~/.pgpass)"
         ) from None
+    if parsed.drivername == "postgres":  # the common short form (Heroku, libpq) that SQLAlchemy dropped
+        parsed = parsed.set(drivername="postgresql")
     if parsed.drivername not in _SCHEMES:
         raise StorageError(
             f"unsupported database driver '{parsed.drivername}' in {mask(parsed)}; "

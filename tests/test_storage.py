@@ -64,6 +64,12 @@ def test_studies_trials_and_show(any_url, capsys):
         get_trial("built", 99, any_url)
 
 
+def test_the_postgres_short_form_is_postgresql():
+    from gapsweep.storage.url import parse
+
+    assert parse("postgres://me@db.example:5432/sweeps").drivername == "postgresql+psycopg"
+
+
 def test_postgres_url_gets_the_psycopg_driver_and_a_masked_password():
     assert resolve("postgresql://u:pw@h/db").startswith("postgresql+psycopg://u:pw@")
     assert mask("postgresql://u:s3cret@h:5432/db") == "postgresql://u:***@h:5432/db"

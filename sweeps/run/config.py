@@ -89,8 +89,10 @@ class SweepConfig:
     linear_start: bool = True
 
     def __post_init__(self) -> None:
-        if not self.study or not isinstance(self.study, str):
+        if not isinstance(self.study, str) or not self.study.strip():
             raise ConfigError("the study needs a name: --study NAME")
+        if self.study != self.study.strip():
+            raise ConfigError(f"study name {self.study!r} starts or ends with spaces; give it without them")
         if not isinstance(self.data, DataSpec):
             object.__setattr__(self, "data", DataSpec(self.data))
         if self.pruner not in PRUNERS:
