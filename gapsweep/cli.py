@@ -579,12 +579,13 @@ def _with_reference(study: str, storage: str | None, rows: list[dict[str, Any]])
 def _print_reference_line(study: str, storage: str | None, rows: list[dict[str, Any]]) -> None:
     """The first row's val loss beside the linear reference's, in one sentence."""
     from gapsweep.api import study_reference
+    from gapsweep.storage import trial_keys
     from gapsweep.sweeps.run.reference import sentence
 
     reference = study_reference(study, storage)
     if reference is not None:
         pick = rows[0] if rows else {}
-        print(sentence(reference, pick.get("number"), pick.get("val_loss")))
+        print(sentence(reference, pick.get("number"), pick.get("val_loss"), linear_start=bool(pick.get(trial_keys.LINEAR_START))))
 
 
 def _selection_lines(selection: Any) -> str:
@@ -592,7 +593,7 @@ def _selection_lines(selection: Any) -> str:
     view = selection.to_dict()
     return (
         f"lowest val loss: trial {view['val_min_trial']}, {view['val_min_val_loss']:.4f} ± {view['se']:.4f} (SE, "
-        f"{view['n_rows']} val rows); {view['n_tied']} trial(s) tied with it by the paired 1-SE rule\n"
+        f"{view['n_rows']} val rows); {view['n_tied'] - 1} other trial(s) tied with it by the paired 1-SE rule\n"
         f"paired pick (smallest gap among the tied): trial {view['paired_pick']}, val loss "
         f"{view['paired_pick_val_loss']:.4f}, gap {view['paired_pick_gap']:.4f}  (best --rule paired)"
     )

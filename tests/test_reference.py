@@ -20,7 +20,7 @@ from gapsweep.sweeps.data.preprocessing import unwrap
 from gapsweep.sweeps.data.datasets import DataSpec, load
 from gapsweep.sweeps.run.config import SweepConfig
 from gapsweep.sweeps.run.launch import launch
-from gapsweep.sweeps.run.reference import GRID, fit_reference, reference_test_losses
+from gapsweep.sweeps.run.reference import GRID, fit_reference, reference_test_losses, sentence
 from gapsweep.sweeps.trial.objective import ObjectiveSettings
 
 
@@ -132,13 +132,15 @@ def test_the_reference_is_stored_once_and_shown_beside_the_pick(any_url, tiny_sp
     assert capsys.readouterr().out.splitlines()[-1].endswith(f"trial {pick.number}: val loss {pick.attrs['val_loss']:.4f}, lower")
 
     # A reference the sweep did not beat is said plainly, in the text, the JSON and the report.
+    # When the pick is the linear start itself, the line says so instead of "the sweep".
     _bump(any_url, "ref", val_loss=1e-6)
+    said = "No network the sweep tried beat the linear model" if pick.attrs.get("linear_start") else "The sweep did not beat the linear reference"
     assert main(["best", "--study", "ref", "--storage", any_url]) == 0
-    assert "The sweep did not beat the linear reference" in capsys.readouterr().out
+    assert said in capsys.readouterr().out
     assert main(["best", "--study", "ref", "--storage", any_url, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["trials"][0]["reference"]["beaten"] is False
     page = render_html(build_report("ref", any_url))
-    assert '<p id="reference" class="warn">' in page and "did not beat the linear reference" in page
+    assert '<p id="reference" class="warn">' in page and said.lower() in page.lower()
 
     # The reference's own test losses, per example, for benchmarks that compare picks on test rows.
     test = reference_test_losses("ref", any_url)
@@ -226,3 +228,11 @@ def test_a_cross_validated_linear_start_is_retrained_from_random_weights_as_it_w
     assert initial_weights(folded, record, splits) is None
     other = TrialRecord(number=1, state="COMPLETE", value=0.2, params={"n_layers": 0})
     assert initial_weights(replace(folded, objective=ObjectiveSettings()), other, splits) is None  # not the linear start
+
+
+def test_the_reference_sentence_names_the_linear_start_when_it_is_the_pick():
+    reference = {"model": "Ridge", "params": {"alpha": 1.0}, "val_loss": 0.5}
+    assert sentence(reference, 3, 0.4).endswith("trial 3: val loss 0.4000, lower")
+    assert "The sweep did not beat the linear reference" in sentence(reference, 3, 0.6)
+    line = sentence(reference, 0, 0.6, linear_start=True)
+    assert "trial 0, the linear start itself" in line and "No network the sweep tried beat the linear model" in line

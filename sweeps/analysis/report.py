@@ -325,7 +325,8 @@ def _reference_paragraph(reference: dict[str, Any], pick: TrialRecord | None) ->
     """The best trial's val loss beside the linear reference's; flagged when it is not lower."""
     val_loss = pick.attrs.get(trial_keys.VAL_LOSS) if pick is not None else None
     beaten = versus(reference, val_loss)["beaten"]
-    text = sentence(reference, pick.number if pick is not None else None, val_loss)
+    linear_start = pick is not None and bool(pick.attrs.get(trial_keys.LINEAR_START))
+    text = sentence(reference, pick.number if pick is not None else None, val_loss, linear_start=linear_start)
     return f'<p id="reference" class="{"" if beaten else "warn"}">{_e(text[0].upper() + text[1:])}.</p>'
 
 

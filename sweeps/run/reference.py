@@ -140,9 +140,9 @@ def versus(reference: Mapping[str, Any], val_loss: float | None) -> dict[str, An
     }
 
 
-def sentence(reference: Mapping[str, Any], number: int | None, val_loss: float | None) -> str:
+def sentence(reference: Mapping[str, Any], number: int | None, val_loss: float | None, *, linear_start: bool = False) -> str:
     """One line for people: the pick's val loss beside the reference's, and plainly whether the
-    sweep beat it."""
+    sweep beat it (``linear_start``: the pick is the trial that started from the reference)."""
     params = ", ".join(f"{key}={value:g}" for key, value in reference["params"].items())
     line = f"linear reference ({reference['model']}, {params}): val loss {float(reference['val_loss']):.4f}"
     if number is None:
@@ -151,6 +151,11 @@ def sentence(reference: Mapping[str, Any], number: int | None, val_loss: float |
         return f"{line}; trial {number} has no val loss to compare"
     if versus(reference, val_loss)["beaten"]:
         return f"{line}; trial {number}: val loss {val_loss:.4f}, lower"
+    if linear_start:
+        return (
+            f"{line}; trial {number}, the linear start itself: val loss {val_loss:.4f}. No network the sweep "
+            "tried beat the linear model: prefer it, or widen the search"
+        )
     return (
         f"{line}; trial {number}: val loss {val_loss:.4f}. The sweep did not beat the linear reference: "
         "prefer the simpler model, or widen the search"
