@@ -624,7 +624,7 @@ def _cmd_studies(args: argparse.Namespace) -> int:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from gapsweep.api import get_trial
-    from gapsweep.output import to_json, with_diagnosis
+    from gapsweep.output import plain, to_json, with_diagnosis
 
     record = get_trial(args.study_name, args.trial, args.storage)
     payload = with_diagnosis(record, record.to_dict())
@@ -636,12 +636,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
     curves = payload.pop("curves")
     params = payload.pop("params")
     for key, value in payload.items():
-        print(f"{key:>14}: {value}")
+        print(f"{key:>14}: {plain(value)}")
     for key, value in params.items():
         print(f"{'param.' + key:>14}: {value}")
     for name, values in curves.items():
         print(f"{'curve.' + name:>14}: " + " ".join(f"{v:.4f}" for v in values))
-    _print_reference_line(args.study_name, args.storage, [{"number": record.number, "val_loss": record.attrs.get("val_loss")}])
+    _print_reference_line(args.study_name, args.storage, [record.summary()])
     return 0
 
 

@@ -29,12 +29,19 @@ def _finite(payload: Any) -> Any:
     return payload
 
 
+def plain(value: Any) -> Any:
+    """A value as text and CSV cells show it: a dict or list as compact JSON, never Python's repr."""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(_finite(value), separators=(",", ":"), default=str)
+    return value
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e-3 and value != 0 else f"{value:.4f}"
-    return str(value)
+    return str(plain(value))
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -72,7 +79,7 @@ def trials_csv(summaries: Sequence[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({key: plain(value) for key, value in row.items()} for row in rows)
     return buffer.getvalue()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sqlite3
 from pathlib import Path
@@ -148,3 +150,15 @@ def test_a_bad_pg_pool_setting_is_one_line(postgres_url, monkeypatch, capsys):
     assert main(["studies", "--storage", postgres_url]) != 0
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "GAPSWEEP_PG_POOL must be a whole number >= 0" in err
+
+
+def test_structured_attributes_print_as_json_in_show_and_csv(sqlite_url, capsys):
+    study = optuna.create_study(study_name="json", storage=open_storage(sqlite_url))
+    trial = study.ask()
+    trial.set_user_attr("repro", {"seed": 3, "deterministic": False})
+    study.tell(trial, 0.5)
+    assert main(["show", "json", "0", "--storage", sqlite_url]) == 0
+    assert '         repro: {"seed":3,"deterministic":false}' in capsys.readouterr().out.splitlines()
+    assert main(["trials", "--study", "json", "--csv", "--storage", sqlite_url]) == 0
+    header, row = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert json.loads(row[header.index("repro")]) == {"seed": 3, "deterministic": False}
