@@ -711,9 +711,12 @@ def _cmd_delete(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
+    import optuna
+
     from gapsweep.api import migrate
     from gapsweep.output import to_json
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the lines below say what was copied
     copied = migrate(args.source, args.target, studies=args.study)
     if args.json:
         print(to_json(copied))

@@ -212,6 +212,8 @@ CASES = [
     Case("empty-storage-flag", lambda folder, url: ["studies", "--storage", ""], "--storage is empty"),
     Case("blank-study-name", launch("--study", " "), "the study needs a name"),
     Case("study-name-with-spaces-around", launch("--study", "s "), "starts or ends with spaces"),
+    Case("csv-with-semicolons", launch("--data", "semi.csv", "--target", "y"), "it seems to separate cells with ';'",
+         write("semi.csv", "a;b;y\n1;2;0\n3;4;1\n")),
     Case("negative-seed", launch("--seed", "-1"), "seed must be a whole number >= 0"),
     Case("seed-past-2-32", launch("--seed", str(2**32)), "seed must be below 2**32"),
     Case("heartbeat-not-a-number", launch(), "GAPSWEEP_HEARTBEAT_S must be a whole number >= 1", env=(("GAPSWEEP_HEARTBEAT_S", "x"),)),

@@ -128,7 +128,10 @@ def test_new_rows_are_read_as_the_model_takes_them(tmp_path: Path):
     with pytest.raises(DataError, match="lacks column 'age'"):
         read_rows(path, info)
     path.write_text("plan,age\nbasic,old\n")
-    with pytest.raises(DataError, match="column 'age' must hold numbers, but data row 1 holds 'old'"):
+    with pytest.raises(DataError, match="column 'age' must hold finite numbers .*, but data row 1 holds 'old'"):
+        read_rows(path, info)
+    path.write_text("plan,age\nbasic,inf\n")
+    with pytest.raises(DataError, match="data row 1 holds 'inf'"):
         read_rows(path, info)
     # A row of empty cells is a row of missing values: one prediction per row, in order.
     path.write_text("plan,age\nbasic,41\n,\npro,old\n")

@@ -169,7 +169,7 @@ def _chosen(engine: Any, study: str, trial: int | None) -> int:
         return trial
     best = queries.best_values(engine, study, 1)
     if not best:
-        raise StudyNotFoundError(f"study '{study}' has no complete trial yet; nothing to export")
+        raise StudyNotFoundError(f"study '{study}' has no complete trial yet, so it has no model; launch it first")
     return best[0].number
 
 

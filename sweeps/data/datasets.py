@@ -355,7 +355,9 @@ def _read_csv(path: Path, spec: DataSpec) -> tuple[Columns, np.ndarray, tuple[st
     assert header is not None  # a first row of numbers only was refused
     for name in (spec.target, *spec.ignore):
         if name not in header:
-            raise DataError(f"{path} has no column '{name}'; columns are: {', '.join(header)}")
+            other = next((mark for mark in ";\t|" if len(header) == 1 and mark in header[0]), None)
+            hint = f" (it seems to separate cells with {other!r}; save it with commas)" if other else ""
+            raise DataError(f"{path} has no column '{name}'; columns are: {', '.join(header)}{hint}")
     cells = {name: [row[index] for row in rows] for index, name in enumerate(header)}
     y, classes = _target(spec.target, cells[spec.target], spec.task)
     features = {
@@ -454,9 +456,12 @@ def read_rows(path: str | Path, info: dict[str, Any]) -> RawInputs:
                 raw[name] = np.array(["" if _missing(cell) else cell for cell in cells], dtype=object)
                 continue
             numbers = [math.nan if _missing(cell) else _number(cell) for cell in cells]
-            if None in numbers:
-                row = numbers.index(None)
-                raise DataError(f"column '{name}' must hold numbers, but data row {row + 1} holds '{cells[row]}'")
+            wrong = next((row for row, value in enumerate(numbers) if value is None or math.isinf(value)), None)
+            if wrong is not None:
+                raise DataError(
+                    f"column '{name}' must hold finite numbers (an empty cell is a missing value), but data row "
+                    f"{wrong + 1} holds '{cells[wrong]}'"
+                )
             raw[name] = np.array(numbers, dtype="float32")
         return raw
     shape = tuple(int(size) for size in info.get("shape", ()))
