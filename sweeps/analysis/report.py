@@ -91,8 +91,12 @@ def check_destination(out: Path, fmt: str) -> None:
         raise ConfigError(f"{out} is a folder; --out names the HTML file to write, e.g. {out / 'report.html'}")
     if fmt == "html" and not out.parent.is_dir():
         raise ConfigError(f"folder {out.parent} does not exist; create it or choose another --out")
+    if fmt == "html" and out.suffix.lower() not in (".html", ".htm"):
+        raise ConfigError(f"--out {out}: the report is an HTML page; name a .html file (or pass --format png and a folder)")
     if fmt == "png" and out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file; with --format png, --out names a folder")
+    if fmt == "png" and out.suffix:
+        raise ConfigError(f"--out {out}: with --format png, --out names the folder the .png files go in, e.g. {out.with_suffix('')}")
 
 
 def write_html(report: Report, out: Path) -> Path:
