@@ -125,7 +125,7 @@ CASES = [
     Case("data-npz-val-without-y", launch("--data", "d.npz"), "only one of x_val/y_val", npz("d.npz", x_train=X, y_train=np.zeros(40), x_val=X)),
     Case("data-npz-too-few-rows", launch("--data", "d.npz"), "raise the fractions or add data", npz("d.npz", x_train=X[:3], y_train=np.arange(3) % 2)),
     Case("data-negative-labels", launch("--data", "d.npz", "--task", "classification"), "integer class labels 0..K-1", npz("d.npz", x_train=X, y_train=np.arange(40) % 2 - 1)),
-    Case("data-classification-on-a-regression-target", launch("--data", "diabetes", "--task", "classification"), "pass task = 'regression'"),
+    Case("data-classification-on-a-regression-target", launch("--data", "diabetes", "--task", "classification"), "pass --task regression"),
     Case("data-classification-on-fractions", launch("--data", "d.npz", "--task", "classification"), "integer class labels", npz("d.npz", x_train=X, y_train=np.linspace(0, 1, 40))),
     Case("data-csv-without-target", launch("--data", "d.csv"), "--target COLUMN", write("d.csv", "a,b,y\n1,2,0\n")),
     Case("data-csv-unknown-target", launch("--data", "d.csv", "--target", "label"), "has no column 'label'", write("d.csv", "a,b,y\n1,2,0\n")),

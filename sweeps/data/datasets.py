@@ -378,7 +378,7 @@ def _feature(name: str, cells: list[str], missing: str) -> np.ndarray:
     if gaps and missing == "refuse":
         raise DataError(
             f"column '{name}' has {len(gaps)} empty cell(s), the first on data row {gaps[0] + 1}; "
-            "fill them, or let gapsweep impute them (data.missing = 'impute')"
+            "fill them, or let gapsweep impute them (--missing impute; data.missing = 'impute' in a sweep file)"
         )
     numbers = [None if _missing(cell) else _number(cell) for cell in cells]
     text = [row for row, (cell, number) in enumerate(zip(cells, numbers)) if number is None and not _missing(cell)]
@@ -526,18 +526,19 @@ def _task(y: np.ndarray, declared: str | None) -> TaskSpec:
         if y.ndim > 1:
             raise DataError(
                 f"classification needs one class index per row (y of shape (rows,)), got y of shape {y.shape}; "
-                "for one-hot labels pass y.argmax(axis=1), for several numeric targets task = 'regression'"
+                "for one-hot labels pass y.argmax(axis=1), for several numeric targets --task regression (task = 'regression')"
             )
         if not integral or y.min() < 0:
             raise DataError(
                 "classification needs integer class labels 0..K-1 in y; "
-                "pass task = 'regression' for a numeric target"
+                "pass --task regression (task = 'regression' in a sweep file) for a numeric target"
             )
         n_classes = int(y.max()) + 1
         if n_classes > 2 and n_classes * MIN_ROWS_PER_CLASS > len(y):
             raise DataError(
                 f"classification would make {n_classes} classes (labels 0..{n_classes - 1}) from {len(y)} rows, "
-                f"fewer than {MIN_ROWS_PER_CLASS} rows per class: is y a numeric target? pass task = 'regression'"
+                f"fewer than {MIN_ROWS_PER_CLASS} rows per class: is the target a number to predict? pass --task regression "
+                "(task = 'regression' in a sweep file)"
             )
         return TaskSpec(n_features=0, task="classification", n_classes=n_classes)
     return TaskSpec(n_features=0, task="regression", n_outputs=1 if y.ndim == 1 else y.shape[1])
