@@ -59,10 +59,7 @@ def parse_gpus(text: str | None) -> list[str] | None:
 
 def default_jobs(gpus: Sequence[str] | None) -> int:
     """``$GAPSWEEP_JOBS`` when set; else one job per GPU given; else one per usable core."""
-    if gpus and gpus != ["none"]:
-        default = len(gpus)
-    else:
-        default = usable_cores()
+    default = len(gpus) if gpus and gpus != ["none"] else usable_cores()
     return int(env.number("GAPSWEEP_JOBS", default, minimum=1, whole=True, meaning="trials trained at once"))
 
 
