@@ -658,12 +658,11 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     config.code()  # a hypermodel or data loader outside --code-dir is refused before TensorFlow starts
     config.data_code()  # so is data that only the launching script held
     device = use_device(args.gpu, args.threads)
-    talk = args.job is None  # a job of launch --jobs leaves the talking to launch
-    if not talk:
-        import optuna
+    import optuna
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-    else:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its lines and the progress bar say it all, as in launch
+    talk = args.job is None  # a job of launch --jobs leaves the talking to launch
+    if talk:
         print(f"gapsweep worker {os.getpid()}: study '{args.study}', training on {device}", file=sys.stderr, flush=True)
     ran = work(
         config,
