@@ -19,7 +19,7 @@ from typing import Any
 
 import optuna
 
-from gapsweep.errors import ConfigError
+from gapsweep.errors import ConfigError, StudyNotFoundError
 from gapsweep.storage import artifacts, val_losses
 from gapsweep.storage.engine import connect_existing, open_storage
 from gapsweep.storage.heartbeats import open_crash_safe_storage, reap
@@ -36,6 +36,7 @@ from gapsweep.storage.reader import (
     study_reference,
 )
 from gapsweep.storage.studies import require_study
+from gapsweep.storage.url import mask_text
 from gapsweep.sweeps.analysis.rerank import Reranked, rerank
 from gapsweep.sweeps.analysis.selection import RULES, Selection, paired_select
 from gapsweep.sweeps.trial.score import DEFAULT_KAPPA
@@ -84,25 +85,33 @@ def delete_study(study: str, storage: str | None = None) -> int:
 def migrate(source: str, target: str, *, studies: list[str] | None = None) -> list[dict[str, Any]]:
     """Copy studies (all, or the named ones) with their trials, configuration and stored models
     from one database into another; a study that already exists in the target is refused."""
-    src, dst = open_storage(source), open_storage(target)
+    connect_existing(source).dispose()  # a source that does not exist is named, never created empty
+    src = open_storage(source)
     try:
         names = studies or [s.study_name for s in optuna.get_all_study_summaries(src, include_best_trial=False)]
-        existing = {s.study_name for s in optuna.get_all_study_summaries(dst, include_best_trial=False)}
         for name in names:
-            require_study(name, src)
-            if name in existing:
-                raise ConfigError(f"study '{name}' already exists in the target database; nothing was copied")
-        copied = []
-        for name in names:
-            optuna.copy_study(from_study_name=name, from_storage=src, to_storage=dst)
-            moved = artifacts.copy(src.engine, dst.engine, name) if artifacts.schema_version(src.engine) else 0
-            val_losses.copy(src.engine, dst.engine, name)
-            n_trials = len(optuna.load_study(study_name=name, storage=dst).get_trials(deepcopy=False))
-            copied.append({"study": name, "trials": n_trials, "artifacts": moved})
-        return copied
+            try:
+                require_study(name, src)
+            except StudyNotFoundError as exc:
+                raise StudyNotFoundError(f"source {mask_text(source)}: {exc}") from None
+        dst = open_storage(target)  # only once the source holds what to copy
+        try:
+            existing = {s.study_name for s in optuna.get_all_study_summaries(dst, include_best_trial=False)}
+            clash = next((name for name in names if name in existing), None)
+            if clash is not None:
+                raise ConfigError(f"study '{clash}' already exists in the target database; nothing was copied")
+            copied = []
+            for name in names:
+                optuna.copy_study(from_study_name=name, from_storage=src, to_storage=dst)
+                moved = artifacts.copy(src.engine, dst.engine, name) if artifacts.schema_version(src.engine) else 0
+                val_losses.copy(src.engine, dst.engine, name)
+                n_trials = len(optuna.load_study(study_name=name, storage=dst).get_trials(deepcopy=False))
+                copied.append({"study": name, "trials": n_trials, "artifacts": moved})
+            return copied
+        finally:
+            dst.engine.dispose()
     finally:
         src.engine.dispose()
-        dst.engine.dispose()
 
 
 def rerank_trials(
