@@ -16,6 +16,7 @@ _PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "optuna", "numpy", "gapswe
 
 def record(seed: int, splits: Splits) -> dict[str, Any]:
     """The reproducibility record of a trial trained with ``seed`` on ``splits``."""
+    device = init_tensorflow()  # first: TensorFlow is imported there, its settings fixed
     import tensorflow as tf
     from tensorflow.python.framework import config as tf_config  # the only getter TF offers
 
@@ -23,7 +24,7 @@ def record(seed: int, splits: Splits) -> dict[str, Any]:
         "seed": seed,
         "data_fingerprint": splits.fingerprint,
         "versions": dict(_versions()),
-        "device": init_tensorflow(),
+        "device": device,
         "threads": {
             "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),

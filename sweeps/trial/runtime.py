@@ -10,10 +10,19 @@ of 0.5–1 s per trial.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import re
+import sys
+import tempfile
+from typing import Iterator
 
 _device: str | None = None
+
+#: What TensorFlow's C++ side writes at import whatever ``TF_CPP_MIN_LOG_LEVEL`` says (absl logs
+#: before it is initialized); every other line written at import is passed on.
+_IMPORT_NOISE = re.compile(r"All log messages before absl::InitializeLog|\] oneDNN custom operations are on")
 
 #: Seeds are whole numbers below this (NumPy's and Optuna's samplers take no larger).
 SEED_RANGE = 2**32
@@ -42,7 +51,9 @@ def init_tensorflow(threads: int | None = 1) -> str:
     if _device is not None:
         return _device
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    with _without_import_noise():
+        import keras  # noqa: F401  (its import-time objects are frozen with TensorFlow's, below)
+        import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
     gpus = tf.config.list_physical_devices("GPU")
@@ -55,9 +66,33 @@ def init_tensorflow(threads: int | None = 1) -> str:
             tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:
         pass  # TensorFlow already ran an op in this process; its settings are fixed.
-    import keras  # noqa: F401  (its import-time objects are frozen with TensorFlow's)
-
     gc.collect()
     gc.freeze()
     _device = "GPU:0" if gpus else "CPU"
     return _device
+
+
+@contextlib.contextmanager
+def _without_import_noise() -> Iterator[None]:
+    """Hold back what the process writes to its stderr (fd 2) meanwhile, then pass it on without
+    ``_IMPORT_NOISE``: a warning that matters, such as a missing CUDA library, still shows."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (a closed or replaced stderr): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            text = held.read().decode(errors="replace")
+            kept = "".join(line for line in text.splitlines(keepends=True) if not _IMPORT_NOISE.search(line))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
