@@ -100,3 +100,16 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path):
     done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
     assert done.stdout == "{"
+
+
+def test_tensorflow_import_noise_is_held_back_and_every_other_line_passed_on(capfd):
+    import os
+
+    from gapsweep.sweeps.trial.runtime import _without_import_noise
+
+    with _without_import_noise():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"I0000 00:00:1.0  1 port.cc:153] oneDNN custom operations are on. You may see ...\n")
+        os.write(2, b"Could not load dynamic library 'libcudart.so.12'\n")
+    err = capfd.readouterr().err
+    assert err == "Could not load dynamic library 'libcudart.so.12'\n"

@@ -15,7 +15,7 @@ import gc
 import os
 import re
 import sys
-import tempfile
+import threading
 from typing import Iterator
 
 _device: str | None = None
@@ -74,25 +74,31 @@ def init_tensorflow(threads: int | None = 1) -> str:
 
 @contextlib.contextmanager
 def _without_import_noise() -> Iterator[None]:
-    """Hold back what the process writes to its stderr (fd 2) meanwhile, then pass it on without
-    ``_IMPORT_NOISE``: a warning that matters, such as a missing CUDA library, still shows."""
+    """Pass on what the process writes to its stderr (fd 2) meanwhile, line by line as it comes,
+    except ``_IMPORT_NOISE``: a warning that matters (a missing CUDA library, a CPU that lacks an
+    instruction set) still shows, even when the import then kills the process."""
     try:
         sys.stderr.flush()
         saved = os.dup(2)
     except (OSError, ValueError):  # no usable fd 2 (a closed or replaced stderr): nothing to filter
         yield
         return
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            text = held.read().decode(errors="replace")
-            kept = "".join(line for line in text.splitlines(keepends=True) if not _IMPORT_NOISE.search(line))
-            if kept:
-                sys.stderr.write(kept)
-                sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as source:
+            for line in source:
+                if not _IMPORT_NOISE.search(line.decode(errors="replace")):
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=forward, name="gapsweep-import-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # drops the pipe's last writer: the thread reads to the end and stops
+        thread.join(timeout=5)
+        os.close(saved)
