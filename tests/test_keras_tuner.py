@@ -351,6 +351,28 @@ def test_a_study_stores_where_workers_find_its_hypermodel(tmp_path: Path, monkey
         load(f"{EXAMPLES}:build_model", max_epochs=3)
 
 
+def test_a_build_function_of_the_running_script_is_never_stored_for_workers_to_import(tmp_path: Path):
+    """Importing the script would run it again (a launch(jobs=2) in it started jobs without end)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "sweep.py"
+    script.write_text(
+        "import keras\n"
+        "from gapsweep import DataSpec, SweepConfig, launch\n"
+        "def build(hp):\n"
+        "    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation='softmax')])\n"
+        "    model.compile(optimizer='adam', loss='sparse_categorical_crossentropy')\n"
+        "    return model\n"
+        f"launch(SweepConfig(study='s', hypermodel=build, max_epochs=2, data=DataSpec('digits'), trials=2,\n"
+        f"                   storage='sqlite:///{tmp_path / 's.db'}'), jobs=2)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "ConfigError: jobs=2 starts job processes that import the hypermodel, but build is defined in the script being run" in done.stderr
+    assert not (tmp_path / "s.db").exists()
+
+
 def test_sweep_config_reads_stores_and_checks_a_hypermodel(tmp_path: Path):
     sweep = tmp_path / "sweeps" / "kt.toml"
     sweep.parent.mkdir()

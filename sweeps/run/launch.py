@@ -36,6 +36,7 @@ from gapsweep.storage import trial_keys
 from gapsweep.errors import ConfigError, GapsweepError, SweepFailedError
 from gapsweep.search_spaces import code_refs
 from gapsweep.search_spaces.hypermodel import Hypermodel, SpaceHypermodel
+from gapsweep.search_spaces import keras_tuner
 from gapsweep.search_spaces.loader import load_space
 from gapsweep.storage import artifacts, queries
 from gapsweep.storage.artifact_store import ArtifactStore, canonical, open_store
@@ -250,6 +251,10 @@ def launch(
     jobs = check_jobs(jobs)
     if jobs > 1 and config.data.in_memory:
         raise in_memory.unreachable(config.data.to_dict()["source"], f"the {jobs} job processes of jobs={jobs}")
+    if jobs > 1 and config.hypermodel is not None and not isinstance(config.hypermodel, str):
+        where = keras_tuner.importable_ref(config.hypermodel)
+        if where.startswith("<"):  # a note, not a reference: the job processes could not import it
+            raise ConfigError(f"jobs={jobs} starts job processes that import the hypermodel, but {where[1:-1]}; or use jobs=1")
     if gpus is not None:
         gpus = parse_gpus(",".join(gpus))
     if jobs == 1 and gpus:
@@ -588,8 +593,6 @@ def load_hypermodel(config: SweepConfig, splits: Splits) -> Hypermodel:
         space_hypermodel = SpaceHypermodel(load_space(config.space))
         space_hypermodel.check(splits.task)
         return space_hypermodel
-    from gapsweep.search_spaces import keras_tuner
-
     init_tensorflow()  # the check builds a model, and TensorFlow's thread settings must come first
     hypermodel = keras_tuner.load(config.code() or config.hypermodel, max_epochs=config.max_epochs)
     hypermodel.check(splits.x_train[:_CHECK_ROWS], splits.y_train[:_CHECK_ROWS])
