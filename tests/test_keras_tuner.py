@@ -351,6 +351,22 @@ def test_a_study_stores_where_workers_find_its_hypermodel(tmp_path: Path, monkey
         load(f"{EXAMPLES}:build_model", max_epochs=3)
 
 
+def binary_build(hp: Any) -> keras.Model:
+    """Keras' usual binary classifier: one sigmoid unit and binary cross-entropy on 0/1 labels."""
+    model = keras.Sequential(
+        [keras.Input((30,)), keras.layers.Dense(hp.Int("units", 4, 8), activation="relu"), keras.layers.Dense(1, activation="sigmoid")]
+    )
+    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_a_one_unit_sigmoid_classifier_trains_and_is_scored(sqlite_url):
+    launch(SweepConfig(study="binary", hypermodel=binary_build, max_epochs=2, data=DataSpec("breast_cancer"), trials=1,
+                       storage=sqlite_url, pruner="none"), progress=False)
+    (trial,) = list_trials("binary", sqlite_url)
+    assert trial.state == "COMPLETE" and 0 < trial.attrs["val_loss"] < 5 and 0 <= trial.attrs["val_accuracy"] <= 1
+
+
 def test_a_build_function_of_the_running_script_is_never_stored_for_workers_to_import(tmp_path: Path):
     """Importing the script would run it again (a launch(jobs=2) in it started jobs without end)."""
     import subprocess

@@ -38,6 +38,8 @@ class LossFunction:
     def __call__(self, y: np.ndarray, predictions: np.ndarray) -> np.ndarray:
         import keras
 
+        if predictions.ndim == y.ndim + 1 and predictions.shape[-1] == 1:
+            y = y.reshape(*y.shape, 1)  # one output unit (binary_crossentropy, a 1-unit regressor): as fit pairs them
         values = keras.ops.convert_to_numpy(self._fn(keras.ops.convert_to_tensor(y), keras.ops.convert_to_tensor(predictions)))
         return np.asarray(values, dtype=np.float64).reshape(len(y), -1).mean(axis=1)
 
