@@ -88,7 +88,7 @@ def migrate(source: str, target: str, *, studies: list[str] | None = None) -> li
     connect_existing(source).dispose()  # a source that does not exist is named, never created empty
     src = open_storage(source)
     try:
-        names = studies or [s.study_name for s in optuna.get_all_study_summaries(src, include_best_trial=False)]
+        names = list(dict.fromkeys(studies)) if studies else [s.study_name for s in optuna.get_all_study_summaries(src, include_best_trial=False)]
         for name in names:
             try:
                 require_study(name, src)

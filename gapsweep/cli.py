@@ -470,7 +470,10 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     if args.create_only:
         sweep.close()
         where = " in a checkout of the project (or with --code-dir PROJECT_FOLDER)" if config.hypermodel is not None else ""
-        print(f"study '{config.study}' is ready: start workers with gapsweep worker --study {shlex.quote(config.study)} --storage URL{where}")
+        from gapsweep.storage.url import mask, parse
+
+        url = shlex.quote(mask(parse(config.storage)))
+        print(f"study '{config.study}' is ready: start workers with gapsweep worker --study {shlex.quote(config.study)} --storage {url}{where}")
         return 0
     progress = False if args.no_progress or args.json else None
     try:
@@ -498,6 +501,13 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     if interrupted:
         print(f"gapsweep: interrupted; launch study '{config.study}' again to go on", file=sys.stderr)
         return EXIT_INTERRUPTED
+    spent = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+    if config.timeout is not None and spent < config.trials:
+        print(
+            f"gapsweep: the timeout ({config.timeout:g} s) ended this launch at {spent} of {config.trials} trials; "
+            f"launch study '{config.study}' again to go on (the timeout counts anew each launch; --timeout sets it)",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -94,14 +95,19 @@ def test_a_study_persists_across_launches(tiny_space, sqlite_url):
     assert len(list_trials("e2e", sqlite_url)) == 4
 
 
+def _space_file(folder: Path, space: dict) -> Path:
+    """``space`` as a TOML file, for the command line."""
+    path = folder / "space.toml"
+    path.write_text("".join(
+        f"[{name}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in spec.items()) for name, spec in space.items()
+    ))
+    return path
+
+
 def test_a_study_launched_from_flags_resumes_from_its_name_alone(tiny_space, sqlite_url, tmp_path, capsys):
     """`launch --study NAME --trials N` continues the study as it was launched: the space, data
     and objective come from the database, and a flag given again still overrides."""
-    space = tmp_path / "space.toml"
-    space.write_text("".join(
-        f"[{name}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in spec.items())
-        for name, spec in tiny_space.items()
-    ))
+    space = _space_file(tmp_path, tiny_space)
     flags = ["--storage", sqlite_url, "--no-progress", "--study", "flags"]
     assert main(["launch", "--data", "wine", "--space", str(space), "--trials", "1", "--gap-penalty", "0.5", *flags]) == 0
     assert main(["launch", "--trials", "2", *flags]) == 0, capsys.readouterr().err
@@ -112,6 +118,13 @@ def test_a_study_launched_from_flags_resumes_from_its_name_alone(tiny_space, sql
     # A flag given again is checked against the study as before.
     assert main(["launch", "--data", "digits", "--trials", "3", *flags]) == 1
     assert "started on other data" in capsys.readouterr().err
+
+
+def test_a_launch_ended_by_its_timeout_says_so(tiny_space, sqlite_url, tmp_path, capsys):
+    space = _space_file(tmp_path, tiny_space)
+    argv = ["launch", "--data", "wine", "--space", str(space), "--study", "t", "--trials", "5", "--timeout", "0.01"]
+    assert main([*argv, "--storage", sqlite_url, "--no-progress"]) == 0
+    assert "gapsweep: the timeout (0.01 s) ended this launch at" in capsys.readouterr().err
 
 
 def test_resuming_with_another_space_is_refused(tiny_space, sqlite_url):

@@ -55,6 +55,8 @@ def predict_file(
         raise ConfigError(f"--out {path}: give a file path ending in .csv")
     if not path.parent.is_dir():
         raise ConfigError(f"--out {path}: the folder {path.parent} does not exist; create it first")
+    if model is not None and study is not None:
+        raise ConfigError(f"give a STUDY ('{study}') or --model {model}, not both")
     if model is not None:
         source = Path(model)
         if source.suffix != ".keras" or not source.is_file():

@@ -106,8 +106,10 @@ def verify(
 ) -> tuple[list[Checked], Verdict]:
     """Retrain the ``top`` trials with ``seeds`` fresh seeds each and judge them on test; a
     hypermodel is looked up in the project folder ``code_dir`` (None: the current folder)."""
-    if top < 1 or seeds < 1:
-        raise ConfigError(f"--top and --seeds must be >= 1, got {top} and {seeds}")
+    if top < 1 or seeds < 2:
+        raise ConfigError(
+            f"--top must be >= 1 and --seeds >= 2 (one seed gives no spread to judge against), got {top} and {seeds}"
+        )
     config = stored_sweep(study, storage, code_dir)
     splits = datasets.load(config.data, config.code_dir)
     if not len(splits.x_test):
