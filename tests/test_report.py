@@ -146,6 +146,20 @@ def test_importance_failure_becomes_a_note(tmp_path: Path):
     assert section.figure is None and section.note.startswith("Optuna could not compute importances")
 
 
+def test_a_multi_objective_study_gets_importances_of_its_val_loss(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'mo.db'}"
+    study = optuna.create_study(study_name="mo", storage=open_storage(url), directions=["minimize", "minimize"])
+    for params, train, val in MIXED:
+        single = gapsweep_trial(params, train, val)
+        study.add_trial(optuna.trial.create_trial(
+            params=single.params, distributions=single.distributions, user_attrs=single.user_attrs,
+            values=[single.user_attrs["val_loss"], single.user_attrs["gap"]],
+        ))
+    section = build_report("mo", url).sections[-1]
+    assert section.note is None and section.figure is not None
+    assert "val loss" in section.figure.axes[0].get_xlabel()
+
+
 def test_user_mistakes_are_one_line_and_write_nothing(mixed_url: str, tmp_path: Path, capsys):
     out = tmp_path / "nope.html"
     cases = [

@@ -258,11 +258,14 @@ def _importance_section(study: str, storage: str | None, complete: int) -> Secti
     import optuna
     from optuna.importance import FanovaImportanceEvaluator
 
-
     rdb = open_storage(storage)
     try:
         loaded = optuna.load_study(study_name=study, storage=rdb)
-        importances = optuna.importance.get_param_importances(loaded, evaluator=FanovaImportanceEvaluator(seed=0))
+        # A multi-objective study ranks its models by val loss, its first value: the importances explain that.
+        target = (lambda trial: trial.values[0]) if len(loaded.directions) > 1 else None
+        importances = optuna.importance.get_param_importances(
+            loaded, evaluator=FanovaImportanceEvaluator(seed=0), target=target
+        )
     except (RuntimeError, ValueError) as exc:
         return Section(name, heading, note=f"Optuna could not compute importances: {exc}")
     finally:
@@ -273,7 +276,7 @@ def _importance_section(study: str, storage: str | None, complete: int) -> Secti
     figure = _figure(10, 1.2 + 0.4 * len(ranked))
     axes = figure.add_subplot()
     axes.barh([param for param, _ in ranked], [float(value) for _, value in ranked], color=_COLORS["train"])
-    axes.set_xlabel("importance (fANOVA share of the score's variance)")
+    axes.set_xlabel(f"importance (fANOVA share of the {'val loss' if len(loaded.directions) > 1 else 'score'}'s variance)")
     axes.set_ylabel("parameter")
     axes.set_title(f"Parameter importances over {complete} complete trials")
     axes.grid(alpha=0.3, axis="x")

@@ -151,13 +151,9 @@ def sentence(reference: Mapping[str, Any], number: int | None, val_loss: float |
         return f"{line}; trial {number} has no val loss to compare"
     if versus(reference, val_loss)["beaten"]:
         return f"{line}; trial {number}: val loss {val_loss:.4f}, lower"
-    if linear_start:
-        return (
-            f"{line}; trial {number}, the linear start itself: val loss {val_loss:.4f}. No network the sweep "
-            "tried beat the linear model: prefer it, or widen the search"
-        )
+    which = f"trial {number} (the linear start: no hidden layer, trained by Keras)" if linear_start else f"trial {number}"
     return (
-        f"{line}; trial {number}: val loss {val_loss:.4f}. The sweep did not beat the linear reference: "
+        f"{line}; {which}: val loss {val_loss:.4f}. The sweep did not beat the linear reference: "
         "prefer the simpler model, or widen the search"
     )
 
