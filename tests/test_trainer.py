@@ -243,3 +243,16 @@ def test_predictions_trace_the_predict_step_once_per_model(digits):
         assert predictions.shape == (rows, 10)
         np.testing.assert_allclose(predictions, np.asarray(model(x[:rows], training=False)), rtol=1e-5, atol=1e-6)
     assert model.predict_function.experimental_get_tracing_count() == 1
+
+
+def test_a_retry_reporting_epochs_its_dead_trial_reported_raises_no_warning(recwarn):
+    """Optuna's retry copies the dead trial's reports; a retry that restarts reports them again."""
+    import optuna
+
+    from gapsweep.sweeps.trial.pruning import pruning_callback
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trial = optuna.create_study().ask()
+    trial.report(0.5, step=0)  # what the retry inherited
+    pruning_callback(trial, monitor="score").on_epoch_end(0, {"score": 0.4})
+    assert not [w for w in recwarn if "already reported" in str(w.message)]

@@ -6,6 +6,7 @@ val loss trails the others) *or* when it starts to overfit (its gap grows the sc
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import optuna
@@ -43,7 +44,11 @@ def pruning_callback(trial: optuna.Trial, monitor: str = "score") -> Any:
             value = (logs or {}).get(monitor)
             if value is None:
                 raise KeyError(f"pruning monitor '{monitor}' is not in the epoch logs: {sorted(logs or {})}")
-            trial.report(float(value), step=epoch)
+            with warnings.catch_warnings():
+                # A retry that restarts without a checkpoint reports epochs its dead trial already
+                # reported (Optuna's retry copies them over); the pruner keeps those, which is fine.
+                warnings.filterwarnings("ignore", message="The reported value is ignored because this")
+                trial.report(float(value), step=epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} with {monitor} {value:.4f}")
 
