@@ -16,7 +16,7 @@ from gapsweep.sweeps.run.config import SweepConfig
 from gapsweep.sweeps.data.datasets import DataSpec
 from gapsweep.sweeps.run.launch import launch
 from gapsweep.sweeps.analysis.rerank import rerank
-from gapsweep.sweeps.analysis.reproduce import RERUN_TOLERANCE, rerun
+from gapsweep.sweeps.analysis.reproduce import RERUN_TOLERANCE, Rerun, rerun
 
 CURVES = {  # trial number → (train curve, val curve)
     0: ([1.0, 0.4, 0.1, 0.02], [1.1, 0.5, 0.40, 0.45]),  # memorizes
@@ -88,6 +88,14 @@ def test_a_trial_reruns_to_its_recorded_val_loss(sqlite_url, tiny_space, capsys)
     assert result.reproduced and result.relative_difference <= RERUN_TOLERANCE
     assert main(["rerun", "repro", "0", "--storage", sqlite_url, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["reproduced"] is True
+
+
+def test_a_rerun_of_a_resumed_trial_carries_the_epoch_it_resumed_after():
+    """A retry that resumed from a checkpoint restarted its optimizer from saved state: the rerun
+    result says so, where a bare "not reproduced" would leave the user guessing."""
+    result = Rerun("s", 4, 0.4675, 0.4689, "f", "f", resumed_from_epoch=3)
+    assert not result.reproduced and result.to_dict()["resumed_from_epoch"] == 3
+    assert Rerun("s", 0, 0.5, 0.5, "f", "f").to_dict()["resumed_from_epoch"] is None
 
 
 @pytest.mark.slow

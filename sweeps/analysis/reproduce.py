@@ -101,6 +101,9 @@ class Rerun:
     rerun_val_loss: float
     recorded_fingerprint: str
     rerun_fingerprint: str
+    #: The epoch the recorded trial resumed after, when a retry continued it from a checkpoint:
+    #: its optimizer then restarted from saved state, so an uninterrupted rerun need not match.
+    resumed_from_epoch: int | None = None
 
     @property
     def relative_difference(self) -> float:
@@ -119,6 +122,7 @@ class Rerun:
             "relative_difference": self.relative_difference,
             "tolerance": RERUN_TOLERANCE,
             "same_data": self.recorded_fingerprint == self.rerun_fingerprint,
+            "resumed_from_epoch": self.resumed_from_epoch,
             "reproduced": self.reproduced,
         }
 
@@ -139,6 +143,10 @@ def rerun(study: str, number: int, storage: str | None = None, *, code_dir: str 
         config, trial.summary()["params"], int(repro["seed"]), splits, initial=initial_weights(config, trial, splits)
     )
     recorded = float(trial.attrs[trial_keys.VAL_LOSS])
-    return Rerun(study, number, recorded, result.score.val_loss, str(repro["data_fingerprint"]), splits.fingerprint)
+    resumed = trial.attrs.get(trial_keys.RESUMED_FROM_EPOCH)
+    return Rerun(
+        study, number, recorded, result.score.val_loss, str(repro["data_fingerprint"]), splits.fingerprint,
+        resumed_from_epoch=int(resumed) if resumed is not None else None,
+    )
 
 
