@@ -137,7 +137,8 @@ def refit_epochs(best_epoch: int) -> int:
 
 def _recorded(record: TrialRecord) -> dict[str, Any]:
     """What the sweep recorded about a trial, beside a model trained anew."""
-    return {"score": record.value, "val_loss": record.attrs.get(trial_keys.VAL_LOSS), "params": record.summary()["params"]}
+    summary = record.summary()  # its score is the gap-penalized one, also in a multi-objective study
+    return {"score": summary["score"], "val_loss": summary["val_loss"], "params": summary["params"]}
 
 
 def _refit(config: SweepConfig, splits: Splits, record: TrialRecord) -> tuple["keras.Model", dict[str, Any]]:
