@@ -532,15 +532,15 @@ def importable_ref(obj: Any) -> str:
         file = getattr(module, "__file__", None)
         if module is None or not file or not Path(file).is_file():
             continue
-        if module.__name__ == "__main__" and any(value is obj for value in vars(module).values()):
+        name = next((key for key, value in vars(module).items() if value is obj), None)
+        if name is None:
+            continue
+        if module.__name__ == "__main__":
             return (
                 f"<{label} is defined in the script being run ({Path(file).name}), and a worker importing it would "
                 f"run the whole script again; to run workers, move {label} into a module (e.g. models.py) and "
                 "import it from the script>"
             )
-        name = next((key for key, value in vars(module).items() if value is obj), None)
-        if name is None:
-            continue
         try:
             return code_refs.locate(f"{file}:{name}", None).stored
         except ConfigError:

@@ -79,14 +79,14 @@ class ModelKeeper:
         self.keep = keep
         self.store = store
 
-    def _kept(self, standing: queries.Standing) -> set[int]:
+    def _kept(self, standing: queries.Standing | None = None) -> set[int]:
         """The trials whose models stay if this one finishes at ``standing`` (by its first
-        objective value: the score, or the val loss in a multi-objective study)."""
-        top = queries.best_values(self.engine, self.study, self.keep)
-        return {other.number for other in sorted([*top, standing])[: self.keep]}
-
-    def _top(self) -> set[int]:
-        return {standing.number for standing in queries.best_values(self.engine, self.study, self.keep)}
+        objective value: the score, or the val loss in a multi-objective study); without it, the
+        top ``keep`` of the complete trials."""
+        ranked = queries.best_values(self.engine, self.study, self.keep)
+        if standing is not None:
+            ranked = sorted([*ranked, standing])
+        return {other.number for other in ranked[: self.keep]}
 
     def qualifies(self, standing: queries.Standing) -> bool:
         """Whether a trial finishing at ``standing`` would be kept (asked before costly work)."""
@@ -118,5 +118,5 @@ class ModelKeeper:
         ranking sees it. The order of the two queries is what makes this safe.
         """
         finished = queries.trial_numbers(self.engine, self.study, ["COMPLETE", "PRUNED", "FAIL"])
-        dropped = finished - (self._kept(standing) if standing is not None else self._top())
+        dropped = finished - self._kept(standing)
         artifacts.delete(self.engine, self.study, kind=artifacts.MODEL, trial_numbers=dropped, store=self.store)
