@@ -39,7 +39,6 @@ import sqlalchemy as sa
 
 from benchmarks import harness, report
 from gapsweep import DataSpec, ObjectiveSettings, SweepConfig, launch
-from gapsweep.search_spaces.builder import resolve
 from gapsweep.search_spaces.hypermodel import FitSettings, SpaceHypermodel
 from gapsweep.sweeps.data.preprocessing import Preprocessing, with_info
 from gapsweep.sweeps.trial import models as models_module
@@ -121,8 +120,8 @@ def stub_held_out_metrics(model: StandInModel, splits: Splits) -> dict[str, floa
 
 def stub_build(self: SpaceHypermodel, trial: optuna.Trial, task: Any) -> tuple[StandInModel, FitSettings]:
     """``SpaceHypermodel.build`` without Keras: samples the space as a trial does, builds nothing."""
-    values = resolve(self.space.sample(trial))
-    return StandInModel(values), FitSettings(int(values["epochs"]), int(values["batch_size"]))
+    values, fixed = self.draw(trial)
+    return StandInModel(values), FitSettings(int(values["epochs"]), int(values["batch_size"]), fixed=fixed)
 
 
 def stub_train(

@@ -79,11 +79,10 @@ class SleepingHypermodel:
         self.max_epochs = EPOCHS
 
     def build(self, trial: Any, task: Any) -> tuple[StandInModel, Any]:
-        from gapsweep.search_spaces.builder import resolve
         from gapsweep.search_spaces.hypermodel import FitSettings
 
-        values = resolve(self.real.space.sample(trial))
-        return StandInModel(self.sleep_s), FitSettings(epochs=EPOCHS, batch_size=int(values["batch_size"]))
+        values, fixed = self.real.draw(trial)
+        return StandInModel(self.sleep_s), FitSettings(epochs=EPOCHS, batch_size=int(values["batch_size"]), fixed=fixed)
 
     def describe(self) -> dict[str, Any]:
         return self.real.describe()

@@ -28,6 +28,9 @@ class FitSettings:
     epochs: int
     batch_size: int
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The values the space fixes rather than searches, which the trial records as ``fixed.NAME``
+    #: user attributes (Optuna's params stay the searched ones).
+    fixed: dict[str, Any] = field(default_factory=dict)
 
 
 class Hypermodel(Protocol):
@@ -54,8 +57,13 @@ class SpaceHypermodel:
         self.max_epochs = _max_epochs(space)
 
     def build(self, trial: optuna.Trial, task: TaskSpec) -> tuple["keras.Model", FitSettings]:
-        values = resolve(self.space.sample(trial))
-        return build_model(values, task), FitSettings(int(values["epochs"]), int(values["batch_size"]))
+        values, fixed = self.draw(trial)
+        return build_model(values, task), FitSettings(int(values["epochs"]), int(values["batch_size"]), fixed=fixed)
+
+    def draw(self, trial: optuna.Trial) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The trial's values (the builder's defaults filled in) and the fixed ones among them."""
+        sampled = self.space.sample(trial)
+        return resolve(sampled), {name: v for name, v in sampled.items() if isinstance(self.space.params[name], Fixed)}
 
     def check(self, task: TaskSpec) -> None:
         """Refuse, before any trial, a space the data cannot feed (convolutions on a table)."""

@@ -32,6 +32,7 @@ import inspect
 import numbers
 import re
 import sys
+import dataclasses
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -93,6 +94,8 @@ class TrialHyperParameters:
         self.trial = trial
         #: The active values, as KerasTuner's ``hp.values``: inactive parameters are absent.
         self.values: dict[str, Any] = {}
+        #: The ``Fixed`` values drawn, which the trial records as ``fixed.NAME`` user attributes.
+        self.fixed: dict[str, Any] = {}
         self._declared: dict[str, _Declared] = {}
         self._conditions: list[tuple[str, tuple[Any, ...]]] = []
         self._scopes: list[str] = []
@@ -276,7 +279,7 @@ class TrialHyperParameters:
         if self.trial is None:
             return default
         if distribution is None:
-            self.trial.set_user_attr(f"fixed.{name}", default)
+            self.fixed[name] = default
             return default
         try:
             if isinstance(distribution, CategoricalDistribution):
@@ -453,7 +456,7 @@ class KerasTunerHypermodel:
                 "build(hp) returned a model that is not compiled; call model.compile(optimizer=..., loss=...) "
                 "in build(hp), as KerasTuner requires"
             )
-        return model, self._fit_settings(hp)
+        return model, dataclasses.replace(self._fit_settings(hp), fixed=dict(hp.fixed))
 
     def _fit_settings(self, hp: TrialHyperParameters) -> FitSettings:
         """The fit settings of this trial: the ones a ``fit`` override passes to ``model.fit``.

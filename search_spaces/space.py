@@ -137,8 +137,7 @@ class Fixed:
             )
 
     def sample(self, trial: optuna.Trial, name: str) -> Scalar:
-        # Recorded as a user attribute: Optuna's own params stay the searched ones.
-        trial.set_user_attr(f"fixed.{name}", self.value)
+        # Not an Optuna param: the hypermodel reports it in ``FitSettings.fixed`` for the trial to record.
         return self.value
 
     def allows(self, value: Scalar) -> bool:

@@ -1,9 +1,9 @@
 """SQLAlchemy engines and Optuna storages for SQLite and PostgreSQL, with readable failures.
 
 SQLite gets WAL mode and a busy timeout, so several local workers and a reader can share a file.
-PostgreSQL gets ``pool_pre_ping`` (Optuna enables it for MySQL only), so a worker survives a
-dropped connection, and a small pool, so many workers do not exhaust the server (none at all
-with ``$GAPSWEEP_PG_POOL=0``).
+PostgreSQL gets a ping before reusing a connection that sat idle (so a worker survives a
+connection the server or the network dropped while it trained), and a small pool, so many
+workers do not exhaust the server (none at all with ``$GAPSWEEP_PG_POOL=0``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,7 +19,7 @@ import optuna
 import sqlalchemy
 import sqlalchemy.pool
 from sqlalchemy.engine import URL, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 
 from gapsweep import env
 from gapsweep.errors import StorageError
@@ -59,7 +60,43 @@ def engine_kwargs(url: URL) -> dict[str, Any]:
     pool = pg_pool_size()
     if pool == 0:
         return {"poolclass": sqlalchemy.pool.NullPool}
-    return {"pool_pre_ping": True, "pool_size": pool, "max_overflow": 3, "pool_recycle": 1800}
+    # LIFO: the connection used last is reused, so the ones beyond a process's need stay idle
+    # (and cheap), and the busy one is rarely idle long enough to need a ping.
+    return {"pool_size": pool, "max_overflow": 3, "pool_recycle": 1800, "pool_use_lifo": True}
+
+
+#: A pooled connection idle longer than this is pinged before it is used again.
+IDLE_PING_S = 1.0
+
+
+def ping_after_idle(engine: Engine) -> Engine:
+    """Ping a pooled PostgreSQL connection before reuse only when it sat idle over ``IDLE_PING_S``.
+
+    SQLAlchemy's ``pool_pre_ping`` pings at every checkout: a round trip before each of the
+    dozens of queries around a trial, most of them milliseconds after the last. A connection
+    dropped while the worker trained is caught just the same by the first checkout after the
+    epoch; one dropped within a second of its last use fails one query, whose trial is queued
+    again. A failed ping makes the pool open a fresh connection (``DisconnectionError``).
+    """
+    if engine.dialect.name != "postgresql" or isinstance(engine.pool, sqlalchemy.pool.NullPool):
+        return engine
+
+    def checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < IDLE_PING_S:
+            return
+        try:
+            with contextlib.closing(dbapi_connection.cursor()) as cursor:
+                cursor.execute("SELECT 1")
+        except Exception as exc:  # any driver error: the connection is unusable
+            raise DisconnectionError(str(exc)) from exc
+
+    sqlalchemy.event.listen(engine, "checkin", checkin)
+    sqlalchemy.event.listen(engine, "checkout", checkout)
+    return engine
 
 
 def sqlite_path(url: URL) -> Path | None:
@@ -103,11 +140,13 @@ def open_storage(url_text: str | None, **storage_kwargs: Any) -> optuna.storages
     if path is not None:
         _prepare_sqlite(path)
     try:
-        return optuna.storages.RDBStorage(
+        storage = optuna.storages.RDBStorage(
             url.render_as_string(hide_password=False), engine_kwargs=engine_kwargs(url), **storage_kwargs
         )
     except (SQLAlchemyError, RuntimeError, ValueError) as exc:
         raise describe_failure(url, exc) from None
+    ping_after_idle(storage.engine)
+    return storage
 
 
 def connect_existing(url_text: str | None) -> Engine:
@@ -120,7 +159,7 @@ def connect_existing(url_text: str | None) -> Engine:
     path = sqlite_path(url)
     if path is not None and not path.is_file():
         raise StorageError(f"no database at {path}; launch a sweep first or pass --storage URL")
-    engine = sqlalchemy.create_engine(url, **engine_kwargs(url))
+    engine = ping_after_idle(sqlalchemy.create_engine(url, **engine_kwargs(url)))
     try:
         with engine.connect() as conn:
             tables = set(sqlalchemy.inspect(conn).get_table_names())

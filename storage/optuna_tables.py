@@ -1,8 +1,9 @@
 """Optuna's own tables and trial internals: the one place gapsweep uses Optuna's private API.
 
-Two things have no public form fast enough: reading the best k trials of a large study (an
-``ORDER BY … LIMIT k`` over Optuna's tables instead of loading every trial) and writing a
-finished trial's dozen user attributes in one transaction instead of a commit each. Both are
+Three things have no public form fast enough: reading the best k trials of a large study (an
+``ORDER BY … LIMIT k`` over Optuna's tables instead of loading every trial), writing a
+finished trial's dozen user attributes in one transaction instead of a commit each, and
+reading a running trial's system attributes from the copy it loaded when it started. Both are
 written against Optuna 5's RDB schema ``v3.2.0.a``; this module refuses another Optuna major
 version at import, and ``check_schema`` refuses a database of another schema, each in one line.
 """
@@ -63,8 +64,10 @@ def check_schema(conn: Connection) -> None:
 
 
 def trial_system_attrs(trial: optuna.Trial) -> dict[str, Any]:
-    """A running trial's system attributes (where Optuna's retry callback notes the retried trial)."""
-    return trial.storage.get_trial_system_attrs(trial._trial_id)
+    """A running trial's system attributes (where Optuna's retry callback notes the retried trial),
+    as the trial loaded them when it started: a retry's are written when it is queued, before any
+    worker claims it, so asking the storage again would cost a whole trial load for nothing."""
+    return dict(trial._cached_frozen_trial.system_attrs)
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:

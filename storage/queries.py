@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -92,19 +93,31 @@ class TrialRecord:
 
 
 def study_id(engine: Engine, name: str) -> int:
+    known = _known_ids.get(engine, {})
+    if name in known:
+        return known[name]
     with engine.connect() as conn:
         return _study_id(conn, name)
 
 
+#: Study ids by name, per engine: an id never changes while its study exists, and the claim
+#: loop and the model keeper ask for it after every trial.
+_known_ids: weakref.WeakKeyDictionary[Engine, dict[str, int]] = weakref.WeakKeyDictionary()
+
+
 def _study_id(conn: Connection, name: str) -> int:
     """The study's id, on a connection the caller goes on using (one round trip fewer)."""
+    known = _known_ids.setdefault(conn.engine, {})
+    if name in known:
+        return known[name]
     found = conn.execute(sa.select(_studies.c.study_id).where(_studies.c.study_name == name)).scalar()
     if found is None:
         names = conn.execute(sa.select(_studies.c.study_name).order_by(_studies.c.study_name)).scalars().all()
         raise StudyNotFoundError(
             f"no study named '{name}' in this database (studies: {', '.join(names) or 'none yet'})"
         )
-    return int(found)
+    known[name] = int(found)
+    return known[name]
 
 
 def state_counts(engine: Engine, study: str) -> dict[str, int]:
@@ -269,17 +282,16 @@ class _Clocks:
         return self.database_now - (self.local_now - start)
 
 
-def _check_param_names(engine: Engine, study: str, sid: int, ranges: dict[str, ParamRange] | None) -> None:
+def _check_param_names(conn: Connection, study: str, sid: int, ranges: dict[str, ParamRange] | None) -> None:
     """A ``--param`` name the study never searched is a typo, not an empty result."""
     if not ranges:
         return
-    with engine.connect() as conn:
-        known = set(
-            conn.execute(
-                sa.select(_params.c.param_name).distinct()
-                .join(_trials, _trials.c.trial_id == _params.c.trial_id).where(_trials.c.study_id == sid)
-            ).scalars()
-        )
+    known = set(
+        conn.execute(
+            sa.select(_params.c.param_name).distinct()
+            .join(_trials, _trials.c.trial_id == _params.c.trial_id).where(_trials.c.study_id == sid)
+        ).scalars()
+    )
     unknown = sorted(set(ranges) - known)
     if known and unknown:
         raise ConfigError(
@@ -332,8 +344,18 @@ def _ranking(
         raise ConfigError(f"cannot rank by '{by}'; use one of {', '.join(RANK_BY)}")
     if k < 1:
         raise ConfigError(f"--top must be >= 1, got {k}")
-    sid = study_id(engine, study)
-    _check_param_names(engine, study, sid, params)
+    # One connection for the whole ranking: the model keeper asks after every trial.
+    with engine.connect() as conn:
+        sid = _study_id(conn, study)
+        _check_param_names(conn, study, sid, params)
+        return [
+            (int(trial_id), Standing(bool(flag), value, int(number)))
+            for trial_id, number, value, flag in conn.execute(_ranking_query(sid, by, params, k))
+        ]
+
+
+def _ranking_query(sid: int, by: str, params: dict[str, ParamRange] | None, k: int) -> sa.Select[Any]:
+    """The ``k`` best complete trials of study ``sid`` by ``by``: trial id, number, value, infeasible flag."""
     complete = sa.and_(_trials.c.study_id == sid, _trials.c.state == TrialState.COMPLETE)
     if by == "score":
         key = _values.c.value
@@ -355,12 +377,7 @@ def _ranking(
         flags.c.trial_id == _trials.c.trial_id, flags.c.key == trial_keys.FEASIBLE, flags.c.value_json == "false"
     ), 1), else_=0)
     query = query.add_columns(infeasible).where(*_param_filters(params))
-    query = query.order_by(infeasible, key.asc(), _trials.c.number.asc()).limit(k)
-    with engine.connect() as conn:
-        return [
-            (int(trial_id), Standing(bool(flag), value, int(number)))
-            for trial_id, number, value, flag in conn.execute(query)
-        ]
+    return query.order_by(infeasible, key.asc(), _trials.c.number.asc()).limit(k)
 
 
 def trial_numbers(engine: Engine, study: str, states: Sequence[str]) -> set[int]:
@@ -376,12 +393,12 @@ def list_trials(
     engine: Engine, study: str, *, states: Sequence[str] | None = None, params: dict[str, ParamRange] | None = None
 ) -> list[TrialRecord]:
     """All trials of ``study`` in number order, optionally only those in ``states`` and ranges."""
-    sid = study_id(engine, study)
-    _check_param_names(engine, study, sid, params)
-    query = sa.select(_trials.c.trial_id).where(_trials.c.study_id == sid, *_param_filters(params))
-    if states:
-        query = query.where(_trials.c.state.in_([_parse_state(s) for s in states]))
     with engine.connect() as conn:
+        sid = _study_id(conn, study)
+        _check_param_names(conn, study, sid, params)
+        query = sa.select(_trials.c.trial_id).where(_trials.c.study_id == sid, *_param_filters(params))
+        if states:
+            query = query.where(_trials.c.state.in_([_parse_state(s) for s in states]))
         ids = [row[0] for row in conn.execute(query.order_by(_trials.c.number))]
     return _load(engine, ids)
 

@@ -85,3 +85,8 @@ def curves(attrs: Mapping[str, Any]) -> dict[str, Any]:
 def fixed(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """The fixed values among a trial's attributes, by parameter name."""
     return {key[len(FIXED_PREFIX):]: value for key, value in attrs.items() if key.startswith(FIXED_PREFIX)}
+
+
+def fixed_attrs(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Fixed values by parameter name as the user attributes that record them (``fixed`` reverses it)."""
+    return {FIXED_PREFIX + name: value for name, value in values.items()}

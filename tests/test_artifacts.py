@@ -154,3 +154,26 @@ def test_a_model_kept_for_a_trial_still_running_survives_another_workers_offer(a
     keeper.trim()
     assert artifacts.trial_numbers(storage.engine, "race", artifacts.MODEL) == [5]
     storage.engine.dispose()
+
+
+def test_the_keeper_refuses_a_trial_behind_its_last_ranking_without_a_query(sqlite_url):
+    """Complete trials never leave a study, so a trial behind the last ranking's k-th best
+    cannot make the top k: the keeper answers that without asking the database again."""
+    import optuna
+    import sqlalchemy as sa
+
+    from gapsweep.sweeps.trial.models import ModelKeeper
+
+    storage = open_storage(sqlite_url)
+    study = optuna.create_study(study_name="bar", storage=storage)
+    for value in (0.3, 0.1, 0.2):
+        study.tell(study.ask(), value)
+    keeper = ModelKeeper(storage.engine, "bar", keep=2)
+    statements: list[str] = []
+    sa.event.listen(storage.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    assert keeper.qualifies(Standing(False, 0.15, 3)) and statements  # ranked: 0.1, 0.15 stay
+    statements.clear()
+    assert not keeper.qualifies(Standing(False, 0.25, 4)) and not statements  # behind 0.2: no query
+    assert not keeper.qualifies(Standing(True, 0.01, 5)) and not statements  # infeasible ranks last
+    assert keeper.qualifies(Standing(False, 0.12, 6)) and statements  # ahead of 0.2: asks again
+    storage.engine.dispose()

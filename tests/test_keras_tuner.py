@@ -67,14 +67,14 @@ def declare_everything(hp: Any) -> None:
 
 @pytest.fixture(scope="module")
 def sampled() -> list[dict[str, Any]]:
-    """300 random trials of ``declare_everything``: params, hp.values, distributions, user attrs."""
+    """300 random trials of ``declare_everything``: params, hp.values, distributions, fixed values."""
     rows: list[dict[str, Any]] = []
 
     def objective(trial: optuna.Trial) -> float:
         hp = TrialHyperParameters(trial)
         declare_everything(hp)
         rows.append(
-            {"params": trial.params, "values": dict(hp.values), "dists": trial.distributions, "attrs": trial.user_attrs}
+            {"params": trial.params, "values": dict(hp.values), "dists": trial.distributions, "fixed": dict(hp.fixed)}
         )
         return 0.0
 
@@ -116,7 +116,7 @@ def test_conditional_parameters_appear_only_when_their_parent_allows(sampled):
         assert 0.1 <= params.get("dropout_rate", 0.1) <= 0.5
         # hp.values is KerasTuner's: the active values, the Fixed one included; it is recorded apart.
         assert row["values"] == {**params, "fixed": 7}
-        assert row["attrs"]["fixed.fixed"] == 7 and "fixed" not in params
+        assert row["fixed"] == {"fixed": 7} and "fixed" not in params
     assert {row["params"]["num_layers"] for row in deep} == {1, 2, 3}
 
 

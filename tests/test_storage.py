@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 import sqlite3
 from pathlib import Path
 
@@ -143,6 +144,33 @@ def test_pg_pool_sets_the_connections_a_process_keeps_between_queries(postgres_u
     admin.dispose()
     storage.engine.dispose()
     assert held in idle
+
+
+def test_a_pooled_connection_dropped_while_idle_is_replaced_before_use(postgres_url, monkeypatch):
+    """A worker's pooled connection that the server dropped while it trained is pinged and replaced
+    at the next checkout, so the query after a long epoch succeeds; connections reused at once
+    are not pinged (the ping is what made PostgreSQL trials slower than plain Optuna's)."""
+    import sqlalchemy as sa
+
+    from gapsweep.storage import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "IDLE_PING_S", 0.2)
+    storage = open_storage(postgres_url)
+    admin = sa.create_engine(postgres_url)
+    try:
+        with storage.engine.connect() as conn:
+            first = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+        with storage.engine.connect() as conn:  # reused at once: the same connection, still alive
+            assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar() == first
+        with admin.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": first}).scalar()
+        time.sleep(0.3)
+        with storage.engine.connect() as conn:
+            second = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+        assert second != first
+    finally:
+        admin.dispose()
+        storage.engine.dispose()
 
 
 def test_a_bad_pg_pool_setting_is_one_line(postgres_url, monkeypatch, capsys):

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
@@ -340,6 +340,7 @@ def run_trials(
     )
     log_path = Path(log_file) if log_file is not None else default_log_path(config.storage)
     failures = _Failures(config.max_failures, log_path)
+    guard = _FailureGuard(objective)
     deadlines = [time.monotonic() + config.timeout] if config.timeout is not None else []
     if stop_at is not None:
         deadlines.append(time.monotonic() + stop_at - time.time())
@@ -364,10 +365,11 @@ def run_trials(
                     break
                 if work:
                     _resample_if_shared(sweep, counts)
-                    study.optimize(
-                        _FailureGuard(objective), n_trials=1, catch=(TrainingDiverged, TrialFailed),
-                        callbacks=[bar, failures], gc_after_trial=False,
-                    )
+                    # No Optuna callbacks: they would cost a reload of the whole trial, and the guard
+                    # already knows how it ended.
+                    study.optimize(guard, n_trials=1, catch=(TrainingDiverged, TrialFailed), gc_after_trial=False)
+                    bar.ended(study, guard.state)
+                    failures.ended(guard.number, guard.state, guard.reason)
             except KeyboardInterrupt:
                 # Stopped at once (a second Ctrl-C): the trial Optuna just failed is queued again.
                 _requeue(study, objective.last_trial)
@@ -413,25 +415,46 @@ class TrialFailed(RuntimeError):
 
 class _FailureGuard:
     """The objective, with any trial error other than pruning, divergence, a user mistake or a
-    database failure turned into ``TrialFailed`` with its reason recorded as ``fail_reason``."""
+    database failure turned into ``TrialFailed`` with its reason recorded as ``fail_reason``.
+
+    It also notes how the last trial ended (``number``, ``state``, ``reason``), as Optuna will
+    record it: a pruned trial is PRUNED, a raised one FAIL, a returned NaN FAIL (Optuna refuses
+    it), any other returned value COMPLETE.
+    """
 
     def __init__(self, objective: Callable[[optuna.Trial], Any]) -> None:
         self.objective = objective
+        self.number = -1
+        self.state = TrialState.FAIL
+        self.reason: str | None = None
 
     def __call__(self, trial: optuna.Trial) -> Any:
+        self.number, self.state, self.reason = trial.number, TrialState.FAIL, None
         try:
-            return self.objective(trial)
-        except (optuna.TrialPruned, TrainingDiverged, GapsweepError, SQLAlchemyError, optuna.exceptions.StorageInternalError):
+            value = self.objective(trial)
+        except optuna.TrialPruned:
+            self.state = TrialState.PRUNED
+            raise
+        except TrainingDiverged as exc:
+            self.reason = str(exc)
+            raise
+        except (GapsweepError, SQLAlchemyError, optuna.exceptions.StorageInternalError):
             raise
         except Exception as exc:
             text = str(exc).strip()
-            reason = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-            trial.set_user_attr(trial_keys.FAIL_REASON, reason)
-            raise TrialFailed(reason) from exc
+            self.reason = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+            trial.set_user_attr(trial_keys.FAIL_REASON, self.reason)
+            raise TrialFailed(self.reason) from exc
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        if any(math.isnan(float(v)) for v in values):
+            self.reason = "the objective returned NaN"
+        else:
+            self.state = TrialState.COMPLETE
+        return value
 
 
 class _Failures:
-    """An Optuna callback: one stderr line per failed trial, and a count of failures in a row."""
+    """One stderr line per failed trial, and a count of failures in a row."""
 
     def __init__(self, limit: int, log_path: Path) -> None:
         self.limit = limit
@@ -439,14 +462,15 @@ class _Failures:
         self.in_a_row: list[str] = []
         self.succeeded = False
 
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state in COUNTED:
+    def ended(self, number: int, state: TrialState, reason: str | None) -> None:
+        """Count trial ``number``, which ended in ``state`` (``reason``: why it failed, if known)."""
+        if state in COUNTED:
             self.in_a_row.clear()
             self.succeeded = True
-        elif trial.state == TrialState.FAIL:
-            reason = str(trial.user_attrs.get(trial_keys.FAIL_REASON) or f"see {self.log_path}")
+        elif state == TrialState.FAIL:
+            reason = reason or f"see {self.log_path}"
             self.in_a_row.append(reason)
-            tqdm.write(f"gapsweep: trial {trial.number} failed: {reason}", file=sys.stderr)
+            tqdm.write(f"gapsweep: trial {number} failed: {reason}", file=sys.stderr)
 
     @property
     def exhausted(self) -> bool:
@@ -479,14 +503,16 @@ def default_log_path(storage: str | None) -> Path:
 
 @contextlib.contextmanager
 def _trial_log(path: Path, study: str) -> Iterator[None]:
-    """Send Optuna's log (a traceback per failed trial) to ``path`` instead of the console. The
-    file is opened on the first record, so a sweep that logs nothing writes no file."""
+    """Send Optuna's warnings (a traceback per failed trial) to ``path`` instead of the console.
+    The file is opened on the first record, so a sweep that logs nothing writes no file. Optuna's
+    per-trial "finished" lines stay off: the database holds the same, and composing each one
+    costs Optuna a best-trial query."""
     logger = logging.getLogger("optuna")
     handler = logging.FileHandler(path, delay=True, encoding="utf-8")
     handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [{study}] %(message)s"))
     optuna.logging.disable_default_handler()
     level = logger.level
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.WARNING)
     logger.addHandler(handler)
     try:
         yield
@@ -600,7 +626,7 @@ def load_hypermodel(config: SweepConfig, splits: Splits) -> Hypermodel:
 
 
 class _ProgressBar:
-    """An Optuna callback: a tqdm bar over the study's budget with best score and state counts.
+    """A tqdm bar over the study's budget with best score and state counts.
 
     tqdm's ``disable=None`` turns the bar off when stderr is not a terminal (CI logs, pipes).
     """
@@ -612,13 +638,14 @@ class _ProgressBar:
             disable=None if enabled is None else not enabled,
         )
 
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    def ended(self, study: optuna.Study, state: TrialState) -> None:
+        """One trial of this process ended in ``state``."""
         if self.bar.disable:
             return  # no terminal: skip the best-value query the postfix would cost every trial
-        if trial.state in self.counts:
-            self.counts[trial.state] += 1
+        if state in self.counts:
+            self.counts[state] += 1
         self._postfix(study, {"pruned": self.counts[TrialState.PRUNED], "failed": self.counts[TrialState.FAIL]})
-        if trial.state in COUNTED:
+        if state in COUNTED:
             self.bar.update(1)
         else:
             self.bar.refresh()

@@ -78,19 +78,27 @@ class ModelKeeper:
         self.study = study
         self.keep = keep
         self.store = store
+        #: The ``keep``-th best standing at the last ranking. Complete trials never leave a study,
+        #: so the true one can only be better: a trial behind it cannot make the top ``keep``.
+        self._last_kept: queries.Standing | None = None
 
     def _kept(self, standing: queries.Standing | None = None) -> set[int]:
         """The trials whose models stay if this one finishes at ``standing`` (by its first
         objective value: the score, or the val loss in a multi-objective study); without it, the
         top ``keep`` of the complete trials."""
         ranked = queries.best_values(self.engine, self.study, self.keep)
+        if len(ranked) == self.keep:
+            self._last_kept = ranked[-1]
         if standing is not None:
             ranked = sorted([*ranked, standing])
         return {other.number for other in ranked[: self.keep]}
 
     def qualifies(self, standing: queries.Standing) -> bool:
-        """Whether a trial finishing at ``standing`` would be kept (asked before costly work)."""
-        return self.keep >= 1 and standing.number in self._kept(standing)
+        """Whether a trial finishing at ``standing`` would be kept (asked before costly work); a
+        trial behind the last ranking's ``keep``-th is refused without asking the database."""
+        if self.keep < 1 or (self._last_kept is not None and standing > self._last_kept):
+            return False
+        return standing.number in self._kept(standing)
 
     def offer(
         self, standing: queries.Standing, model: "keras.Model", meta: dict[str, Any], preprocessing: Preprocessing

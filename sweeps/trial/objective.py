@@ -105,12 +105,11 @@ class Objective:
         retry = _retry_attrs(trial)
         # A retried trial trains with its original trial's seed, so a resumed run matches.
         seed = self.seed + int(retry.get("failed_trial", trial.number))
-        set_user_attrs(
-            trial, {trial_keys.WORKER: f"{socket.gethostname()}:{os.getpid()}", trial_keys.REPRO: record(seed, self.splits)}
-        )
+        # Written with the fixed values once the first model is built: one transaction, not two.
+        start = {trial_keys.WORKER: f"{socket.gethostname()}:{os.getpid()}", trial_keys.REPRO: record(seed, self.splits)}
         attrs: dict[str, Any] = {}  # what the finished trial records, written in one transaction
         if self.settings.cv:
-            score, curves, losses = self._cross_validate(trial, seed, attrs)
+            score, curves, losses = self._cross_validate(trial, seed, attrs, start)
             model = None
         else:
             checkpoints = self._checkpoints(trial, retry.get("retry_history", []))
@@ -118,8 +117,8 @@ class Objective:
             on_prune = functools.partial(self._constrain_pruned, trial, curves)
             with _recorded(trial, curves, checkpoints, attrs, on_prune=on_prune):
                 result = self._fit(
-                    trial, self.splits, seed, curves, checkpoints=checkpoints, prune=not self.settings.multi_objective,
-                    initial=self._initial(trial),
+                    trial, self.splits, seed, curves, record=start, checkpoints=checkpoints,
+                    prune=not self.settings.multi_objective, initial=self._initial(trial),
                 )
             score, model, losses = result.score, result.model, result.val_losses
         if self.checkpoint_engine is not None and len(losses):
@@ -156,11 +155,20 @@ class Objective:
         return self.start_weights()
 
     def _fit(
-        self, trial: optuna.Trial, splits: Splits, seed: int, curves: Curves, *,
+        self, trial: optuna.Trial, splits: Splits, seed: int, curves: Curves, *, record: dict[str, Any] | None = None,
         checkpoints: CheckpointStore | None = None, prune: bool = False, initial: Sequence[np.ndarray] | None = None,
     ) -> TrainResult:
+        """Build and train one model. ``record``: user attributes to write together with the
+        values the space fixed, which are known once the model is built (written even if the
+        build fails, so a failed trial still names its worker)."""
         fresh_session(seed)
-        model, fit = self.hypermodel.build(trial, splits.task)
+        fixed: dict[str, Any] = {}
+        try:
+            model, fit = self.hypermodel.build(trial, splits.task)
+            fixed = fit.fixed
+        finally:
+            if record is not None:
+                set_user_attrs(trial, {**record, **trial_keys.fixed_attrs(fixed)})
         if initial is not None:
             start_from(model, initial)
         return train(
@@ -169,7 +177,9 @@ class Objective:
             trial=trial if prune else None, curves=curves, checkpoints=checkpoints,
         )
 
-    def _cross_validate(self, trial: optuna.Trial, seed: int, attrs: dict[str, Any]) -> tuple[Score, Curves, "np.ndarray"]:
+    def _cross_validate(
+        self, trial: optuna.Trial, seed: int, attrs: dict[str, Any], start: dict[str, Any]
+    ) -> tuple[Score, Curves, "np.ndarray"]:
         """k folds of the training and val rows together; the pruner sees the running mean.
 
         The folds are drawn from the study's seed, so every trial sees the same folds and their
@@ -188,7 +198,7 @@ class Objective:
             curves = Curves()
             fold_curves.append(curves)
             with _recorded(trial, curves, None, attrs, prefix=trial_keys.fold_prefix(index)):
-                result = self._fit(trial, fold, seed + index, curves)
+                result = self._fit(trial, fold, seed + index, curves, record=start if index == 0 else None)
                 scores.append(result.score)
                 losses[held_out[index]] = result.val_losses
                 running = statistics.fmean(s.value for s in scores)
