@@ -63,14 +63,18 @@ class StudyLock:
             self._acquire_file(timeout)
 
     def _acquire_advisory(self, timeout: float) -> None:
-        conn = self.engine.connect()
+        """One round trip when the lock is free (``pg_try_advisory_lock``, outside a transaction);
+        otherwise wait for it, at most ``timeout`` (the session's ``lock_timeout``, reset after)."""
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        key = {"key": _key(self.study)}
         try:
-            # SET LOCAL ends with the transaction; the session-level advisory lock outlives it.
-            conn.execute(sa.text(f"SET LOCAL lock_timeout = '{int(timeout * 1000)}ms'"))
-            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _key(self.study)})
-            conn.commit()
+            if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), key).scalar():
+                conn.execute(sa.text(f"SET lock_timeout = '{int(timeout * 1000)}ms'"))
+                try:
+                    conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), key)
+                finally:
+                    conn.execute(sa.text("RESET lock_timeout"))
         except OperationalError as exc:
-            conn.rollback()
             if getattr(exc.orig, "sqlstate", None) != "55P03":  # not a lock timeout
                 conn.close()
                 raise
@@ -126,7 +130,6 @@ class StudyLock:
         if self._conn is not None:
             try:
                 self._conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _key(self.study)})
-                self._conn.commit()
             except SQLAlchemyError:
                 # The connection is gone (e.g. terminated by the server), and with its session
                 # the server already dropped the lock: nothing is left to release.
