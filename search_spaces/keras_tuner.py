@@ -425,11 +425,13 @@ class KerasTunerHypermodel:
         build function is written for its data."""
         return self._build(TrialHyperParameters(trial))
 
-    def check(self, x: "np.ndarray", y: "np.ndarray") -> None:
+    def check(self, x: "np.ndarray", y: "np.ndarray", task: TaskSpec) -> None:
         """Build once with KerasTuner's default values, as a KerasTuner tuner does to declare its
-        space, and evaluate that model on a few training rows (``x``, ``y``), so an unsupported
-        feature or a model written for other data fails before a study is created."""
+        space, check its output width against ``task`` and evaluate it on a few training rows
+        (``x``, ``y``), so an unsupported feature or a model written for other data fails before
+        a study is created (a few rows may lack the classes a too narrow output misses)."""
         model, _ = self._build(TrialHyperParameters(None))
+        _check_outputs(model, task)
         try:
             model.evaluate(x, y, verbose=0)
         except Exception as exc:  # Keras raises many kinds; each means the same thing here
@@ -559,6 +561,25 @@ def importable_ref(obj: Any) -> str:
 
 #: Lines of a Keras or TensorFlow error that frame the reason rather than state it.
 _FRAMING = ("File ", "[[", "•", "Exception encountered", "Arguments received", "Graph execution error", "Detected at node")
+
+
+def _check_outputs(model: "keras.Model", task: TaskSpec) -> None:
+    """One output per class (one for two classes, with a sigmoid), or per regression target."""
+    width = int(model.output_shape[-1] or 0) if isinstance(model.output_shape, tuple) else None
+    if width is None:
+        return  # several outputs: the loss check refuses them
+    if task.task == "classification":
+        fits, want = width == task.n_classes or (task.n_classes == 2 and width == 1), f"{task.n_classes} (one per class)"
+        if task.n_classes == 2:
+            want += " or 1 (a sigmoid)"
+    else:
+        fits, want = width == task.n_outputs, f"{task.n_outputs} (one per target)"
+    if not fits:
+        raise DataError(
+            f"the hypermodel's model has {width} output unit(s), but the data is a {task.task}"
+            + (f" with {task.n_classes} classes" if task.task == "classification" else "")
+            + f" that needs {want}; change the last layer's units"
+        )
 
 
 def _keras_reason(exc: Exception) -> str:

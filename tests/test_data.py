@@ -131,6 +131,8 @@ def test_a_csv_as_it_comes(tmp_path: Path):
         ("a,label\n1,x\n2,y\nabc,x\n4,y\n", {}, "column 'a' is numeric but data row 3 holds 'abc'"),
         ("a,note,label\n1,,x\n2,NA,y\n", {}, "column 'note' is empty"),
         ("a,label\n1,x\ninf,y\n", {}, "column 'a' holds an infinite value on data row 2"),
+        ("a,label\n1,x\n3e200,y\n", {}, "column 'a' holds 3e+200 on data row 2, beyond float32's range"),
+        ("a,label\n1,1e300\n2,2.5\n", {}, "column 'label' (the target) holds 1e+300 on data row 1, beyond float32's range"),
         ("a,label\n1,x\n2,y\n", {"task": "regression"}, "column 'label' (the target) holds text such as 'x'"),
         ("a,label\n1,x\n2,x\n", {}, "column 'label' (the target) has one class only ('x')"),
         ("a,a,label\n1,2,x\n", {}, "column 'a' appears twice in the header"),

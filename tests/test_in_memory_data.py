@@ -71,6 +71,18 @@ def test_arrays_of_any_shape_split_as_the_same_npz_does(tmp_path: Path):
     assert load(DataSpec((sequences, (sequences[:, :, 0].sum(axis=1) > 0).astype(int)))).task.input_shape == (12, 3)
 
 
+def test_true_false_labels_are_two_classes_and_a_path_names_a_file(tmp_path: Path):
+    splits = load(DataSpec((TABLE, LABELS > 4)))
+    assert splits.task.n_classes == 2 and set(splits.y_train.tolist()) == {0, 1}
+    assert DataSpec(tmp_path / "rows.csv", target="y").source == str(tmp_path / "rows.csv")
+
+
+def test_a_class_absent_from_the_training_split_still_counts_when_the_splits_are_given():
+    train = (TABLE[:200][LABELS[:200] != 9], LABELS[:200][LABELS[:200] != 9])
+    splits = load(DataSpec((train, (TABLE[200:300], LABELS[200:300]))))
+    assert splits.task.n_classes == 10
+
+
 def test_given_splits_are_kept_as_given():
     train, val, test = (TABLE[:200], LABELS[:200]), (TABLE[200:260], LABELS[200:260]), (TABLE[260:300], LABELS[260:300])
     for data in ((train, val, test), {"train": train, "val": val, "test": test}):
@@ -117,6 +129,11 @@ def test_wrong_data_from_python_is_one_line():
         ((np.where(TABLE == 0, np.nan, TABLE), LABELS), "x holds"),
         (({"pixels": TABLE}, LABELS), "x is a dict of named arrays"),
         ("nowhere", "unknown data 'nowhere'"),
+        # float64 values float32 (the trainer's arithmetic) would make infinite
+        ((TABLE * 1e200, LABELS), "x holds values beyond float32's range (up to 1.6e+201, the limit is 3.4e+38)"),
+        ((TABLE.astype(complex), LABELS), "x and y must hold real numbers, got complex128 and int64"),
+        ((TABLE, np.zeros(len(LABELS), "int64")), "classification needs two or more classes, but y holds the label 0 only"),
+        ((TABLE, LABELS + 1), "classification needs the labels 0..K-1, each present, but y has 10 labels from 1 to 10 (none is 0)"),
     ]
     for data, says in cases:
         with pytest.raises(DataError) as caught:

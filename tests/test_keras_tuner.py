@@ -17,7 +17,7 @@ import optuna
 import pytest
 
 from gapsweep.api import best_trials, list_trials
-from gapsweep.errors import ConfigError, SpaceError
+from gapsweep.errors import ConfigError, DataError, SpaceError
 from gapsweep.search_spaces.builder import TaskSpec
 from gapsweep.search_spaces.keras_tuner import TrialHyperParameters, importable_ref, load
 from gapsweep.search_spaces.loader import python_object
@@ -274,8 +274,26 @@ def _uncompiled(hp: Any) -> keras.Model:
 )
 def test_unsupported_hypermodels_fail_at_the_check_with_one_line(hypermodel: Any, fragment: str):
     with pytest.raises(SpaceError) as error:
-        load(hypermodel, max_epochs=4).check(np.zeros((4, 64), "float32"), np.zeros(4, "int64"))
+        load(hypermodel, max_epochs=4).check(np.zeros((4, 64), "float32"), np.zeros(4, "int64"), DIGITS)
     assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+DIGITS = TaskSpec(n_features=64, task="classification", n_classes=10)
+
+
+@pytest.mark.parametrize(
+    "task, fragment",
+    [
+        (TaskSpec(n_features=64, task="classification", n_classes=12), "10 output unit(s), but the data is a classification with 12 classes that needs 12 (one per class)"),
+        (TaskSpec(n_features=64, task="regression", n_outputs=1), "10 output unit(s), but the data is a regression that needs 1 (one per target)"),
+    ],
+)
+def test_a_hypermodel_whose_outputs_do_not_fit_the_task_is_refused_before_any_trial(task: TaskSpec, fragment: str):
+    """A few check rows may not hold the classes a too narrow output misses: the width is checked itself."""
+    with pytest.raises(DataError) as error:
+        load(tiny_build, max_epochs=4).check(np.zeros((4, 64), "float32"), np.zeros(4, "int64"), task)
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+    load(tiny_build, max_epochs=4).check(np.zeros((4, 64), "float32"), np.zeros(4, "int64"), DIGITS)  # fits
 
 
 def test_a_kerastuner_tuner_is_refused_with_a_pointer_to_its_hypermodel(tmp_path: Path):

@@ -20,6 +20,7 @@ import csv
 import functools
 import hashlib
 import math
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,8 @@ class DataSpec:
         if self.missing not in ("impute", "refuse"):
             raise DataError(f"missing must be 'impute' or 'refuse', got {self.missing!r}")
         object.__setattr__(self, "ignore", tuple(self.ignore))
+        if isinstance(self.source, os.PathLike):  # a pathlib.Path names a file as its text does
+            object.__setattr__(self, "source", os.fspath(self.source))
         if not isinstance(self.source, (str, InMemoryData)):
             object.__setattr__(self, "source", in_memory.capture(self.source, "the data passed from Python"))
 
@@ -196,6 +199,8 @@ _ID_SHARE = 0.9
 _ID_MIN_ROWS = 20
 #: An integer numeric target with at most this many distinct values is taken for class labels.
 _MAX_AUTO_CLASSES = 50
+#: The largest magnitude the trainer's float32 arithmetic holds; larger values would become inf.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def load(spec: DataSpec, project: str | Path | None = None) -> Splits:
@@ -214,14 +219,14 @@ def load(spec: DataSpec, project: str | Path | None = None) -> Splits:
         data, where = (spec.source, "the data passed from Python") if isinstance(spec.source, InMemoryData) else _call_loader(spec, project)
         x, y, given = _from_arrays(data.arrays, where)
         x, y = _check_arrays(x, y, where)
-        task = _task(y, spec.task)
+        task = _task(_all_labels(y, given), spec.task)
     elif spec.source in BUILTIN:
         x, y = _check_arrays(*BUILTIN[spec.source](dict(spec.options)), "the data")
         task = _task(y, spec.task)
     elif (path := Path(spec.source)).suffix.lower() == ".npz":
         x, y, given = _read_npz(path)
         x, y = _check_arrays(x, y, "the data")
-        task = _task(y, spec.task)
+        task = _task(_all_labels(y, given), spec.task)
     elif path.suffix.lower() == ".csv":
         columns, y, classes = _read_csv(path, spec)
         x = columns
@@ -232,6 +237,13 @@ def load(spec: DataSpec, project: str | Path | None = None) -> Splits:
             "a .npz file with x_train/y_train, a .csv file with --target COLUMN, or a data loader module.py:NAME"
         )
     return _finish(given or _split_rows(x, y, spec, task), task, classes, spec.target)
+
+
+def _all_labels(y: np.ndarray, given: dict[str, np.ndarray] | None) -> np.ndarray:
+    """The labels the task is read from: every given split's (a class may be absent from one), else ``y``."""
+    if given is None:
+        return y
+    return np.concatenate([given[key] for key in given if key.startswith("y_")])
 
 
 def _split_rows(x: RawInputs, y: np.ndarray, spec: DataSpec, task: TaskSpec) -> dict[str, Any]:
@@ -388,6 +400,7 @@ def _feature(name: str, cells: list[str], missing: str) -> np.ndarray:
         bad = [row for row, value in enumerate(values) if math.isinf(value)]
         if bad:
             raise DataError(f"column '{name}' holds an infinite value on data row {bad[0] + 1}; fix or empty that cell")
+        _check_float32(f"column '{name}'", values)
         return values.astype("float32")
     if len(text) < filled / 2:
         raise DataError(
@@ -429,11 +442,22 @@ def _target(name: str, cells: list[str], declared: str | None) -> tuple[np.ndarr
         distinct, labels = np.unique(values, return_inverse=True)
         integral = bool(np.all(np.mod(distinct, 1) == 0))
         if declared == "regression" or (declared is None and not (integral and len(distinct) <= _MAX_AUTO_CLASSES)):
+            _check_float32(f"column '{name}' (the target)", values)
             return values.astype("float32"), ()
         names = [str(int(value)) if integral else repr(float(value)) for value in distinct]
     if len(names) < 2:
         raise DataError(f"column '{name}' (the target) has one class only ('{names[0]}'); classification needs two or more")
     return labels.astype("int64"), tuple(names)
+
+
+def _check_float32(what: str, values: np.ndarray) -> None:
+    """Refuse finite numbers that float32, the trainer's arithmetic, would turn into inf."""
+    big = np.flatnonzero(np.abs(np.nan_to_num(values)) > _FLOAT32_MAX)
+    if len(big):
+        raise DataError(
+            f"{what} holds {values[big[0]]:.3g} on data row {big[0] + 1}, beyond float32's range ({_FLOAT32_MAX:.3g}); "
+            "the trainer computes in float32: rescale that column (e.g. divide or take a log)"
+        )
 
 
 def read_rows(path: str | Path, info: dict[str, Any]) -> RawInputs:
@@ -503,15 +527,24 @@ def _check_arrays(x: Any, y: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
         )
     if len(x) == 0:
         raise DataError(f"{where}: no rows")
-    if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.number):
-        raise DataError(f"{where}: x and y must be numeric, got {x.dtype} and {y.dtype}")
+    x = x.astype("float32") if x.dtype == bool else x
+    y = y.astype("int64") if y.dtype == bool else y  # True/False labels: classes 1 and 0
+    numeric = [np.issubdtype(a.dtype, np.number) and not np.iscomplexobj(a) for a in (x, y)]
+    if not all(numeric):
+        raise DataError(f"{where}: x and y must hold real numbers, got {x.dtype} and {y.dtype}")
     for name, array in (("x", x), ("y", y)):
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         if bad:
             raise DataError(
                 f"{where}: {name} holds {bad} NaN/inf value(s); drop or impute them before sweeping"
             )
+        if np.issubdtype(array.dtype, np.floating) and np.size(array) and np.abs(array).max() > _FLOAT32_MAX:
+            raise DataError(
+                f"{where}: {name} holds values beyond float32's range (up to {np.abs(array).max():.3g}, the limit is "
+                f"{_FLOAT32_MAX:.3g}); the trainer computes in float32: rescale them (e.g. divide or take a log)"
+            )
     return x.astype("float32"), y
+
 
 
 #: A classification target needs at least this many rows per class (labels 0..K-1); fewer means
@@ -533,12 +566,26 @@ def _task(y: np.ndarray, declared: str | None) -> TaskSpec:
                 "classification needs integer class labels 0..K-1 in y; "
                 "pass --task regression (task = 'regression' in a sweep file) for a numeric target"
             )
+        present = np.unique(y).astype("int64")
+        if len(present) < 2:
+            raise DataError(
+                f"classification needs two or more classes, but y holds the label {present[0]} only; "
+                "pass rows of every class, or --task regression (task = 'regression') for a numeric target"
+            )
         n_classes = int(y.max()) + 1
         if n_classes > 2 and n_classes * MIN_ROWS_PER_CLASS > len(y):
             raise DataError(
                 f"classification would make {n_classes} classes (labels 0..{n_classes - 1}) from {len(y)} rows, "
                 f"fewer than {MIN_ROWS_PER_CLASS} rows per class: is the target a number to predict? pass --task regression "
                 "(task = 'regression' in a sweep file)"
+            )
+        if len(present) != n_classes:
+            absent = sorted(set(range(n_classes)) - set(present.tolist()))
+            shown = ", ".join(map(str, absent[:5])) + (", ..." if len(absent) > 5 else "")
+            raise DataError(
+                f"classification needs the labels 0..K-1, each present, but y has {len(present)} labels from {present[0]} "
+                f"to {present[-1]} (none is {shown}); renumber them (np.unique(y, return_inverse=True)[1]), "
+                "or pass --task regression (task = 'regression') for a numeric target"
             )
         return TaskSpec(n_features=0, task="classification", n_classes=n_classes)
     return TaskSpec(n_features=0, task="regression", n_outputs=1 if y.ndim == 1 else y.shape[1])

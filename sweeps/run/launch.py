@@ -621,7 +621,7 @@ def load_hypermodel(config: SweepConfig, splits: Splits) -> Hypermodel:
         return space_hypermodel
     init_tensorflow()  # the check builds a model, and TensorFlow's thread settings must come first
     hypermodel = keras_tuner.load(config.code() or config.hypermodel, max_epochs=config.max_epochs)
-    hypermodel.check(splits.x_train[:_CHECK_ROWS], splits.y_train[:_CHECK_ROWS])
+    hypermodel.check(splits.x_train[:_CHECK_ROWS], splits.y_train[:_CHECK_ROWS], splits.task)
     return hypermodel
 
 
