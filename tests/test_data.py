@@ -63,7 +63,7 @@ def test_csv_with_a_target_column(tmp_path: Path):
         ({"y_train": np.zeros(10)}, "lacks x_train"),
         ({"x_train": np.zeros((10, 3)), "y_train": np.zeros(10), "x_val": np.zeros((3, 3))}, "only one of x_val/y_val"),
         (
-            {"x_train": np.zeros((10, 3)), "y_train": np.zeros(10), "x_val": np.zeros((4, 2)), "y_val": np.zeros(4)},
+            {"x_train": np.zeros((10, 3)), "y_train": np.arange(10) % 2, "x_val": np.zeros((4, 2)), "y_val": np.arange(4) % 2},
             "x_val has 2 features but x_train has 3",
         ),
     ],
