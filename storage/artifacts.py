@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from gapsweep.errors import StorageError
 from gapsweep.storage.artifact_store import ArtifactStore, artifact_name, study_store
+from gapsweep.storage.locks import schema_lock
 
 SCHEMA_VERSION = 3
 MODEL = "model"
@@ -100,7 +101,12 @@ class Artifact:
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Create gapsweep's tables, or bring older ones up to ``SCHEMA_VERSION``."""
+    """Create gapsweep's tables, or bring older ones up to ``SCHEMA_VERSION``, one process at a time."""
+    with schema_lock(engine):
+        _create_or_upgrade(engine)
+
+
+def _create_or_upgrade(engine: Engine) -> None:
     metadata.create_all(engine, checkfirst=True)
     with engine.begin() as conn:
         version = conn.execute(sa.select(schema_table.c.version).where(schema_table.c.id == 1)).scalar()

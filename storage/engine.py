@@ -24,6 +24,7 @@ from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from gapsweep import env
 from gapsweep.errors import StorageError
 from gapsweep.storage import optuna_tables
+from gapsweep.storage.locks import schema_lock
 from gapsweep.storage.url import MASK, mask, parse, passwords
 
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -140,13 +141,25 @@ def open_storage(url_text: str | None, **storage_kwargs: Any) -> optuna.storages
     if path is not None:
         _prepare_sqlite(path)
     try:
-        storage = optuna.storages.RDBStorage(
-            url.render_as_string(hide_password=False), engine_kwargs=engine_kwargs(url), **storage_kwargs
-        )
+        with _schema_lock(url):
+            storage = optuna.storages.RDBStorage(
+                url.render_as_string(hide_password=False), engine_kwargs=engine_kwargs(url), **storage_kwargs
+            )
     except (SQLAlchemyError, RuntimeError, ValueError) as exc:
         raise describe_failure(url, exc) from None
     ping_after_idle(storage.engine)
     return storage
+
+
+@contextlib.contextmanager
+def _schema_lock(url: URL) -> Iterator[None]:
+    """``locks.schema_lock`` while Optuna creates (or checks) its tables."""
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with schema_lock(engine):
+            yield
+    finally:
+        engine.dispose()
 
 
 def connect_existing(url_text: str | None) -> Engine:

@@ -12,6 +12,7 @@ that names the holder.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -29,6 +30,18 @@ from gapsweep.errors import StorageError
 
 #: How often a SQLite waiter tries the lock file again.
 _POLL_S = 0.02
+
+
+#: The name of the lock held while a process creates or upgrades the tables.
+SCHEMA_LOCK = "gapsweep: creating the database"
+
+
+def schema_lock(engine: Engine) -> contextlib.AbstractContextManager[object]:
+    """Held while tables are created or upgraded, so two first launches on a new PostgreSQL
+    database do not both run ``CREATE TABLE`` (one would fail on the other's half-made types).
+    A SQLite file serializes its writers itself, and a lock file there would be a file written
+    by commands that must write nothing."""
+    return StudyLock(engine, SCHEMA_LOCK) if engine.dialect.name == "postgresql" else contextlib.nullcontext()
 
 
 def lock_timeout_s() -> float:

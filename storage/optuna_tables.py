@@ -55,7 +55,14 @@ _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 def check_schema(conn: Connection) -> None:
     """Refuse a database whose Optuna schema is not the one these tables describe."""
-    found = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    try:
+        found = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    except sa.exc.SQLAlchemyError:  # Optuna writes this table last when it creates a database
+        conn.rollback()
+        raise StorageError(
+            "the database has Optuna's tables but no schema version (alembic_version): another process may be "
+            "creating it right now; run again in a moment"
+        ) from None
     if found != SCHEMA_VERSION:
         raise StorageError(
             f"the database's Optuna schema is {found}, gapsweep reads {SCHEMA_VERSION} (Optuna {OPTUNA_MAJOR}.x): "

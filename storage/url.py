@@ -18,7 +18,9 @@ from sqlalchemy.exc import ArgumentError
 from gapsweep.errors import StorageError
 
 DEFAULT_URL = "sqlite:///gapsweep.db"
-_USERINFO = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+#: ``user:password@`` after a scheme, or at the start of a URL written without one (``bob:pw@host``);
+#: not ``scheme://…@`` (a path with an ``@`` in it).
+_USERINFO = re.compile(r"((?:^|://)[^:/@\s]*:)(?!//)[^@\s]*@")
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#\s]*", re.IGNORECASE)
 MASK = "***"
 _SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
@@ -34,7 +36,7 @@ def parse(url: str | None) -> URL:
     text = url or os.environ.get("GAPSWEEP_STORAGE") or DEFAULT_URL
     try:
         parsed = make_url(text)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number, a broken [IPv6] host
         raise StorageError(
             f"'{mask_text(text)}' is not a database URL; use sqlite:///path.db or "
             "postgresql://user@host:5432/dbname (the password in PGPASSWORD or ~/.pgpass)"

@@ -41,6 +41,17 @@ def test_passwords_are_masked_in_the_user_part_and_in_the_query():
     assert parse(kept).query == {"sslmode": "verify-full", "sslrootcert": "/etc/ca.pem"}
 
 
+@pytest.mark.parametrize(
+    "url", ["bob:s3cr3t@127.0.0.1", "postgresql://bob:s3cr3t@127.0.0.1:notaport/db", "postgresql://bob:s3cr3t@[::1/db"]
+)
+def test_a_malformed_url_is_one_line_with_its_password_masked(url, capsys):
+    """No scheme, a port that is no number, a broken IPv6 host: refused in one line, never echoed in clear."""
+    assert main(["studies", "--storage", url]) != 0
+    err = capsys.readouterr().err
+    assert "is not a database URL" in err and "s3cr3t" not in err and "bob:***@" in err and err.count("\n") == 1
+    assert mask("sqlite:///data/a@b.db") == "sqlite:///data/a@b.db"  # an @ in a path is no password
+
+
 def test_sslmode_require_against_a_server_without_tls_is_one_masked_line(postgres_server, capsys):
     url = _with_query(postgres_server.replace("postgres@", "postgres:pw-in-user@"), "password=pw-in-query&sslmode=require")
     assert main(["studies", "--storage", url]) == 1

@@ -190,3 +190,44 @@ def test_structured_attributes_print_as_json_in_show_and_csv(sqlite_url, capsys)
     assert main(["trials", "--study", "json", "--csv", "--storage", sqlite_url]) == 0
     header, row = list(csv.reader(io.StringIO(capsys.readouterr().out)))
     assert json.loads(row[header.index("repro")]) == {"seed": 3, "deterministic": False}
+
+
+def test_first_launches_racing_on_a_new_postgresql_database_all_get_its_tables(postgres_url):
+    """Several workers started at once on an empty database: one creates the tables, the others
+    wait for it instead of failing on its half-made ones."""
+    import threading
+
+    from gapsweep.storage import artifacts
+
+    barrier, errors = threading.Barrier(4), []
+
+    def first_launch() -> None:
+        barrier.wait()
+        try:
+            storage = open_storage(postgres_url)
+            artifacts.ensure_schema(storage.engine)
+            storage.engine.dispose()
+        except Exception as exc:  # noqa: BLE001 - every failure is the finding
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first_launch) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    with connect_existing(postgres_url).connect() as conn:  # complete: Optuna's version row is there
+        import sqlalchemy as sa
+
+        assert conn.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar() == 1
+
+
+def test_a_database_without_its_schema_version_is_one_line(sqlite_url, tmp_path):
+    """What a reader meets while another process is still creating the database."""
+    import sqlite3
+
+    open_storage(sqlite_url).engine.dispose()
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:
+        conn.execute("DROP TABLE alembic_version")
+    with pytest.raises(StorageError, match="no schema version \\(alembic_version\\): another process may be creating it"):
+        connect_existing(sqlite_url)
