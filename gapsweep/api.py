@@ -85,8 +85,8 @@ def delete_study(study: str, storage: str | None = None) -> int:
 def migrate(source: str, target: str, *, studies: list[str] | None = None) -> list[dict[str, Any]]:
     """Copy studies (all, or the named ones) with their trials, configuration and stored models
     from one database into another; a study that already exists in the target is refused."""
-    connect_existing(source).dispose()  # a source that does not exist is named, never created empty
-    src = open_storage(source)
+    connect_existing(source, flag="--from").dispose()  # a source that does not exist is named, never created empty
+    src = open_storage(source, flag="--from")
     try:
         names = list(dict.fromkeys(studies)) if studies else [s.study_name for s in optuna.get_all_study_summaries(src, include_best_trial=False)]
         for name in names:
@@ -94,7 +94,7 @@ def migrate(source: str, target: str, *, studies: list[str] | None = None) -> li
                 require_study(name, src)
             except StudyNotFoundError as exc:
                 raise StudyNotFoundError(f"source {mask_text(source)}: {exc}") from None
-        dst = open_storage(target)  # only once the source holds what to copy
+        dst = open_storage(target, flag="--to")  # only once the source holds what to copy
         try:
             existing = {s.study_name for s in optuna.get_all_study_summaries(dst, include_best_trial=False)}
             clash = next((name for name in names if name in existing), None)

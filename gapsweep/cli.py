@@ -396,10 +396,11 @@ def _code_from_current_folder(config: SweepConfig) -> SweepConfig:
     return replace(config, hypermodel=hypermodel, data=data, code_dir=None)
 
 
-def _stored_or_default(study: str | None, storage: str | None) -> SweepConfig:
+def _stored_or_default(study: str | None, storage: str | None, *, chosen: bool) -> SweepConfig:
     """What a launch without a sweep file starts from: an existing study's stored configuration
     (so ``launch --study NAME --trials 40`` resumes it as it was launched; flags still override),
-    or the defaults for a new study."""
+    or the defaults for a new study. ``chosen``: the flags name the data or what to search; if
+    not, a new study beside others is most likely a mistyped name, which a note says."""
     from gapsweep.errors import StorageError, StudyNotFoundError
     from gapsweep.sweeps.run.config import SweepConfig, stored_sweep
 
@@ -407,8 +408,16 @@ def _stored_or_default(study: str | None, storage: str | None) -> SweepConfig:
         return SweepConfig()
     try:
         return stored_sweep(study, storage)
-    except (StudyNotFoundError, StorageError):
-        return SweepConfig()  # a new study (or a database that launch will name the trouble with)
+    except StudyNotFoundError as exc:
+        if not chosen and "(studies: none yet)" not in str(exc):
+            print(
+                f"gapsweep: note: {exc}; starting a new study '{study}' on the default data (digits) and space (mlp): "
+                "fix --study or --storage to resume one of those, or give --data and --space to choose",
+                file=sys.stderr,
+            )
+        return SweepConfig()
+    except StorageError:
+        return SweepConfig()  # launch names the trouble with the database
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
@@ -418,10 +427,16 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     from gapsweep.sweeps.data.datasets import DataSpec
     from dataclasses import replace
 
-    config = load_sweep_file(args.sweep_file) if args.sweep_file else _stored_or_default(args.study, args.storage)
+    chosen = args.data is not None or bool(args.space or args.hypermodel)
+    config = load_sweep_file(args.sweep_file) if args.sweep_file else _stored_or_default(args.study, args.storage, chosen=chosen)
     data = config.data
     if args.data is not None:
-        data = DataSpec(**{**data.to_dict(), "source": args.data, "options": {} if args.data != data.source else data.options})
+        # Other data: the stored study's options and CSV columns belonged to its own data.
+        same = args.data == data.source
+        data = DataSpec(**{
+            **data.to_dict(), "source": args.data, "options": data.options if same else {},
+            "target": data.target if same else None, "ignore": data.ignore if same else (),
+        })
     data_changes = {
         "target": args.target, "task": args.task, "train_fraction": args.train_fraction, "missing": args.missing,
         "ignore": tuple(args.ignore) if args.ignore else None,
@@ -540,8 +555,9 @@ def _cmd_best(args: argparse.Namespace) -> int:
         columns = ("number", "score", "stored_score", "val_loss", "train_loss", "gap", "best_epoch", "epochs_run")
         best = None
     elif args.rule == "paired":
-        if args.by != "score" or args.param:
-            raise GapsweepError("--rule paired picks one trial by the paired rule: drop --by and --param")
+        given = [flag for flag, used in (("--by", args.by != "score"), ("--param", bool(args.param))) if used]
+        if given:
+            raise GapsweepError(f"--rule paired picks one trial by the paired rule: drop {' and '.join(given)}")
         pick = best_trial(args.study, args.storage, rule="paired")
         selection = select_trials(args.study, args.storage)
         rows = [with_diagnosis(pick)] if pick is not None else []

@@ -107,12 +107,12 @@ def sqlite_path(url: URL) -> Path | None:
     return Path(url.database)
 
 
-def _prepare_sqlite(path: Path) -> None:
+def _prepare_sqlite(path: Path, flag: str) -> None:
     """WAL lets readers run beside a writer; the mode persists in the file once set."""
     if not path.parent.exists():
-        raise StorageError(f"folder {path.parent} does not exist; create it or choose another --storage path")
+        raise StorageError(f"folder {path.parent} does not exist; create it or choose another {flag} path")
     if path.is_dir():
-        raise StorageError(f"{path} is a folder, not a database file; point --storage at a file such as {path / 'gapsweep.db'}")
+        raise StorageError(f"{path} is a folder, not a database file; point {flag} at a file such as {path / 'gapsweep.db'}")
     # A sweep writes the file, its WAL beside it and a lock file: all need write access.
     if (path.exists() and not os.access(path, os.W_OK)) or not os.access(path.parent, os.W_OK):
         where = path if path.exists() and not os.access(path, os.W_OK) else path.parent
@@ -121,9 +121,9 @@ def _prepare_sqlite(path: Path) -> None:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
         except sqlite3.OperationalError as exc:  # e.g. "attempt to write a readonly database"
-            raise StorageError(f"cannot write {path} ({exc}); check its permissions or choose another --storage path") from None
+            raise StorageError(f"cannot write {path} ({exc}); check its permissions or choose another {flag} path") from None
         except sqlite3.DatabaseError as exc:
-            raise StorageError(f"{path} is not a SQLite database ({exc}); point --storage at another file") from None
+            raise StorageError(f"{path} is not a SQLite database ({exc}); point {flag} at another file") from None
 
 
 def describe_failure(url: URL, exc: BaseException) -> StorageError:
@@ -134,12 +134,13 @@ def describe_failure(url: URL, exc: BaseException) -> StorageError:
     return StorageError(f"cannot use database {mask(url)}: {reason}")
 
 
-def open_storage(url_text: str | None, **storage_kwargs: Any) -> optuna.storages.RDBStorage:
-    """An Optuna ``RDBStorage``; creates the schema on first use (Optuna's, left intact)."""
+def open_storage(url_text: str | None, *, flag: str = "--storage", **storage_kwargs: Any) -> optuna.storages.RDBStorage:
+    """An Optuna ``RDBStorage``; creates the schema on first use (Optuna's, left intact).
+    ``flag``: the option that named the URL, for messages."""
     url = parse(url_text)
     path = sqlite_path(url)
     if path is not None:
-        _prepare_sqlite(path)
+        _prepare_sqlite(path, flag)
     try:
         with _schema_lock(url):
             storage = optuna.storages.RDBStorage(
@@ -162,7 +163,7 @@ def _schema_lock(url: URL) -> Iterator[None]:
         engine.dispose()
 
 
-def connect_existing(url_text: str | None) -> Engine:
+def connect_existing(url_text: str | None, *, flag: str = "--storage") -> Engine:
     """An engine for reading a database that must already hold Optuna's schema.
 
     Unlike ``open_storage`` this never creates a file or a table: asking for results from a
@@ -171,7 +172,7 @@ def connect_existing(url_text: str | None) -> Engine:
     url = parse(url_text)
     path = sqlite_path(url)
     if path is not None and not path.is_file():
-        raise StorageError(f"no database at {path}; launch a sweep first or pass --storage URL")
+        raise StorageError(f"no database at {path}; launch a sweep first or pass {flag} URL")
     engine = ping_after_idle(sqlalchemy.create_engine(url, **engine_kwargs(url)))
     try:
         with engine.connect() as conn:

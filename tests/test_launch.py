@@ -118,6 +118,10 @@ def test_a_study_launched_from_flags_resumes_from_its_name_alone(tiny_space, sql
     # A flag given again is checked against the study as before.
     assert main(["launch", "--data", "digits", "--trials", "3", *flags]) == 1
     assert "started on other data" in capsys.readouterr().err
+    # A name that is no study here, with nothing chosen, is most likely a typo: a note says so.
+    assert main(["launch", "--trials", "1", "--create-only", *flags[:-1], "flgs"]) == 0
+    err = capsys.readouterr().err
+    assert "gapsweep: note: no study named 'flgs' in this database (studies: flags); starting a new study 'flgs'" in err
 
 
 def test_a_launch_ended_by_its_timeout_says_so(tiny_space, sqlite_url, tmp_path, capsys):
