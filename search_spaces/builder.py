@@ -20,8 +20,11 @@ stored without paying its import.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Mapping
+
+import numpy as np
 
 from gapsweep.errors import SpaceError
 
@@ -94,22 +97,31 @@ _ACTIVATIONS = frozenset({
 })
 
 
+def _real(value: Any) -> bool:
+    """A number, not a bool and not a string that reads as one ("64" in a sweep file is a typo)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def _whole_at_least(low: int) -> Any:
     def check(value: Any) -> bool:
-        return not isinstance(value, bool) and int(float(value)) >= low  # the builder truncates
+        return _real(value) and int(float(value)) >= low  # the builder truncates
 
     return check
 
 
+#: The parameters the builder takes as whole numbers: a float range for one is a mistake.
+WHOLE = ("units", "n_layers", "epochs", "batch_size", "conv_blocks", "filters", "kernel_size")
+
+
 #: What the builder accepts for each value: a test and the words for the error.
 _RULES: dict[str, tuple[Any, str]] = {
-    "l2": (lambda v: not isinstance(v, bool) and float(v) >= 0, "a number >= 0"),
-    "dropout": (lambda v: not isinstance(v, bool) and 0.0 <= float(v) < 1.0, "a number in [0, 1)"),
+    "l2": (lambda v: _real(v) and float(v) >= 0, "a number >= 0"),
+    "dropout": (lambda v: _real(v) and 0.0 <= float(v) < 1.0, "a number in [0, 1)"),
     "units": (_whole_at_least(1), "a whole number >= 1"),
     "n_layers": (_whole_at_least(0), "a whole number >= 0"),
     "epochs": (_whole_at_least(1), "a whole number >= 1"),
     "batch_size": (_whole_at_least(1), "a whole number >= 1"),
-    "learning_rate": (lambda v: not isinstance(v, bool) and float(v) > 0, "a number > 0"),
+    "learning_rate": (lambda v: _real(v) and float(v) > 0, "a number > 0"),
     "optimizer": (lambda v: v in _OPTIMIZERS, f"one of {', '.join(_OPTIMIZERS)}"),
     "activation": (lambda v: isinstance(v, str) and _known_activation(v), "a Keras activation such as relu or tanh"),
     "conv_blocks": (_whole_at_least(0), "a whole number >= 0"),

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import optuna
 
 from gapsweep.errors import SpaceError
-from gapsweep.search_spaces.builder import DEFAULTS, TaskSpec, build_model, check_conv, check_params, check_value, resolve
+from gapsweep.search_spaces.builder import (
+    DEFAULTS, WHOLE, TaskSpec, build_model, check_conv, check_params, check_value, resolve,
+)
 from gapsweep.search_spaces.space import Categorical, Fixed, Float, Int, SearchSpace
 
 if TYPE_CHECKING:
@@ -77,6 +79,11 @@ def check_ranges(space: SearchSpace) -> None:
     """Refuse a space that can sample a value the builder rejects, before any study exists:
     both ends of a range (every rule is a bound), every choice, the fixed value."""
     for name, dist in space.params.items():
+        if isinstance(dist, Float) and name in WHOLE:
+            raise SpaceError(
+                f"parameter '{name}': the mlp builder takes a whole number, but the range is of floats "
+                "(a trial would record a fraction and build its whole part); declare type = 'int'"
+            )
         if isinstance(dist, (Float, Int)):
             candidates: tuple[Any, ...] = (dist.low, dist.high)
         elif isinstance(dist, Categorical):

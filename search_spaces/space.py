@@ -187,6 +187,19 @@ class Condition:
         return bool(_COMPARISONS[self.op](value, self.value))
 
 
+def _can_hold(condition: Condition, parent: Distribution) -> bool:
+    """Whether ``condition`` holds for some value of ``parent``: for some choice; for a range or
+    a fixed value, whenever it compares numbers with numbers (a range narrowed so that its
+    children are off, as in a depth-0 "linear only" space, is deliberate; a string compared with
+    numbers is a typo)."""
+    if isinstance(parent, Categorical):
+        return any(condition.holds({condition.name: choice}) for choice in parent.choices)
+    if condition.op == "!=":
+        return True
+    kinds = (parent.value,) if isinstance(parent, Fixed) else (parent.low,)
+    return all(isinstance(condition.value, str) == isinstance(kind, str) for kind in kinds)
+
+
 def _literal(raw: str) -> Scalar:
     """A condition's value: a number, true/false, or a string (quoted or bare)."""
     if raw in ("true", "false"):
@@ -235,6 +248,11 @@ class SearchSpace:
                     raise SpaceError(
                         f"parameter '{name}': 'when' refers to '{condition.name}', which must be declared "
                         "before it (parameters are sampled in order)"
+                    )
+                if not _can_hold(condition, self.params[condition.name]):
+                    raise SpaceError(
+                        f"parameter '{name}': 'when' ({dist.when}) never holds for the values '{condition.name}' "
+                        "can take, so it would never be searched; fix the condition (a typo?) or that parameter's choices"
                     )
 
     def sample(self, trial: optuna.Trial) -> dict[str, Scalar]:

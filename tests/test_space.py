@@ -165,9 +165,35 @@ def test_conditions_round_trip_and_compare_values():
         ({"b": [1, 2], "a": {"type": "int", "low": 0, "high": 2, "when": "b ~ 0"}}, "NAME OP VALUE"),
         ({"b": [1, 2], "a": {"type": "int", "low": 0, "high": 2, "when": "b > x"}}, "needs a number"),
         ({"b": [1, 2], "a": {"type": "int", "low": 0, "high": 2, "when": {"b": 1}}}, "NAME OP VALUE"),
+        # a condition no value of its parent meets: a typo that would leave the parameter unsearched
+        ({"opt": ["adam", "sgd"], "m": {"type": "float", "low": 0, "high": 1, "when": "opt == 'sdg'"}}, "'when' \\(opt == 'sdg'\\) never holds"),
+        ({"opt": ["adam", "sgd"], "m": {"type": "float", "low": 0, "high": 1, "when": "opt == 3"}}, "never holds for the values 'opt' can take"),
+        ({"b": {"type": "int", "low": 0, "high": 3}, "a": {"type": "int", "low": 0, "high": 2, "when": "b == 'x'"}}, "never holds"),
     ],
 )
 def test_bad_conditions_are_refused_in_one_line(raw, fragment):
     with pytest.raises(SpaceError, match=fragment) as caught:
         SearchSpace.from_dict(raw)
     assert "\n" not in str(caught.value)
+
+
+def test_a_range_narrowed_so_its_children_are_off_is_allowed():
+    """A depth-0 ("linear only") space keeps its conditional width: deliberate, not a typo."""
+    space = SearchSpace.from_dict({"n_layers": {"type": "int", "low": 0, "high": 0}, "units": {"type": "int", "low": 8, "high": 16, "when": "n_layers > 0"}})
+    assert space.sample(optuna.trial.FixedTrial({"n_layers": 0})) == {"n_layers": 0}
+
+
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        ({"units": {"type": "float", "low": 8, "high": 16}}, "parameter 'units': the mlp builder takes a whole number, but the range is of floats"),
+        ({"learning_rate": {"type": "fixed", "value": "0.01"}}, "fixed value '0.01' is not accepted by the mlp builder (learning_rate must be a number > 0"),
+        ({"batch_size": [32, "64"]}, "choice '64' is not accepted by the mlp builder (batch_size must be a whole number >= 1"),
+    ],
+)
+def test_values_of_the_wrong_kind_for_the_builder_are_refused(raw, fragment):
+    from gapsweep.search_spaces.hypermodel import SpaceHypermodel
+
+    with pytest.raises(SpaceError) as caught:
+        SpaceHypermodel(SearchSpace.from_dict(raw))
+    assert fragment in str(caught.value) and "\n" not in str(caught.value)
