@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping
 import numpy as np
 
 from gapsweep.errors import SpaceError
+from gapsweep.quiet import without_import_noise
 
 if TYPE_CHECKING:
     import keras
@@ -133,7 +134,8 @@ _RULES: dict[str, tuple[Any, str]] = {
 def _known_activation(name: str) -> bool:
     if name in _ACTIVATIONS:
         return True
-    import keras  # only for a name outside the common ones
+    with without_import_noise():
+        import keras  # only for a name outside the common ones
 
     try:
         keras.activations.get(name)

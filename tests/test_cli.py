@@ -105,11 +105,25 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path):
 def test_tensorflow_import_noise_is_held_back_and_every_other_line_passed_on(capfd):
     import os
 
-    from gapsweep.sweeps.trial.runtime import _without_import_noise
+    from gapsweep.quiet import without_import_noise
 
-    with _without_import_noise():
+    with without_import_noise():
         os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
         os.write(2, b"I0000 00:00:1.0  1 port.cc:153] oneDNN custom operations are on. You may see ...\n")
         os.write(2, b"Could not load dynamic library 'libcudart.so.12'\n")
     err = capfd.readouterr().err
     assert err == "Could not load dynamic library 'libcudart.so.12'\n"
+
+
+def test_a_space_mistake_found_by_asking_keras_is_one_line_in_a_fresh_process(tmp_path):
+    """Checking an activation name beyond the common ones imports Keras; its import-time log lines
+    must not come before the one line that names the mistake."""
+    space = tmp_path / "s.toml"
+    space.write_text('[activation]\ntype = "categorical"\nchoices = ["relu", "nope"]\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "gapsweep.cli", "launch", "--study", "s", "--space", str(space), "--data", "wine",
+         "--trials", "1", "--jobs", "1", "--storage", f"sqlite:///{tmp_path / 's.db'}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("gapsweep: error: parameter 'activation': choice 'nope'") and done.stderr.count("\n") == 1, done.stderr
