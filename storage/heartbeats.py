@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Iterator
+from typing import Callable, Iterator
 
 import optuna
+from optuna.trial import FrozenTrial
 from sqlalchemy.engine import Engine
 
-from gapsweep.storage import queries
+from gapsweep.storage import queries, trial_keys
+from gapsweep.storage.optuna_tables import set_finished_trial_user_attrs
 from gapsweep.storage.engine import heartbeat_settings, open_storage
 
 
@@ -19,7 +21,25 @@ def open_crash_safe_storage(url: str | None) -> optuna.storages.RDBStorage:
     interval, grace = heartbeat_settings()
     with quiet_experimental():
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
-        return open_storage(url, heartbeat_interval=interval, grace_period=grace, heartbeat_stale_trial_callback=retry)
+        return open_storage(
+            url, heartbeat_interval=interval, grace_period=grace, heartbeat_stale_trial_callback=_Explained(retry, grace)
+        )
+
+
+class _Explained:
+    """Optuna's stale-trial callback, after recording on the failed trial why it failed: Optuna
+    fails it without a word, and ``show`` or ``trials --state fail`` would give no reason."""
+
+    def __init__(self, retry: Callable[[optuna.Study, FrozenTrial], None], grace: int) -> None:
+        self.retry = retry
+        self.reason = (
+            f"its worker sent no heartbeat for over {grace} s (killed, crashed or cut off from the database); "
+            "queued again (up to 3 times)"
+        )
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        set_finished_trial_user_attrs(study, trial, {trial_keys.FAIL_REASON: self.reason})
+        self.retry(study, trial)
 
 
 def reap(study: optuna.Study, engine: Engine) -> None:

@@ -88,16 +88,32 @@ def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
     """
     if not attrs:
         return
-    storage: optuna.storages.RDBStorage = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's cache
+    storage = _rdb(trial.storage)
     trial_id = trial._trial_id
-    insert = _INSERTS[storage.engine.dialect.name](trial_user_attrs)
+    with storage.engine.begin() as conn:
+        state = conn.execute(sa.select(trials.c.state).where(trials.c.trial_id == trial_id)).scalar_one()
+        storage.check_trial_is_updatable(trial_id, state)
+        _upsert_user_attrs(conn, trial_id, attrs)
+    trial._cached_frozen_trial.user_attrs.update(attrs)  # what set_user_attr keeps in step
+
+
+def set_finished_trial_user_attrs(study: optuna.Study, trial: optuna.trial.FrozenTrial, attrs: Mapping[str, Any]) -> None:
+    """Add user attributes to a trial Optuna has already finished (its API refuses to): why the
+    stale-trial reaper failed it, written in the same rows ``set_user_attr`` writes."""
+    with _rdb(study._storage).engine.begin() as conn:
+        _upsert_user_attrs(conn, trial._trial_id, attrs)
+
+
+def _rdb(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage:
+    """The RDB storage under Optuna's per-process cache."""
+    return getattr(storage, "_backend", storage)
+
+
+def _upsert_user_attrs(conn: Connection, trial_id: int, attrs: Mapping[str, Any]) -> None:
+    """``attrs`` as JSON rows of Optuna's user-attribute table, replacing those of the same key."""
+    insert = _INSERTS[conn.dialect.name](trial_user_attrs)
     upsert = insert.on_conflict_do_update(
         index_elements=[trial_user_attrs.c.trial_id, trial_user_attrs.c.key],
         set_={"value_json": insert.excluded.value_json},
     )
-    rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
-    with storage.engine.begin() as conn:
-        state = conn.execute(sa.select(trials.c.state).where(trials.c.trial_id == trial_id)).scalar_one()
-        storage.check_trial_is_updatable(trial_id, state)
-        conn.execute(upsert, rows)
-    trial._cached_frozen_trial.user_attrs.update(attrs)  # what set_user_attr keeps in step
+    conn.execute(upsert, [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()])

@@ -41,6 +41,9 @@ FEASIBLE = "feasible"
 
 # Why a trial ended early.
 FAIL_REASON = "fail_reason"
+#: How the reason of a trial stopped at once (a second Ctrl-C) begins: not a verdict on its
+#: parameters, which are queued again.
+INTERRUPTED = "interrupted"
 PRUNE_REASON = "prune_reason"
 
 # Where and how it ran.

@@ -254,6 +254,7 @@ def test_an_interrupted_launch_exits_130_without_a_traceback(tmp_path, signals):
         assert states == ["FAIL", "WAITING"]
         failed, queued = optuna.load_study(study_name="stop", storage=url).trials
         assert queued.system_attrs["fixed_params"] == failed.params and queued.user_attrs["requeued_from"] == failed.number
+        assert failed.user_attrs["fail_reason"].startswith("interrupted: stopped at once")  # shown by show/trials
 
 
 @pytest.mark.slow

@@ -199,6 +199,7 @@ def test_reap_clears_a_trial_whose_worker_died_before_its_first_heartbeat(any_ur
     assert list_studies(any_url)[0].counts["STALE"] == 1
     assert reap_study("shared", any_url) == [0]
     assert _states(any_url) == ["FAIL", "WAITING"]  # failed and queued again, as any zombie
+    assert "its worker sent no heartbeat for over 3 s" in list_trials("shared", any_url)[0].attrs["fail_reason"]
 
 
 def test_a_worker_keeps_its_memory_flat_by_replacing_itself(sqlite_url, tiny_space):

@@ -552,7 +552,9 @@ def _requeue(study: optuna.Study, number: int | None) -> None:
     try:
         trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
         # Diverged trials keep their verdict; one that failed before sampling lost nothing.
-        if trial is None or trial.state != TrialState.FAIL or trial_keys.FAIL_REASON in trial.user_attrs or not trial.params:
+        reason = str(trial.user_attrs.get(trial_keys.FAIL_REASON, "")) if trial is not None else ""
+        verdict = bool(reason) and not reason.startswith(trial_keys.INTERRUPTED)
+        if trial is None or trial.state != TrialState.FAIL or verdict or not trial.params:
             return
         study.enqueue_trial(trial.params, user_attrs={trial_keys.REQUEUED_FROM: number})
     except (SQLAlchemyError, optuna.exceptions.StorageInternalError):

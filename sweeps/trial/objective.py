@@ -282,8 +282,12 @@ def _recorded(
     except TrainingDiverged as diverged:
         attrs[trial_keys.FAIL_REASON] = str(diverged)
         raise
-    except BaseException:
+    except KeyboardInterrupt:
         ended = False  # interrupted, not finished: keep the checkpoint for a retry
+        attrs[trial_keys.FAIL_REASON] = f"{trial_keys.INTERRUPTED}: stopped at once (a second Ctrl-C or SIGTERM); queued again"
+        raise
+    except BaseException:
+        ended = False  # not finished: keep the checkpoint for a retry
         raise
     finally:
         if checkpoints is not None and checkpoints.resumed_epoch is not None:
