@@ -152,3 +152,32 @@ def test_new_rows_are_read_as_the_model_takes_them(tmp_path: Path):
     np.savez(tmp_path / "x.npz", x=np.zeros((2, 4)))
     with pytest.raises(DataError, match="rows of shape"):
         read_rows(tmp_path / "x.npz", array_info)
+
+
+def test_class_probabilities_from_a_one_unit_output_and_from_logits():
+    """A sigmoid's one unit is the second class's probability; a model trained on logits (its loss
+    has from_logits=True) gets the sigmoid or softmax its loss applied, so p_ columns sum to 1."""
+    from gapsweep.sweeps.analysis.predict import _table
+
+    info = {"task": "classification", "classes": ["no", "yes"]}
+    header, rows = _table(np.array([[0.8], [0.2]]), info, logits=False)
+    assert header == ["predicted", "p_no", "p_yes"] and rows == [["yes", "0.2", "0.8"], ["no", "0.8", "0.2"]]
+    _, rows = _table(np.array([[0.0]]), info, logits=True)
+    assert rows == [["no", "0.5", "0.5"]]
+    three = {"task": "classification", "classes": ["a", "b", "c"]}
+    _, rows = _table(np.array([[2.0, -3.0, 0.0]]), three, logits=True)
+    probabilities = [float(p) for p in rows[0][1:]]
+    assert rows[0][0] == "a" and abs(sum(probabilities) - 1) < 1e-5 and all(0 < p < 1 for p in probabilities)
+
+
+def test_a_model_trained_on_logits_is_known_as_one_inside_its_raw_input_wrapper():
+    import keras
+
+    from gapsweep.sweeps.analysis.export import outputs_logits
+    from gapsweep.sweeps.data.preprocessing import RAW_INPUT_MODEL
+
+    for from_logits in (True, False):
+        inner = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        inner.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
+        inputs = keras.Input((3,))
+        assert outputs_logits(keras.Model(inputs, inner(inputs), name=RAW_INPUT_MODEL)) is from_logits

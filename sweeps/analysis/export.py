@@ -254,6 +254,12 @@ def _members_note(k: int, members: int, stored: int | None, complete: int, keep:
     return f"asked for {k} members but {why}; the ensemble averages {members}"
 
 
+def outputs_logits(model: "keras.Model") -> bool:
+    """Whether the trained model inside ``model`` ends in logits (its loss has ``from_logits=True``)."""
+    loss = (unwrap(model).get_compile_config() or {}).get("loss")
+    return isinstance(loss, dict) and bool(loss.get("config", {}).get("from_logits"))
+
+
 def average_models(blobs: list[bytes], numbers: list[int]) -> "keras.Model":
     """One functional model averaging the outputs of the models in ``blobs`` (trials ``numbers``)
     on the preprocessed features; a stored model's raw-input layers are taken off first.
@@ -264,9 +270,7 @@ def average_models(blobs: list[bytes], numbers: list[int]) -> "keras.Model":
     """
     import keras
 
-    compile_config = unwrap(model_from_bytes(blobs[0])).get_compile_config()
-    loss = (compile_config or {}).get("loss")
-    if isinstance(loss, dict) and loss.get("config", {}).get("from_logits"):
+    if outputs_logits(model_from_bytes(blobs[0])):
         raise ConfigError(
             f"trial {numbers[0]}'s model outputs logits (its loss has from_logits=True); averaging needs "
             "probabilities: end the model with a softmax/sigmoid layer"

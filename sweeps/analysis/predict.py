@@ -18,12 +18,24 @@ from typing import Any
 import numpy as np
 
 from gapsweep.errors import ConfigError, DataError
-from gapsweep.sweeps.analysis.export import best_artifact
+from gapsweep.sweeps.analysis.export import best_artifact, outputs_logits
 from gapsweep.sweeps.data.datasets import read_rows
 from gapsweep.sweeps.data.preprocessing import model_info
 from gapsweep.sweeps.trial.models import model_from_bytes
 
 _BATCH = 1024
+
+
+def _probabilities(output: np.ndarray, logits: bool) -> np.ndarray:
+    """One probability per class: a one-unit output is the second class's (a sigmoid's), and
+    logits go through the sigmoid or softmax their loss applied in training."""
+    if output.shape[1] == 1:
+        p = 1.0 / (1.0 + np.exp(-output[:, 0])) if logits else output[:, 0]
+        return np.column_stack([1.0 - p, p])
+    if logits:
+        shifted = np.exp(output - output.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+    return output
 
 
 @dataclass(frozen=True)
@@ -74,8 +86,9 @@ def predict_file(
             "rerun the sweep to store models that take raw rows"
         )
     raw = read_rows(data, info)
-    output = np.asarray(model_from_bytes(data_bytes).predict(raw, verbose=0, batch_size=_BATCH))
-    header, rows = _table(output, info)
+    loaded = model_from_bytes(data_bytes)
+    output = np.asarray(loaded.predict(raw, verbose=0, batch_size=_BATCH))
+    header, rows = _table(output, info, logits=outputs_logits(loaded))
     with tempfile.NamedTemporaryFile("w", newline="", dir=path.parent, suffix=".csv", delete=False) as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
@@ -84,13 +97,14 @@ def predict_file(
     return Predictions(rows=len(rows), out=str(path), trial=number, columns=header)
 
 
-def _table(output: np.ndarray, info: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """The CSV header and rows for a model's raw outputs."""
+def _table(output: np.ndarray, info: dict[str, Any], *, logits: bool) -> tuple[list[str], list[list[Any]]]:
+    """The CSV header and rows for a model's raw outputs (``logits``: not yet probabilities)."""
     classes = list(info.get("classes") or [])
     if info.get("task") == "classification":
-        predicted = np.argmax(output, axis=1)
+        probabilities = _probabilities(output.reshape(len(output), -1), logits)
+        predicted = np.argmax(probabilities, axis=1)
         header = ["predicted", *(f"p_{name}" for name in classes)]
-        return header, [[classes[int(k)], *(f"{p:.6g}" for p in row)] for k, row in zip(predicted, output)]
+        return header, [[classes[int(k)], *(f"{p:.6g}" for p in row)] for k, row in zip(predicted, probabilities)]
     values = output.reshape(len(output), -1)
     header = ["predicted"] if values.shape[1] == 1 else [f"predicted_{i}" for i in range(values.shape[1])]
     return header, [[f"{v:.7g}" for v in row] for row in values]
