@@ -504,7 +504,8 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     counts = next(s.counts for s in list_studies(config.storage) if s.name == config.study)
     baseline = baseline_trial(config.study, config.storage)
     if args.json:
-        summary = {"study": config.study, "counts": counts, "best": _with_reference(config.study, config.storage, [t.summary() for t in top])}
+        # State names as `studies --json` writes them (lower case).
+        summary = {"study": config.study, "counts": {state.lower(): n for state, n in counts.items()}, "best": _with_reference(config.study, config.storage, [t.summary() for t in top])}
         print(to_json({**summary, "baseline": baseline.summary() if baseline else None}))
     else:
         finished = ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n)
@@ -858,7 +859,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gapsweep: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("gapsweep: interrupted", file=sys.stderr)
+        if getattr(args, "job", None) is None:  # a job of `launch --jobs`: launch says it once for all
+            print("gapsweep: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`gapsweep best --json | head`): stop quietly, as Unix tools do.

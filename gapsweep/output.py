@@ -74,8 +74,9 @@ def trials_table(summaries: Sequence[dict[str, Any]], columns: Sequence[str] = T
 
 
 def trials_csv(summaries: Sequence[dict[str, Any]]) -> str:
+    """Trial summaries as CSV; with none, the header alone (a script reading it still finds its columns)."""
     rows = [_flat(summary) for summary in summaries]
-    columns = list(dict.fromkeys(key for row in rows for key in row))
+    columns = list(dict.fromkeys(key for row in rows for key in row)) or list(TRIAL_COLUMNS)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()

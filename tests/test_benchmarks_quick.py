@@ -122,7 +122,7 @@ def test_jobs_quick(tmp_path):
     assert [row["arm"] for row in payload["rows"]] == ["default", "--jobs 1"]
     assert payload["rows"][0]["jobs"] == payload["machine"]["nproc"] and payload["rows"][1]["jobs"] == 1
     for run in payload["runs"]:
-        assert sum(run["counts"][state] for state in ("COMPLETE", "PRUNED")) == payload["settings"]["trials"]
+        assert sum(run["counts"][state] for state in ("complete", "pruned")) == payload["settings"]["trials"]
         assert run["wall_s"] > 0 and run["test_loss"] > 0 and 0 <= run["test_accuracy"] <= 1
     target = payload["target"]
     assert target["ratio"] == pytest.approx(payload["rows"][0]["wall_s"] / payload["rows"][1]["wall_s"])

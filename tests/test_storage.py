@@ -190,6 +190,9 @@ def test_structured_attributes_print_as_json_in_show_and_csv(sqlite_url, capsys)
     assert main(["trials", "--study", "json", "--csv", "--storage", sqlite_url]) == 0
     header, row = list(csv.reader(io.StringIO(capsys.readouterr().out)))
     assert json.loads(row[header.index("repro")]) == {"seed": 3, "deterministic": False}
+    # No trial in the state asked for: the header alone, not a blank line.
+    assert main(["trials", "--study", "json", "--state", "fail", "--csv", "--storage", sqlite_url]) == 0
+    assert list(csv.reader(io.StringIO(capsys.readouterr().out)))[0][:2] == ["number", "state"]
 
 
 def test_first_launches_racing_on_a_new_postgresql_database_all_get_its_tables(postgres_url):
