@@ -21,7 +21,7 @@ from fake_trials import add_mixed_trials
 from kill_resume import assert_resumed, kill_at_first_checkpoint
 from gapsweep.api import delete_study, get_study_config, list_studies, list_trials
 from gapsweep.cli import main
-from gapsweep.errors import StorageError
+from gapsweep.errors import ConfigError, StorageError
 from gapsweep.storage import artifacts, val_losses
 from gapsweep.storage.engine import open_storage
 from gapsweep.storage.locks import StudyLock, lock_file
@@ -108,10 +108,25 @@ def test_resuming_with_other_data_is_refused_and_old_studies_are_accepted(tmp_pa
     assert get_study_config("s", url)["data"]["source"] == "digits"
     # A study stored before gapsweep kept fingerprints is resumed, and gets one.
     study = optuna.load_study(study_name="s", storage=url)
-    old = {k: v for k, v in study.user_attrs[CONFIG_ATTR].items() if k != "data_fingerprint"}
+    old = {k: v for k, v in study.user_attrs[CONFIG_ATTR].items() if k not in ("data_fingerprint", "test_fingerprint")}
     study.set_user_attr(CONFIG_ATTR, old)
     assert main(["launch", sweep, "--storage", url, "--create-only"]) == 0
     assert get_study_config("s", url)["data_fingerprint"] == fingerprint
+
+
+def test_resuming_with_other_test_rows_is_refused(sqlite_url):
+    """Kept models carry test metrics: a resume on other test rows would mix two test sets."""
+    from gapsweep.sweeps.run.launch import prepare
+
+    x, y = datasets._digits({})
+    train, val = (x[:600], y[:600]), (x[600:900], y[600:900])
+    space = {"units": {"type": "int", "low": 8, "high": 16}, "epochs": 2}
+    config = SweepConfig(study="t", space=space, trials=1, storage=sqlite_url, data=DataSpec((train, val, (x[900:], y[900:]))))
+    prepare(config).close()
+    again = SweepConfig(study="t", space=space, trials=1, storage=sqlite_url, data=DataSpec((train, val, (x[900:910], y[900:910]))))
+    with pytest.raises(ConfigError, match="was started with other test rows"):
+        prepare(again)
+    prepare(config).close()  # the same rows again: resumed
 
 
 def test_a_changed_objective_needs_the_explicit_flag(tmp_path, capsys):

@@ -121,12 +121,21 @@ class Splits:
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        """A short hash of the arrays, so a resumed study can tell it sees the same data; computed
-        once, since every trial records it."""
-        digest = hashlib.sha256()
-        for array in (self.x_train, self.y_train, self.x_val, self.y_val):
-            digest.update(np.ascontiguousarray(array).tobytes())
-        return digest.hexdigest()[:16]
+        """A short hash of the arrays trials learn and are picked on, so a resumed study can tell
+        it sees the same data; computed once, since every trial records it."""
+        return _digest(self.x_train, self.y_train, self.x_val, self.y_val)
+
+    @functools.cached_property
+    def test_fingerprint(self) -> str:
+        """The same for the test split, which kept models are measured on (never picked on)."""
+        return _digest(self.x_test, self.y_test)
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _digits(options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -115,7 +115,10 @@ def prepare(config: SweepConfig, *, salt: str | None = None, allow_objective_cha
         _check_baseline(config.baseline, hypermodel)
     store = open_store(config.artifacts)
     store.check()  # an unreachable or read-only store is named now, not after the first trained model
-    stored = {**config.to_dict(), **hypermodel.describe(), "data_fingerprint": splits.fingerprint}
+    stored = {
+        **config.to_dict(), **hypermodel.describe(),
+        "data_fingerprint": splits.fingerprint, "test_fingerprint": splits.test_fingerprint,
+    }
 
     multi = config.objective.multi_objective
     directions = ["minimize", "minimize"] if multi else ["minimize"]
@@ -178,7 +181,7 @@ def _check_resume(
     config: SweepConfig, previous: dict[str, Any], stored: dict[str, Any], *, allow_objective_change: bool
 ) -> None:
     """Refuse to resume a study with another space, other data or (unless allowed) another
-    objective. Studies stored before gapsweep kept a data fingerprint are not checked for it."""
+    objective. Studies stored before gapsweep kept a data (or test) fingerprint are not checked for it."""
     name = config.study
     for key in ("space", "hypermodel"):
         if key in stored and previous.get(key) != stored.get(key) and not _same_code(key, previous, stored, config):
@@ -199,6 +202,13 @@ def _check_resume(
         raise ConfigError(
             f"study '{name}' was started on other data ({was}, fingerprint {fingerprint}; now {now}, "
             f"{stored['data_fingerprint']}); resume it with the same data or launch under a new --study name"
+        )
+    test = previous.get("test_fingerprint")
+    if test is not None and test != stored["test_fingerprint"]:
+        raise ConfigError(
+            f"study '{name}' was started with other test rows (fingerprint {test}; now {stored['test_fingerprint']}): "
+            "its kept models' test metrics would not compare; resume it with the same data and split, or launch "
+            "under a new --study name"
         )
     before, after = previous.get("objective") or {}, stored.get("objective") or {}
     changed = [f"{key} {before[key]!r} -> {after[key]!r}" for key in after if key in before and before[key] != after[key]]
