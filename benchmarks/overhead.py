@@ -10,7 +10,7 @@ sampled shape would, so checkpoints and kept models cost what they really cost i
 database (not the Keras serialization around them). Everything else is gapsweep's own loop,
 as ``launch`` runs it: storage settings, study lock and budget checks, stale-trial reaping,
 heartbeats, the reproducibility record, user attributes, the model keeper, the progress
-callback. TensorFlow is imported before the clock starts.
+bar. TensorFlow is imported before the clock starts.
 
 The plain-Optuna baseline samples the same parameters and reports the same epochs on the same
 kind of storage; a no-op objective shows the bare loop. Diagnostic variants price the parts:

@@ -256,7 +256,11 @@ def _members_note(k: int, members: int, stored: int | None, complete: int, keep:
 
 def outputs_logits(model: "keras.Model") -> bool:
     """Whether the trained model inside ``model`` ends in logits (its loss has ``from_logits=True``)."""
-    loss = (unwrap(model).get_compile_config() or {}).get("loss")
+    return _from_logits(unwrap(model).get_compile_config())
+
+
+def _from_logits(compile_config: dict[str, Any] | None) -> bool:
+    loss = (compile_config or {}).get("loss")
     return isinstance(loss, dict) and bool(loss.get("config", {}).get("from_logits"))
 
 
@@ -270,7 +274,8 @@ def average_models(blobs: list[bytes], numbers: list[int]) -> "keras.Model":
     """
     import keras
 
-    if outputs_logits(model_from_bytes(blobs[0])):
+    compile_config = unwrap(model_from_bytes(blobs[0])).get_compile_config()
+    if _from_logits(compile_config):
         raise ConfigError(
             f"trial {numbers[0]}'s model outputs logits (its loss has from_logits=True); averaging needs "
             "probabilities: end the model with a softmax/sigmoid layer"
