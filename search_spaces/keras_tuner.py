@@ -431,7 +431,7 @@ class KerasTunerHypermodel:
         (``x``, ``y``), so an unsupported feature or a model written for other data fails before
         a study is created (a few rows may lack the classes a too narrow output misses)."""
         model, _ = self._build(TrialHyperParameters(None))
-        _check_outputs(model, task)
+        _check_outputs(model, x, task)
         try:
             model.evaluate(x, y, verbose=0)
         except Exception as exc:  # Keras raises many kinds; each means the same thing here
@@ -563,11 +563,20 @@ def importable_ref(obj: Any) -> str:
 _FRAMING = ("File ", "[[", "•", "Exception encountered", "Arguments received", "Graph execution error", "Detected at node")
 
 
-def _check_outputs(model: "keras.Model", task: TaskSpec) -> None:
-    """One output per class (one for two classes, with a sigmoid), or per regression target."""
-    width = int(model.output_shape[-1] or 0) if isinstance(model.output_shape, tuple) else None
-    if width is None:
+def _check_outputs(model: "keras.Model", x: "np.ndarray", task: TaskSpec) -> None:
+    """One output per class (one for two classes, with a sigmoid), or per regression target.
+    A model whose output shape is not known yet (a Sequential without an Input) predicts a row of
+    ``x`` to tell; one that fails to is left to the evaluation that follows."""
+    try:
+        shape = model.output_shape
+    except (AttributeError, ValueError):
+        try:
+            shape = getattr(model.predict(x[:1], verbose=0), "shape", None)
+        except Exception:  # Keras raises many kinds; the evaluation names the reason
+            return
+    if not isinstance(shape, tuple) or not shape or not shape[-1]:
         return  # several outputs: the loss check refuses them
+    width = int(shape[-1])
     if task.task == "classification":
         fits, want = width == task.n_classes or (task.n_classes == 2 and width == 1), f"{task.n_classes} (one per class)"
         if task.n_classes == 2:

@@ -92,6 +92,7 @@ def ping_after_idle(engine: Engine) -> Engine:
         try:
             with contextlib.closing(dbapi_connection.cursor()) as cursor:
                 cursor.execute("SELECT 1")
+            dbapi_connection.rollback()  # end the transaction the ping opened: the connection is handed out idle
         except Exception as exc:  # any driver error: the connection is unusable
             raise DisconnectionError(str(exc)) from exc
 

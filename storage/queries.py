@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Iterable, NamedTuple, Sequence
 
 import sqlalchemy as sa
-from optuna.distributions import json_to_distribution
+from optuna.distributions import CategoricalDistribution, json_to_distribution
 from optuna.trial import TrialState
 from sqlalchemy.engine import Connection, Engine
 
@@ -282,35 +282,54 @@ class _Clocks:
         return self.database_now - (self.local_now - start)
 
 
-def _check_param_names(conn: Connection, study: str, sid: int, ranges: dict[str, ParamRange] | None) -> None:
-    """A ``--param`` name the study never searched is a typo, not an empty result."""
+def _param_filters(conn: Connection, study: str, sid: int, ranges: dict[str, ParamRange] | None) -> list[Any]:
+    """One EXISTS clause per ``--param`` range, evaluated in the database.
+
+    Optuna stores a categorical parameter as the index of its choice, so a range over numeric
+    choices becomes the indices of the choices inside it. A name the study never searched is a
+    typo, not an empty result; a range over text choices is refused.
+    """
     if not ranges:
-        return
-    known = set(
+        return []
+    found = dict(
         conn.execute(
-            sa.select(_params.c.param_name).distinct()
+            sa.select(_params.c.param_name, sa.func.min(_params.c.distribution_json))
             .join(_trials, _trials.c.trial_id == _params.c.trial_id).where(_trials.c.study_id == sid)
-        ).scalars()
+            .group_by(_params.c.param_name)
+        ).all()
     )
-    unknown = sorted(set(ranges) - known)
-    if known and unknown:
+    unknown = sorted(set(ranges) - set(found))
+    if found and unknown:
         raise ConfigError(
             f"study '{study}' has no searched parameter {', '.join(repr(name) for name in unknown)}; "
-            f"its parameters: {', '.join(sorted(known))}"
+            f"its parameters: {', '.join(sorted(found))}"
         )
-
-
-def _param_filters(ranges: dict[str, ParamRange] | None) -> list[Any]:
-    """One EXISTS clause per parameter range, evaluated in the database."""
     clauses = []
-    for name, (low, high) in (ranges or {}).items():
+    for name, (low, high) in ranges.items():
         conditions = [_params.c.trial_id == _trials.c.trial_id, _params.c.param_name == name]
-        if low is not None:
-            conditions.append(_params.c.param_value >= low)
-        if high is not None:
-            conditions.append(_params.c.param_value <= high)
+        distribution = json_to_distribution(found[name]) if name in found else None
+        if isinstance(distribution, CategoricalDistribution):
+            conditions.append(_params.c.param_value.in_(_choices_within(name, distribution.choices, low, high)))
+        else:
+            if low is not None:
+                conditions.append(_params.c.param_value >= low)
+            if high is not None:
+                conditions.append(_params.c.param_value <= high)
         clauses.append(sa.exists().where(*conditions))
     return clauses
+
+
+def _choices_within(name: str, choices: Sequence[Any], low: float | None, high: float | None) -> list[int]:
+    """The indices (as Optuna stores them) of the numeric ``choices`` within ``[low, high]``."""
+    if any(isinstance(choice, (str, bool)) or choice is None for choice in choices):
+        raise ConfigError(
+            f"--param {name}: a range needs numbers, but '{name}' is a choice among "
+            f"{', '.join(map(str, choices))}; filter on a numeric parameter"
+        )
+    return [
+        index for index, choice in enumerate(choices)
+        if (low is None or choice >= low) and (high is None or choice <= high)
+    ]
 
 
 def best_trials(
@@ -347,14 +366,14 @@ def _ranking(
     # One connection for the whole ranking: the model keeper asks after every trial.
     with engine.connect() as conn:
         sid = _study_id(conn, study)
-        _check_param_names(conn, study, sid, params)
+        filters = _param_filters(conn, study, sid, params)
         return [
             (int(trial_id), Standing(bool(flag), value, int(number)))
-            for trial_id, number, value, flag in conn.execute(_ranking_query(sid, by, params, k))
+            for trial_id, number, value, flag in conn.execute(_ranking_query(sid, by, filters, k))
         ]
 
 
-def _ranking_query(sid: int, by: str, params: dict[str, ParamRange] | None, k: int) -> sa.Select[Any]:
+def _ranking_query(sid: int, by: str, filters: list[Any], k: int) -> sa.Select[Any]:
     """The ``k`` best complete trials of study ``sid`` by ``by``: trial id, number, value, infeasible flag."""
     complete = sa.and_(_trials.c.study_id == sid, _trials.c.state == TrialState.COMPLETE)
     if by == "score":
@@ -376,7 +395,7 @@ def _ranking_query(sid: int, by: str, params: dict[str, ParamRange] | None, k: i
     infeasible = sa.case((sa.exists().where(
         flags.c.trial_id == _trials.c.trial_id, flags.c.key == trial_keys.FEASIBLE, flags.c.value_json == "false"
     ), 1), else_=0)
-    query = query.add_columns(infeasible).where(*_param_filters(params))
+    query = query.add_columns(infeasible).where(*filters)
     return query.order_by(infeasible, key.asc(), _trials.c.number.asc()).limit(k)
 
 
@@ -395,8 +414,7 @@ def list_trials(
     """All trials of ``study`` in number order, optionally only those in ``states`` and ranges."""
     with engine.connect() as conn:
         sid = _study_id(conn, study)
-        _check_param_names(conn, study, sid, params)
-        query = sa.select(_trials.c.trial_id).where(_trials.c.study_id == sid, *_param_filters(params))
+        query = sa.select(_trials.c.trial_id).where(_trials.c.study_id == sid, *_param_filters(conn, study, sid, params))
         if states:
             query = query.where(_trials.c.state.in_([_parse_state(s) for s in states]))
         ids = [row[0] for row in conn.execute(query.order_by(_trials.c.number))]

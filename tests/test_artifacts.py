@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from gapsweep.api import best_trials, list_trials
-from gapsweep.errors import StorageError
+from gapsweep.errors import ConfigError, StorageError
 from gapsweep.storage import artifacts
 from gapsweep.storage.engine import open_storage
 from gapsweep.storage.queries import Standing
@@ -94,12 +94,19 @@ def test_parameter_range_filters(any_url):
     import optuna
 
     study = optuna.create_study(study_name="ranges", storage=open_storage(any_url))
-    for units, value in ((8, 0.3), (32, 0.2), (64, 0.1), (128, 0.4)):
-        study.enqueue_trial({"units": units})
-        trial = study.ask({"units": optuna.distributions.IntDistribution(8, 128)})
+    batch = optuna.distributions.CategoricalDistribution((128, 32, 64))  # stored as the choice's index
+    colour = optuna.distributions.CategoricalDistribution(("red", "blue"))
+    for units, size, value in ((8, 32, 0.3), (32, 64, 0.2), (64, 64, 0.1), (128, 128, 0.4)):
+        study.enqueue_trial({"units": units, "batch_size": size, "colour": "red"})
+        trial = study.ask({"units": optuna.distributions.IntDistribution(8, 128), "batch_size": batch, "colour": colour})
         study.tell(trial, value)
     assert [t.number for t in best_trials("ranges", any_url, k=5, params={"units": (16, 100)})] == [2, 1]
     assert [t.params["units"] for t in list_trials("ranges", any_url, params={"units": (None, 32)})] == [8, 32]
+    # A categorical parameter is filtered by its values, not by Optuna's index of them.
+    assert [t.number for t in best_trials("ranges", any_url, k=5, params={"batch_size": (64, 64)})] == [2, 1]
+    assert [t.number for t in list_trials("ranges", any_url, params={"batch_size": (33, None)})] == [1, 2, 3]
+    with pytest.raises(ConfigError, match="--param colour: a range needs numbers, but 'colour' is a choice among red, blue"):
+        list_trials("ranges", any_url, params={"colour": (0, 1)})
 
 
 @pytest.mark.slow

@@ -281,6 +281,15 @@ def test_unsupported_hypermodels_fail_at_the_check_with_one_line(hypermodel: Any
 DIGITS = TaskSpec(n_features=64, task="classification", n_classes=10)
 
 
+@pytest.mark.parametrize("name", ["build_model", "build_conditional_model", "MyHyperModel"])
+def test_the_examples_pass_the_check_though_their_models_know_no_output_shape_before_a_call(name: str):
+    """Sequential models without an Input are built by their first call: the width check asks one row."""
+    from gapsweep.sweeps.data.datasets import load as load_data
+
+    digits = load_data(DataSpec("digits"))
+    load(_example(name), max_epochs=3).check(digits.x_train[:16], digits.y_train[:16], digits.task)
+
+
 @pytest.mark.parametrize(
     "task, fragment",
     [

@@ -153,6 +153,7 @@ def test_a_pooled_connection_dropped_while_idle_is_replaced_before_use(postgres_
     import sqlalchemy as sa
 
     from gapsweep.storage import engine as engine_module
+    from gapsweep.storage.locks import StudyLock
 
     monkeypatch.setattr(engine_module, "IDLE_PING_S", 0.2)
     storage = open_storage(postgres_url)
@@ -168,6 +169,12 @@ def test_a_pooled_connection_dropped_while_idle_is_replaced_before_use(postgres_
         with storage.engine.connect() as conn:
             second = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
         assert second != first
+        # A ping after idling leaves the connection idle, not inside a transaction: the study lock
+        # then takes it in autocommit mode.
+        time.sleep(0.3)
+        lock = StudyLock(storage.engine, "s")
+        lock.acquire()
+        lock.release()
     finally:
         admin.dispose()
         storage.engine.dispose()
