@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -45,16 +46,43 @@ def load_space(ref: str | SearchSpace | dict[str, Any]) -> SearchSpace:
     )
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML as sweep files mean it: ``1e-5`` is a number (as in TOML and JSON; YAML 1.1 wants
+    ``1.0e-5``), and a key given twice is a mistake, not the last one winning."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|\.(?:inf|Inf|INF))$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
 def read_document(path: Path) -> dict[str, Any]:
     """Parse a TOML or YAML file into a dict; a parse error becomes one line naming the file."""
     if not path.is_file():
         raise SpaceError(f"file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpaceError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     try:
         if path.suffix.lower() == ".toml":
             doc: Any = tomllib.loads(text)
         else:
-            doc = yaml.safe_load(text)
+            doc = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         reason = str(exc).splitlines()[0]
         mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.engine import Engine
 
@@ -54,7 +54,7 @@ def canonical(url: str | None) -> str:
             raise ConfigError(
                 f"artifact store {shown} needs an absolute folder, the same on every machine: file:///shared/gapsweep-artifacts"
             )
-        return "file://" + parts.path.rstrip("/")
+        return "file://" + unquote(parts.path).rstrip("/")  # a folder "my art" is stored as itself, not my%20art
     if parts.scheme == "s3":
         if "@" in parts.netloc or ":" in parts.netloc:
             raise ConfigError(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import math
 import os
 import socket
 import time
@@ -82,7 +83,9 @@ class StudyLock:
         key = {"key": _key(self.study)}
         try:
             if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), key).scalar():
-                conn.execute(sa.text(f"SET lock_timeout = '{int(timeout * 1000)}ms'"))
+                # PostgreSQL takes at most 2**31 - 1 ms, and 0 for no limit (an infinite timeout).
+                limit = 0 if math.isinf(timeout) else min(int(timeout * 1000), 2**31 - 1)
+                conn.execute(sa.text(f"SET lock_timeout = '{limit}ms'"))
                 try:
                     conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), key)
                 finally:

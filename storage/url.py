@@ -18,9 +18,10 @@ from sqlalchemy.exc import ArgumentError
 from gapsweep.errors import StorageError
 
 DEFAULT_URL = "sqlite:///gapsweep.db"
-#: ``user:password@`` after a scheme, or at the start of a URL written without one (``bob:pw@host``);
-#: not ``scheme://…@`` (a path with an ``@`` in it).
-_USERINFO = re.compile(r"((?:^|://)[^:/@\s]*:)(?!//)[^@\s]*@")
+#: ``user:password@`` after a scheme, or at the start of a URL written without one (``bob:pw@host``),
+#: up to the last ``@`` before the path (a password may hold an unencoded ``@``); not
+#: ``scheme://…@`` (a path with an ``@`` in it).
+_USERINFO = re.compile(r"((?:^|://)[^:/@\s]*:)(?!//)[^/\s]*@")
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#\s]*", re.IGNORECASE)
 MASK = "***"
 _SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
@@ -41,6 +42,11 @@ def parse(url: str | None) -> URL:
             f"'{mask_text(text)}' is not a database URL; use sqlite:///path.db or "
             "postgresql://user@host:5432/dbname (the password in PGPASSWORD or ~/.pgpass)"
         ) from None
+    if "@" in (parsed.host or ""):
+        raise StorageError(
+            f"'{mask_text(text)}': the user or password holds an '@'; write it as %40 (postgresql://user:p%40ss@host/db), "
+            "or keep the password out of the URL (PGPASSWORD or ~/.pgpass)"
+        )
     if parsed.drivername == "postgres":  # the common short form (Heroku, libpq) that SQLAlchemy dropped
         parsed = parsed.set(drivername="postgresql")
     if parsed.drivername not in _SCHEMES:

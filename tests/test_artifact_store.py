@@ -51,6 +51,8 @@ def test_store_urls_are_checked_without_touching_the_store(tmp_path):
     assert canonical(None) == canonical("") == canonical("database") == "database"
     assert canonical(str(tmp_path)) == canonical(f"file://{tmp_path}/") == f"file://{tmp_path}"
     assert canonical("s3://models/gapsweep/") == "s3://models/gapsweep"
+    spaced = tmp_path / "my models"  # a folder name with a space is stored as itself, however written
+    assert canonical(str(spaced)) == canonical(spaced.as_uri()) == canonical(f"file://{spaced}") == f"file://{spaced}"
     for bad, says in [
         ("file://shared/folder", "absolute folder"),
         ("s3://key:secret@bucket/x", "AWS_ACCESS_KEY_ID"),

@@ -154,6 +154,7 @@ def test_an_ignored_column_is_left_out(tmp_path: Path):
     path.write_text("id,a,label\n" + "".join(f"u{i},{i},{'yes' if i % 2 else 'no'}\n" for i in range(30)))
     splits = load(DataSpec(str(path), target="label", ignore=("id",)))
     assert splits.preprocessing.columns == (("a", "number"),) and splits.preprocessing.classes == ("no", "yes")
+    assert DataSpec(str(path), target="label", ignore="id").ignore == ("id",)  # one name, not its letters
 
 
 def test_stratified_splits_keep_every_class_where_the_counts_allow(tmp_path: Path):

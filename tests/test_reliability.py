@@ -170,6 +170,20 @@ def test_a_hung_lock_holder_is_named_instead_of_waited_on(backend, request, monk
     storage.engine.dispose()
 
 
+@pytest.mark.parametrize("timeout", ["inf", "10000000"])
+def test_a_lock_timeout_beyond_postgresql_s_limit_waits_instead_of_failing(postgres_url, monkeypatch, timeout):
+    import threading
+
+    monkeypatch.setenv("GAPSWEEP_LOCK_TIMEOUT_S", timeout)
+    storage = open_storage(postgres_url)
+    holder, waiter = StudyLock(storage.engine, "s"), StudyLock(storage.engine, "s")
+    holder.acquire()
+    threading.Timer(0.5, holder.release).start()
+    waiter.acquire()  # waits for the holder, however long the timeout
+    waiter.release()
+    storage.engine.dispose()
+
+
 def test_delete_removes_the_study_and_its_stored_models_only(sqlite_url, capsys):
     storage = open_storage(sqlite_url)
     artifacts.ensure_schema(storage.engine)

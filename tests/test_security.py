@@ -42,13 +42,18 @@ def test_passwords_are_masked_in_the_user_part_and_in_the_query():
 
 
 @pytest.mark.parametrize(
-    "url", ["bob:s3cr3t@127.0.0.1", "postgresql://bob:s3cr3t@127.0.0.1:notaport/db", "postgresql://bob:s3cr3t@[::1/db"]
+    "url",
+    [
+        "bob:s3cr3t@127.0.0.1", "postgresql://bob:s3cr3t@127.0.0.1:notaport/db", "postgresql://bob:s3cr3t@[::1/db",
+        "postgresql://bob:s3cr3t@x@127.0.0.1/db",  # an unencoded @ in the password
+    ],
 )
 def test_a_malformed_url_is_one_line_with_its_password_masked(url, capsys):
     """No scheme, a port that is no number, a broken IPv6 host: refused in one line, never echoed in clear."""
     assert main(["studies", "--storage", url]) != 0
     err = capsys.readouterr().err
-    assert "is not a database URL" in err and "s3cr3t" not in err and "bob:***@" in err and err.count("\n") == 1
+    assert "s3cr3t" not in err and "x@" not in err and "bob:***@" in err and err.count("\n") == 1
+    assert ("is not a database URL" in err) != ("holds an '@'; write it as %40" in err)
     assert mask("sqlite:///data/a@b.db") == "sqlite:///data/a@b.db"  # an @ in a path is no password
 
 

@@ -197,3 +197,10 @@ def test_values_of_the_wrong_kind_for_the_builder_are_refused(raw, fragment):
     with pytest.raises(SpaceError) as caught:
         SpaceHypermodel(SearchSpace.from_dict(raw))
     assert fragment in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_yaml_space_reads_1e_5_as_a_number(tmp_path):
+    """YAML 1.1 reads 1e-5 (no dot) as text; sweep files mean the number, as TOML and JSON do."""
+    (tmp_path / "s.yaml").write_text("l2: {type: float, low: 1e-5, high: 1e-1, log: true}\nunits: {type: int, low: 8, high: 16}\n")
+    space = load_space(str(tmp_path / "s.yaml"))
+    assert space.params["l2"].low == 1e-5 and space.params["units"].high == 16

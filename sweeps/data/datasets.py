@@ -72,7 +72,12 @@ class DataSpec:
             raise DataError(f"task must be 'classification' or 'regression', got {self.task!r}")
         if self.missing not in ("impute", "refuse"):
             raise DataError(f"missing must be 'impute' or 'refuse', got {self.missing!r}")
-        object.__setattr__(self, "ignore", tuple(self.ignore))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise DataError(f"data seed must be a whole number >= 0, got {self.seed!r}")
+        if not isinstance(self.options, dict):
+            raise DataError(f"data options must be a table of keyword arguments (options = {{n_samples = 500}}), got {self.options!r}")
+        # One column named as a string is that column, not its letters.
+        object.__setattr__(self, "ignore", (self.ignore,) if isinstance(self.ignore, str) else tuple(self.ignore))
         if isinstance(self.source, os.PathLike):  # a pathlib.Path names a file as its text does
             object.__setattr__(self, "source", os.fspath(self.source))
         if not isinstance(self.source, (str, InMemoryData)):

@@ -105,8 +105,10 @@ class SweepConfig:
             raise ConfigError(f"seed must be below 2**32 = {SEED_RANGE}, got {self.seed}")
         if not isinstance(self.linear_start, bool):
             raise ConfigError(f"linear_start must be true or false, got {self.linear_start!r}")
-        if self.timeout is not None and not (self.timeout > 0):
+        if self.timeout is not None and (isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or not self.timeout > 0):
             raise ConfigError(f"timeout must be > 0 seconds, got {self.timeout!r}")
+        if self.storage is not None and not isinstance(self.storage, str):
+            raise ConfigError(f"storage must be a database URL such as sqlite:///gapsweep.db, got {self.storage!r}")
         objective = self.objective
         _non_negative("gap_penalty", objective.gap_penalty)
         _non_negative("kappa", objective.kappa)
