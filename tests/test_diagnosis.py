@@ -32,6 +32,8 @@ CASES = {
     "NaN loss": ([1.0, 0.5, math.nan, math.nan], [1.0, 0.6, math.nan, math.nan], DIVERGED),
     "infinite val loss": ([1.0, 0.5, 0.4], [1.0, 0.6, math.inf], DIVERGED),
     "val blew up to 5x its minimum": ([1.0, 0.5, 0.4, 0.4], [1.0, 0.5, 0.4, 2.0], DIVERGED),
+    # 44x its minimum but far below where it began: a near-perfect model that rose, not a blow-up
+    "tiny val loss rose": ([0.9, 0.01, 1e-4, 1e-5, 5e-6], [0.5, 0.004, 5e-5, 8e-4, 2.2e-3], OVERFITTING),
     "stored null (JSON) in a curve": ([1.0, None, 0.5], [1.0, 0.8, 0.7], DIVERGED),
     "two epochs": ([1.0, 0.5], [1.0, 0.6], TOO_SHORT),
     "no epoch": ([], [], TOO_SHORT),
@@ -45,6 +47,17 @@ def test_each_label_from_constructed_curves(case: str):
     assert diagnosis.label == expected, diagnosis
     assert diagnosis.reason and "\n" not in diagnosis.reason
     assert diagnosis.label in LABELS
+
+
+def test_a_trial_that_starts_from_fitted_weights_is_not_called_underfit_for_its_flat_curve():
+    flat = ([0.31, 0.305, 0.3, 0.3], [0.33, 0.325, 0.32, 0.32])
+    assert diagnose(*flat).label == UNDERFITTING
+    assert diagnose(*flat, warm_start=True).label == GOOD_FIT
+
+
+def test_a_good_fit_reports_the_gap_as_stored_never_below_zero():
+    reason = diagnose([1.0, 0.5, 0.32, 0.3], [0.9, 0.45, 0.3, 0.28]).reason
+    assert "gap 0)" in reason
 
 
 def test_every_label_is_reachable():

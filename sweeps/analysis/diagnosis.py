@@ -6,14 +6,16 @@ The rule is scale-free — every threshold is a ratio of the trial's own losses 
 cross-entropy and a mean squared error the same way. The first rule that matches wins:
 
 1. ``diverged``: a loss is NaN or infinite, or the last val loss is more than
-   ``DIVERGED_RATIO`` (3) times the lowest val loss: training blew up.
+   ``DIVERGED_RATIO`` (3) times the lowest val loss and above the first epoch's: training blew
+   up (a val loss that rose from 5e-5 to 2e-3 is a rise, not a blow-up).
 2. ``too short``: fewer than ``MIN_EPOCHS`` (3) epochs, too few to tell a trend.
 3. ``overfitting``: at the best epoch the gap (val − train) is more than ``GAP_SHARE`` (0.5) of
    the val loss, i.e. val loss is more than twice the train loss: the model memorized; or, by the
    last epoch, val loss rose more than ``VAL_RISE`` (10 %) above its minimum while train loss
    kept falling: it went on memorizing after it stopped generalizing.
 4. ``underfitting``: the last train loss is more than ``STALL_RATIO`` (0.8) of the first
-   epoch's: the model barely learned (too much L2 or dropout, too small, too low a rate); or the
+   epoch's: the model barely learned (too much L2 or dropout, too small, too low a rate; not
+   asked of a trial that started from fitted weights, the linear start); or the
    last epoch still cut train loss by more than ``STILL_FALLING`` (10 %) to a new low: training
    stopped (epoch budget, pruning) before the model converged.
 5. ``good fit``: none of the above.
@@ -69,15 +71,17 @@ class Diagnosis:
         return f"{self.label}: {self.reason}"
 
 
-def diagnose(train: Sequence[float], val: Sequence[float], *, best_epoch: int | None = None) -> Diagnosis:
-    """Apply the module's rule to one trial's curves."""
+def diagnose(
+    train: Sequence[float], val: Sequence[float], *, best_epoch: int | None = None, warm_start: bool = False
+) -> Diagnosis:
+    """Apply the module's rule to one trial's curves (``warm_start``: it began from fitted weights)."""
     if len(train) != len(val):
         raise ValueError(f"train and val curves differ in length ({len(train)} vs {len(val)})")
     for epoch, (t, v) in enumerate(zip(train, val)):
         if not (_finite(t) and _finite(v)):
             return Diagnosis(DIVERGED, f"loss became non-finite at epoch {epoch} (train {t}, val {v})")
     lowest = min(range(len(val)), key=lambda i: val[i], default=None)
-    if lowest is not None and val[-1] > DIVERGED_RATIO * val[lowest]:
+    if lowest is not None and val[-1] > DIVERGED_RATIO * val[lowest] and val[-1] > val[0]:
         return Diagnosis(
             DIVERGED,
             f"val loss ended at {val[-1]:.4g}, over {DIVERGED_RATIO:g}× its minimum {val[lowest]:.4g} "
@@ -99,7 +103,7 @@ def diagnose(train: Sequence[float], val: Sequence[float], *, best_epoch: int | 
             f"val loss rose {val[-1] / val[lowest] - 1:.0%} from its minimum {val[lowest]:.4g} (epoch "
             f"{lowest}) to {val[-1]:.4g} while train loss kept falling to {train[-1]:.4g}",
         )
-    if train[-1] > STALL_RATIO * train[0]:
+    if train[-1] > STALL_RATIO * train[0] and not warm_start:
         return Diagnosis(
             UNDERFITTING,
             f"train loss only fell from {train[0]:.4g} to {train[-1]:.4g} "
@@ -114,7 +118,7 @@ def diagnose(train: Sequence[float], val: Sequence[float], *, best_epoch: int | 
     return Diagnosis(
         GOOD_FIT,
         f"at best epoch {best} val loss {val[best]:.4g} tracks train loss {train[best]:.4g} "
-        f"(gap {gap:.4g}), and train loss fell from {train[0]:.4g} to {train[-1]:.4g}",
+        f"(gap {max(gap, 0.0):.4g}), and train loss fell from {train[0]:.4g} to {train[-1]:.4g}",
     )
 
 
@@ -125,6 +129,7 @@ def diagnose_record(record: TrialRecord) -> Diagnosis:
         record.attrs.get(trial_keys.curve_key("train_loss")) or [],
         record.attrs.get(trial_keys.curve_key("val_loss")) or [],
         best_epoch=best_epoch if isinstance(best_epoch, int) else None,
+        warm_start=bool(record.attrs.get(trial_keys.LINEAR_START)),
     )
 
 

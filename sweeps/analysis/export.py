@@ -315,9 +315,12 @@ def best_artifact(study: str, storage: str | None, trial: int | None) -> artifac
     with reading(storage) as engine:
         trial = _chosen(engine, study, trial)
         found = artifacts.load(engine, study, trial, artifacts.MODEL) if artifacts.schema_version(engine) else None
+        state = queries.get_trial(engine, study, trial).state if found is None else "COMPLETE"
     if found is None:
+        # Refit retrains a complete trial only; a pruned or failed one has no best epoch to retrain to.
+        fix = ", or add --refit to train it again" if state == "COMPLETE" else f" (it is {state.lower()}, so --refit cannot train it again either)"
         raise StudyNotFoundError(
             f"trial {trial} of study '{study}' has no stored model (models are kept for the top trials only); "
-            "pass --trial with one of the best trials, or add --refit to train it again"
+            f"pass --trial with one of the best trials{fix}"
         )
     return found

@@ -166,7 +166,9 @@ class PassLosses:
         """sd(per-example loss)/√n: the noise of this mean as an estimate of the mean over all
         rows like these."""
         n = len(self.losses)
-        return float(self.losses.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+        if n < 2 or not np.all(np.isfinite(self.losses)):  # a diverged epoch: no noise to speak of
+            return math.nan
+        return float(self.losses.std(ddof=1) / math.sqrt(n))
 
 
 @dataclass
