@@ -163,7 +163,9 @@ def _history_section(trials: Sequence[TrialRecord]) -> Section:
         axes.set_yscale("log")  # a few hopeless trials would squash the interesting ones
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("trial number")
-    axes.set_ylabel("score (val loss + λ · gap)")
+    # What the study minimizes: the score (val loss plus its bounded gap penalty), or the val loss
+    # that a multi-objective study's first objective is.
+    axes.set_ylabel("objective (score; val loss if multi-objective)")
     axes.set_title(f"Optimization history: {len(complete)} complete, {len(pruned)} pruned of {len(trials)} trials")
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes.grid(alpha=0.3)

@@ -235,6 +235,11 @@ def load(spec: DataSpec, project: str | Path | None = None) -> Splits:
         x, y = _check_arrays(x, y, where)
         task = _task(_all_labels(y, given), spec.task)
     elif spec.source in BUILTIN:
+        if spec.options and spec.source != "synthetic":
+            raise DataError(
+                f"the built-in data '{spec.source}' takes no options, got {', '.join(sorted(spec.options))}; "
+                "drop data.options (only 'synthetic' has some)"
+            )
         x, y = _check_arrays(*BUILTIN[spec.source](dict(spec.options)), "the data")
         task = _task(y, spec.task)
     elif (path := Path(spec.source)).suffix.lower() == ".npz":
