@@ -587,7 +587,8 @@ def _cmd_best(args: argparse.Namespace) -> int:
         baseline = baseline_trial(args.study, args.storage)
         if baseline is not None:
             print(_against_baseline(baseline, best))
-        _print_reference_line(args.study, args.storage, rows)
+        # A --param filter or --by ranks a subset or by another measure: the first row is no verdict on the sweep.
+        _print_reference_line(args.study, args.storage, rows, whole_sweep=not args.param and args.by == "score")
     return 0
 
 
@@ -603,8 +604,9 @@ def _with_reference(study: str, storage: str | None, rows: list[dict[str, Any]])
     return [{**row, "reference": versus(reference, row.get("val_loss"))} for row in rows]
 
 
-def _print_reference_line(study: str, storage: str | None, rows: list[dict[str, Any]]) -> None:
-    """The first row's val loss beside the linear reference's, in one sentence."""
+def _print_reference_line(study: str, storage: str | None, rows: list[dict[str, Any]], *, whole_sweep: bool = True) -> None:
+    """The first row's val loss beside the linear reference's, in one sentence (``whole_sweep``:
+    the row is the sweep's best, so the sentence may say whether the sweep beat the reference)."""
     from gapsweep.api import study_reference
     from gapsweep.storage import trial_keys
     from gapsweep.sweeps.run.reference import sentence
@@ -612,7 +614,8 @@ def _print_reference_line(study: str, storage: str | None, rows: list[dict[str, 
     reference = study_reference(study, storage)
     if reference is not None:
         pick = rows[0] if rows else {}
-        print(sentence(reference, pick.get("number"), pick.get("val_loss"), linear_start=bool(pick.get(trial_keys.LINEAR_START))))
+        linear_start = bool(pick.get(trial_keys.LINEAR_START))
+        print(sentence(reference, pick.get("number"), pick.get("val_loss"), linear_start=linear_start, whole_sweep=whole_sweep))
 
 
 def _selection_lines(selection: Any) -> str:
@@ -668,7 +671,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(f"{'param.' + key:>14}: {value}")
     for name, values in curves.items():
         print(f"{'curve.' + name:>14}: " + " ".join(f"{v:.4f}" for v in values))
-    _print_reference_line(args.study_name, args.storage, [record.summary()])
+    _print_reference_line(args.study_name, args.storage, [record.summary()], whole_sweep=False)
     return 0
 
 

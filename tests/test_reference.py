@@ -235,3 +235,5 @@ def test_the_reference_sentence_names_the_linear_start_when_it_is_the_pick():
     assert "The sweep did not beat the linear reference" in sentence(reference, 3, 0.6)
     line = sentence(reference, 0, 0.6, linear_start=True)
     assert "trial 0 (the linear start: no hidden layer, trained by Keras): val loss 0.6000. The sweep did not beat" in line
+    # A trial the user chose (show N, a filtered best) is compared alone: no verdict on the sweep.
+    assert sentence(reference, 3, 0.6, whole_sweep=False).endswith("trial 3: val loss 0.6000, higher")

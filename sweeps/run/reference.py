@@ -140,9 +140,14 @@ def versus(reference: Mapping[str, Any], val_loss: float | None) -> dict[str, An
     }
 
 
-def sentence(reference: Mapping[str, Any], number: int | None, val_loss: float | None, *, linear_start: bool = False) -> str:
+def sentence(
+    reference: Mapping[str, Any], number: int | None, val_loss: float | None, *, linear_start: bool = False,
+    whole_sweep: bool = True,
+) -> str:
     """One line for people: the pick's val loss beside the reference's, and plainly whether the
-    sweep beat it (``linear_start``: the pick is the trial that started from the reference)."""
+    sweep beat it (``linear_start``: the pick is the trial that started from the reference).
+    ``whole_sweep=False``: the trial is one the user chose (``show``, a filtered ``best``), so the
+    line compares it alone and says nothing of the sweep."""
     params = ", ".join(f"{key}={value:g}" for key, value in reference["params"].items())
     line = f"linear reference ({reference['model']}, {params}): val loss {float(reference['val_loss']):.4f}"
     if number is None:
@@ -152,6 +157,8 @@ def sentence(reference: Mapping[str, Any], number: int | None, val_loss: float |
     if versus(reference, val_loss)["beaten"]:
         return f"{line}; trial {number}: val loss {val_loss:.4f}, lower"
     which = f"trial {number} (the linear start: no hidden layer, trained by Keras)" if linear_start else f"trial {number}"
+    if not whole_sweep:
+        return f"{line}; {which}: val loss {val_loss:.4f}, higher"
     return (
         f"{line}; {which}: val loss {val_loss:.4f}. The sweep did not beat the linear reference: "
         "prefer the simpler model, or widen the search"
