@@ -280,3 +280,12 @@ def test_a_multi_objective_sweep_runs_without_pruning(sqlite_url, tiny_space, ca
     single = config.override(objective=ObjectiveSettings())
     with pytest.raises(Exception, match="multi-objective"):
         launch(single, progress=False)
+
+
+def test_rerank_puts_trials_that_broke_max_gap_last_as_best_does():
+    curves = {"curve.train_loss": [0.9, 0.4], "curve.val_loss": [1.0, 0.5]}
+    records = [
+        TrialRecord(0, "COMPLETE", 0.1, {}, {"curve.train_loss": [0.2, 0.1], "curve.val_loss": [0.3, 0.2], "feasible": False}),
+        TrialRecord(1, "COMPLETE", 0.6, {}, {**curves, "feasible": True}),
+    ]
+    assert [item.record.number for item in rerank(records, penalty=0.0)] == [1, 0]

@@ -48,7 +48,7 @@ def rerank(
     kappa: float = DEFAULT_KAPPA,
 ) -> list[Reranked]:
     """Score each record's curves with ``penalty`` (λ of the ``score`` named, with ``kappa``) at the
-    ``epoch`` rule; lowest first."""
+    ``epoch`` rule; lowest first, trials that broke ``--max-gap`` last."""
     if epoch not in EPOCH_RULES:
         raise ConfigError(f"unknown epoch rule '{epoch}'; use one of {', '.join(EPOCH_RULES)}")
     if not math.isfinite(penalty) or penalty < 0:
@@ -70,4 +70,7 @@ def rerank(
         except ValueError:  # no finite epoch: a diverged trial has no place in a ranking
             continue
         ranked.append(Reranked(record, scored))
-    return sorted(ranked, key=lambda item: (math.isnan(item.score.value), item.score.value, item.record.number))
+    # As ``best`` ranks: trials that broke the study's --max-gap after every feasible one.
+    return sorted(ranked, key=lambda item: (
+        item.record.attrs.get(trial_keys.FEASIBLE) is False, math.isnan(item.score.value), item.score.value, item.record.number,
+    ))
