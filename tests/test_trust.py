@@ -210,6 +210,8 @@ def test_cross_validation_runs_k_folds_and_stores_each_fold(sqlite_url, tiny_spa
         assert all(len(curve) == 6 for curve in folds) and "curve.fold3.val_loss" not in trial.attrs
         assert trial.value == pytest.approx(sum(trial.attrs["fold_scores"]) / 3)
         assert len(trial.attrs["curve.val_loss"]) == 6  # the folds' mean curve
+        # Epochs run: the longest fold's, so the folds' mean best epoch never lies beyond them.
+        assert trial.attrs["epochs_run"] == max(len(curve) for curve in folds) > trial.attrs["best_epoch"]
     # the kept model was retrained on all training data: it predicts the right number of classes
     model = load_best_model("cv", sqlite_url)
     assert model.output_shape[-1] == 3

@@ -124,7 +124,7 @@ class Objective:
         if self.checkpoint_engine is not None and len(losses):
             val_losses.save(self.checkpoint_engine, trial.study.study_name, trial.number, losses.tolist(), epoch=score.epoch)
         scored = _score_attrs(score, curves, self.settings)
-        set_user_attrs(trial, {**attrs, **scored})
+        set_user_attrs(trial, {**scored, **attrs})  # attrs last: under cv, the epochs its folds ran
         self._constrain(trial, score)
         # Models are ranked by the study's first value: the score, or val loss when multi-objective.
         rank = score.val_loss if self.settings.multi_objective else score.value
@@ -209,6 +209,9 @@ class Objective:
                         raise optuna.TrialPruned(f"pruned after fold {index} with mean score {running:.4f}")
         attrs[trial_keys.FOLD_SCORES] = [s.value for s in scores]
         attrs[trial_keys.FOLD_BEST_EPOCHS] = [s.epoch for s in scores]
+        # The trial's curves are the folds' mean over the epochs every fold ran; it ran as many
+        # epochs as its longest fold, which holds the mean best epoch its score reports.
+        attrs[trial_keys.EPOCHS_RUN] = max(len(curves.val_loss) for curves in fold_curves)
         priors = [s.prior_loss for s in scores if s.prior_loss is not None]
         val_loss = statistics.fmean(s.val_loss for s in scores)
         prior = statistics.fmean(priors) if len(priors) == len(scores) else None
