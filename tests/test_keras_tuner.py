@@ -479,7 +479,8 @@ def test_cli_hypermodel_mistakes_are_one_line_and_write_nothing(tmp_path: Path, 
     _fails(["launch", "--hypermodel", "models.py:uncompiled", "--storage", url], capsys, "not compiled")
     # A model written for other data: named before anything is written, not in every trial's traceback.
     _fails(["launch", "--hypermodel", "models.py:for_mnist", "--storage", url], capsys, "expected axis -1 of input shape to have value 784")
-    _fails(["launch", "--hypermodel", "models.py:three_classes", "--storage", url], capsys, "outside the valid range of [0, 3)")
+    _fails(["launch", "--hypermodel", "models.py:three_classes", "--storage", url], capsys,
+           "has 3 output unit(s), but the data is a classification with 10 classes that needs 10 (one per class)")
     _fails(["launch", "--hypermodel", "models.py:missing", "--storage", url], capsys, "has no attribute 'missing'")
     _fails(["launch", "--hypermodel", "nowhere.py:build", "--storage", url], capsys, f"file not found: {tmp_path.resolve()}/nowhere.py")
     _fails(["launch", "--hypermodel", "../models.py:build", "--storage", url], capsys, "leads outside the project folder")
