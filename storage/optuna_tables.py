@@ -3,7 +3,7 @@
 Three things have no public form fast enough: reading the best k trials of a large study (an
 ``ORDER BY … LIMIT k`` over Optuna's tables instead of loading every trial), writing a
 finished trial's dozen user attributes in one transaction instead of a commit each, and
-reading a running trial's system attributes from the copy it loaded when it started. Both are
+reading a running trial's system attributes from the copy it loaded when it started. All are
 written against Optuna 5's RDB schema ``v3.2.0.a``; this module refuses another Optuna major
 version at import, and ``check_schema`` refuses a database of another schema, each in one line.
 """

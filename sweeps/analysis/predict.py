@@ -20,6 +20,7 @@ import numpy as np
 from gapsweep.errors import ConfigError, DataError
 from gapsweep.sweeps.analysis.export import best_artifact, outputs_logits
 from gapsweep.sweeps.data.datasets import read_rows
+from gapsweep.sweeps.data.losses import class_probabilities
 from gapsweep.sweeps.data.preprocessing import model_info
 from gapsweep.sweeps.trial.models import model_from_bytes
 
@@ -27,15 +28,14 @@ _BATCH = 1024
 
 
 def _probabilities(output: np.ndarray, logits: bool) -> np.ndarray:
-    """One probability per class: a one-unit output is the second class's (a sigmoid's), and
-    logits go through the sigmoid or softmax their loss applied in training."""
-    if output.shape[1] == 1:
-        p = 1.0 / (1.0 + np.exp(-output[:, 0])) if logits else output[:, 0]
-        return np.column_stack([1.0 - p, p])
-    if logits:
+    """One probability per class (``losses.class_probabilities``), after the sigmoid or softmax
+    that a model trained on logits left to its loss."""
+    if logits and output.shape[1] == 1:
+        output = 1.0 / (1.0 + np.exp(-output))
+    elif logits:
         shifted = np.exp(output - output.max(axis=1, keepdims=True))
-        return shifted / shifted.sum(axis=1, keepdims=True)
-    return output
+        output = shifted / shifted.sum(axis=1, keepdims=True)
+    return class_probabilities(output)
 
 
 @dataclass(frozen=True)

@@ -285,12 +285,10 @@ def _recorded(
     except TrainingDiverged as diverged:
         attrs[trial_keys.FAIL_REASON] = str(diverged)
         raise
-    except KeyboardInterrupt:
-        ended = False  # interrupted, not finished: keep the checkpoint for a retry
-        attrs[trial_keys.FAIL_REASON] = f"{trial_keys.INTERRUPTED}: stopped at once (a second Ctrl-C or SIGTERM); queued again"
-        raise
-    except BaseException:
+    except BaseException as stopped_by:
         ended = False  # not finished: keep the checkpoint for a retry
+        if isinstance(stopped_by, KeyboardInterrupt):
+            attrs[trial_keys.FAIL_REASON] = f"{trial_keys.INTERRUPTED}: stopped at once (a second Ctrl-C or SIGTERM); queued again"
         raise
     finally:
         if checkpoints is not None and checkpoints.resumed_epoch is not None:
