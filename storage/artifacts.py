@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from gapsweep.errors import StorageError
 from gapsweep.storage.artifact_store import ArtifactStore, artifact_name, study_store
+from gapsweep.storage.durability import transaction
 from gapsweep.storage.locks import schema_lock
 
 SCHEMA_VERSION = 3
@@ -155,14 +156,15 @@ def _where(study: str, trial_number: int | None = None, kind: str | None = None)
 
 def save(
     engine: Engine, study: str, trial_number: int, kind: str, data: bytes, *, meta: dict[str, Any] | None = None,
-    epoch: int | None = None, store: ArtifactStore | None = None,
+    epoch: int | None = None, store: ArtifactStore | None = None, in_trial: bool = False,
 ) -> None:
     """Store (or replace) one artifact: its bytes in ``store`` (None: the study's own), then its
-    row in one transaction. Never half-written; the replaced bytes go once the row is in."""
+    row in one transaction. Never half-written; the replaced bytes go once the row is in.
+    ``in_trial``: written by a running trial (see ``durability``)."""
     store = store or study_store(engine, study)
     location = None if store.in_database else store.put(artifact_name(study, trial_number, kind), data, _SUFFIXES.get(kind, ""))
     try:
-        with engine.begin() as conn:
+        with transaction(engine, in_trial=in_trial) as conn:
             replaced = _locations(conn, _where(study, trial_number, kind))
             conn.execute(sa.delete(artifacts_table).where(_where(study, trial_number, kind)))
             conn.execute(
@@ -220,17 +222,19 @@ def trial_numbers(engine: Engine, study: str, kind: str) -> list[int]:
 
 
 def delete(
-    engine: Engine, study: str, *, kind: str, trial_numbers: Collection[int], store: ArtifactStore | None = None
+    engine: Engine, study: str, *, kind: str, trial_numbers: Collection[int], store: ArtifactStore | None = None,
+    in_trial: bool = False,
 ) -> int:
     """Drop the artifacts of ``kind`` that belong to ``trial_numbers``; returns how many.
 
     Deleting named trials only, never "all but these", is what keeps concurrent workers safe: a
     model saved for a trial that the caller did not know about is never swept away with the rest.
-    The rows go first, in one transaction, then their bytes in ``store`` (None: the study's own)."""
+    The rows go first, in one transaction, then their bytes in ``store`` (None: the study's own).
+    ``in_trial``: asked by a running trial (see ``durability``)."""
     if not trial_numbers:
         return 0
     condition = sa.and_(_where(study, kind=kind), artifacts_table.c.trial_number.in_(sorted(trial_numbers)))
-    with engine.begin() as conn:
+    with transaction(engine, in_trial=in_trial) as conn:
         dropped = _locations(conn, condition)
         count = conn.execute(sa.delete(artifacts_table).where(condition)).rowcount or 0
     if dropped:

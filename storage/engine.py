@@ -144,7 +144,7 @@ def open_storage(url_text: str | None, *, flag: str = "--storage", **storage_kwa
         _prepare_sqlite(path, flag)
     try:
         with _schema_lock(url):
-            storage = optuna.storages.RDBStorage(
+            storage = optuna_tables.LightHeartbeatStorage(
                 url.render_as_string(hide_password=False), engine_kwargs=engine_kwargs(url), **storage_kwargs
             )
     except (SQLAlchemyError, RuntimeError, ValueError) as exc:

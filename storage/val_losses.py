@@ -17,6 +17,7 @@ from typing import Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from gapsweep.storage.durability import transaction
 from gapsweep.storage.artifacts import ensure_schema, schema_version, val_losses_table as table
 
 
@@ -35,10 +36,13 @@ def _decode(data: bytes) -> list[float]:
     return packed.tolist()
 
 
-def save(engine: Engine, study: str, trial_number: int, losses: Sequence[float], *, epoch: int | None = None) -> None:
-    """Store (or replace) one trial's per-example losses in a single transaction."""
+def save(
+    engine: Engine, study: str, trial_number: int, losses: Sequence[float], *, epoch: int | None = None, in_trial: bool = False
+) -> None:
+    """Store (or replace) one trial's per-example losses in a single transaction; ``in_trial``:
+    written by the running trial itself (see ``durability``)."""
     where = sa.and_(table.c.study_name == study, table.c.trial_number == trial_number)
-    with engine.begin() as conn:
+    with transaction(engine, in_trial=in_trial) as conn:
         conn.execute(sa.delete(table).where(where))
         conn.execute(
             sa.insert(table).values(

@@ -129,6 +129,33 @@ def test_user_attrs_written_together_read_back_as_optuna_writes_them(any_url):
     assert optuna.load_study(study_name="attrs", storage=any_url).trials[0].user_attrs == stored
 
 
+def test_a_trials_bookkeeping_commits_without_waiting_for_the_disk_and_nothing_else_does(postgres_url):
+    from gapsweep.storage.durability import transaction
+
+    engine = open_storage(postgres_url).engine
+    setting = "SELECT current_setting('synchronous_commit')"
+    with transaction(engine, in_trial=True) as conn:
+        assert conn.exec_driver_sql(setting).scalar() == "off"
+    with transaction(engine, in_trial=False) as conn:
+        assert conn.exec_driver_sql(setting).scalar() == "on"
+    with engine.connect() as conn:  # SET LOCAL ended with its transaction, on the same pooled connection
+        assert conn.exec_driver_sql(setting).scalar() == "on"
+
+
+def test_one_statement_heartbeats_are_the_rows_optuna_reads_for_stale_trials(any_url):
+    storage = open_storage(any_url, heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(study_name="beats", storage=storage)
+    trial = study.ask()
+    storage.record_heartbeat(trial._trial_id)
+    assert storage._get_stale_trial_ids(study._study_id) == []
+    time.sleep(2.2)  # past the grace period: the trial's worker looks dead
+    assert storage._get_stale_trial_ids(study._study_id) == [trial._trial_id]
+    storage.record_heartbeat(trial._trial_id)  # a beat again: the same row, moved forward
+    assert storage._get_stale_trial_ids(study._study_id) == []
+    with storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM trial_heartbeats").scalar() == 1
+
+
 @pytest.mark.parametrize(("pool", "idle"), [("2", {1, 2}), ("0", {0})])
 def test_pg_pool_sets_the_connections_a_process_keeps_between_queries(postgres_url, monkeypatch, pool, idle):
     """``$GAPSWEEP_PG_POOL=0``: a worker holds no connection while it trains, so many fit a server."""

@@ -101,7 +101,8 @@ class CheckpointStore:
     def save(self, state: TrainingState) -> None:
         data, meta = state.pack()
         artifacts.save(
-            self.engine, self.study, self.trial_number, artifacts.CHECKPOINT, data, meta=meta, epoch=state.epoch, store=self.store
+            self.engine, self.study, self.trial_number, artifacts.CHECKPOINT, data, meta=meta, epoch=state.epoch, store=self.store,
+            in_trial=True,
         )
         self._last_saved = time.monotonic()
         self._saved_any = True
@@ -110,4 +111,4 @@ class CheckpointStore:
         """Drop this trial's checkpoints and those of the trials it retried."""
         numbers = [self.trial_number] if self._saved_any else []
         numbers += self.retries_of
-        artifacts.delete(self.engine, self.study, kind=artifacts.CHECKPOINT, trial_numbers=numbers, store=self.store)
+        artifacts.delete(self.engine, self.study, kind=artifacts.CHECKPOINT, trial_numbers=numbers, store=self.store, in_trial=True)

@@ -108,7 +108,7 @@ class ModelKeeper:
         if not self.qualifies(standing):
             return False
         data = raw_input_model_bytes(model, preprocessing)
-        artifacts.save(self.engine, self.study, standing.number, artifacts.MODEL, data, meta=meta, store=self.store)
+        artifacts.save(self.engine, self.study, standing.number, artifacts.MODEL, data, meta=meta, store=self.store, in_trial=True)
         self._drop_outranked(standing)
         return True
 
@@ -127,4 +127,7 @@ class ModelKeeper:
         """
         finished = queries.trial_numbers(self.engine, self.study, ["COMPLETE", "PRUNED", "FAIL"])
         dropped = finished - self._kept(standing)
-        artifacts.delete(self.engine, self.study, kind=artifacts.MODEL, trial_numbers=dropped, store=self.store)
+        artifacts.delete(
+            self.engine, self.study, kind=artifacts.MODEL, trial_numbers=dropped, store=self.store,
+            in_trial=standing is not None,  # an offer's: the offering trial is still running
+        )

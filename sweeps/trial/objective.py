@@ -122,7 +122,7 @@ class Objective:
                 )
             score, model, losses = result.score, result.model, result.val_losses
         if self.checkpoint_engine is not None and len(losses):
-            val_losses.save(self.checkpoint_engine, trial.study.study_name, trial.number, losses.tolist(), epoch=score.epoch)
+            val_losses.save(self.checkpoint_engine, trial.study.study_name, trial.number, losses.tolist(), epoch=score.epoch, in_trial=True)
         scored = _score_attrs(score, curves, self.settings)
         set_user_attrs(trial, {**scored, **attrs})  # attrs last: under cv, the epochs its folds ran
         self._constrain(trial, score)
