@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh dev
 export TF_CPP_MIN_LOG_LEVEL=2
-exec .venv/bin/python -m pytest "$@"
+# One pytest process per core (pytest-xdist): most tests wait on one single-threaded trainer or
+# on subprocesses, so a lone process leaves the other cores idle.
+exec .venv/bin/python -m pytest -n "${GAPSWEEP_TEST_PROCESSES:-auto}" "$@"

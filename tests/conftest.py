@@ -50,6 +50,16 @@ def _postgres_available() -> str | None:
         return str(exc).splitlines()[0]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tensorflow_as_gapsweep_starts_it() -> None:
+    """TensorFlow's thread pools are fixed by the first op a process runs, so the suite's process
+    (each one, under ``pytest -n``) starts TensorFlow the way a gapsweep process does before any
+    test runs an op of its own: which test comes first must not change what the others record."""
+    from gapsweep.sweeps.trial.runtime import init_tensorflow
+
+    init_tensorflow()
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
     reason = _postgres_available()
