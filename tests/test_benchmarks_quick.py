@@ -5,34 +5,11 @@ Only the shape of the results is checked: timings depend on the machine and its 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
+from quick_benchmarks import run_quick
+
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def run_quick(name: str, out: Path) -> dict:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--out", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    payload = json.loads((out / "benchmarks" / f"{name}.json").read_text())
-    assert payload["benchmark"] == name and payload["quick"] is True
-    assert {"nproc", "cpu", "date", "commit"} <= set(payload["machine"])
-    assert (out / "benchmarks" / f"{name}.png").stat().st_size > 0
-    doc = (out / "benchmarks.md").read_text()
-    assert f"<!-- BEGIN {name} -->" in doc and f"<!-- END {name} -->" in doc
-    assert "| " in doc and "Target:" in doc
-    return payload
 
 
 def test_overhead_quick(tmp_path):
