@@ -29,6 +29,8 @@ CASES = {
     "val climbs while train falls": ([1.0, 0.6, 0.4, 0.35, 0.3, 0.25], [1.0, 0.65, 0.45, 0.42, 0.5, 0.55], OVERFITTING),
     "train loss barely moved": ([2.3, 2.25, 2.2, 2.15, 2.1], [2.3, 2.26, 2.21, 2.17, 2.12], UNDERFITTING),
     "stopped while still learning": ([2.0, 1.5, 1.0], [2.05, 1.55, 1.05], UNDERFITTING),
+    # train has flattened, but the last epoch still cut val loss by 17 %: the epoch budget ran out
+    "val still falling at the last epoch": ([1.0, 0.5, 0.3, 0.28], [1.2, 0.8, 0.6, 0.5], UNDERFITTING),
     "NaN loss": ([1.0, 0.5, math.nan, math.nan], [1.0, 0.6, math.nan, math.nan], DIVERGED),
     "infinite val loss": ([1.0, 0.5, 0.4], [1.0, 0.6, math.inf], DIVERGED),
     "val blew up to 5x its minimum": ([1.0, 0.5, 0.4, 0.4], [1.0, 0.5, 0.4, 2.0], DIVERGED),

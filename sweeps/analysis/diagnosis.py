@@ -16,8 +16,8 @@ cross-entropy and a mean squared error the same way. The first rule that matches
 4. ``underfitting``: the last train loss is more than ``STALL_RATIO`` (0.8) of the first
    epoch's: the model barely learned (too much L2 or dropout, too small, too low a rate; not
    asked of a trial that started from fitted weights, the linear start); or the
-   last epoch still cut train loss by more than ``STILL_FALLING`` (10 %) to a new low: training
-   stopped (epoch budget, pruning) before the model converged.
+   last epoch still cut train or val loss by more than ``STILL_FALLING`` (10 %) to a new low:
+   training stopped (epoch budget, pruning) before the model converged.
 5. ``good fit``: none of the above.
 
 The best epoch is the one early stopping restored (the trial's ``best_epoch`` attribute); a
@@ -109,12 +109,13 @@ def diagnose(
             f"train loss only fell from {train[0]:.4g} to {train[-1]:.4g} "
             f"(above {STALL_RATIO:.0%} of the first epoch's) in {len(train)} epochs",
         )
-    if train[-1] < (1 - STILL_FALLING) * train[-2] and train[-1] <= min(train):
-        return Diagnosis(
-            UNDERFITTING,
-            f"train loss was still falling when training stopped ({train[-2]:.4g} to {train[-1]:.4g} "
-            f"in the last epoch, {1 - train[-1] / train[-2]:.0%})",
-        )
+    for name, curve in (("train", train), ("val", val)):
+        if curve[-1] < (1 - STILL_FALLING) * curve[-2] and curve[-1] <= min(curve):
+            return Diagnosis(
+                UNDERFITTING,
+                f"{name} loss was still falling when training stopped ({curve[-2]:.4g} to {curve[-1]:.4g} "
+                f"in the last epoch, {1 - curve[-1] / curve[-2]:.0%}): more epochs would help",
+            )
     return Diagnosis(
         GOOD_FIT,
         f"at best epoch {best} val loss {val[best]:.4g} tracks train loss {train[best]:.4g} "
