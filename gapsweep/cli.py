@@ -786,7 +786,12 @@ def _cmd_rerun(args: argparse.Namespace) -> int:
             f"trial {args.trial} of '{args.study_name}': recorded val loss {result.recorded_val_loss:.6f}, "
             f"rerun {result.rerun_val_loss:.6f} (relative difference {result.relative_difference:.2e}): {verdict}"
         )
-        if not result.reproduced and result.resumed_from_epoch is not None:
+        if result.recorded_fingerprint != result.rerun_fingerprint:
+            print(
+                f"the data differs from the rows trial {args.trial} trained on (fingerprint {result.recorded_fingerprint}, "
+                f"now {result.rerun_fingerprint}): restore the study's data to rerun it"
+            )
+        elif not result.reproduced and result.resumed_from_epoch is not None:
             print(
                 f"trial {args.trial} was resumed from a checkpoint after epoch {result.resumed_from_epoch} (its worker "
                 "died), so an uninterrupted rerun need not match it exactly"

@@ -178,3 +178,23 @@ def test_forward_selection_adds_only_members_that_lower_the_val_loss():
     assert forward_selection([pick, pick.copy(), wrong, complement], splits, 3) == [0, 3]
     assert forward_selection([pick, wrong], splits, 2) == [0]
     assert forward_selection([pick, complement, wrong], splits, 1) == [0]
+
+
+@pytest.mark.slow
+def test_refit_ensemble_verify_and_rerun_name_data_that_changed_since_launch(sqlite_url, tiny_space, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    rows = ["a,b,y"] + [f"{a:.3f},{b:.3f},{int(a + b > 1)}" for a, b in rng.random((120, 2))]
+    csv = tmp_path / "rows.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    _sweep(sqlite_url, tiny_space, DataSpec(str(csv), target="y"), trials=2)
+    csv.write_text("\n".join(rows[:-5]) + "\n")  # five rows fewer: other splits, other fingerprints
+    for args in (["export", "ex", "--out", str(tmp_path / "r.keras"), "--refit"],
+                 ["export", "ex", "--out", str(tmp_path / "e.keras"), "--ensemble", "2"],
+                 ["verify", "ex", "--top", "1", "--seeds", "2"]):
+        code, out, err = _run(capsys, *args, "--storage", sqlite_url)
+        assert code == 1 and "changed since it was launched" in err and "restore the study's data" in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r.keras").exists() and not (tmp_path / "e.keras").exists()
+    number = best_trials("ex", sqlite_url)[0].number
+    code, out, _ = _run(capsys, "rerun", "ex", str(number), "--storage", sqlite_url)
+    assert code != 0 and "the data differs from the rows" in out

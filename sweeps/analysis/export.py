@@ -38,9 +38,9 @@ from gapsweep.storage.engine import reading
 from gapsweep.storage.queries import TrialRecord
 from gapsweep.sweeps.analysis.reproduce import initial_weights, train_and_val
 from gapsweep.sweeps.analysis.reproduce import refit as refit_trial
-from gapsweep.sweeps.data import datasets, losses
+from gapsweep.sweeps.data import losses
 from gapsweep.sweeps.data.datasets import Splits
-from gapsweep.sweeps.run.config import SweepConfig, stored_sweep
+from gapsweep.sweeps.run.config import SweepConfig, stored_sweep_data
 from gapsweep.sweeps.data.preprocessing import unwrap
 from gapsweep.sweeps.trial.models import model_from_bytes, model_to_bytes, raw_input_model_bytes
 from gapsweep.sweeps.trial.trainer import TrainingDiverged
@@ -101,8 +101,7 @@ def export_best(
             raise ConfigError(f"--ensemble needs K >= 2 members, got {ensemble}")
         data, exported = _ensemble(study, storage, ensemble, refit, path)
     elif refit:
-        config = stored_sweep(study, storage)
-        splits = datasets.load(config.data, config.code_dir)
+        config, splits = stored_sweep_data(study, storage, purpose="a refit")
         with reading(storage) as engine:
             record = queries.get_trial(engine, study, _chosen(engine, study, trial))
         model, meta = _refit(config, splits, record)
@@ -182,8 +181,7 @@ def _ensemble(study: str, storage: str | None, k: int, refit: bool, path: Path) 
     averaging in a weaker trial can cost more than the diversity gains. Without stored models, a
     refit ensemble takes the K best trials.
     """
-    config = stored_sweep(study, storage)
-    splits = datasets.load(config.data, config.code_dir)
+    config, splits = stored_sweep_data(study, storage, purpose="choosing and refitting ensemble members")
     with reading(storage) as engine:
         complete = queries.state_counts(engine, study)["COMPLETE"]
         ranked = [standing.number for standing in queries.best_values(engine, study, complete)] if complete else []

@@ -22,8 +22,7 @@ from gapsweep.storage import trial_keys
 from gapsweep.errors import ConfigError, DataError
 from gapsweep.storage.reader import best_trials
 from gapsweep.sweeps.analysis.reproduce import initial_weights, retrain
-from gapsweep.sweeps.data import datasets
-from gapsweep.sweeps.run.config import stored_sweep
+from gapsweep.sweeps.run.config import stored_sweep_data
 from gapsweep.sweeps.trial.models import held_out_metrics
 
 #: Fresh seeds start here, far from the seeds the sweep itself used (study seed + trial number).
@@ -110,8 +109,7 @@ def verify(
         raise ConfigError(
             f"--top must be >= 1 and --seeds >= 2 (one seed gives no spread to judge against), got {top} and {seeds}"
         )
-    config = stored_sweep(study, storage, code_dir)
-    splits = datasets.load(config.data, config.code_dir)
+    config, splits = stored_sweep_data(study, storage, code_dir, purpose="verifying on its test rows")
     if not len(splits.x_test):
         raise DataError("the study's data has no test split to verify on; give it a test_fraction > 0")
     checked = []

@@ -34,13 +34,14 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from gapsweep.errors import ConfigError, GapsweepError
+from gapsweep.errors import ConfigError, DataError, GapsweepError
 from gapsweep.search_spaces import code_refs
 from gapsweep.search_spaces.loader import read_document
 from gapsweep.storage import artifact_store
 from gapsweep.storage.reader import get_study_config
 from gapsweep.sweeps.data import in_memory
-from gapsweep.sweeps.data.datasets import DataSpec
+from gapsweep.sweeps.data import datasets
+from gapsweep.sweeps.data.datasets import DataSpec, Splits
 from gapsweep.sweeps.trial.objective import ObjectiveSettings
 from gapsweep.sweeps.trial.pruning import PRUNERS
 from gapsweep.sweeps.trial.runtime import SEED_RANGE
@@ -290,3 +291,22 @@ def stored_sweep(study: str, storage: str | None, code_dir: str | None = None) -
     project folder ``code_dir`` (None: the current folder), where its hypermodel is looked up."""
     stored = {key: value for key, value in get_study_config(study, storage).items() if key not in STORED_ONLY}
     return SweepConfig.from_dict(stored).override(storage=storage, code_dir=code_dir)
+
+
+def stored_sweep_data(
+    study: str, storage: str | None, code_dir: str | None = None, *, purpose: str
+) -> tuple[SweepConfig, Splits]:
+    """``stored_sweep`` with its data loaded, refused when the rows are no longer the ones the
+    study was launched on (by fingerprint, as a resumed launch checks them): ``purpose`` (e.g.
+    "a refit") would otherwise train or judge on other rows without a word."""
+    stored = get_study_config(study, storage)
+    config = stored_sweep(study, storage, code_dir)
+    splits = datasets.load(config.data, config.code_dir)
+    for key, now in (("data_fingerprint", splits.fingerprint), ("test_fingerprint", splits.test_fingerprint)):
+        was = stored.get(key)
+        if was is not None and was != now:
+            raise DataError(
+                f"the data of study '{study}' changed since it was launched ({key.replace('_', ' ')} {was}, now {now}), "
+                f"so {purpose} would use other rows; restore the study's data, or launch a new study on the new data"
+            )
+    return config, splits

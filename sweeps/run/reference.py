@@ -31,10 +31,10 @@ import numpy as np
 from gapsweep.errors import DataError
 from gapsweep.search_spaces.space import Fixed, Int, SearchSpace
 from gapsweep.storage.reader import study_reference
-from gapsweep.sweeps.data import datasets, losses
+from gapsweep.sweeps.data import losses
 from gapsweep.sweeps.data.cv import k_folds
 from gapsweep.sweeps.data.datasets import Splits
-from gapsweep.sweeps.run.config import stored_sweep
+from gapsweep.sweeps.run.config import stored_sweep_data
 
 #: Regularization strengths tried: C of LogisticRegression (inverse strength), alpha of Ridge.
 GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -119,8 +119,7 @@ def reference_test_losses(study: str, storage: str | None = None) -> np.ndarray:
     reference = study_reference(study, storage)
     if reference is None:
         raise DataError(f"study '{study}' has no linear reference stored; launch it once to compute one")
-    config = stored_sweep(study, storage)
-    splits = datasets.load(config.data, config.code_dir)
+    _, splits = stored_sweep_data(study, storage, purpose="scoring its reference")
     if not len(splits.x_test):
         raise DataError(f"study '{study}' has no test rows; give its data a test_fraction > 0")
     (strength,) = reference["params"].values()
