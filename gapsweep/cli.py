@@ -820,7 +820,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if exported.refit:
         epochs = meta["refit_epochs"]
         epochs_text = ", ".join(map(str, epochs)) if isinstance(epochs, list) else str(epochs)
-        what += f", refit on {meta['refit_rows']} train + val rows for {epochs_text} epochs,"
+        what += f", refit on {meta['refit_rows']} train + val rows for {epochs_text} epoch{'' if epochs in (1, [1]) else 's'},"
     print(f"wrote {what} of '{args.study_name}' to {args.out}")
     if exported.note:
         print(f"note: {exported.note}")

@@ -107,6 +107,7 @@ def test_export_and_predict_refuse_bad_paths_in_one_line(tmp_path: Path, capsys)
         (["predict", "s", "--data", "x.csv", "--out", str(tmp_path / "p.txt")], "ending in .csv"),
         (["predict", "--model", str(model), "--data", "x.csv", "--out", str(tmp_path / "p.csv")], "give an existing .keras file"),
         (["predict", "--data", "x.csv", "--out", str(tmp_path / "p.csv")], "name a STUDY or give --model"),
+        (["predict", "s", "--data", str(tmp_path / "p.csv"), "--out", str(tmp_path / "p.csv")], "is the --data file itself"),
     ]
     for argv, fragment in cases:
         assert main([*argv, "--storage", sqlite_url]) == 1
@@ -152,6 +153,15 @@ def test_new_rows_are_read_as_the_model_takes_them(tmp_path: Path):
     np.savez(tmp_path / "x.npz", x=np.zeros((2, 4)))
     with pytest.raises(DataError, match="rows of shape"):
         read_rows(tmp_path / "x.npz", array_info)
+    np.savez(tmp_path / "x.npz", x=np.zeros((0, 3)))
+    with pytest.raises(DataError, match="holds no rows to predict"):
+        read_rows(tmp_path / "x.npz", array_info)
+    np.savez(tmp_path / "x.npz", x=np.array([["a", "b", "c"]]))
+    with pytest.raises(DataError, match="takes numbers, but its array 'x' holds <U1 values"):
+        read_rows(tmp_path / "x.npz", array_info)
+    (tmp_path / "x.npz").write_text("hi\n")
+    with pytest.raises(DataError, match=r"is not a .npz archive \(no zip inside\); save one with np.savez\(path, x=...\)"):
+        read_rows(tmp_path / "x.npz", array_info)
 
 
 def test_class_probabilities_from_a_one_unit_output_and_from_logits():
@@ -181,3 +191,25 @@ def test_a_model_trained_on_logits_is_known_as_one_inside_its_raw_input_wrapper(
         inner.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
         inputs = keras.Input((3,))
         assert outputs_logits(keras.Model(inputs, inner(inputs), name=RAW_INPUT_MODEL)) is from_logits
+
+
+def test_a_trial_without_a_stored_model_says_how_each_command_trains_it_again(sqlite_url, tmp_path, capsys):
+    import optuna
+
+    from fake_trials import add_mixed_trials
+    from gapsweep.storage.engine import open_storage
+
+    add_mixed_trials(optuna.create_study(study_name="fake", storage=open_storage(sqlite_url)))
+    rows = tmp_path / "rows.csv"
+    rows.write_text("a\n1\n")
+    cases = [
+        (["export", "fake", "--trial", "0", "--out", str(tmp_path / "m.keras")], "or add --refit to train it again"),
+        (["predict", "fake", "--trial", "0", "--data", str(rows), "--out", str(tmp_path / "p.csv")],
+         "or write it with `gapsweep export --refit` and predict with --model FILE.keras"),
+        (["predict", "fake", "--trial", "4", "--data", str(rows), "--out", str(tmp_path / "p.csv")],
+         "(it is pruned: no refit can train it again either)"),
+    ]
+    for argv, fragment in cases:
+        assert main([*argv, "--storage", sqlite_url]) == 1
+        err = capsys.readouterr().err.strip()
+        assert "has no stored model" in err and fragment in err and "\n" not in err, err

@@ -75,7 +75,7 @@ class Exported:
 
 def load_best_model(study: str, storage: str | None = None, *, trial: int | None = None) -> "keras.Model":
     """The stored model of the study's best trial (or of trial number ``trial``); it takes raw rows."""
-    return model_from_bytes(best_artifact(study, storage, trial).data)
+    return model_from_bytes(best_artifact(study, storage, trial, retrain="export it with refit=True to train it again").data)
 
 
 def export_best(
@@ -199,7 +199,7 @@ def _ensemble(study: str, storage: str | None, k: int, refit: bool, path: Path) 
             found = len(ranked) if refit else len(blobs)
             raise StudyNotFoundError(
                 f"only {found} trial(s) of study '{study}' {where}; an ensemble needs at least 2"
-                + ("" if refit else " (raise objective.keep_models, or add --refit to retrain the best trials)")
+                + ("" if refit or len(ranked) < 2 else " (raise objective.keep_models, or add --refit to retrain the best trials)")
             )
         records = [queries.get_trial(engine, study, number) for number in chosen] if refit else []
     note = _members_note(k, len(chosen), selected_from, len(ranked), config.objective.keep_models)
@@ -309,14 +309,18 @@ def _val_losses(ensemble: "keras.Model", splits: Splits, numbers: list[int]) -> 
     }
 
 
-def best_artifact(study: str, storage: str | None, trial: int | None) -> artifacts.Artifact:
+def best_artifact(
+    study: str, storage: str | None, trial: int | None, *, retrain: str = "add --refit to train it again"
+) -> artifacts.Artifact:
+    """The stored model of the best (or a given) trial; ``retrain`` says, for a complete trial
+    without one, how the caller's command trains it again."""
     with reading(storage) as engine:
         trial = _chosen(engine, study, trial)
         found = artifacts.load(engine, study, trial, artifacts.MODEL) if artifacts.schema_version(engine) else None
         state = queries.get_trial(engine, study, trial).state if found is None else "COMPLETE"
     if found is None:
         # Refit retrains a complete trial only; a pruned or failed one has no best epoch to retrain to.
-        fix = ", or add --refit to train it again" if state == "COMPLETE" else f" (it is {state.lower()}, so --refit cannot train it again either)"
+        fix = f", or {retrain}" if state == "COMPLETE" else f" (it is {state.lower()}: no refit can train it again either)"
         raise StudyNotFoundError(
             f"trial {trial} of study '{study}' has no stored model (models are kept for the top trials only); "
             f"pass --trial with one of the best trials{fix}"

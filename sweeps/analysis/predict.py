@@ -67,6 +67,8 @@ def predict_file(
         raise ConfigError(f"--out {path}: give a file path ending in .csv")
     if not path.parent.is_dir():
         raise ConfigError(f"--out {path}: the folder {path.parent} does not exist; create it first")
+    if Path(data).resolve() == path.resolve():
+        raise ConfigError(f"--out {path} is the --data file itself; write the predictions to another path")
     if model is not None and study is not None:
         raise ConfigError(f"give a STUDY ('{study}') or --model {model}, not both")
     if model is not None:
@@ -75,7 +77,9 @@ def predict_file(
             raise ConfigError(f"--model {source}: give an existing .keras file written by gapsweep export")
         data_bytes, number = source.read_bytes(), None
     elif study is not None:
-        artifact = best_artifact(study, storage, trial)
+        artifact = best_artifact(
+            study, storage, trial, retrain="write it with `gapsweep export --refit` and predict with --model FILE.keras"
+        )
         data_bytes, number = artifact.data, artifact.trial_number
     else:
         raise ConfigError("name a STUDY or give --model FILE.keras")

@@ -286,16 +286,22 @@ def _call_loader(spec: DataSpec, project: str | Path | None) -> tuple[InMemoryDa
     return in_memory.capture(loader(**spec.options), f"what {where} returned"), where
 
 
-def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
+def _npz_arrays(path: Path, how: str) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` file at ``path``; ``how`` (e.g. ``np.savez(path, x=...)``)
+    says how to write one, for the message when it is missing or no archive."""
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     if not zipfile.is_zipfile(path):
-        raise DataError(f"{path} is not a .npz archive (no zip inside); save one with np.savez(path, x_train=..., y_train=...)")
+        raise DataError(f"{path} is not a .npz archive (no zip inside); save one with {how}")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
+            return {key: archive[key] for key in archive.files}
     except (ValueError, OSError) as exc:
         raise DataError(f"{path} is not a readable .npz archive: {exc}") from None
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
+    arrays = _npz_arrays(path, "np.savez(path, x_train=..., y_train=...)")
     missing = {"x_train", "y_train"} - set(arrays)
     if missing:
         raise DataError(
@@ -509,12 +515,12 @@ def read_rows(path: str | Path, info: dict[str, Any]) -> RawInputs:
         return raw
     shape = tuple(int(size) for size in info.get("shape", ()))
     if suffix == ".npz":
-        if not path.is_file():
-            raise DataError(f"data file not found: {path}")
-        with np.load(path, allow_pickle=False) as archive:
-            if "x" not in archive.files:
-                raise DataError(f"{path} lacks an array 'x'; save the rows with np.savez(path, x=...)")
-            x = archive["x"]
+        arrays = _npz_arrays(path, "np.savez(path, x=...)")
+        if "x" not in arrays:
+            raise DataError(f"{path} lacks an array 'x'; save the rows with np.savez(path, x=...)")
+        x = arrays["x"]
+        if x.dtype.kind not in "biuf":
+            raise DataError(f"{path}: this model takes numbers, but its array 'x' holds {x.dtype} values")
     elif suffix == ".csv":
         header, rows = _csv_cells(path, new_rows=True, numbers_only=True)
         names = header if header is not None else [""] * len(rows[0])
@@ -527,6 +533,8 @@ def read_rows(path: str | Path, info: dict[str, Any]) -> RawInputs:
         raise DataError(f"{path}: give new rows as a .csv or a .npz file with an array 'x'")
     if x.ndim < 1 or math.prod(x.shape[1:]) != math.prod(shape):
         raise DataError(f"{path}: the model takes rows of shape {shape}, got rows of shape {x.shape[1:]}")
+    if not len(x):
+        raise DataError(f"{path} holds no rows to predict")
     x = x.reshape(len(x), *shape).astype("float32")
     if not np.all(np.isfinite(x)):
         raise DataError(f"{path} holds NaN or infinite values; this model takes complete rows")
