@@ -116,7 +116,7 @@ CASES = [
     Case("space-python-file-missing", launch("--space", "nowhere.py:SPACE"), "file not found: nowhere.py"),
     # The data.
     Case("data-unknown-name", launch("--data", "mnist"), "unknown data 'mnist'"),
-    Case("data-npz-missing", launch("--data", "nowhere.npz"), "data file not found: nowhere.npz"),
+    Case("data-npz-missing", launch("--data", "nowhere.npz"), "data file not found: nowhere.npz (a relative path is read from the current folder"),
     Case("data-npz-is-text", launch("--data", "fake.npz"), "is not a .npz archive", write("fake.npz", "x,y\n1,2\n")),
     Case("data-npz-without-y", launch("--data", "d.npz"), "lacks y_train", npz("d.npz", x_train=X)),
     Case("data-npz-nan", launch("--data", "d.npz"), "NaN/inf", npz("d.npz", x_train=np.full((20, 3), np.nan), y_train=np.zeros(20))),

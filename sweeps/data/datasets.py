@@ -242,7 +242,7 @@ def load(spec: DataSpec, project: str | Path | None = None) -> Splits:
             )
         x, y = _check_arrays(*BUILTIN[spec.source](dict(spec.options)), "the data")
         task = _task(y, spec.task)
-    elif (path := Path(spec.source)).suffix.lower() == ".npz":
+    elif (path := _data_path(spec.source)).suffix.lower() == ".npz":
         x, y, given = _read_npz(path)
         x, y = _check_arrays(x, y, "the data")
         task = _task(_all_labels(y, given), spec.task)
@@ -256,6 +256,18 @@ def load(spec: DataSpec, project: str | Path | None = None) -> Splits:
             "a .npz file with x_train/y_train, a .csv file with --target COLUMN, or a data loader module.py:NAME"
         )
     return _finish(given or _split_rows(x, y, spec, task), task, classes, spec.target)
+
+
+def _data_path(source: str) -> Path:
+    """A data file's path; a missing relative one is named with the folder it was looked for in
+    (a study's stored path is relative to where it was launched)."""
+    path = Path(source)
+    if path.suffix.lower() in (".csv", ".npz") and not path.is_absolute() and not path.is_file():
+        raise DataError(
+            f"data file not found: {source} (a relative path is read from the current folder, {Path.cwd()}; "
+            "run from the folder it is relative to, or give its absolute path)"
+        )
+    return path
 
 
 def _all_labels(y: np.ndarray, given: dict[str, np.ndarray] | None) -> np.ndarray:
