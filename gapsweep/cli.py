@@ -474,7 +474,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and table say it all
     from gapsweep.sweeps.run.jobs import check_jobs, default_jobs, parse_gpus, use_device
-    from gapsweep.sweeps.run.launch import prepare, run_parallel, run_trials
+    from gapsweep.sweeps.run.launch import has_work, prepare, run_parallel, run_trials
     from gapsweep.sweeps.run.worker import graceful_stop
 
     gpus = parse_gpus(args.gpu)
@@ -492,6 +492,11 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         return 0
     progress = False if args.no_progress or args.json else None
     try:
+        if has_work(sweep) is None:
+            print(
+                f"gapsweep: study '{config.study}' has spent its budget of {config.trials} complete or pruned trial(s); "
+                "nothing to run (pass a larger --trials to go on)", file=sys.stderr,
+            )
         if jobs == 1:
             with graceful_stop(sweep):
                 run_trials(sweep, progress=progress, log_file=args.log_file)

@@ -183,6 +183,8 @@ def connect_existing(url_text: str | None, *, flag: str = "--storage") -> Engine
         raise describe_failure(url, exc) from None
     if not {"studies", "trials", "version_info"} <= tables:
         engine.dispose()
+        if not tables:
+            raise StorageError(f"{mask(url)} holds no studies yet (no tables at all); launch a sweep there first or pass {flag} URL")
         raise StorageError(f"{mask(url)} is not a gapsweep/Optuna database (no Optuna tables in it)")
     try:
         with engine.connect() as conn:

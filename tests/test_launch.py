@@ -115,6 +115,10 @@ def test_a_study_launched_from_flags_resumes_from_its_name_alone(tiny_space, sql
     assert len(trials) == 2 and trials[1].state == "COMPLETE"
     config = get_study_config("flags", sqlite_url)
     assert config["data"]["source"] == "wine" and config["objective"]["gap_penalty"] == 0.5 and config["trials"] == 2
+    # A budget already spent: nothing runs, and a line says why.
+    assert main(["launch", "--trials", "1", *flags]) == 0
+    assert "has spent its budget of 1 complete or pruned trial(s); nothing to run" in capsys.readouterr().err
+    assert len(list_trials("flags", sqlite_url)) == 2
     # A flag given again is checked against the study as before.
     assert main(["launch", "--data", "digits", "--trials", "3", *flags]) == 1
     assert "started on other data" in capsys.readouterr().err

@@ -268,3 +268,16 @@ def test_a_database_without_its_schema_version_is_one_line(sqlite_url, tmp_path)
         conn.execute("DROP TABLE alembic_version")
     with pytest.raises(StorageError, match="no schema version \\(alembic_version\\): another process may be creating it"):
         connect_existing(sqlite_url)
+
+
+def test_an_empty_database_is_told_apart_from_a_foreign_one(postgres_url, capsys):
+    import sqlalchemy as sa
+
+    assert main(["studies", "--storage", postgres_url]) == 1
+    assert "holds no studies yet (no tables at all); launch a sweep there first" in capsys.readouterr().err
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE invoices (id integer)")
+    engine.dispose()
+    assert main(["studies", "--storage", postgres_url]) == 1
+    assert "is not a gapsweep/Optuna database (no Optuna tables in it)" in capsys.readouterr().err
