@@ -128,6 +128,9 @@ def test_new_rows_are_read_as_the_model_takes_them(tmp_path: Path):
     path.write_text("plan\nbasic\n")
     with pytest.raises(DataError, match="lacks column 'age'"):
         read_rows(path, info)
+    path.write_text("plan;age\nbasic;41\n")
+    with pytest.raises(DataError, match="lacks column 'age', which the model takes \\(it seems to separate cells with ';'"):
+        read_rows(path, info)
     path.write_text("plan,age\nbasic,old\n")
     with pytest.raises(DataError, match="column 'age' must hold finite numbers .*, but data row 1 holds 'old'"):
         read_rows(path, info)

@@ -394,6 +394,12 @@ def _number(cell: str) -> float | None:
         return None
 
 
+def _separator_hint(header: list[str]) -> str:
+    """A note for a header read as one cell: the file separates its cells with something else."""
+    other = next((mark for mark in ";\t|" if len(header) == 1 and mark in header[0]), None)
+    return f" (it seems to separate cells with {other!r}; save it with commas)" if other else ""
+
+
 def _read_csv(path: Path, spec: DataSpec) -> tuple[Columns, np.ndarray, tuple[str, ...]]:
     """Feature columns as raw arrays, the target as numbers or class indices, the class names."""
     if not spec.target:
@@ -404,9 +410,7 @@ def _read_csv(path: Path, spec: DataSpec) -> tuple[Columns, np.ndarray, tuple[st
     assert header is not None  # a first row of numbers only was refused
     for name in (spec.target, *spec.ignore):
         if name not in header:
-            other = next((mark for mark in ";\t|" if len(header) == 1 and mark in header[0]), None)
-            hint = f" (it seems to separate cells with {other!r}; save it with commas)" if other else ""
-            raise DataError(f"{path} has no column '{name}'; columns are: {', '.join(header)}{hint}")
+            raise DataError(f"{path} has no column '{name}'; columns are: {', '.join(header)}{_separator_hint(header)}")
     cells = {name: [row[index] for row in rows] for index, name in enumerate(header)}
     y, classes = _target(spec.target, cells[spec.target], spec.task)
     features = {
@@ -511,7 +515,7 @@ def read_rows(path: str | Path, info: dict[str, Any]) -> RawInputs:
         for column in info["columns"]:
             name = column["name"]
             if name not in header:
-                raise DataError(f"{path} lacks column '{name}', which the model takes")
+                raise DataError(f"{path} lacks column '{name}', which the model takes{_separator_hint(header)}")
             cells = [row[header.index(name)] for row in rows]
             if column["kind"] == "category":
                 raw[name] = np.array(["" if _missing(cell) else cell for cell in cells], dtype=object)
