@@ -32,6 +32,7 @@ import inspect
 import numbers
 import re
 import sys
+import traceback
 import dataclasses
 from dataclasses import dataclass
 from decimal import Decimal
@@ -421,16 +422,32 @@ class KerasTunerHypermodel:
         self.max_epochs = max_epochs
 
     def build(self, trial: optuna.trial.BaseTrial, task: TaskSpec) -> tuple["keras.Model", FitSettings]:
-        """Build with ``hp`` drawn from ``trial``. ``task`` goes unused: as in KerasTuner, the
-        build function is written for its data."""
-        return self._build(TrialHyperParameters(trial))
+        """Build with ``hp`` drawn from ``trial``, its output width checked against ``task``.
+
+        The default values passed ``check``; what build(hp) returns for other values (None, a
+        model of another width) fails this trial alone, as an error raised in build(hp) does.
+        """
+        try:
+            model, settings = self._build(TrialHyperParameters(trial))
+            _check_outputs(model, None, task)
+        except (ModelCheckError, DataError) as exc:  # DataError: the output width
+            raise BuildFailed(f"{exc} (for this trial's values)") from None
+        return model, settings
 
     def check(self, x: "np.ndarray", y: "np.ndarray", task: TaskSpec) -> None:
         """Build once with KerasTuner's default values, as a KerasTuner tuner does to declare its
         space, check its output width against ``task`` and evaluate it on a few training rows
         (``x``, ``y``), so an unsupported feature or a model written for other data fails before
         a study is created (a few rows may lack the classes a too narrow output misses)."""
-        model, _ = self._build(TrialHyperParameters(None))
+        try:
+            model, _ = self._build(TrialHyperParameters(None))
+        except GapsweepError:
+            raise
+        except Exception as exc:  # the user's code: any error it raises is named in one line
+            raise SpaceError(
+                f"{self.ref}: build(hp) raised {type(exc).__name__}: {_first_line(exc)}{_where(exc, self.ref)} "
+                "with KerasTuner's default values; fix the build function"
+            ) from None
         _check_outputs(model, x, task)
         try:
             model.evaluate(x, y, verbose=0)
@@ -452,9 +469,9 @@ class KerasTunerHypermodel:
         else:
             model = self.hypermodel(hp)
         if not isinstance(model, keras.Model):
-            raise SpaceError(f"build(hp) must return a keras.Model, got {type(model).__name__}")
+            raise ModelCheckError(f"build(hp) must return a keras.Model, got {type(model).__name__}")
         if not getattr(model, "compiled", False):
-            raise SpaceError(
+            raise ModelCheckError(
                 "build(hp) returned a model that is not compiled; call model.compile(optimizer=..., loss=...) "
                 "in build(hp), as KerasTuner requires"
             )
@@ -563,13 +580,36 @@ def importable_ref(obj: Any) -> str:
 _FRAMING = ("File ", "[[", "•", "Exception encountered", "Arguments received", "Graph execution error", "Detected at node")
 
 
-def _check_outputs(model: "keras.Model", x: "np.ndarray", task: TaskSpec) -> None:
+class ModelCheckError(SpaceError):
+    """What build(hp) returned is no model gapsweep can train: not a model, or not compiled."""
+
+
+class BuildFailed(RuntimeError):
+    """A trial's build(hp) returned no trainable model for that trial's values: the trial fails,
+    the sweep goes on (a user mistake for every value is caught by ``check`` before the study)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def _where(exc: BaseException, ref: str) -> str:
+    """`` (FILE line N)``: the last line of the hypermodel's own file the error passed through."""
+    file = Path(ref.rpartition(":")[0]).resolve()
+    lines = [line for frame, line in traceback.walk_tb(exc.__traceback__) if Path(frame.f_code.co_filename).resolve() == file]
+    return f" ({file.name} line {lines[-1]})" if lines else ""
+
+
+def _check_outputs(model: "keras.Model", x: "np.ndarray | None", task: TaskSpec) -> None:
     """One output per class (one for two classes, with a sigmoid), or per regression target.
     A model whose output shape is not known yet (a Sequential without an Input) predicts a row of
-    ``x`` to tell; one that fails to is left to the evaluation that follows."""
+    ``x`` to tell; one that fails to (or without ``x``) is left to the training that follows."""
     try:
         shape = model.output_shape
     except (AttributeError, ValueError):
+        if x is None:
+            return
         try:
             shape = getattr(model.predict(x[:1], verbose=0), "shape", None)
         except Exception:  # Keras raises many kinds; the evaluation names the reason

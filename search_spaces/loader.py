@@ -116,7 +116,20 @@ def python_object(ref: str, what: str) -> Any:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.append(folder)  # its sibling modules import as when the file runs as a script
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        del sys.modules[module_name]
+        raise SpaceError(f"{exc.filename or path} line {exc.lineno}: SyntaxError: {exc.msg} (in {what} '{ref}')") from None
+    except Exception as exc:  # the user's code ran: whatever it raises is named in one line
+        del sys.modules[module_name]
+        text = str(exc).strip().splitlines()
+        raise SpaceError(
+            f"importing {path} (the {what} '{ref}') raised {type(exc).__name__}: {text[0] if text else '(no message)'}"
+        ) from None
     if not hasattr(module, attr):
         raise SpaceError(f"{path} has no attribute '{attr}'")
     return getattr(module, attr)

@@ -472,8 +472,14 @@ def test_cli_hypermodel_mistakes_are_one_line_and_write_nothing(tmp_path: Path, 
         "def for_mnist(hp):\n"
         "    return compiled(784, 10)\n\n"
         "def three_classes(hp):\n"
-        "    return compiled(64, 3)\n"
+        "    return compiled(64, 3)\n\n"
+        "def raises(hp):\n"
+        "    raise ValueError('my bug in build')\n\n"
+        "def two_args(hp, extra):\n"
+        "    return compiled(64, 10)\n"
     )
+    (tmp_path / "broken.py").write_text("def build(hp)\n    return None\n")
+    (tmp_path / "imports.py").write_text("import nonexistent_module_xyz\n")
     _fails(["launch", "--hypermodel", "models.py:reverse", "--storage", url], capsys, "sampling='reverse_log') is not")
     _fails(["launch", "--hypermodel", "models.py:merges", "--storage", url], capsys, "hp.merge is a KerasTuner feature")
     _fails(["launch", "--hypermodel", "models.py:uncompiled", "--storage", url], capsys, "not compiled")
@@ -481,6 +487,13 @@ def test_cli_hypermodel_mistakes_are_one_line_and_write_nothing(tmp_path: Path, 
     _fails(["launch", "--hypermodel", "models.py:for_mnist", "--storage", url], capsys, "expected axis -1 of input shape to have value 784")
     _fails(["launch", "--hypermodel", "models.py:three_classes", "--storage", url], capsys,
            "has 3 output unit(s), but the data is a classification with 10 classes that needs 10 (one per class)")
+    _fails(["launch", "--hypermodel", "models.py:raises", "--storage", url], capsys,
+           "models.py:raises: build(hp) raised ValueError: my bug in build (models.py line 24) with KerasTuner's default values")
+    _fails(["launch", "--hypermodel", "models.py:two_args", "--storage", url], capsys,
+           "build(hp) raised TypeError: two_args() missing 1 required positional argument: 'extra'")
+    _fails(["launch", "--hypermodel", "broken.py:build", "--storage", url], capsys, "broken.py line 1: SyntaxError: expected ':'")
+    _fails(["launch", "--hypermodel", "imports.py:build", "--storage", url], capsys,
+           "raised ModuleNotFoundError: No module named 'nonexistent_module_xyz'")
     _fails(["launch", "--hypermodel", "models.py:missing", "--storage", url], capsys, "has no attribute 'missing'")
     _fails(["launch", "--hypermodel", "nowhere.py:build", "--storage", url], capsys, f"file not found: {tmp_path.resolve()}/nowhere.py")
     _fails(["launch", "--hypermodel", "../models.py:build", "--storage", url], capsys, "leads outside the project folder")
@@ -584,3 +597,36 @@ def test_cli_creates_a_hypermodel_study_that_a_worker_runs(tmp_path: Path, sqlit
     monkeypatch.chdir(EXAMPLES.parent.parent)
     assert main([*launch_args[:4], "examples/keras_tuner_models.py:MyHyperModel", *launch_args[5:]]) == 1
     assert "was started with a different hypermodel" in capsys.readouterr().err
+
+
+def _by_mode(hp: Any) -> Any:
+    """A build function whose default values are fine but whose other values are not."""
+    mode = hp.Choice("mode", ["ok", "none", "wide"])
+    if mode == "none":
+        return None
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(12 if mode == "wide" else 10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return model
+
+
+@pytest.mark.slow  # builds Keras models
+def test_values_whose_build_is_no_trainable_model_fail_their_trial_not_the_sweep():
+    from gapsweep.search_spaces.keras_tuner import BuildFailed
+
+    hypermodel = load(_by_mode, max_epochs=2)
+    hypermodel.check(np.zeros((4, 64), "float32"), np.zeros(4, "int64"), DIGITS)  # the defaults pass
+    hypermodel.build(optuna.trial.FixedTrial({"mode": "ok"}), DIGITS)
+    with pytest.raises(BuildFailed, match=r"build\(hp\) must return a keras.Model, got NoneType \(for this trial's values\)"):
+        hypermodel.build(optuna.trial.FixedTrial({"mode": "none"}), DIGITS)
+    with pytest.raises(BuildFailed, match=r"has 12 output unit\(s\), but the data is a classification with 10 classes"):
+        hypermodel.build(optuna.trial.FixedTrial({"mode": "wide"}), DIGITS)
+    # BuildFailed is no user mistake for the whole sweep: the trial loop fails that trial and goes on.
+    from gapsweep.errors import GapsweepError
+
+    assert not issubclass(BuildFailed, GapsweepError)
+
+
+def test_a_hypermodel_file_imports_the_modules_beside_it(tmp_path: Path):
+    (tmp_path / "gapsweep_test_helpers.py").write_text("N_CLASSES = 3\n")
+    (tmp_path / "models.py").write_text("from gapsweep_test_helpers import N_CLASSES\nVALUE = N_CLASSES * 2\n")
+    assert python_object(f"{tmp_path / 'models.py'}:VALUE", "hypermodel") == 6
