@@ -90,11 +90,16 @@ def check_ranges(space: SearchSpace) -> None:
             candidates = dist.choices
         else:
             candidates = (dist.value,)
+        what = "choice" if isinstance(dist, Categorical) else "fixed value" if isinstance(dist, Fixed) else "range end"
         for value in candidates:
+            if name in WHOLE and isinstance(value, float) and not value.is_integer():
+                raise SpaceError(
+                    f"parameter '{name}': {what} {value!r} is not a whole number, which the mlp builder takes "
+                    f"(a trial would record {value!r} and build {int(value)}); change the space"
+                )
             try:
                 check_value(name, value)
             except SpaceError as exc:
-                what = "choice" if isinstance(dist, Categorical) else "fixed value" if isinstance(dist, Fixed) else "range end"
                 raise SpaceError(f"parameter '{name}': {what} {value!r} is not accepted by the mlp builder ({exc}); change the space") from None
 
 

@@ -41,6 +41,10 @@ class Float:
             raise SpaceError(f"parameter '{name}': 'step' and 'log' cannot be combined; drop one")
         if self.step is not None and self.step <= 0:
             raise SpaceError(f"parameter '{name}': 'step' must be > 0, got {self.step}")
+        if self.step is not None:
+            steps = (self.high - self.low) / self.step
+            if abs(steps - round(steps)) > 1e-9 * max(1.0, steps):
+                _off_grid(name, self.low, self.high, self.step, self.low + math.floor(steps) * self.step)
 
     def sample(self, trial: optuna.Trial, name: str) -> float:
         return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
@@ -77,6 +81,8 @@ class Int:
             raise SpaceError(f"parameter '{name}': 'step' must be >= 1, got {self.step}")
         if self.log and self.step != 1:
             raise SpaceError(f"parameter '{name}': 'log' needs step = 1, got step {self.step}")
+        if (self.high - self.low) % self.step:
+            _off_grid(name, self.low, self.high, self.step, self.low + (self.high - self.low) // self.step * self.step)
 
     def sample(self, trial: optuna.Trial, name: str) -> int:
         return trial.suggest_int(name, self.low, self.high, log=self.log, step=self.step)
@@ -212,6 +218,15 @@ def _literal(raw: str) -> Scalar:
         except ValueError:
             continue
     return raw
+
+
+def _off_grid(name: str, low: float, high: float, step: float, last: float) -> None:
+    """Refuse a range whose high end is not a whole number of steps from its low end: Optuna
+    would quietly move the end (to the low end itself when the step exceeds the range)."""
+    raise SpaceError(
+        f"parameter '{name}': high ({high}) is not a whole number of steps ({step}) from low ({low}); "
+        f"the last value on the grid is {last:g}: set high = {last:g} or a step that divides the range"
+    )
 
 
 def _check_bounds(name: str, low: float, high: float, log: bool) -> None:
