@@ -467,6 +467,11 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         hypermodel=args.hypermodel, max_epochs=args.max_epochs, max_failures=args.max_failures,
         artifacts=args.artifacts, linear_start=args.linear_start,
     )
+    if args.max_epochs is not None and config.hypermodel is None:
+        raise ConfigError(
+            "--max-epochs is the epoch budget of a --hypermodel; a search space sets its own "
+            "(epochs = N, or an int range): drop --max-epochs or set epochs in the space"
+        )
     import optuna
 
     from gapsweep.api import baseline_trial, best_trials, list_studies

@@ -195,11 +195,13 @@ class Condition:
 
 def _can_hold(condition: Condition, parent: Distribution) -> bool:
     """Whether ``condition`` holds for some value of ``parent``: for some choice; for a range or
-    a fixed value, whenever it compares numbers with numbers (a range narrowed so that its
+    a fixed number, whenever it compares numbers with numbers (a range narrowed so that its
     children are off, as in a depth-0 "linear only" space, is deliberate; a string compared with
-    numbers is a typo)."""
+    numbers is a typo). A fixed string or boolean is a choice of one: it is held to its value."""
     if isinstance(parent, Categorical):
         return any(condition.holds({condition.name: choice}) for choice in parent.choices)
+    if isinstance(parent, Fixed) and isinstance(parent.value, (str, bool)):
+        return condition.holds({condition.name: parent.value})
     if condition.op == "!=":
         return True
     kinds = (parent.value,) if isinstance(parent, Fixed) else (parent.low,)

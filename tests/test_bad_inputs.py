@@ -104,6 +104,8 @@ CASES = [
     space_case("space-unknown-optimizer", "optimizer = 'adagrad'\n", "optimizer must be one of"),
     space_case("space-zero-batch-size", "batch_size = [0, 32]\n", "batch_size must be a whole number >= 1"),
     space_case("space-zero-epochs", "epochs = 0\n", "epochs must be a whole number >= 1"),
+    space_case("space-when-on-a-fixed-string-never-holds", "optimizer = 'sgd'\n[learning_rate]\ntype = 'float'\nlow = 0.01\nhigh = 0.1\nwhen = 'optimizer == adam'\n",
+               "'when' (optimizer == adam) never holds for the values 'optimizer' can take"),
     space_case("space-fractional-units-choice", "units = [8.5, 16]\n", "choice 8.5 is not a whole number, which the mlp builder takes (a trial would record 8.5 and build 8)"),
     space_case("space-fractional-fixed-units", "units = 8.5\n", "fixed value 8.5 is not a whole number"),
     space_case("space-step-above-the-range", "[dropout]\ntype = 'float'\nlow = 0.0\nhigh = 0.2\nstep = 0.5\n",
@@ -121,6 +123,7 @@ CASES = [
     space_case("space-empty", "", "the search space is empty"),
     Case("space-python-file-missing", launch("--space", "nowhere.py:SPACE"), "file not found: nowhere.py"),
     # The data.
+    Case("max-epochs-with-a-space", launch("--space", "mlp", "--max-epochs", "1"), "--max-epochs is the epoch budget of a --hypermodel"),
     Case("data-unknown-name", launch("--data", "mnist"), "unknown data 'mnist'"),
     Case("data-npz-missing", launch("--data", "nowhere.npz"), "data file not found: nowhere.npz (a relative path is read from the current folder"),
     Case("data-npz-is-text", launch("--data", "fake.npz"), "is not a .npz archive", write("fake.npz", "x,y\n1,2\n")),
