@@ -75,6 +75,12 @@ class _Declared:
     distribution: BaseDistribution | None
     value: Any = None
 
+    def describe(self) -> str:
+        """What a resumed study compares: the kind and range (or fixed value), not the default."""
+        if self.distribution is None:
+            return f"{self.kind} {self.value!r}"
+        return f"{self.kind} {optuna.distributions.distribution_to_json(self.distribution)}"
+
     def possible(self) -> tuple[Any, ...] | None:
         """Every value the parameter can take, where that is a short list (Choice, Boolean, Fixed)."""
         if self.kind == "Fixed":
@@ -420,6 +426,8 @@ class KerasTunerHypermodel:
         self.custom_fit = self.is_hypermodel and type(hypermodel).fit is not kt.HyperModel.fit
         self.ref = ref
         self.max_epochs = max_epochs
+        #: The parameters build(hp) declares at the default values, once ``check`` has built it.
+        self.declared: dict[str, str] | None = None
 
     def build(self, trial: optuna.trial.BaseTrial, task: TaskSpec) -> tuple["keras.Model", FitSettings]:
         """Build with ``hp`` drawn from ``trial``, its output width checked against ``task``.
@@ -439,8 +447,9 @@ class KerasTunerHypermodel:
         space, check its output width against ``task`` and evaluate it on a few training rows
         (``x``, ``y``), so an unsupported feature or a model written for other data fails before
         a study is created (a few rows may lack the classes a too narrow output misses)."""
+        hp = TrialHyperParameters(None)
         try:
-            model, _ = self._build(TrialHyperParameters(None))
+            model, _ = self._build(hp)
         except GapsweepError:
             raise
         except Exception as exc:  # the user's code: any error it raises is named in one line
@@ -449,6 +458,7 @@ class KerasTunerHypermodel:
                 "with KerasTuner's default values; fix the build function"
             ) from None
         _check_outputs(model, x, task)
+        self.declared = {name: declared.describe() for name, declared in sorted(hp._declared.items())}
         try:
             model.evaluate(x, y, verbose=0)
         except Exception as exc:  # Keras raises many kinds; each means the same thing here
@@ -458,7 +468,10 @@ class KerasTunerHypermodel:
             ) from None
 
     def describe(self) -> dict[str, Any]:
-        return {"hypermodel": self.ref}
+        """The reference, and the parameters build(hp) declared at its default values (after
+        ``check``): a study resumed with an edited build function is refused, as one resumed
+        with an edited search space is."""
+        return {"hypermodel": self.ref, **({"hypermodel_params": self.declared} if self.declared is not None else {})}
 
     def _build(self, hp: TrialHyperParameters) -> tuple["keras.Model", FitSettings]:
         import keras

@@ -630,3 +630,26 @@ def test_a_hypermodel_file_imports_the_modules_beside_it(tmp_path: Path):
     (tmp_path / "gapsweep_test_helpers.py").write_text("N_CLASSES = 3\n")
     (tmp_path / "models.py").write_text("from gapsweep_test_helpers import N_CLASSES\nVALUE = N_CLASSES * 2\n")
     assert python_object(f"{tmp_path / 'models.py'}:VALUE", "hypermodel") == 6
+
+
+@pytest.mark.slow  # builds and evaluates a Keras model
+def test_a_study_resumed_with_an_edited_build_function_is_refused(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'hm.db'}"
+    source = (
+        "import keras\n\n"
+        "def build(hp):\n"
+        "    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(hp.Int('units', 4, 16, step=4, default=8)),\n"
+        "                              keras.layers.Dense(10, activation='softmax')])\n"
+        "    model.compile(optimizer=keras.optimizers.Adam(hp.Float('lr', 1e-3, 1e-2, sampling='log')), loss='sparse_categorical_crossentropy')\n"
+        "    return model\n"
+    )
+    models = tmp_path / "hm.py"
+    models.write_text(source)
+    argv = ["launch", "--study", "hm", "--hypermodel", "hm.py:build", "--trials", "1", "--create-only", "--storage", url]
+    assert main(argv) == 0, capsys.readouterr().err
+    models.write_text(source.replace("default=8", "default=12"))  # another default: the same search
+    assert main(argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    models.write_text(source.replace("4, 16, step=4", "100, 200, step=50").replace("hp.Float('lr', 1e-3, 1e-2, sampling='log')", "hp.Choice('lr', [1e-3, 1e-2])"))
+    _fails(argv, capsys, "study 'hm' was started with a hypermodel that declared its parameters otherwise (changed: lr, units)")

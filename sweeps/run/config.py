@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 SAMPLERS = ("tpe", "random")
 
 #: What a study stores beside its settings (to refuse mixing), not read back as a setting.
-STORED_ONLY = ("data_fingerprint", "test_fingerprint")
+STORED_ONLY = ("data_fingerprint", "test_fingerprint", "hypermodel_params")
 
 
 @dataclass(frozen=True)

@@ -190,6 +190,13 @@ def _check_resume(
                 f"study '{name}' was started with a different {what}; "
                 f"resume it with the same {what} or launch under a new --study name"
             )
+    before, now = previous.get("hypermodel_params"), stored.get("hypermodel_params")
+    if before is not None and now is not None and before != now:  # studies from before it was stored: not checked
+        changed = sorted(key for key in {*before, *now} if before.get(key) != now.get(key))
+        raise ConfigError(
+            f"study '{name}' was started with a hypermodel that declared its parameters otherwise (changed: "
+            f"{', '.join(changed)}); resume it with the build function as it was, or launch under a new --study name"
+        )
     was_kept_in = canonical(previous.get("artifacts"))
     if was_kept_in != stored["artifacts"]:
         raise ConfigError(
