@@ -606,12 +606,13 @@ def _with_reference(study: str, storage: str | None, rows: list[dict[str, Any]])
     """Each row with the study's linear reference beside its val loss (``reference``), when the
     study has one."""
     from gapsweep.api import study_reference
+    from gapsweep.storage import trial_keys
     from gapsweep.sweeps.run.reference import versus
 
     reference = study_reference(study, storage)
     if reference is None:
         return rows
-    return [{**row, "reference": versus(reference, row.get("val_loss"))} for row in rows]
+    return [{**row, "reference": versus(reference, row.get("val_loss"), row.get(trial_keys.PRIOR_LOSS))} for row in rows]
 
 
 def _print_reference_line(study: str, storage: str | None, rows: list[dict[str, Any]], *, whole_sweep: bool = True) -> None:
@@ -625,7 +626,10 @@ def _print_reference_line(study: str, storage: str | None, rows: list[dict[str, 
     if reference is not None:
         pick = rows[0] if rows else {}
         linear_start = bool(pick.get(trial_keys.LINEAR_START))
-        print(sentence(reference, pick.get("number"), pick.get("val_loss"), linear_start=linear_start, whole_sweep=whole_sweep))
+        print(sentence(
+            reference, pick.get("number"), pick.get("val_loss"), linear_start=linear_start, whole_sweep=whole_sweep,
+            prior_loss=pick.get(trial_keys.PRIOR_LOSS),
+        ))
 
 
 def _selection_lines(selection: Any) -> str:

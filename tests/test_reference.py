@@ -124,8 +124,10 @@ def test_the_reference_is_stored_once_and_shown_beside_the_pick(any_url, tiny_sp
     row = json.loads(capsys.readouterr().out)["trials"][0]
     assert row["reference"] == {
         "model": "LogisticRegression", "params": stored["params"], "val_loss": 123.0,
-        "trial_val_loss": pick.attrs["val_loss"], "beaten": True,
+        "trial_val_loss": pick.attrs["val_loss"], "comparable": True, "beaten": True,
     }
+    # The trials' mean predictor scores what the reference's does: both use cross-entropy.
+    assert pick.attrs["prior_loss"] == pytest.approx(stored["prior_loss"], rel=1e-4)
     assert main(["show", "ref", str(pick.number), "--storage", any_url, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["reference"]["beaten"] is True
     assert main(["best", "--study", "ref", "--storage", any_url]) == 0
@@ -140,6 +142,13 @@ def test_the_reference_is_stored_once_and_shown_beside_the_pick(any_url, tiny_sp
     assert json.loads(capsys.readouterr().out)["trials"][0]["reference"]["beaten"] is False
     page = render_html(build_report("ref", any_url))
     assert '<p id="reference" class="warn">' in page and said.lower() in page.lower()
+
+    # Trials scored with another loss (a hypermodel compiled with MAE, say) are not compared.
+    _bump(any_url, "ref", prior_loss=stored["prior_loss"] * 3)
+    assert main(["best", "--study", "ref", "--storage", any_url]) == 0
+    assert "is scored with another loss" in capsys.readouterr().out
+    assert main(["best", "--study", "ref", "--storage", any_url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trials"][0]["reference"]["comparable"] is False
 
     # The reference's own test losses, per example, for benchmarks that compare picks on test rows.
     test = reference_test_losses("ref", any_url)

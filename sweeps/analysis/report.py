@@ -333,9 +333,10 @@ def render_html(report: Report) -> str:
 def _reference_paragraph(reference: dict[str, Any], pick: TrialRecord | None) -> str:
     """The best trial's val loss beside the linear reference's; flagged when it is not lower."""
     val_loss = pick.attrs.get(trial_keys.VAL_LOSS) if pick is not None else None
-    beaten = versus(reference, val_loss)["beaten"]
+    prior_loss = pick.attrs.get(trial_keys.PRIOR_LOSS) if pick is not None else None
+    beaten = versus(reference, val_loss, prior_loss)["beaten"]
     linear_start = pick is not None and bool(pick.attrs.get(trial_keys.LINEAR_START))
-    text = sentence(reference, pick.number if pick is not None else None, val_loss, linear_start=linear_start)
+    text = sentence(reference, pick.number if pick is not None else None, val_loss, linear_start=linear_start, prior_loss=prior_loss)
     return f'<p id="reference" class="{"" if beaten else "warn"}">{_e(text[0].upper() + text[1:])}.</p>'
 
 

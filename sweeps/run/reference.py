@@ -22,6 +22,7 @@ benchmarks that compare picks on data no trial saw.
 
 from __future__ import annotations
 
+import math
 import statistics
 import warnings
 from typing import Any, Mapping
@@ -66,7 +67,21 @@ def fit_reference(splits: Splits, *, cv: int = 0, seed: int = 0) -> dict[str, An
         # The rows val_loss averages: under cv, every training and val row once, as the trials' folds.
         "val_rows": len(splits.x_train) + len(splits.x_val) if cv > 1 else len(splits.x_val),
         "cv": cv if cv > 1 else 0,
+        # What predicting the training mean (class frequencies) scores on the val rows, in the
+        # reference's loss: a trial whose own prior scores otherwise was trained on another loss.
+        **({"prior_loss": float(losses.per_example(splits.task, splits.y_val, _prior(splits)).mean())} if cv <= 1 else {}),
     }
+
+
+def _prior(splits: Splits) -> np.ndarray:
+    """The mean predictor's outputs for the val rows: the training mean, or class frequencies."""
+    y = np.asarray(splits.y_train, dtype=np.float64)
+    if splits.task.task == "classification":
+        counts = np.bincount(y.astype(int).ravel(), minlength=splits.task.n_classes)[: splits.task.n_classes]
+        row = np.clip(counts / len(y), 1e-7, 1.0)
+    else:
+        row = y.reshape(len(y), -1).mean(axis=0)
+    return np.tile(row, (len(splits.y_val), 1))
 
 
 def linear_start(reference: Mapping[str, Any], space: SearchSpace, train_rows: int) -> dict[str, Any] | None:
@@ -127,21 +142,34 @@ def reference_test_losses(study: str, storage: str | None = None) -> np.ndarray:
     return losses.per_example(splits.task, splits.y_test, _predict(model, splits, splits.x_test))
 
 
-def versus(reference: Mapping[str, Any], val_loss: float | None) -> dict[str, Any]:
+def versus(reference: Mapping[str, Any], val_loss: float | None, prior_loss: float | None = None) -> dict[str, Any]:
     """A trial's val loss beside the reference's, as ``--json`` outputs carry it: ``beaten`` is
-    whether the trial's val loss is lower."""
+    whether the trial's val loss is lower; ``comparable`` is false where the trial was scored with
+    another loss (a hypermodel compiled with MAE, say), told by the mean predictor's loss
+    (``prior_loss``), and then nothing is beaten."""
+    comparable = same_loss(reference, prior_loss)
     return {
         "model": reference["model"],
         "params": reference["params"],
         "val_loss": reference["val_loss"],
         "trial_val_loss": val_loss,
-        "beaten": val_loss is not None and val_loss < float(reference["val_loss"]),
+        "comparable": comparable,
+        "beaten": comparable and val_loss is not None and val_loss < float(reference["val_loss"]),
     }
+
+
+def same_loss(reference: Mapping[str, Any], prior_loss: float | None) -> bool:
+    """Whether a trial whose mean predictor scored ``prior_loss`` uses the reference's loss
+    (unknown on either side: assumed so)."""
+    theirs = reference.get("prior_loss")
+    if prior_loss is None or theirs is None or not math.isfinite(prior_loss):
+        return True
+    return math.isclose(prior_loss, float(theirs), rel_tol=1e-3)
 
 
 def sentence(
     reference: Mapping[str, Any], number: int | None, val_loss: float | None, *, linear_start: bool = False,
-    whole_sweep: bool = True,
+    whole_sweep: bool = True, prior_loss: float | None = None,
 ) -> str:
     """One line for people: the pick's val loss beside the reference's, and plainly whether the
     sweep beat it (``linear_start``: the pick is the trial that started from the reference).
@@ -153,6 +181,11 @@ def sentence(
         return f"{line}; no complete trial to compare yet"
     if val_loss is None:
         return f"{line}; trial {number} has no val loss to compare"
+    if not same_loss(reference, prior_loss):
+        return (
+            f"{line}; trial {number} is scored with another loss (predicting the mean scores {prior_loss:.4g} in it, "
+            f"{float(reference['prior_loss']):.4g} in the reference's), so the two are not compared"
+        )
     if versus(reference, val_loss)["beaten"]:
         return f"{line}; trial {number}: val loss {val_loss:.4f}, lower"
     which = f"trial {number} (the linear start: no hidden layer, trained by Keras)" if linear_start else f"trial {number}"
