@@ -38,11 +38,11 @@ def load_space(ref: str | SearchSpace | dict[str, Any]) -> SearchSpace:
     if ".py:" in ref:
         return _from_python(ref)
     path = Path(ref)
-    if path.suffix.lower() in {".toml", ".yaml", ".yml"}:
-        return _from_file(path)
+    if path.suffix.lower() in {".toml", ".yaml", ".yml", ".json"}:
+        return _from_file(path)  # JSON is YAML
     raise SpaceError(
         f"unknown search space '{ref}': use a built-in name ({', '.join(builtin_names())}), "
-        "a .toml/.yaml file, or module.py:NAME"
+        "a .toml/.yaml/.json file, or module.py:NAME"
     )
 
 
@@ -71,7 +71,7 @@ _YamlLoader.add_implicit_resolver(
 
 
 def read_document(path: Path) -> dict[str, Any]:
-    """Parse a TOML or YAML file into a dict; a parse error becomes one line naming the file."""
+    """Parse a TOML or YAML (or JSON) file into a dict; a parse error becomes one line naming the file."""
     if not path.is_file():
         raise SpaceError(f"file not found: {path}")
     try:

@@ -261,6 +261,11 @@ class SearchSpace:
             if dist.when is not None:
                 condition = Condition.parse(name, dist.when)
                 earlier = list(self.params)[: list(self.params).index(name)]
+                if condition.name not in self.params:
+                    raise SpaceError(
+                        f"parameter '{name}': 'when' refers to '{condition.name}', which is no parameter of this "
+                        f"space (a typo?); parameters: {', '.join(self.params)}"
+                    )
                 if condition.name not in earlier:
                     raise SpaceError(
                         f"parameter '{name}': 'when' refers to '{condition.name}', which must be declared "
@@ -335,6 +340,11 @@ def _parse_param(name: str, spec: Any) -> Distribution:
     if not isinstance(spec, Mapping):
         raise SpaceError(f"parameter '{name}': expected a table with a 'type', got {spec!r}")
     kind = spec.get("type")
+    if "type" not in spec:
+        raise SpaceError(
+            f"parameter '{name}': its table has no 'type' (keys: {', '.join(map(str, spec)) or 'none'}); "
+            f"add type = one of {', '.join(sorted(_KEYS))}"
+        )
     if kind not in _KEYS:
         raise SpaceError(
             f"parameter '{name}': unknown type {kind!r}; use one of {', '.join(sorted(_KEYS))}"

@@ -63,6 +63,7 @@ def test_sampling_respects_bounds_and_is_seeded():
     [
         ({}, "empty"),
         ({"l2": {"type": "gaussian", "low": 0, "high": 1}}, "unknown type 'gaussian'"),
+        ({"units": {"typ": "int", "low": 8, "high": 16}}, "its table has no 'type' (keys: typ, low, high); add type = one of"),
         ({"l2": {"type": "float", "low": 1.0, "high": 0.1}}, "greater than high"),
         ({"l2": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, "needs low > 0"),
         ({"l2": {"type": "float", "low": "a", "high": 0.1}}, "must be a number"),
@@ -161,7 +162,8 @@ def test_conditions_round_trip_and_compare_values():
 @pytest.mark.parametrize(
     "raw, fragment",
     [
-        ({"a": {"type": "int", "low": 0, "high": 2, "when": "b > 0"}}, "must be declared before it"),
+        ({"a": {"type": "int", "low": 0, "high": 2, "when": "b > 0"}, "b": [1, 2]}, "must be declared before it"),
+        ({"b": [1, 2], "a": {"type": "int", "low": 0, "high": 2, "when": "n_b > 0"}}, "'when' refers to 'n_b', which is no parameter of this space \\(a typo\\?\\); parameters: b, a"),
         ({"b": [1, 2], "a": {"type": "int", "low": 0, "high": 2, "when": "b ~ 0"}}, "NAME OP VALUE"),
         ({"b": [1, 2], "a": {"type": "int", "low": 0, "high": 2, "when": "b > x"}}, "needs a number"),
         ({"b": [1, 2], "a": {"type": "int", "low": 0, "high": 2, "when": {"b": 1}}}, "NAME OP VALUE"),
@@ -204,3 +206,9 @@ def test_a_yaml_space_reads_1e_5_as_a_number(tmp_path):
     (tmp_path / "s.yaml").write_text("l2: {type: float, low: 1e-5, high: 1e-1, log: true}\nunits: {type: int, low: 8, high: 16}\n")
     space = load_space(str(tmp_path / "s.yaml"))
     assert space.params["l2"].low == 1e-5 and space.params["units"].high == 16
+
+
+def test_a_json_space_file_reads_as_the_yaml_it_is(tmp_path):
+    path = tmp_path / "space.json"
+    path.write_text('{"units": {"type": "int", "low": 8, "high": 16}, "dropout": [0.0, 0.2]}')
+    assert set(load_space(str(path)).params) == {"units", "dropout"}
