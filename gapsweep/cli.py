@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     launch.add_argument("sweep_file", nargs="?", help="sweep file (.toml/.yaml) with the settings below")
     _study_flag(launch, required=False)
-    launch.add_argument("--space", help="built-in space (mlp), a .toml/.yaml file, or module.py:NAME")
+    launch.add_argument("--space", help="built-in space (mlp), a .toml/.yaml/.json file, or module.py:NAME")
     launch.add_argument(
         "--hypermodel", metavar="MODULE.py:NAME",
         help="instead of --space: a KerasTuner build_model(hp) function or HyperModel in a Python file",
