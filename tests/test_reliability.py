@@ -280,6 +280,7 @@ def test_an_interrupted_launch_exits_130_without_a_traceback(tmp_path, signals):
     if signals == 1:  # the trial in flight finished
         assert states == ["COMPLETE"]
     else:  # stopped at once: the trial failed, and its parameters wait for the next launch
+        assert "SIGINT again: stopping now; the running trial is queued again" in err
         assert states == ["FAIL", "WAITING"]
         failed, queued = optuna.load_study(study_name="stop", storage=url).trials
         assert queued.system_attrs["fixed_params"] == failed.params and queued.user_attrs["requeued_from"] == failed.number

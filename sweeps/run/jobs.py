@@ -185,6 +185,8 @@ def run_jobs(spec: JobSpec, jobs: int, *, threads: int, poll: Callable[[], None]
                 f"gapsweep: {name}: {len(running)} job(s) finish their current trials, then stop "
                 "(send it again to stop them now)", file=sys.stderr,
             )
+        elif len(stops) == 2:
+            tqdm.write(f"gapsweep: {name} again: stopping the jobs now; their running trials are queued again", file=sys.stderr)
         for job in running:
             job.signal(signum)
 

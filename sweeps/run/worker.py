@@ -35,6 +35,9 @@ def graceful_stop(sweep: Sweep) -> Iterator[None]:
 
     def handle(signum: int, frame: FrameType | None) -> None:
         if sweep.stop_requested:
+            if sweep.job is None:
+                print(f"gapsweep: {signal.Signals(signum).name} again: stopping now; the running trial is queued again",
+                      file=sys.stderr, flush=True)
             raise KeyboardInterrupt
         sweep.stop_requested = True
         if sweep.job is not None:
