@@ -537,6 +537,11 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _how_to_go_on(args: argparse.Namespace) -> str:
+    """For a stopped worker: how its study goes on (a stopped launch says so itself)."""
+    return f"; start a worker on study '{args.study}' again to go on" if args.command == "worker" else ""
+
+
 def _against_baseline(baseline: Any, best: Any) -> str:
     """One line: the best trial's score against the user's own configuration."""
     if baseline.value is None:
@@ -882,7 +887,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         if getattr(args, "job", None) is None:  # a job of `launch --jobs`: launch says it once for all
-            print("gapsweep: interrupted", file=sys.stderr)
+            print(f"gapsweep: interrupted{_how_to_go_on(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`gapsweep best --json | head`): stop quietly, as Unix tools do.

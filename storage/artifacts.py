@@ -103,7 +103,7 @@ class Artifact:
 
 def ensure_schema(engine: Engine) -> None:
     """Create gapsweep's tables, or bring older ones up to ``SCHEMA_VERSION``, one process at a time."""
-    with schema_lock(engine):
+    with schema_lock(engine, "gapsweep_schema"):
         _create_or_upgrade(engine)
 
 

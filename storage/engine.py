@@ -108,8 +108,8 @@ def sqlite_path(url: URL) -> Path | None:
     return Path(url.database)
 
 
-def _prepare_sqlite(path: Path, flag: str) -> None:
-    """WAL lets readers run beside a writer; the mode persists in the file once set."""
+def _check_sqlite(path: Path, flag: str) -> None:
+    """A SQLite file a sweep can create or write, or one line saying why not."""
     if not path.parent.exists():
         raise StorageError(f"folder {path.parent} does not exist; create it or choose another {flag} path")
     if path.is_dir():
@@ -118,6 +118,11 @@ def _prepare_sqlite(path: Path, flag: str) -> None:
     if (path.exists() and not os.access(path, os.W_OK)) or not os.access(path.parent, os.W_OK):
         where = path if path.exists() and not os.access(path, os.W_OK) else path.parent
         raise StorageError(f"{where} is read-only; a sweep needs to write there (copy the database elsewhere or fix its permissions)")
+
+
+def _use_wal(path: Path, flag: str) -> None:
+    """WAL lets readers run beside a writer; the mode persists in the file once set. Switched
+    under the schema lock: two processes switching a new file at once get "database is locked"."""
     with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)) as conn:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
@@ -141,9 +146,11 @@ def open_storage(url_text: str | None, *, flag: str = "--storage", **storage_kwa
     url = parse(url_text)
     path = sqlite_path(url)
     if path is not None:
-        _prepare_sqlite(path, flag)
+        _check_sqlite(path, flag)
     try:
         with _schema_lock(url):
+            if path is not None:
+                _use_wal(path, flag)
             storage = optuna_tables.LightHeartbeatStorage(
                 url.render_as_string(hide_password=False), engine_kwargs=engine_kwargs(url), **storage_kwargs
             )
@@ -158,7 +165,7 @@ def _schema_lock(url: URL) -> Iterator[None]:
     """``locks.schema_lock`` while Optuna creates (or checks) its tables."""
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     try:
-        with schema_lock(engine):
+        with schema_lock(engine, "alembic_version"):  # Optuna's version row, written last
             yield
     finally:
         engine.dispose()

@@ -18,6 +18,7 @@ import hashlib
 import math
 import os
 import socket
+import sqlite3
 import time
 from pathlib import Path
 from typing import IO
@@ -37,12 +38,36 @@ _POLL_S = 0.02
 SCHEMA_LOCK = "gapsweep: creating the database"
 
 
-def schema_lock(engine: Engine) -> contextlib.AbstractContextManager[object]:
-    """Held while tables are created or upgraded, so two first launches on a new PostgreSQL
-    database do not both run ``CREATE TABLE`` (one would fail on the other's half-made types).
-    A SQLite file serializes its writers itself, and a lock file there would be a file written
-    by commands that must write nothing."""
-    return StudyLock(engine, SCHEMA_LOCK) if engine.dialect.name == "postgresql" else contextlib.nullcontext()
+def schema_lock(engine: Engine, version_table: str) -> contextlib.AbstractContextManager[object]:
+    """Held while tables are created or upgraded, so two first launches on a new database do
+    not both run ``CREATE TABLE`` (one would fail on the other's half-made tables or version
+    row): PostgreSQL's advisory lock, or the lock file beside a SQLite file (the one its trials
+    are claimed under). A SQLite file whose ``version_table`` holds its row is made already, and
+    a command on it writes no lock file; nor does one on an in-memory database or in a folder
+    this process cannot write to."""
+    if engine.dialect.name == "postgresql":
+        return StudyLock(engine, SCHEMA_LOCK)
+    database = engine.url.database
+    if database in (None, "", ":memory:") or not os.access(Path(database).resolve().parent, os.W_OK):
+        return contextlib.nullcontext()
+    if _made(Path(database), version_table):
+        return contextlib.nullcontext()
+    return StudyLock(engine, SCHEMA_LOCK)
+
+
+def _made(path: Path, version_table: str) -> bool:
+    """Whether the SQLite file at ``path`` holds a row in ``version_table``, read without writing.
+    A file that is no SQLite database counts as made: nothing will be created in it, and the
+    caller names what it is."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)) as conn:
+            return conn.execute(f'SELECT 1 FROM "{version_table}" LIMIT 1').fetchone() is not None
+    except sqlite3.OperationalError:  # no such table yet (or locked while being made)
+        return False
+    except sqlite3.DatabaseError:
+        return True
 
 
 def lock_timeout_s() -> float:

@@ -306,3 +306,32 @@ def test_a_launch_killed_mid_trial_on_sqlite_loses_nothing_when_launched_again(t
     assert again.returncode == 0, again.stderr[-2000:]
     assert_resumed(url, engine, "crash", killed, epochs=12)
     engine.dispose()
+
+
+def test_two_first_launches_racing_on_a_new_study_create_it_and_queue_its_starts_once(any_url, tiny_space):
+    """Two processes (here threads, each with its own connections and lock handles) preparing the
+    same new study at once: the database's tables are made once and the linear start is queued once."""
+    import threading
+
+    from gapsweep.sweeps.run.launch import prepare
+
+    space = {**tiny_space, "n_layers": {"type": "int", "low": 0, "high": 2}}
+    config = SweepConfig(study="race", space=space, data=DataSpec("wine"), trials=4, storage=any_url)
+    barrier, errors = threading.Barrier(2), []
+
+    def first_launch() -> None:
+        barrier.wait()
+        try:
+            prepare(config).close()
+        except Exception as exc:  # reported below, with the thread's own message
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first_launch) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    trials = optuna.load_study(study_name="race", storage=any_url).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.WAITING]
+    assert trials[0].user_attrs.get("linear_start") is True

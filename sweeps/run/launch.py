@@ -146,10 +146,17 @@ def prepare(config: SweepConfig, *, salt: str | None = None, allow_objective_cha
             reference = fit_reference(splits, cv=config.objective.cv, seed=config.seed)
             if reference is not None:
                 study.set_user_attr(REFERENCE_ATTR, reference)
-        n_existing = len(study.get_trials(deepcopy=False))
-        study.sampler = _sampler(config, n_existing=n_existing, salt=salt)
+        n_existing, queued = len(study.get_trials(deepcopy=False)), 0
         if n_existing == 0:
-            n_existing += _enqueue_starts(study, config, hypermodel, study.user_attrs.get(REFERENCE_ATTR), len(splits.x_train))
+            # Under the study lock, counted again: two first launches racing on a new study
+            # queue the starts once, not twice.
+            with StudyLock(storage.engine, config.study):
+                n_existing = len(study.get_trials(deepcopy=False))
+                if n_existing == 0:
+                    reference = study.user_attrs.get(REFERENCE_ATTR)
+                    queued = _enqueue_starts(study, config, hypermodel, reference, len(splits.x_train))
+        study.sampler = _sampler(config, n_existing=n_existing, salt=salt)
+        n_existing += queued
     except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         storage.engine.dispose()
         raise describe_failure(storage.engine.url, exc.__cause__ or exc) from None

@@ -70,7 +70,8 @@ def work(
 ) -> int:
     """Run trials of ``config``'s study in this process; ``exec`` a fresh one to go on.
 
-    Returns the number of trials this process ran. ``argv`` is the command line to re-run
+    Returns the number of trials this process ran; raises ``KeyboardInterrupt`` once they are
+    done when a signal asked it to stop (the study may still need work). ``argv`` is the command line to re-run
     after ``trials_per_process`` trials (None: never re-exec, as in tests). ``job``: this worker
     is job K of ``launch --jobs`` (see ``Sweep.job``). ``stop_at``: wall-clock time after which
     no trial starts (it survives the re-exec, where a timeout would restart).
@@ -89,4 +90,6 @@ def work(
         sys.stdout.flush()
         sys.stderr.flush()
         os.execv(sys.executable, [sys.executable, "-m", "gapsweep.cli", *argv])
+    if sweep.stop_requested:
+        raise KeyboardInterrupt
     return ran
