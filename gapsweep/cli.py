@@ -43,8 +43,8 @@ def _storage_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _study_flag(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--study", required=required, default=None, help="study name")
+def _study_flag(parser: argparse.ArgumentParser, required: bool = True, help: str = "study name") -> None:
+    parser.add_argument("--study", required=required, default=None, help=help)
 
 
 def _format_flags(parser: argparse.ArgumentParser, csv: bool = True) -> None:
@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Optuna studies in a SQL database, pruned per epoch, scored by val loss plus a penalty "
         "on the train/val gap.",
     )
+    from gapsweep import __version__
+
+    parser.add_argument("--version", action="version", version=f"gapsweep {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     launch = commands.add_parser(
@@ -102,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         "each in its own worker process (--jobs).",
     )
     launch.add_argument("sweep_file", nargs="?", help="sweep file (.toml/.yaml) with the settings below")
-    _study_flag(launch, required=False)
-    launch.add_argument("--space", help="built-in space (mlp), a .toml/.yaml/.json file, or module.py:NAME")
+    _study_flag(launch, required=False, help="study name (default: the sweep file's, else 'gapsweep')")
+    launch.add_argument("--space", help="built-in space (mlp, the default, or cnn), a .toml/.yaml/.json file, or module.py:NAME")
     launch.add_argument(
         "--hypermodel", metavar="MODULE.py:NAME",
         help="instead of --space: a KerasTuner build_model(hp) function or HyperModel in a Python file",
@@ -220,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     trials = commands.add_parser("trials", help="all trials of a study", description="Every trial with its state, score parts and parameters.")
     _study_flag(trials)
-    trials.add_argument("--state", action="append", help="only trials in this state (repeatable): complete, pruned, fail, running")
+    trials.add_argument("--state", action="append", help="only trials in this state (repeatable): complete, pruned, fail, running, waiting")
     _param_flag(trials)
     _storage_flag(trials)
     _format_flags(trials)
@@ -489,11 +492,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     sweep = prepare(config, allow_objective_change=args.allow_objective_change)
     if args.create_only:
         sweep.close()
-        where = " in a checkout of the project (or with --code-dir PROJECT_FOLDER)" if config.hypermodel is not None else ""
-        from gapsweep.storage.url import mask, parse
-
-        url = shlex.quote(mask(parse(config.storage)))
-        print(f"study '{config.study}' is ready: start workers with gapsweep worker --study {shlex.quote(config.study)} --storage {url}{where}")
+        print(_ready_line(config))
         return 0
     progress = False if args.no_progress or args.json else None
     try:
@@ -519,7 +518,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         print(to_json({**summary, "baseline": baseline.summary() if baseline else None}))
     else:
         finished = ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n)
-        print(f"study '{config.study}': {finished}")
+        print(f"study '{config.study}': {finished or 'no trial yet'}")
         print(trials_table([t.summary() for t in top]) if top else "no complete trial yet")
         if baseline is not None:
             print(_against_baseline(baseline, top[0] if top else None))
@@ -535,6 +534,26 @@ def _cmd_launch(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _ready_line(config: Any) -> str:
+    """The worker command for a study made with ``--create-only``, ready to paste: the URL as
+    the user would type it with its password left out (a worker reads it from PGPASSWORD or
+    ~/.pgpass), and ``--code-dir`` where the study's code is relative to another folder."""
+    from sqlalchemy.engine import URL
+
+    from gapsweep.search_spaces.code_refs import is_ref
+    from gapsweep.storage.url import parse
+
+    url = parse(config.storage)
+    note = "" if url.password is None else " (the password is left out: give the workers PGPASSWORD or a ~/.pgpass)"
+    url = URL.create(url.drivername.split("+")[0], url.username, None, url.host, url.port, url.database, url.query)
+    flags = f"--study {shlex.quote(config.study)} --storage {shlex.quote(url.render_as_string(hide_password=False))}"
+    if config.hypermodel is not None or is_ref(str(config.data.source)):
+        folder = os.path.relpath(Path(config.code_dir or ".").resolve())
+        flags += f" --code-dir {shlex.quote(folder)}" if folder != "." else ""
+        note += " in a checkout of the project"
+    return f"study '{config.study}' is ready: start workers with gapsweep worker {flags}{note}"
 
 
 def _how_to_go_on(args: argparse.Namespace) -> str:
@@ -723,7 +742,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         stop_at=args.stop_at,
     )
     if talk:
-        print(f"gapsweep worker {os.getpid()}: ran {ran} trial(s); study '{args.study}' needs no more work from it", file=sys.stderr)
+        print(f"gapsweep worker {os.getpid()}: ran {ran} trial(s) since it last replaced itself (--trials-per-process); study '{args.study}' needs no more work from it", file=sys.stderr)
     return 0
 
 

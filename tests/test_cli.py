@@ -127,3 +127,15 @@ def test_a_space_mistake_found_by_asking_keras_is_one_line_in_a_fresh_process(tm
     )
     assert done.returncode == 1
     assert done.stderr.startswith("gapsweep: error: parameter 'activation': choice 'nope'") and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_create_only_prints_a_worker_command_that_pastes(postgres_url, tmp_path, capsys, monkeypatch):
+    """No masked password to paste (a worker reads PGPASSWORD), the URL as typed, and --code-dir
+    where the study's loader is relative to the sweep file's folder."""
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)  # the project's checkout
+    with_password = postgres_url.replace("postgres@", "postgres:S3cret@").replace("+psycopg", "")
+    assert main(["launch", "examples/images_loader.toml", "--study", "ready", "--create-only", "--storage", with_password]) == 0
+    out = capsys.readouterr().out.strip()
+    assert "S3cret" not in out and "***" not in out and "+psycopg" not in out
+    assert f"gapsweep worker --study ready --storage '{postgres_url.replace('+psycopg', '')}' --code-dir examples" in out
+    assert out.endswith("(the password is left out: give the workers PGPASSWORD or a ~/.pgpass) in a checkout of the project")

@@ -57,6 +57,13 @@ def test_a_trial_that_starts_from_fitted_weights_is_not_called_underfit_for_its_
     assert diagnose(*flat, warm_start=True).label == GOOD_FIT
 
 
+def test_a_pruned_trial_is_not_told_to_train_longer():
+    falling = ([2.0, 1.5, 1.0], [2.05, 1.55, 1.05])
+    assert diagnose(*falling).reason.endswith("more epochs would help")
+    pruned = diagnose(*falling, pruned=True)
+    assert pruned.label == UNDERFITTING and pruned.reason.endswith("the pruner stopped it as behind the other trials")
+
+
 def test_a_good_fit_reports_the_gap_as_stored_never_below_zero():
     reason = diagnose([1.0, 0.5, 0.32, 0.3], [0.9, 0.45, 0.3, 0.28]).reason
     assert "gap 0)" in reason

@@ -17,7 +17,8 @@ cross-entropy and a mean squared error the same way. The first rule that matches
    epoch's: the model barely learned (too much L2 or dropout, too small, too low a rate; not
    asked of a trial that started from fitted weights, the linear start); or the
    last epoch still cut train or val loss by more than ``STILL_FALLING`` (10 %) to a new low:
-   training stopped (epoch budget, pruning) before the model converged.
+   training stopped (the epoch budget, or the pruner) before the model converged; a pruned
+   trial's reason says the pruner judged it behind, not that it wants more epochs.
 5. ``good fit``: none of the above.
 
 The best epoch is the one early stopping restored (the trial's ``best_epoch`` attribute); a
@@ -72,9 +73,11 @@ class Diagnosis:
 
 
 def diagnose(
-    train: Sequence[float], val: Sequence[float], *, best_epoch: int | None = None, warm_start: bool = False
+    train: Sequence[float], val: Sequence[float], *, best_epoch: int | None = None, warm_start: bool = False,
+    pruned: bool = False,
 ) -> Diagnosis:
-    """Apply the module's rule to one trial's curves (``warm_start``: it began from fitted weights)."""
+    """Apply the module's rule to one trial's curves (``warm_start``: it began from fitted weights;
+    ``pruned``: the pruner stopped it for being behind, so "still falling" comes with no advice to train on)."""
     if len(train) != len(val):
         raise ValueError(f"train and val curves differ in length ({len(train)} vs {len(val)})")
     for epoch, (t, v) in enumerate(zip(train, val)):
@@ -111,10 +114,11 @@ def diagnose(
         )
     for name, curve in (("train", train), ("val", val)):
         if curve[-1] < (1 - STILL_FALLING) * curve[-2] and curve[-1] <= min(curve):
+            why = "the pruner stopped it as behind the other trials" if pruned else "more epochs would help"
             return Diagnosis(
                 UNDERFITTING,
                 f"{name} loss was still falling when training stopped ({curve[-2]:.4g} to {curve[-1]:.4g} "
-                f"in the last epoch, {1 - curve[-1] / curve[-2]:.0%}): more epochs would help",
+                f"in the last epoch, {1 - curve[-1] / curve[-2]:.0%}): {why}",
             )
     return Diagnosis(
         GOOD_FIT,
@@ -131,6 +135,7 @@ def diagnose_record(record: TrialRecord) -> Diagnosis:
         record.attrs.get(trial_keys.curve_key("val_loss")) or [],
         best_epoch=best_epoch if isinstance(best_epoch, int) else None,
         warm_start=bool(record.attrs.get(trial_keys.LINEAR_START)),
+        pruned=record.state == "PRUNED",
     )
 
 

@@ -247,7 +247,7 @@ def _pareto_section(complete: Sequence[TrialRecord]) -> Section:
     axes.set_xlabel("gap at best epoch (val − train loss, ≥ 0)")
     axes.set_ylabel("val loss at best epoch")
     axes.set_title(f"Val loss against gap of {len(points)} complete trials ({len(front)} on the Pareto front)")
-    axes.legend(loc="upper right")
+    axes.legend(loc="best")  # where it covers the fewest points
     axes.grid(alpha=0.3)
     return Section(name, heading, figure)
 

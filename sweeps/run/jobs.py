@@ -229,7 +229,9 @@ def _wait(running: list[_Job], outcome: Outcome, poll: Callable[[], None]) -> No
                     outcome.error = job.error
                     for other in alive:
                         other.signal(signal.SIGTERM)  # finish the trial at hand, then stop
-            elif code < 0 or (code not in (0, 130) and not outcome.interrupted):
+            elif (code < 0 and not (outcome.interrupted and -code in (signal.SIGINT, signal.SIGTERM))) or (
+                code not in (0, 130) and not outcome.interrupted
+            ):  # a job stopped by the signal launch passed on (before its handler was set) did not die
                 how = signal.Signals(-code).name if code < 0 else f"exit status {code}"
                 line = f"job {job.index} (pid {job.process.pid}) died ({how})"
                 outcome.died.append(line)

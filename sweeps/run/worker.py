@@ -22,6 +22,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Iterator, Sequence
 
+from tqdm import tqdm
+
 from gapsweep.errors import ConfigError
 from gapsweep.sweeps.run.config import SweepConfig
 from gapsweep.sweeps.run.launch import Sweep, has_work, prepare, run_trials
@@ -36,14 +38,14 @@ def graceful_stop(sweep: Sweep) -> Iterator[None]:
     def handle(signum: int, frame: FrameType | None) -> None:
         if sweep.stop_requested:
             if sweep.job is None:
-                print(f"gapsweep: {signal.Signals(signum).name} again: stopping now; the running trial is queued again",
-                      file=sys.stderr, flush=True)
+                tqdm.write(f"gapsweep: {signal.Signals(signum).name} again: stopping now; the running trial is queued again",
+                           file=sys.stderr)
             raise KeyboardInterrupt
         sweep.stop_requested = True
         if sweep.job is not None:
             return  # launch said it once for all its jobs
-        print(f"gapsweep: {signal.Signals(signum).name}: finishing the current trial, then stopping "
-              "(send it again to stop now)", file=sys.stderr, flush=True)
+        tqdm.write(f"gapsweep: {signal.Signals(signum).name}: finishing the current trial, then stopping "
+                   "(send it again to stop now)", file=sys.stderr)  # on a line of its own, above the bar
 
     def hang_up(signum: int, frame: FrameType | None) -> None:
         sweep.stop_requested = True
