@@ -35,3 +35,10 @@ class StorageError(GapsweepError):
 
 class SweepFailedError(GapsweepError):
     """A sweep stopped because its trials kept failing (e.g. every one diverged)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: the first line of its message`` (the type alone for an empty one): an error raised
+    by the user's own code, told in one line without its traceback."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from gapsweep.errors import ConfigError, DataError, GapsweepError, SpaceError
+from gapsweep.errors import ConfigError, DataError, GapsweepError, SpaceError, one_line
 from gapsweep.search_spaces import code_refs
 from gapsweep.search_spaces.builder import TaskSpec
 from gapsweep.search_spaces.hypermodel import FitSettings
@@ -454,7 +454,7 @@ class KerasTunerHypermodel:
             raise
         except Exception as exc:  # the user's code: any error it raises is named in one line
             raise SpaceError(
-                f"{self.ref}: build(hp) raised {type(exc).__name__}: {_first_line(exc)}{_where(exc, self.ref)} "
+                f"{self.ref}: build(hp) raised {one_line(exc)}{_where(exc, self.ref)} "
                 "with KerasTuner's default values; fix the build function"
             ) from None
         _check_outputs(model, x, task)
@@ -600,11 +600,6 @@ class ModelCheckError(SpaceError):
 class BuildFailed(RuntimeError):
     """A trial's build(hp) returned no trainable model for that trial's values: the trial fails,
     the sweep goes on (a user mistake for every value is caught by ``check`` before the study)."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "(no message)"
 
 
 def _where(exc: BaseException, ref: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from gapsweep.errors import SpaceError
+from gapsweep.errors import SpaceError, one_line
 from gapsweep.search_spaces.space import SearchSpace
 
 BUILTIN_DIR = Path(__file__).parent
@@ -126,10 +126,7 @@ def python_object(ref: str, what: str) -> Any:
         raise SpaceError(f"{exc.filename or path} line {exc.lineno}: SyntaxError: {exc.msg} (in {what} '{ref}')") from None
     except Exception as exc:  # the user's code ran: whatever it raises is named in one line
         del sys.modules[module_name]
-        text = str(exc).strip().splitlines()
-        raise SpaceError(
-            f"importing {path} (the {what} '{ref}') raised {type(exc).__name__}: {text[0] if text else '(no message)'}"
-        ) from None
+        raise SpaceError(f"importing {path} (the {what} '{ref}') raised {one_line(exc)}") from None
     if not hasattr(module, attr):
         raise SpaceError(f"{path} has no attribute '{attr}'")
     return getattr(module, attr)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from gapsweep import env
 from gapsweep.storage import trial_keys
-from gapsweep.errors import ConfigError, GapsweepError, SweepFailedError
+from gapsweep.errors import ConfigError, GapsweepError, SweepFailedError, one_line
 from gapsweep.search_spaces import code_refs
 from gapsweep.search_spaces.hypermodel import Hypermodel, SpaceHypermodel
 from gapsweep.search_spaces import keras_tuner
@@ -465,8 +465,7 @@ class _FailureGuard:
         except (GapsweepError, SQLAlchemyError, optuna.exceptions.StorageInternalError):
             raise
         except Exception as exc:
-            text = str(exc).strip()
-            self.reason = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+            self.reason = one_line(exc)
             trial.set_user_attr(trial_keys.FAIL_REASON, self.reason)
             raise TrialFailed(self.reason) from exc
         values = value if isinstance(value, (tuple, list)) else (value,)
