@@ -289,8 +289,12 @@ def _relative(ref: str, base: Path) -> str:
 def stored_sweep(study: str, storage: str | None, code_dir: str | None = None) -> SweepConfig:
     """The configuration a study was launched with, bound to ``storage`` and to this machine's
     project folder ``code_dir`` (None: the current folder), where its hypermodel is looked up."""
-    stored = {key: value for key, value in get_study_config(study, storage).items() if key not in STORED_ONLY}
-    return SweepConfig.from_dict(stored).override(storage=storage, code_dir=code_dir)
+    return _from_stored(get_study_config(study, storage), storage, code_dir)
+
+
+def _from_stored(stored: Mapping[str, Any], storage: str | None, code_dir: str | None) -> SweepConfig:
+    settings = {key: value for key, value in stored.items() if key not in STORED_ONLY}
+    return SweepConfig.from_dict(settings).override(storage=storage, code_dir=code_dir)
 
 
 def stored_sweep_data(
@@ -300,7 +304,7 @@ def stored_sweep_data(
     study was launched on (by fingerprint, as a resumed launch checks them): ``purpose`` (e.g.
     "a refit") would otherwise train or judge on other rows without a word."""
     stored = get_study_config(study, storage)
-    config = stored_sweep(study, storage, code_dir)
+    config = _from_stored(stored, storage, code_dir)
     splits = datasets.load(config.data, config.code_dir)
     for key, now in (("data_fingerprint", splits.fingerprint), ("test_fingerprint", splits.test_fingerprint)):
         was = stored.get(key)

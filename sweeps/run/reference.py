@@ -36,6 +36,7 @@ from gapsweep.sweeps.data import losses
 from gapsweep.sweeps.data.cv import k_folds
 from gapsweep.sweeps.data.datasets import Splits
 from gapsweep.sweeps.run.config import stored_sweep_data
+from gapsweep.sweeps.trial.trainer import prior_predictions
 
 #: Regularization strengths tried: C of LogisticRegression (inverse strength), alpha of Ridge.
 GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -69,19 +70,17 @@ def fit_reference(splits: Splits, *, cv: int = 0, seed: int = 0) -> dict[str, An
         "cv": cv if cv > 1 else 0,
         # What predicting the training mean (class frequencies) scores on the val rows, in the
         # reference's loss: a trial whose own prior scores otherwise was trained on another loss.
-        **({"prior_loss": float(losses.per_example(splits.task, splits.y_val, _prior(splits)).mean())} if cv <= 1 else {}),
+        **({"prior_loss": _prior_loss(splits)} if cv <= 1 else {}),
     }
 
 
-def _prior(splits: Splits) -> np.ndarray:
-    """The mean predictor's outputs for the val rows: the training mean, or class frequencies."""
-    y = np.asarray(splits.y_train, dtype=np.float64)
-    if splits.task.task == "classification":
-        counts = np.bincount(y.astype(int).ravel(), minlength=splits.task.n_classes)[: splits.task.n_classes]
-        row = np.clip(counts / len(y), 1e-7, 1.0)
-    else:
-        row = y.reshape(len(y), -1).mean(axis=0)
-    return np.tile(row, (len(splits.y_val), 1))
+def _prior_loss(splits: Splits) -> float:
+    """The val loss of predicting the training mean (class frequencies), as the trials' prior."""
+    y = np.asarray(splits.y_train)
+    classification = splits.task.task == "classification"
+    width = splits.task.n_classes if classification else y.reshape(len(y), -1).shape[1]
+    prior = prior_predictions(y, len(splits.y_val), width, classification, from_logits=False)
+    return float(losses.per_example(splits.task, splits.y_val, prior).mean())
 
 
 def linear_start(reference: Mapping[str, Any], space: SearchSpace, train_rows: int) -> dict[str, Any] | None:
