@@ -48,9 +48,9 @@ def schema_lock(engine: Engine, version_table: str) -> contextlib.AbstractContex
     if engine.dialect.name == "postgresql":
         return StudyLock(engine, SCHEMA_LOCK)
     database = engine.url.database
-    if database in (None, "", ":memory:") or not os.access(Path(database).resolve().parent, os.W_OK):
-        return contextlib.nullcontext()
-    if _made(Path(database), version_table):
+    if database in (None, "", ":memory:") or not os.access(Path(database).resolve().parent, os.W_OK) or _made(
+        Path(database), version_table
+    ):
         return contextlib.nullcontext()
     return StudyLock(engine, SCHEMA_LOCK)
 
