@@ -15,7 +15,8 @@ from gapsweep.storage import artifacts
 
 def kill_at_first_checkpoint(process: subprocess.Popen, engine: Engine, study: str, timeout_s: float) -> artifacts.Artifact | None:
     """SIGKILL ``process`` as soon as one of ``study``'s trials has a checkpoint past epoch 0 (its
-    bytes read back from the study's store); that checkpoint, or None if none came in time."""
+    bytes read back from the study's store); the checkpoint the index holds once the process is
+    dead, or None if none came in time."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and process.poll() is None:
         try:
@@ -26,7 +27,10 @@ def kill_at_first_checkpoint(process: subprocess.Popen, engine: Engine, study: s
             checkpoint = artifacts.load(engine, study, number, artifacts.CHECKPOINT)
             if checkpoint is not None and checkpoint.epoch >= 1:
                 process.kill()  # kill -9 in the middle of the trial
-                return checkpoint
+                process.wait()
+                # The worker may have replaced that checkpoint by the next epoch's before the signal
+                # landed: what a resume finds is the row in the index once the process is gone.
+                return artifacts.load(engine, study, number, artifacts.CHECKPOINT) or checkpoint
         time.sleep(0.2)
     return None
 
