@@ -4,7 +4,8 @@ Both arms run the same seeded digits sweep (train_fraction 0.3, built-in ``mlp``
 median pruning, 20 trials) as the command a user types, each in a fresh process on its own SQLite
 file, arms alternating seed by seed so a burst of load hits them alike. The clock covers the
 whole command, TensorFlow's import in every process included: that is what a user waits for, and
-what parallel jobs pay N times over.
+what parallel jobs pay N times over (``launch`` starts its jobs before it prepares the study, so
+their imports overlap its own work).
 
 Quality: the best trial's stored model (it takes raw rows) is scored on the held-out test split
 (cross-entropy, clipped as Keras clips it), off the clock. The parallel sweep samples with fewer

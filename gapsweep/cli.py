@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a sweep until the study holds --trials finished trials. A sweep file "
         "(TOML/YAML) may hold every setting; flags override it. Launching an existing study "
         "resumes it towards the same total budget. Trains one trial per usable core at once by default, "
-        "each in its own worker process (--jobs).",
+        "this process and worker processes beside it (--jobs).",
     )
     launch.add_argument("sweep_file", nargs="?", help="sweep file (.toml/.yaml) with the settings below")
     _study_flag(launch, required=False, help="study name (default: the sweep file's, else 'gapsweep')")
@@ -172,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--seed", type=int, help="seed for the sampler, the split and the weights (default 0)")
     launch.add_argument(
         "--jobs", type=int, metavar="N",
-        help="trials trained at once, each in its own worker process (default: $GAPSWEEP_JOBS, else one per GPU "
-        "given with --gpu, else one per usable core); 1 trains in this process",
+        help="trials trained at once: one in this process, the others in worker processes (default: $GAPSWEEP_JOBS, "
+        "else one per GPU given with --gpu, else one per usable core); 1 trains in this process alone",
     )
     launch.add_argument(
         "--gpu", metavar="0,1,…",
@@ -261,9 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--threads", type=int, default=1, help="TensorFlow threads per pool (default 1: one worker per core)")
     worker.add_argument("--log-file", metavar="PATH", help="Optuna's per-trial log (default as for launch)")
-    # Set by launch --jobs for the workers it starts: the job's index, and when to stop starting trials.
+    # Set by launch --jobs for the workers it starts: the job's index, when to stop starting trials,
+    # launch's process (the job stops when it dies), and whether to wait for launch's start line.
     worker.add_argument("--job", type=int, help=argparse.SUPPRESS)
     worker.add_argument("--stop-at", type=float, help=argparse.SUPPRESS)
+    worker.add_argument("--launch-pid", type=int, help=argparse.SUPPRESS)
+    worker.add_argument("--await-start", action="store_true", help=argparse.SUPPRESS)  # jobs.AWAIT_START
     _code_dir_flag(worker)
     worker.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     worker.set_defaults(run=_cmd_worker)
@@ -481,34 +484,32 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     from gapsweep.output import to_json, trials_table
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and table say it all
-    from gapsweep.sweeps.run.jobs import check_jobs, default_jobs, parse_gpus, use_device
-    from gapsweep.sweeps.run.launch import has_work, prepare, run_parallel, run_trials
+    from gapsweep.sweeps.run.jobs import check_jobs, default_jobs, parse_gpus
+    from gapsweep.sweeps.run.launch import has_work, prepared, run_parallel, run_trials
     from gapsweep.sweeps.run.worker import graceful_stop
 
     gpus = parse_gpus(args.gpu)
     jobs = check_jobs(args.jobs) if args.jobs is not None else default_jobs(gpus)
-    if jobs == 1 and gpus and not args.create_only:
-        use_device(gpus[0])  # before prepare, which may build a model
-    sweep = prepare(config, allow_objective_change=args.allow_objective_change)
-    if args.create_only:
-        sweep.close()
-        print(_ready_line(config))
-        return 0
+    if args.create_only:  # nothing trains: no job, no device
+        jobs, gpus = 1, None
     progress = False if args.no_progress or args.json else None
-    try:
+    with prepared(
+        config, jobs=jobs, gpus=gpus, allow_objective_change=args.allow_objective_change, log_file=args.log_file
+    ) as (sweep, pool):
+        if args.create_only:
+            print(_ready_line(config))
+            return 0
         if has_work(sweep) is None:
             print(
                 f"gapsweep: study '{config.study}' has spent its budget of {config.trials} complete or pruned trial(s); "
                 "nothing to run (pass a larger --trials to go on)", file=sys.stderr,
             )
-        if jobs == 1:
+        if pool is None:
             with graceful_stop(sweep):
                 run_trials(sweep, progress=progress, log_file=args.log_file)
             interrupted = sweep.stop_requested
         else:
-            interrupted = run_parallel(sweep, jobs=jobs, gpus=gpus, progress=progress, log_file=args.log_file)
-    finally:
-        sweep.close()
+            interrupted = run_parallel(sweep, pool, progress=progress, log_file=args.log_file)
     top = best_trials(config.study, config.storage, args.top)
     counts = next(s.counts for s in list_studies(config.storage) if s.name == config.study)
     baseline = baseline_trial(config.study, config.storage)
@@ -716,16 +717,24 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from gapsweep.errors import ConfigError
     from gapsweep.sweeps.run.config import stored_sweep
-    from gapsweep.sweeps.run.jobs import select_device, use_device
+    from gapsweep.sweeps.run.jobs import AWAIT_START, await_start, die_with_launch, select_device, use_device
     from gapsweep.sweeps.run.worker import work
 
     if args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-    select_device(args.gpu)
+    if args.launch_pid is not None:
+        die_with_launch(args.launch_pid)
+    if args.await_start:  # a job started while launch prepares the study: TensorFlow first, then wait
+        device = use_device(args.gpu, args.threads)
+        if not await_start():
+            return 0  # launch needs no more jobs, or it stopped
+    else:
+        select_device(args.gpu)
     config = stored_sweep(args.study, args.storage, args.code_dir)
     config.code()  # a hypermodel or data loader outside --code-dir is refused before TensorFlow starts
     config.data_code()  # so is data that only the launching script held
-    device = use_device(args.gpu, args.threads)
+    if not args.await_start:
+        device = use_device(args.gpu, args.threads)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its lines and the progress bar say it all, as in launch
@@ -736,7 +745,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         config,
         trials_per_process=args.trials_per_process,
         progress=False if args.no_progress else None,
-        argv=args.argv,
+        argv=None if args.argv is None else [arg for arg in args.argv if arg != AWAIT_START],  # a replacement runs at once
         job=args.job,
         log_file=args.log_file,
         stop_at=args.stop_at,

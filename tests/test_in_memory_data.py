@@ -199,7 +199,7 @@ def test_data_in_memory_is_refused_where_another_process_needs_it(any_url: str, 
         launch(config, jobs=2, progress=False)
     message = str(caught.value)
     assert message.startswith("the study's data was passed in memory from Python (x (1797, 64) float64, y (1797,) int64), "
-                              "and the 2 job processes of jobs=2 cannot get it; name a data loader instead, data = \"loaders.py:load\"")
+                              "and the job processes of jobs=2 cannot get it; name a data loader instead, data = \"loaders.py:load\"")
     assert "\n" not in message
     with pytest.raises(StorageError):
         list_studies(any_url)  # refused before anything was written, the database included

@@ -18,7 +18,7 @@ from gapsweep.cli import main
 from gapsweep.errors import GapsweepError
 from gapsweep.sweeps.data.datasets import DataSpec
 from gapsweep.sweeps.run.config import SweepConfig
-from gapsweep.sweeps.run.jobs import JobSpec, default_jobs, usable_cores
+from gapsweep.sweeps.run.jobs import JobPool, JobSpec, default_jobs, usable_cores
 from gapsweep.sweeps.run.launch import launch
 from gapsweep.sweeps.trial.objective import ObjectiveSettings
 
@@ -102,6 +102,28 @@ def test_jobs_get_their_gpus_in_turn_and_never_the_storage_url_on_their_command_
     assert argvs[2][argvs[2].index("--job") + 1] == "2" and argvs[2][argvs[2].index("--threads") + 1] == "2"
 
 
+def test_a_launch_that_fails_to_prepare_ends_the_jobs_it_started_unused(tmp_path, monkeypatch, capsys):
+    """The jobs start before launch prepares the study (their TensorFlow imports overlap it); a
+    mistake found while preparing ends them at once, and nothing is written."""
+    pools: list[JobPool] = []
+    made = JobPool.__init__
+
+    def recorded(self: JobPool, *args, **kwargs) -> None:
+        made(self, *args, **kwargs)
+        pools.append(self)
+
+    monkeypatch.setattr(JobPool, "__init__", recorded)
+    (tmp_path / "rows.csv").write_text("a,b\n1,2\n3,4\n")
+    url = f"sqlite:///{tmp_path / 'none.db'}"
+    argv = ["launch", "--study", "x", "--data", str(tmp_path / "rows.csv"), "--target", "nope", "--storage", url]
+    assert main([*argv, "--jobs", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "nope" in err and len(err.strip().splitlines()) == 1
+    (pool,) = pools
+    assert len(pool.jobs) == 2 and all(job.process.returncode == -signal.SIGKILL for job in pool.jobs)
+    assert not (tmp_path / "none.db").exists()
+
+
 # --- slow: real processes ------------------------------------------------------------------
 
 
@@ -147,7 +169,7 @@ def test_two_jobs_spend_exactly_the_budget_without_duplicates_and_repeat_with_th
         assert [t.state for t in trials] == ["COMPLETE"] * budget  # exactly the budget: none more, none running
         params = [tuple(sorted(t.params.items())) for t in trials]
         assert len(set(params)) == budget  # no two jobs drew the same trial
-        assert os.getpid() not in {int(t.attrs["worker"].rsplit(":", 1)[1]) for t in trials}
+        assert os.getpid() in {int(t.attrs["worker"].rsplit(":", 1)[1]) for t in trials}  # launch is job 0
         drawn.append(set(params))
     assert drawn[0] == drawn[1]  # the same seed and jobs: the same trials, however the jobs interleaved
 
@@ -186,9 +208,10 @@ def test_a_killed_job_loses_no_trial_and_the_sweep_spends_the_budget(tmp_path, t
 
     def kill_a_running_job() -> bool:
         for trial in list_trials("jobs", url) if _states(url) else []:
-            if trial.state == "RUNNING" and "worker" in trial.attrs:
+            pid = int(trial.attrs["worker"].rsplit(":", 1)[1]) if "worker" in trial.attrs else None
+            if trial.state == "RUNNING" and pid not in (None, process.pid):  # a job, not launch (job 0)
                 victim.append(trial.number)
-                os.kill(int(trial.attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
                 return True
         return False
 
@@ -222,5 +245,8 @@ def test_jobs_of_a_killed_launch_finish_their_trials_and_stop(tmp_path, tiny_spa
     process.wait()
     _wait_for(lambda: not any(_alive(pid) for pid in jobs), timeout=120)
     states = _states(url)
-    assert "RUNNING" not in states and "FAIL" not in states and "WAITING" not in states  # finished, not dropped
+    assert "FAIL" not in states and "WAITING" not in states  # the jobs' trials finished, not dropped
+    # Only launch's own trial (it is job 0) is left running, for a later launch or reap to retry.
+    running = [t for t in list_trials("jobs", url) if t.state == "RUNNING"]
+    assert len(running) <= 1 and all(t.attrs.get("worker", f":{process.pid}").endswith(f":{process.pid}") for t in running)
     assert len(states) < 30

@@ -1,19 +1,23 @@
-"""Parallel trials for ``launch --jobs N``: N ``gapsweep worker`` processes on one study.
+"""Parallel trials for ``launch --jobs N``: ``launch`` itself and N − 1 ``gapsweep worker``
+processes on one study.
 
 One TensorFlow process trains on about one core, so a sweep that runs one trial at a time leaves
-the other cores idle. ``launch`` prepares the study once, in its own process, then starts N workers
-on it; the study-wide claim lock keeps the budget exact, as for workers started by hand.
+the other cores idle. The jobs start first and import TensorFlow while ``launch`` prepares the
+study; then ``launch`` starts them and trains beside them, as job 0. The study-wide claim lock
+keeps the budget exact, as for workers started by hand.
 
 Each job is a fresh interpreter (``python -m gapsweep.cli worker``), never a fork of a process that
 may have imported TensorFlow, and it replaces itself every ``--trials-per-process`` trials as every
-worker does, so memory stays flat. Jobs run in their own process group: a Ctrl-C at the terminal
-reaches only ``launch``, which passes it on once, so the first Ctrl-C lets every job finish its
-trial and a second stops them at once, as it stops a worker. A job whose ``launch`` died
-gets SIGHUP from the kernel and stops after its trial.
+worker does, so memory stays flat; ``launch`` hands its own place to a fresh job after as many.
+Jobs run in their own process group: a Ctrl-C at the terminal reaches only ``launch``, which
+passes it on once, so the first Ctrl-C lets every job finish its trial and a second stops them at
+once, as it stops a worker. A job whose ``launch`` died gets SIGHUP from the kernel and stops
+after its trial.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -24,13 +28,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
 from gapsweep import env
 from gapsweep.errors import ConfigError
 from gapsweep.sweeps.trial.runtime import init_tensorflow
+
+#: Trials a process trains before a fresh one takes its place (a worker's ``--trials-per-process``).
+TRIALS_PER_PROCESS = 25
 
 #: Seconds between looks at the jobs (and the study's progress).
 POLL_S = 0.5
@@ -112,18 +119,32 @@ class JobSpec:
     #: Wall-clock time (``time.time()``) after which jobs start no new trial; None: no timeout.
     stop_at: float | None = None
 
-    def argv(self, index: int, threads: int) -> list[str]:
-        """Job ``index``'s command line. The storage URL travels in the environment instead,
-        since ``ps`` shows command lines and a URL may hold a password."""
+    def argv(self, index: int, threads: int, *, waiting: bool = False) -> list[str]:
+        """Job ``index``'s command line; a ``waiting`` job imports TensorFlow, then waits for a
+        start line on stdin. The storage URL travels in the environment instead, since ``ps``
+        shows command lines and a URL may hold a password."""
         argv = [
             sys.executable, "-m", "gapsweep.cli", "worker", "--study", self.study, "--code-dir", self.code_dir,
             "--log-file", str(self.log_file), "--threads", str(threads), "--job", str(index), "--no-progress",
+            "--launch-pid", str(os.getpid()),
         ]
         if self.gpus:
             argv += ["--gpu", self.gpus[index % len(self.gpus)]]
         if self.stop_at is not None:
             argv += ["--stop-at", repr(self.stop_at)]
+        if waiting:
+            argv.append(AWAIT_START)
         return argv
+
+
+#: The flag of a job started before its study is ready, and the line that starts it.
+AWAIT_START = "--await-start"
+_START_LINE = "start"
+
+
+def await_start() -> bool:
+    """In a waiting job: block until ``launch`` says start (True) or ends the job unused (False)."""
+    return sys.stdin.readline().strip() == _START_LINE
 
 
 @dataclass
@@ -140,12 +161,14 @@ class Outcome:
 class _Job:
     """One running job: its process and a thread that passes its output on above the bar."""
 
-    def __init__(self, index: int, process: subprocess.Popen[str]) -> None:
+    def __init__(self, index: int, process: subprocess.Popen[str], *, waiting: bool) -> None:
         self.index = index
         self.process = process
+        self.waiting = waiting  # started ahead and not yet told to run
         self.error: str | None = None
         self.signals = 0  # signals passed on to it
         self.relay = threading.Thread(target=self._relay, name=f"gapsweep-job-{index}", daemon=True)
+        self.relay.start()
 
     def _relay(self) -> None:
         assert self.process.stdout is not None
@@ -164,99 +187,161 @@ class _Job:
             except ProcessLookupError:
                 pass  # it ended meanwhile
 
+    def tell(self, run: bool) -> None:
+        """Start a waiting job, or end it unused (it has touched nothing yet)."""
+        self.waiting = False
+        assert self.process.stdin is not None
+        if not run:
+            self.process.kill()
+        with contextlib.suppress(OSError):  # it died meanwhile: _wait reports it
+            if run:
+                self.process.stdin.write(_START_LINE + "\n")
+            self.process.stdin.close()
 
-def run_jobs(spec: JobSpec, jobs: int, *, threads: int, poll: Callable[[], None]) -> Outcome:
-    """Start ``jobs`` workers on ``spec.study`` and wait until every one has ended, calling
-    ``poll`` (the progress bar) between looks. SIGINT/SIGTERM to this process is passed on to
-    every job; a job's error stops the others after their trials."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-    if spec.storage is not None:
-        env["GAPSWEEP_STORAGE"] = spec.storage
-    outcome = Outcome()
-    running: list[_Job] = []
-    stops: list[int] = []  # the signals received, in order
 
-    def forward(signum: int, frame: FrameType | None) -> None:
-        stops.append(signum)
-        outcome.interrupted = True
-        name = signal.Signals(signum).name
-        if len(stops) == 1:
-            tqdm.write(
-                f"gapsweep: {name}: {len(running)} job(s) finish their current trials, then stop "
-                "(send it again to stop them now)", file=sys.stderr,
-            )
-        elif len(stops) == 2:
-            tqdm.write(f"gapsweep: {name} again: stopping the jobs now; their running trials are queued again", file=sys.stderr)
-        for job in running:
+class JobPool:
+    """The worker processes of ``launch --jobs N`` besides ``launch`` itself, which trains too.
+
+    They are started before ``launch`` prepares the study, so their TensorFlow imports (seconds
+    of CPU each) overlap its own work, and each waits for ``start``; the ones a nearly spent
+    budget does not need end unused. SIGINT/SIGTERM that ``launch`` receives are passed on to
+    every job (``passing_signals``).
+    """
+
+    def __init__(self, spec: JobSpec, count: int, *, threads: int) -> None:
+        self.spec = spec
+        self.threads = threads
+        self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+        if spec.storage is not None:
+            self.env["GAPSWEEP_STORAGE"] = spec.storage
+        self.outcome = Outcome()
+        self.jobs: list[_Job] = []
+        self._lock = threading.Lock()
+        self._stops: list[int] = []  # the signals received, in order
+        for index in range(1, count + 1):
+            self.add(index, waiting=True)
+
+    def add(self, index: int, *, waiting: bool = False) -> None:
+        """Start job ``index`` (one that runs at once unless ``waiting``)."""
+        process = subprocess.Popen(
+            self.spec.argv(index, self.threads, waiting=waiting), env=self.env,
+            stdin=subprocess.PIPE if waiting else subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, process_group=0,
+        )
+        with self._lock:
+            self.jobs.append(_Job(index, process, waiting=waiting))
+
+    def start(self, count: int) -> None:
+        """Let the first ``count`` waiting jobs run; the others end unused."""
+        for position, job in enumerate(self._waiting()):
+            job.tell(run=position < count)
+
+    def running(self) -> list[_Job]:
+        with self._lock:
+            return [job for job in self.jobs if not job.waiting and job.process.poll() is None]
+
+    def close(self) -> None:
+        """End the jobs never started (``launch`` failed first) and reap every process."""
+        for job in self._waiting():
+            job.tell(run=False)
+        for job in self.running():
+            if not job.signals:
+                job.signal(signal.SIGTERM)  # launch failed while it ran: finish the trial, then stop
+        with self._lock:
+            jobs = list(self.jobs)
+        for job in jobs:
+            job.process.wait()
+            job.relay.join()
+
+    def _waiting(self) -> list[_Job]:
+        with self._lock:
+            return [job for job in self.jobs if job.waiting]
+
+    def stop(self) -> None:
+        """Have every running job finish its trial, then stop."""
+        for job in self.running():
+            job.signal(signal.SIGTERM)
+
+    def signal(self, signum: int) -> None:
+        """Pass ``signum`` on to every running job."""
+        self._stops.append(signum)
+        self.outcome.interrupted = True
+        for job in self.running():
             job.signal(signum)
 
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        handlers = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for index in range(jobs):
-            if outcome.interrupted:
-                break
-            process = subprocess.Popen(
-                spec.argv(index, threads), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True, process_group=0, preexec_fn=_die_with_parent(os.getpid()),
-            )
-            job = _Job(index, process)
-            running.append(job)
-            for signum in stops[job.signals:]:  # a signal that came while it was being started
-                job.signal(signum)
-        for job in running:  # after every fork: preexec_fn must not run beside other threads
-            job.relay.start()
-        _wait(running, outcome, poll)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    return outcome
+    @contextlib.contextmanager
+    def passing_signals(self, *, first: Callable[[], None], again: Callable[[], None]) -> Iterator[None]:
+        """While in the block, SIGINT/SIGTERM to ``launch`` go to every job too: the first lets
+        each finish its trial (``first`` does the same for ``launch``'s own), the second stops
+        them at once (``again``). Signals are the main thread's: elsewhere this does nothing."""
 
-
-def _wait(running: list[_Job], outcome: Outcome, poll: Callable[[], None]) -> None:
-    """Until every job has ended: report the ones that die; on a job's error, stop the rest."""
-    alive = list(running)
-    while alive:
-        time.sleep(POLL_S)
-        poll()
-        for job in [job for job in alive if job.process.poll() is not None]:
-            alive.remove(job)
-            job.relay.join()
-            code = job.process.returncode
-            if job.error is not None:
-                if outcome.error is None:
-                    outcome.error = job.error
-                    for other in alive:
-                        other.signal(signal.SIGTERM)  # finish the trial at hand, then stop
-            elif (code < 0 and not (outcome.interrupted and -code in (signal.SIGINT, signal.SIGTERM))) or (
-                code not in (0, 130) and not outcome.interrupted
-            ):  # a job stopped by the signal launch passed on (before its handler was set) did not die
-                how = signal.Signals(-code).name if code < 0 else f"exit status {code}"
-                line = f"job {job.index} (pid {job.process.pid}) died ({how})"
-                outcome.died.append(line)
+        def forward(signum: int, frame: FrameType | None) -> None:
+            name = signal.Signals(signum).name
+            if not self._stops:
                 tqdm.write(
-                    f"gapsweep: {line}; its running trial is queued again once its heartbeat is stale"
-                    + (f", and the {len(alive)} other job(s) go on" if alive else ""),
-                    file=sys.stderr,
+                    f"gapsweep: {name}: {len(self.running()) + 1} job(s) finish their current trials, then stop "
+                    "(send it again to stop them now)", file=sys.stderr,
                 )
-    poll()
+            elif len(self._stops) == 1:
+                tqdm.write(f"gapsweep: {name} again: stopping the jobs now; their running trials are queued again", file=sys.stderr)
+            self.signal(signum)
+            (first if len(self._stops) == 1 else again)()
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handlers = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+    def wait(self, poll: Callable[[], None], *, until: Callable[[], bool], on_error: Callable[[], None]) -> None:
+        """Until ``until()`` holds and every started job has ended: report the ones that die;
+        on a job's error, stop the rest (``on_error`` stops ``launch``'s own trials). Calls
+        ``poll`` (the progress bar) between looks."""
+        outcome = self.outcome
+        while True:
+            time.sleep(POLL_S if not until() else POLL_S / 10)  # once launch is done, its jobs' ends are all it waits for
+            poll()
+            with self._lock:
+                ended = [job for job in self.jobs if not job.waiting and job.process.poll() is not None]
+                self.jobs = [job for job in self.jobs if job not in ended]
+                alive = [job for job in self.jobs if not job.waiting]
+            for job in ended:
+                job.relay.join()
+                code = job.process.returncode
+                if job.error is not None:
+                    if outcome.error is None:
+                        outcome.error = job.error
+                        on_error()
+                        for other in alive:
+                            other.signal(signal.SIGTERM)  # finish the trial at hand, then stop
+                elif (code < 0 and not (outcome.interrupted and -code in (signal.SIGINT, signal.SIGTERM))) or (
+                    code not in (0, 130) and not outcome.interrupted
+                ):  # a job stopped by the signal launch passed on (before its handler was set) did not die
+                    how = signal.Signals(-code).name if code < 0 else f"exit status {code}"
+                    line = f"job {job.index} (pid {job.process.pid}) died ({how})"
+                    outcome.died.append(line)
+                    tqdm.write(
+                        f"gapsweep: {line}; its running trial is queued again once its heartbeat is stale, and the "
+                        "other job(s) go on", file=sys.stderr,
+                    )
+            if not alive and until():
+                break
+        poll()
 
 
-def _die_with_parent(parent: int) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has the kernel send the job SIGHUP when ``launch`` dies (Linux), so
-    no job trains on unseen after a ``kill -9`` of ``launch``: it finishes its trial and stops.
+def die_with_launch(launch_pid: int) -> None:
+    """Have the kernel send this job SIGHUP when ``launch`` dies (Linux), so no job trains on
+    unseen after a ``kill -9`` of ``launch``: it finishes its trial and stops.
 
     SIGHUP, not SIGTERM: the kernel sends it again as each of launch's threads exits, and a job
     takes any number of SIGHUPs as one request to stop (``graceful_stop``), where a second SIGTERM
     would stop it at once."""
     if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def arm() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGHUP)
-        if os.getppid() != parent:  # launch died before the line above
-            os._exit(1)
-
-    return arm
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGHUP)
+    if os.getppid() != launch_pid:  # launch died before the line above
+        os.kill(os.getpid(), signal.SIGHUP)

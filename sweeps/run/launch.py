@@ -21,6 +21,7 @@ import logging
 import math
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ from gapsweep.storage.studies import CONFIG_ATTR, REFERENCE_ATTR, create_or_load
 from gapsweep.storage.url import parse
 from gapsweep.sweeps.data import datasets, in_memory
 from gapsweep.sweeps.run.config import SweepConfig
-from gapsweep.sweeps.run.jobs import JobSpec, check_jobs, parse_gpus, run_jobs, usable_cores, use_device
+from gapsweep.sweeps.run.jobs import TRIALS_PER_PROCESS, JobPool, JobSpec, check_jobs, parse_gpus, usable_cores, use_device
 from gapsweep.sweeps.run.reference import fit_reference, linear_start, linear_weights
 from gapsweep.sweeps.data.datasets import Splits
 from gapsweep.sweeps.trial.checkpoints import checkpoint_interval
@@ -98,19 +99,22 @@ class Sweep:
         self.storage.engine.dispose()
 
 
-def prepare(config: SweepConfig, *, salt: str | None = None, allow_objective_change: bool = False) -> Sweep:
+def prepare(
+    config: SweepConfig, *, salt: str | None = None, allow_objective_change: bool = False, threads: int = 1
+) -> Sweep:
     """Validate ``config``, then create or resume its study. Nothing is written before the
     space and data have passed their checks, and no code is imported from outside the project.
 
     A resumed study must see the same search space, the same data (by fingerprint), the same
     artifact store and, unless ``allow_objective_change``, the same objective: otherwise its
-    trials would mix scores that cannot be compared, or lose their models.
+    trials would mix scores that cannot be compared, or lose their models. ``threads``: the
+    TensorFlow threads per pool, should checking a hypermodel start TensorFlow.
     """
     env.check([heartbeat_settings, lock_timeout_s, checkpoint_interval, pg_pool_size])
     config.code()  # a hypermodel or data loader file outside the project folder is refused before anything runs
     config.data_code()
     splits = datasets.load(config.data, config.code_dir)
-    hypermodel = load_hypermodel(config, splits)
+    hypermodel = load_hypermodel(config, splits, threads)
     if config.baseline is not None:
         _check_baseline(config.baseline, hypermodel)
     store = open_store(config.artifacts)
@@ -266,57 +270,90 @@ def launch(
     terminal. Optuna's per-trial log (with each failed trial's traceback) goes to ``log_file``
     (default: ``default_log_path``).
 
-    ``jobs`` > 1 trains that many trials at once, each in its own worker process (see
-    ``run_parallel``); a Ctrl-C then lets them finish their trials and raises
+    ``jobs`` > 1 trains that many trials at once, in this process and ``jobs`` − 1 worker
+    processes (see ``run_parallel``); a Ctrl-C then lets them finish their trials and raises
     ``KeyboardInterrupt``. ``gpus`` (e.g. ``["0", "1"]``, or ``["none"]`` for the CPU) pins
     the jobs to GPUs in turn; with one job, this process to the first. Data passed in memory
     trains in this process only: ``jobs`` > 1 is refused for it.
     """
     jobs = check_jobs(jobs)
     if jobs > 1 and config.data.in_memory:
-        raise in_memory.unreachable(config.data.to_dict()["source"], f"the {jobs} job processes of jobs={jobs}")
+        raise in_memory.unreachable(config.data.to_dict()["source"], f"the job processes of jobs={jobs}")
     if jobs > 1 and config.hypermodel is not None and not isinstance(config.hypermodel, str):
         where = keras_tuner.importable_ref(config.hypermodel)
         if where.startswith("<"):  # a note, not a reference: the job processes could not import it
             raise ConfigError(f"jobs={jobs} starts job processes that import the hypermodel, but {where[1:-1]}; or use jobs=1")
     if gpus is not None:
         gpus = parse_gpus(",".join(gpus))
-    if jobs == 1 and gpus:
-        use_device(gpus[0])
-    sweep = prepare(config, allow_objective_change=allow_objective_change)
-    try:
-        if jobs == 1:
+    with prepared(config, jobs=jobs, gpus=gpus, allow_objective_change=allow_objective_change, log_file=log_file) as (sweep, pool):
+        if pool is None:
             run_trials(sweep, progress=progress, log_file=log_file)
-        elif run_parallel(sweep, jobs=jobs, gpus=gpus, progress=progress, log_file=log_file):
+        elif run_parallel(sweep, pool, progress=progress, log_file=log_file):
             raise KeyboardInterrupt
-    finally:
-        sweep.close()
     return sweep.study
 
 
-def run_parallel(
-    sweep: Sweep, *, jobs: int, gpus: Sequence[str] | None = None, progress: bool | None = None,
+@contextlib.contextmanager
+def prepared(
+    config: SweepConfig, *, jobs: int = 1, gpus: Sequence[str] | None = None, allow_objective_change: bool = False,
     log_file: str | Path | None = None,
-) -> bool:
-    """Train up to ``jobs`` trials at once, each job a ``gapsweep worker`` process on this study,
-    under one progress bar. Returns whether a signal interrupted the jobs.
+) -> Iterator[tuple[Sweep, JobPool | None]]:
+    """``prepare`` for a launch that trains ``jobs`` trials at once, pinned to ``gpus`` in turn.
 
-    No more jobs start than trials remain, and each gets its share of the cores as TensorFlow
-    threads. A job that dies costs no trial (the others retry it once its heartbeat is stale);
-    a job's error (e.g. ``max_failures`` failures in a row) stops the others after their trials
-    and is raised here as ``SweepFailedError``; so is the death of every job before the budget.
+    With ``jobs`` > 1 the other jobs' processes start first, so their TensorFlow imports overlap
+    this process's preparing; they wait for ``run_parallel`` (or end unused if preparing fails).
+    The study's connections and every job are closed on the way out.
+    """
+    threads = 1 if jobs == 1 else max(1, usable_cores() // jobs)
+    pool = JobPool(_job_spec(config, gpus, log_file), jobs - 1, threads=threads) if jobs > 1 else None
+    try:
+        if gpus:
+            use_device(gpus[0], threads)  # before prepare, which may build a model
+        sweep = prepare(config, allow_objective_change=allow_objective_change, threads=threads)
+        try:
+            yield sweep, pool
+        finally:
+            sweep.close()
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _job_spec(config: SweepConfig, gpus: Sequence[str] | None, log_file: str | Path | None) -> JobSpec:
+    return JobSpec(
+        study=config.study, storage=config.storage, code_dir=str(Path(config.code_dir or ".").resolve()),
+        log_file=Path(log_file if log_file is not None else default_log_path(config.storage)).resolve(),
+        gpus=gpus, stop_at=None if config.timeout is None else time.time() + config.timeout,
+    )
+
+
+def run_parallel(sweep: Sweep, pool: JobPool, *, progress: bool | None = None, log_file: str | Path | None = None) -> bool:
+    """Train trials in this process, as job 0, while ``pool``'s jobs train theirs, under one
+    progress bar. Returns whether a signal interrupted the sweep.
+
+    No more jobs start than trials remain. A job that dies costs no trial (the others retry it
+    once its heartbeat is stale); an error, a job's (e.g. ``max_failures`` failures in a row) or
+    this process's, stops the others after their trials and is raised here as ``SweepFailedError``;
+    so is the death of every job before the budget. After ``TRIALS_PER_PROCESS`` trials this
+    process hands its place to a fresh job, so its memory stays flat as a worker's does.
     """
     config = sweep.config
     counts = queries.state_counts(sweep.storage.engine, config.study)
     if _work_in(counts, config.trials) is None:
         return False  # the study is done: nothing to start
     remaining = max(config.trials - sum(counts[state.name] for state in COUNTED), counts["WAITING"])
-    jobs = max(1, min(jobs, remaining))
-    spec = JobSpec(
-        study=config.study, storage=config.storage, code_dir=str(Path(config.code_dir or ".").resolve()),
-        log_file=Path(log_file if log_file is not None else default_log_path(config.storage)).resolve(),
-        gpus=gpus, stop_at=None if config.timeout is None else time.time() + config.timeout,
-    )
+    pool.start(remaining - 1)  # this process is one of the jobs
+    init_tensorflow(pool.threads)
+    sweep.job = 0
+    training = True
+
+    def stop_after_trial() -> None:
+        sweep.stop_requested = True
+
+    def stop_now() -> None:
+        if training:
+            raise KeyboardInterrupt  # run_trials queues this process's trial again
+
     with _ProgressBar(sweep.study, config.trials, progress) as bar:
         def poll() -> None:
             if bar.bar.disable:
@@ -325,10 +362,29 @@ def run_parallel(
             with contextlib.suppress(SQLAlchemyError, optuna.exceptions.StorageInternalError):
                 bar.show(sweep.study, queries.state_counts(sweep.storage.engine, config.study), since=counts)
 
-        outcome = run_jobs(spec, jobs, threads=max(1, usable_cores() // jobs), poll=poll)
+        monitor = threading.Thread(
+            target=pool.wait, kwargs={"poll": poll, "until": lambda: not training, "on_error": stop_after_trial},
+            name="gapsweep-jobs", daemon=True,
+        )
+        with pool.passing_signals(first=stop_after_trial, again=stop_now):
+            monitor.start()
+            try:
+                ran = run_trials(sweep, max_trials=TRIALS_PER_PROCESS, progress=False, log_file=log_file, stop_at=pool.spec.stop_at)
+                if ran == TRIALS_PER_PROCESS and not sweep.stop_requested and has_work(sweep) is not None:
+                    pool.add(0)
+            except KeyboardInterrupt:
+                pass  # the second signal: the jobs stop at once too
+            except BaseException:
+                pool.stop()  # this process failed: the jobs finish their trials and stop
+                raise
+            finally:
+                training = False
+                monitor.join()
+    outcome = pool.outcome
     if outcome.error is not None:
         raise SweepFailedError(outcome.error)
-    timed_out = spec.stop_at is not None and time.time() >= spec.stop_at
+    stop_at = pool.spec.stop_at
+    timed_out = stop_at is not None and time.time() >= stop_at
     if outcome.died and not outcome.interrupted and not timed_out and has_work(sweep) is not None:
         raise SweepFailedError(
             f"every job ended before the budget was spent ({'; '.join(outcome.died)}); launch study "
@@ -636,7 +692,7 @@ def _same_code(key: str, previous: dict[str, Any], stored: dict[str, Any], confi
     )
 
 
-def load_hypermodel(config: SweepConfig, splits: Splits) -> Hypermodel:
+def load_hypermodel(config: SweepConfig, splits: Splits, threads: int = 1) -> Hypermodel:
     """The hypermodel ``config`` names: a KerasTuner build function or HyperModel (a file found
     inside the project folder), checked by one build evaluated on a few rows of ``splits``, or
     else its search space sampled into the built-in builder (checked against the data's shape)."""
@@ -644,7 +700,7 @@ def load_hypermodel(config: SweepConfig, splits: Splits) -> Hypermodel:
         space_hypermodel = SpaceHypermodel(load_space(config.space))
         space_hypermodel.check(splits.task)
         return space_hypermodel
-    init_tensorflow()  # the check builds a model, and TensorFlow's thread settings must come first
+    init_tensorflow(threads)  # the check builds a model, and TensorFlow's thread settings must come first
     hypermodel = keras_tuner.load(config.code() or config.hypermodel, max_epochs=config.max_epochs)
     hypermodel.check(splits.x_train[:_CHECK_ROWS], splits.y_train[:_CHECK_ROWS], splits.task)
     return hypermodel
