@@ -3,6 +3,7 @@ on a real database: the exact budget, the same trials from the same seed, Ctrl-C
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -102,25 +103,34 @@ def test_jobs_get_their_gpus_in_turn_and_never_the_storage_url_on_their_command_
     assert argvs[2][argvs[2].index("--job") + 1] == "2" and argvs[2][argvs[2].index("--threads") + 1] == "2"
 
 
+def _children() -> list[int]:
+    """This process's child processes, as the kernel lists them."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(") ", 1)[1].split()[1]) == os.getpid():
+                pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process table from /proc")
 def test_a_launch_that_fails_to_prepare_ends_the_jobs_it_started_unused(tmp_path, monkeypatch, capsys):
     """The jobs start before launch prepares the study (their TensorFlow imports overlap it); a
     mistake found while preparing ends them at once, and nothing is written."""
-    pools: list[JobPool] = []
-    made = JobPool.__init__
+    started, add = [], JobPool.add
 
-    def recorded(self: JobPool, *args, **kwargs) -> None:
-        made(self, *args, **kwargs)
-        pools.append(self)
+    def counted(self: JobPool, index: int, **kwargs) -> None:
+        started.append(index)
+        add(self, index, **kwargs)
 
-    monkeypatch.setattr(JobPool, "__init__", recorded)
+    monkeypatch.setattr(JobPool, "add", counted)
     (tmp_path / "rows.csv").write_text("a,b\n1,2\n3,4\n")
     url = f"sqlite:///{tmp_path / 'none.db'}"
     argv = ["launch", "--study", "x", "--data", str(tmp_path / "rows.csv"), "--target", "nope", "--storage", url]
     assert main([*argv, "--jobs", "3"]) == 1
     err = capsys.readouterr().err
     assert "nope" in err and len(err.strip().splitlines()) == 1
-    (pool,) = pools
-    assert len(pool.jobs) == 2 and all(job.process.returncode == -signal.SIGKILL for job in pool.jobs)
+    assert len(started) == 2 and not _children()  # both started, both ended and reaped
     assert not (tmp_path / "none.db").exists()
 
 
@@ -172,6 +182,15 @@ def test_two_jobs_spend_exactly_the_budget_without_duplicates_and_repeat_with_th
         assert os.getpid() in {int(t.attrs["worker"].rsplit(":", 1)[1]) for t in trials}  # launch is job 0
         drawn.append(set(params))
     assert drawn[0] == drawn[1]  # the same seed and jobs: the same trials, however the jobs interleaved
+
+
+@pytest.mark.slow
+def test_jobs_a_nearly_spent_budget_does_not_need_end_unused_and_unreported(tmp_path, tiny_space, capfd):
+    url = f"sqlite:///{tmp_path / 'few.db'}"
+    assert main(_launch_argv(url, _space_file(tmp_path, tiny_space, 2), 1, "--jobs", "3")) == 0
+    err = capfd.readouterr().err
+    assert [t.state for t in list_trials("jobs", url)] == ["COMPLETE"]
+    assert "died" not in err and not _children()
 
 
 @pytest.mark.slow

@@ -216,6 +216,7 @@ class JobPool:
             self.env["GAPSWEEP_STORAGE"] = spec.storage
         self.outcome = Outcome()
         self.jobs: list[_Job] = []
+        self._unused: list[_Job] = []
         self._lock = threading.Lock()
         self._stops: list[int] = []  # the signals received, in order
         for index in range(1, count + 1):
@@ -234,7 +235,14 @@ class JobPool:
     def start(self, count: int) -> None:
         """Let the first ``count`` waiting jobs run; the others end unused."""
         for position, job in enumerate(self._waiting()):
-            job.tell(run=position < count)
+            self._tell(job, run=position < count)
+
+    def _tell(self, job: _Job, *, run: bool) -> None:
+        job.tell(run)
+        if not run:  # killed unused: reaped by close, never reported as dead
+            with self._lock:
+                self.jobs.remove(job)
+            self._unused.append(job)
 
     def running(self) -> list[_Job]:
         with self._lock:
@@ -243,12 +251,12 @@ class JobPool:
     def close(self) -> None:
         """End the jobs never started (``launch`` failed first) and reap every process."""
         for job in self._waiting():
-            job.tell(run=False)
+            self._tell(job, run=False)
         for job in self.running():
             if not job.signals:
                 job.signal(signal.SIGTERM)  # launch failed while it ran: finish the trial, then stop
         with self._lock:
-            jobs = list(self.jobs)
+            jobs = [*self.jobs, *self._unused]
         for job in jobs:
             job.process.wait()
             job.relay.join()
