@@ -192,7 +192,7 @@ def test_the_raw_input_model_computes_what_the_trainer_sees(tmp_path: Path):
     """``Preprocessing.wrap`` (Keras layers) and ``apply`` (NumPy) agree, through save and load."""
     import keras
 
-    from gapsweep.sweeps.data.preprocessing import model_info
+    from gapsweep.sweeps.data.preprocessing import as_model_inputs, model_info
     from gapsweep.sweeps.trial.models import model_from_bytes, raw_input_model_bytes
 
     for splits in (load(DataSpec(str(_messy_csv(tmp_path / "d.csv")), target="label")), load(DataSpec("wine"))):
@@ -200,5 +200,7 @@ def test_the_raw_input_model_computes_what_the_trainer_sees(tmp_path: Path):
         identity = keras.Model(inputs, keras.layers.Identity()(inputs))
         stored = raw_input_model_bytes(identity, splits.preprocessing)
         raw_model = model_from_bytes(stored)
-        np.testing.assert_allclose(raw_model.predict(splits.raw_test, verbose=0), splits.x_test, rtol=1e-6, atol=1e-6)
+        # The CSV's "score/x" column is keyed "score_x", as Keras names that input.
+        given = as_model_inputs(splits.raw_test, raw_model)
+        np.testing.assert_allclose(raw_model.predict(given, verbose=0), splits.x_test, rtol=1e-6, atol=1e-6)
         assert model_info(stored)["classes"] == list(splits.preprocessing.classes)

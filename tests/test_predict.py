@@ -77,6 +77,14 @@ def test_a_messy_csv_sweeps_exports_and_predicts_raw_rows_as_recorded(sqlite_url
     loss = float(keras.losses.SparseCategoricalCrossentropy()(splits.y_test, probabilities))
     assert accuracy == pytest.approx(recorded["test_accuracy"], abs=1e-6)
     assert loss == pytest.approx(recorded["test_pure_loss"], rel=1e-4)
+    # The whole CSV row, as users pass it: other columns (the id, the target, one that sorts
+    # between the features) are left out by name, never fed to a feature's input.
+    rows = len(splits.y_test)
+    whole = {**splits.raw_test, "b": np.full(rows, 100.0), "customer": np.array(["C-1"] * rows, dtype=object),
+             "churn": np.array(["no"] * rows, dtype=object)}
+    np.testing.assert_allclose(model.predict(whole, verbose=0), probabilities, atol=1e-6)
+    with pytest.raises(ValueError, match='Missing data for input "plan"'):
+        model.predict({name: values for name, values in splits.raw_test.items() if name != "plan"}, verbose=0)
     from gapsweep import model_info
 
     info = model_info(out)

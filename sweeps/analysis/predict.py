@@ -21,7 +21,7 @@ from gapsweep.errors import ConfigError, DataError
 from gapsweep.sweeps.analysis.export import best_artifact, outputs_logits
 from gapsweep.sweeps.data.datasets import read_rows
 from gapsweep.sweeps.data.losses import class_probabilities
-from gapsweep.sweeps.data.preprocessing import model_info
+from gapsweep.sweeps.data.preprocessing import as_model_inputs, model_info
 from gapsweep.sweeps.trial.models import model_from_bytes
 
 _BATCH = 1024
@@ -91,7 +91,7 @@ def predict_file(
         )
     raw = read_rows(data, info)
     loaded = model_from_bytes(data_bytes)
-    output = np.asarray(loaded.predict(raw, verbose=0, batch_size=_BATCH))
+    output = np.asarray(loaded.predict(as_model_inputs(raw, loaded), verbose=0, batch_size=_BATCH))
     header, rows = _table(output, info, logits=outputs_logits(loaded))
     with tempfile.NamedTemporaryFile("w", newline="", dir=path.parent, suffix=".csv", delete=False) as handle:
         writer = csv.writer(handle)

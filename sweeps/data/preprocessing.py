@@ -8,6 +8,9 @@ the training split's values (column 0 of each block catches values training neve
 The same steps are also built from Keras' own layers and ops (``Preprocessing.wrap``) in front of
 a trained model, so the stored and exported model takes raw rows: a float array for array data,
 or a dict of named columns (numbers with NaN for gaps, strings with "" for gaps) for CSV data.
+Its column inputs are a list of inputs named after the columns, so Keras matches a dict by those
+names: a dict that also holds other columns (an id, the target) feeds each input its own column,
+and one that lacks a column is refused, where a dict of inputs would be matched by position.
 Only built-in Keras layers are used, so ``keras.models.load_model(path)`` reads the file in safe
 mode without gapsweep installed. Class names and the input description travel inside the
 ``.keras`` zip as ``gapsweep.json`` (``model_info``); Keras ignores the extra entry.
@@ -22,7 +25,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import warnings
 import zipfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
@@ -42,6 +44,19 @@ RawInputs = Union[np.ndarray, Columns]
 MODEL_INFO = "gapsweep.json"
 INFO_FORMAT = 1
 _EPSILON = 1e-7  # keras.backend.epsilon(): Normalization divides by max(sqrt(variance), it)
+
+
+def input_name(column: str) -> str:
+    """The name of a column's model input: Keras refuses "/" in a name, so it becomes "_"."""
+    return column.replace("/", "_")
+
+
+def as_model_inputs(raw: RawInputs, model: "keras.Model") -> RawInputs:
+    """``raw`` keyed as ``model`` takes it: by input name (``input_name``), or, for a model stored
+    before its inputs were a list, by column name (a dict of inputs, keyed so)."""
+    if not isinstance(raw, dict) or isinstance(model.input, dict):
+        return raw
+    return {input_name(name): values for name, values in raw.items()}
 
 
 def n_rows(raw: RawInputs) -> int:
@@ -146,7 +161,7 @@ class Preprocessing:
             features = keras.layers.Normalization(axis=axis, mean=self.mean, variance=variance, name="gapsweep_standardize")(inputs)
             return keras.Model(inputs, model(features), name=RAW_INPUT_MODEL)
         named = {
-            name: keras.Input(shape=(1,), dtype="float32" if kind == "number" else "string", name=name.replace("/", "_"))
+            name: keras.Input(shape=(1,), dtype="float32" if kind == "number" else "string", name=input_name(name))
             for name, kind in self.columns
         }
         parts = []
@@ -163,10 +178,7 @@ class Preprocessing:
             )
             parts.append(lookup(named[name]))
         features = keras.layers.Concatenate(name="gapsweep_features")(parts) if len(parts) > 1 else parts[0]
-        with warnings.catch_warnings():
-            # A column name with "/" cannot name a Keras tensor; the dict key keeps the real name.
-            warnings.filterwarnings("ignore", message="When providing `inputs` as a dict")
-            return keras.Model(named, model(features), name=RAW_INPUT_MODEL)
+        return keras.Model(list(named.values()), model(features), name=RAW_INPUT_MODEL)
 
     def info(self) -> dict[str, Any]:
         """What ``gapsweep.json`` says: inputs, task, class names, target."""
