@@ -717,7 +717,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from gapsweep.errors import ConfigError
     from gapsweep.sweeps.run.config import stored_sweep
-    from gapsweep.sweeps.run.jobs import AWAIT_START, await_start, die_with_launch, select_device, use_device
+    from gapsweep.sweeps.run.jobs import await_start, die_with_launch, replacement_argv, select_device, use_device
     from gapsweep.sweeps.run.worker import work
 
     if args.threads < 1:
@@ -726,8 +726,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         die_with_launch(args.launch_pid)
     if args.await_start:  # a job started while launch prepares the study: TensorFlow first, then wait
         device = use_device(args.gpu, args.threads)
-        if not await_start():
+        started, stop_at = await_start()
+        if not started:
             return 0  # launch needs no more jobs, or it stopped
+        args.stop_at = stop_at if stop_at is not None else args.stop_at
     else:
         select_device(args.gpu)
     config = stored_sweep(args.study, args.storage, args.code_dir)
@@ -745,7 +747,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         config,
         trials_per_process=args.trials_per_process,
         progress=False if args.no_progress else None,
-        argv=None if args.argv is None else [arg for arg in args.argv if arg != AWAIT_START],  # a replacement runs at once
+        argv=None if args.argv is None else replacement_argv(args.argv, args.stop_at),
         job=args.job,
         log_file=args.log_file,
         stop_at=args.stop_at,

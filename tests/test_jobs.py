@@ -193,6 +193,50 @@ def test_jobs_a_nearly_spent_budget_does_not_need_end_unused_and_unreported(tmp_
     assert "died" not in err and not _children()
 
 
+def test_a_job_launch_stopped_is_not_reported_dead_and_one_killed_behind_its_back_is(tmp_path, monkeypatch, capsys):
+    """Stand-in jobs (``sleep``): launch's own SIGTERM (e.g. after its own trials failed) may end a
+    job before the job's handler is set; only a job that ended by no signal of launch's died."""
+    monkeypatch.setattr(JobSpec, "argv", lambda self, index, threads, **kwargs: ["sleep", "60"])
+    spec = JobSpec(study="s", storage=None, code_dir=str(tmp_path), log_file=tmp_path / "x.log")
+    for stopped_by_launch in (True, False):
+        pool = JobPool(spec, 2, threads=1)
+        pool.start(2)
+        victim = pool.running()[0]
+        if stopped_by_launch:
+            pool.stop()
+        else:
+            victim.process.kill()
+            pool.stop()  # the other one: launch then stops it
+        pool.wait(lambda: None, until=lambda: True, on_error=lambda: None)
+        pool.close()
+        died = pool.outcome.died
+        assert died == ([] if stopped_by_launch else [f"job 1 (pid {victim.process.pid}) died (SIGKILL)"]), died
+    assert "died (SIGKILL)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_timeout_counts_from_the_first_trial_with_jobs_as_with_one(tmp_path, tiny_space):
+    """The clock starts once the study is prepared, as with one job: launch's own first trial
+    (which starts TensorFlow) always runs, where a clock started with the jobs ran none."""
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    done = subprocess.run(
+        [GAPSWEEP, *_launch_argv(url, _space_file(tmp_path, tiny_space, 2), 20, "--jobs", "2", "--timeout", "1")],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    spent = _states(url).count("COMPLETE")
+    assert 1 <= spent < 20 and f"ended this launch at {spent} of 20 trials" in done.stderr
+
+
+def test_a_job_replaced_after_its_trials_runs_at_once_to_the_stop_time_it_was_sent():
+    from gapsweep.sweeps.run.jobs import replacement_argv
+
+    argv = ["worker", "--study", "s", "--job", "1", "--await-start"]
+    assert replacement_argv(argv, 12.5) == ["worker", "--study", "s", "--job", "1", "--stop-at", "12.5"]
+    assert replacement_argv(["worker", "--stop-at", "3.0"], 3.0) == ["worker", "--stop-at", "3.0"]
+    assert replacement_argv(argv, None) == argv[:-1]
+
+
 @pytest.mark.slow
 def test_ctrl_c_lets_every_job_finish_its_trial_and_a_relaunch_spends_the_rest(tmp_path, tiny_space):
     url = f"sqlite:///{tmp_path / 'stop.db'}"

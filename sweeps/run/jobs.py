@@ -93,7 +93,7 @@ def select_device(gpu: str | None) -> None:
         raise ConfigError(f"--gpu takes a GPU index such as 0 or 'none', got '{gpu}'")
 
 
-def use_device(gpu: str | None, threads: int | None = 1) -> str:
+def use_device(gpu: str | None, threads: int | None = None) -> str:
     """Pin this process to ``gpu`` (``select_device``), start TensorFlow with ``threads`` and
     return the device it trains on; a GPU that TensorFlow cannot see is a mistake, not a quiet
     fall back to the CPU."""
@@ -116,13 +116,12 @@ class JobSpec:
     code_dir: str
     log_file: Path
     gpus: Sequence[str] | None = None
-    #: Wall-clock time (``time.time()``) after which jobs start no new trial; None: no timeout.
-    stop_at: float | None = None
 
-    def argv(self, index: int, threads: int, *, waiting: bool = False) -> list[str]:
+    def argv(self, index: int, threads: int, *, waiting: bool = False, stop_at: float | None = None) -> list[str]:
         """Job ``index``'s command line; a ``waiting`` job imports TensorFlow, then waits for a
-        start line on stdin. The storage URL travels in the environment instead, since ``ps``
-        shows command lines and a URL may hold a password."""
+        start line on stdin. ``stop_at``: the wall-clock time (``time.time()``) after which it
+        starts no trial. The storage URL travels in the environment instead, since ``ps`` shows
+        command lines and a URL may hold a password."""
         argv = [
             sys.executable, "-m", "gapsweep.cli", "worker", "--study", self.study, "--code-dir", self.code_dir,
             "--log-file", str(self.log_file), "--threads", str(threads), "--job", str(index), "--no-progress",
@@ -130,8 +129,8 @@ class JobSpec:
         ]
         if self.gpus:
             argv += ["--gpu", self.gpus[index % len(self.gpus)]]
-        if self.stop_at is not None:
-            argv += ["--stop-at", repr(self.stop_at)]
+        if stop_at is not None:
+            argv += ["--stop-at", repr(stop_at)]
         if waiting:
             argv.append(AWAIT_START)
         return argv
@@ -142,9 +141,22 @@ AWAIT_START = "--await-start"
 _START_LINE = "start"
 
 
-def await_start() -> bool:
-    """In a waiting job: block until ``launch`` says start (True) or ends the job unused (False)."""
-    return sys.stdin.readline().strip() == _START_LINE
+def await_start() -> tuple[bool, float | None]:
+    """In a waiting job: block until ``launch`` says start (True, with the time to stop starting
+    trials, if any) or ends the job unused (False)."""
+    words = sys.stdin.readline().split()
+    if not words or words[0] != _START_LINE:
+        return False, None
+    return True, float(words[1]) if len(words) > 1 else None
+
+
+def replacement_argv(argv: Sequence[str], stop_at: float | None) -> list[str]:
+    """The command line a job re-executes itself with: it runs at once, and keeps the stop time
+    a waiting job was sent on stdin."""
+    again = [arg for arg in argv if arg != AWAIT_START]
+    if stop_at is not None and "--stop-at" not in again:
+        again += ["--stop-at", repr(stop_at)]
+    return again
 
 
 @dataclass
@@ -187,15 +199,16 @@ class _Job:
             except ProcessLookupError:
                 pass  # it ended meanwhile
 
-    def tell(self, run: bool) -> None:
-        """Start a waiting job, or end it unused (it has touched nothing yet)."""
+    def tell(self, run: bool, stop_at: float | None = None) -> None:
+        """Start a waiting job (to start no trial after ``stop_at``), or end it unused (it has
+        touched nothing yet)."""
         self.waiting = False
         assert self.process.stdin is not None
         if not run:
             self.process.kill()
         with contextlib.suppress(OSError):  # it died meanwhile: _wait reports it
             if run:
-                self.process.stdin.write(_START_LINE + "\n")
+                self.process.stdin.write(_START_LINE + ("" if stop_at is None else f" {stop_at!r}") + "\n")
             self.process.stdin.close()
 
 
@@ -215,6 +228,7 @@ class JobPool:
         if spec.storage is not None:
             self.env["GAPSWEEP_STORAGE"] = spec.storage
         self.outcome = Outcome()
+        self.stop_at: float | None = None
         self.jobs: list[_Job] = []
         self._unused: list[_Job] = []
         self._lock = threading.Lock()
@@ -223,22 +237,24 @@ class JobPool:
             self.add(index, waiting=True)
 
     def add(self, index: int, *, waiting: bool = False) -> None:
-        """Start job ``index`` (one that runs at once unless ``waiting``)."""
+        """Start job ``index`` (one that runs at once, to the stop time ``start`` set, unless ``waiting``)."""
         process = subprocess.Popen(
-            self.spec.argv(index, self.threads, waiting=waiting), env=self.env,
+            self.spec.argv(index, self.threads, waiting=waiting, stop_at=None if waiting else self.stop_at), env=self.env,
             stdin=subprocess.PIPE if waiting else subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, process_group=0,
         )
         with self._lock:
             self.jobs.append(_Job(index, process, waiting=waiting))
 
-    def start(self, count: int) -> None:
-        """Let the first ``count`` waiting jobs run; the others end unused."""
+    def start(self, count: int, *, stop_at: float | None = None) -> None:
+        """Let the first ``count`` waiting jobs run, to start no trial after ``stop_at`` (a
+        ``time.time()``); the others end unused."""
+        self.stop_at = stop_at
         for position, job in enumerate(self._waiting()):
             self._tell(job, run=position < count)
 
     def _tell(self, job: _Job, *, run: bool) -> None:
-        job.tell(run)
+        job.tell(run, self.stop_at)
         if not run:  # killed unused: reaped by close, never reported as dead
             with self._lock:
                 self.jobs.remove(job)
@@ -326,9 +342,8 @@ class JobPool:
                         on_error()
                         for other in alive:
                             other.signal(signal.SIGTERM)  # finish the trial at hand, then stop
-                elif (code < 0 and not (outcome.interrupted and -code in (signal.SIGINT, signal.SIGTERM))) or (
-                    code not in (0, 130) and not outcome.interrupted
-                ):  # a job stopped by the signal launch passed on (before its handler was set) did not die
+                elif code != 0 and not (job.signals and (code == 130 or -code in (signal.SIGINT, signal.SIGTERM))):
+                    # A job that launch stopped (by a signal that may come before its handler is set) did not die.
                     how = signal.Signals(-code).name if code < 0 else f"exit status {code}"
                     line = f"job {job.index} (pid {job.process.pid}) died ({how})"
                     outcome.died.append(line)

@@ -55,7 +55,7 @@ from gapsweep.sweeps.trial.checkpoints import checkpoint_interval
 from gapsweep.sweeps.trial.models import ModelKeeper
 from gapsweep.sweeps.trial.objective import Objective
 from gapsweep.sweeps.trial.pruning import make_pruner
-from gapsweep.sweeps.trial.runtime import init_tensorflow
+from gapsweep.sweeps.trial.runtime import init_tensorflow, set_threads
 from gapsweep.sweeps.trial.trainer import TrainingDiverged
 
 #: Training rows a KerasTuner hypermodel's first model is evaluated on before the study exists.
@@ -99,22 +99,19 @@ class Sweep:
         self.storage.engine.dispose()
 
 
-def prepare(
-    config: SweepConfig, *, salt: str | None = None, allow_objective_change: bool = False, threads: int = 1
-) -> Sweep:
+def prepare(config: SweepConfig, *, salt: str | None = None, allow_objective_change: bool = False) -> Sweep:
     """Validate ``config``, then create or resume its study. Nothing is written before the
     space and data have passed their checks, and no code is imported from outside the project.
 
     A resumed study must see the same search space, the same data (by fingerprint), the same
     artifact store and, unless ``allow_objective_change``, the same objective: otherwise its
-    trials would mix scores that cannot be compared, or lose their models. ``threads``: the
-    TensorFlow threads per pool, should checking a hypermodel start TensorFlow.
+    trials would mix scores that cannot be compared, or lose their models.
     """
     env.check([heartbeat_settings, lock_timeout_s, checkpoint_interval, pg_pool_size])
     config.code()  # a hypermodel or data loader file outside the project folder is refused before anything runs
     config.data_code()
     splits = datasets.load(config.data, config.code_dir)
-    hypermodel = load_hypermodel(config, splits, threads)
+    hypermodel = load_hypermodel(config, splits)
     if config.baseline is not None:
         _check_baseline(config.baseline, hypermodel)
     store = open_store(config.artifacts)
@@ -305,11 +302,12 @@ def prepared(
     The study's connections and every job are closed on the way out.
     """
     threads = 1 if jobs == 1 else max(1, usable_cores() // jobs)
+    set_threads(threads)  # TensorFlow starts later: with a hypermodel's check, or the first trial
     pool = JobPool(_job_spec(config, gpus, log_file), jobs - 1, threads=threads) if jobs > 1 else None
     try:
         if gpus:
-            use_device(gpus[0], threads)  # before prepare, which may build a model
-        sweep = prepare(config, allow_objective_change=allow_objective_change, threads=threads)
+            use_device(gpus[0])  # before prepare, which may build a model
+        sweep = prepare(config, allow_objective_change=allow_objective_change)
         try:
             yield sweep, pool
         finally:
@@ -322,8 +320,7 @@ def prepared(
 def _job_spec(config: SweepConfig, gpus: Sequence[str] | None, log_file: str | Path | None) -> JobSpec:
     return JobSpec(
         study=config.study, storage=config.storage, code_dir=str(Path(config.code_dir or ".").resolve()),
-        log_file=Path(log_file if log_file is not None else default_log_path(config.storage)).resolve(),
-        gpus=gpus, stop_at=None if config.timeout is None else time.time() + config.timeout,
+        log_file=Path(log_file if log_file is not None else default_log_path(config.storage)).resolve(), gpus=gpus,
     )
 
 
@@ -342,8 +339,10 @@ def run_parallel(sweep: Sweep, pool: JobPool, *, progress: bool | None = None, l
     if _work_in(counts, config.trials) is None:
         return False  # the study is done: nothing to start
     remaining = max(config.trials - sum(counts[state.name] for state in COUNTED), counts["WAITING"])
-    pool.start(remaining - 1)  # this process is one of the jobs
-    init_tensorflow(pool.threads)
+    # The timeout counts from here, as with one job: this process imports TensorFlow in its first
+    # trial, and a job that is ready only after it starts no trial.
+    stop_at = None if config.timeout is None else time.time() + config.timeout
+    pool.start(remaining - 1, stop_at=stop_at)  # this process is one of the jobs
     sweep.job = 0
     training = True
 
@@ -369,7 +368,7 @@ def run_parallel(sweep: Sweep, pool: JobPool, *, progress: bool | None = None, l
         with pool.passing_signals(first=stop_after_trial, again=stop_now):
             monitor.start()
             try:
-                ran = run_trials(sweep, max_trials=TRIALS_PER_PROCESS, progress=False, log_file=log_file, stop_at=pool.spec.stop_at)
+                ran = run_trials(sweep, max_trials=TRIALS_PER_PROCESS, progress=False, log_file=log_file, stop_at=stop_at)
                 if ran == TRIALS_PER_PROCESS and not sweep.stop_requested and has_work(sweep) is not None:
                     pool.add(0)
             except KeyboardInterrupt:
@@ -383,7 +382,6 @@ def run_parallel(sweep: Sweep, pool: JobPool, *, progress: bool | None = None, l
     outcome = pool.outcome
     if outcome.error is not None:
         raise SweepFailedError(outcome.error)
-    stop_at = pool.spec.stop_at
     timed_out = stop_at is not None and time.time() >= stop_at
     if outcome.died and not outcome.interrupted and not timed_out and has_work(sweep) is not None:
         raise SweepFailedError(
@@ -692,7 +690,7 @@ def _same_code(key: str, previous: dict[str, Any], stored: dict[str, Any], confi
     )
 
 
-def load_hypermodel(config: SweepConfig, splits: Splits, threads: int = 1) -> Hypermodel:
+def load_hypermodel(config: SweepConfig, splits: Splits) -> Hypermodel:
     """The hypermodel ``config`` names: a KerasTuner build function or HyperModel (a file found
     inside the project folder), checked by one build evaluated on a few rows of ``splits``, or
     else its search space sampled into the built-in builder (checked against the data's shape)."""
@@ -700,7 +698,7 @@ def load_hypermodel(config: SweepConfig, splits: Splits, threads: int = 1) -> Hy
         space_hypermodel = SpaceHypermodel(load_space(config.space))
         space_hypermodel.check(splits.task)
         return space_hypermodel
-    init_tensorflow(threads)  # the check builds a model, and TensorFlow's thread settings must come first
+    init_tensorflow()  # the check builds a model, and TensorFlow's thread settings must come first
     hypermodel = keras_tuner.load(config.code() or config.hypermodel, max_epochs=config.max_epochs)
     hypermodel.check(splits.x_train[:_CHECK_ROWS], splits.y_train[:_CHECK_ROWS], splits.task)
     return hypermodel

@@ -16,6 +16,8 @@ import os
 from gapsweep.quiet import without_import_noise
 
 _device: str | None = None
+#: TensorFlow threads per pool when this process starts it (``set_threads``).
+_threads = 1
 
 #: Seeds are whole numbers below this (NumPy's and Optuna's samplers take no larger).
 SEED_RANGE = 2**32
@@ -33,12 +35,19 @@ def fresh_session(seed: int) -> None:
     keras.utils.set_random_seed(seed % SEED_RANGE)
 
 
-def init_tensorflow(threads: int | None = 1) -> str:
+def set_threads(threads: int) -> None:
+    """The threads per pool TensorFlow gets when it starts in this process, which may be much
+    later (with the first model): one process of several sharing the cores takes its share."""
+    global _threads
+    _threads = threads
+
+
+def init_tensorflow(threads: int | None = None) -> str:
     """Import TensorFlow quietly, fix its thread pools and let GPU memory grow on demand.
 
-    Must run before the first op. One thread per pool was as fast as the defaults for these
-    small models and lets one worker process per core scale; ``None`` keeps TensorFlow's
-    defaults. Returns the device that trains, e.g. ``GPU:0`` or ``CPU``.
+    Must run before the first op. One thread per pool (the default, unless ``set_threads`` or
+    ``threads`` says otherwise) was as fast as TensorFlow's defaults for these small models and
+    lets one worker process per core scale. Returns the device that trains, e.g. ``GPU:0`` or ``CPU``.
     """
     global _device
     if _device is not None:
@@ -54,9 +63,8 @@ def init_tensorflow(threads: int | None = 1) -> str:
         for gpu in gpus:
             # Without this one process claims all GPU memory and a second worker cannot start.
             tf.config.experimental.set_memory_growth(gpu, True)
-        if threads:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        tf.config.threading.set_intra_op_parallelism_threads(threads or _threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads or _threads)
     except RuntimeError:
         pass  # TensorFlow already ran an op in this process; its settings are fixed.
     gc.collect()
