@@ -24,7 +24,7 @@ from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from gapsweep import env
 from gapsweep.errors import StorageError
 from gapsweep.storage import optuna_tables
-from gapsweep.storage.locks import schema_lock
+from gapsweep.storage.locks import being_made, schema_lock
 from gapsweep.storage.url import MASK, mask, parse, passwords
 
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -188,6 +188,15 @@ def connect_existing(url_text: str | None, *, flag: str = "--storage") -> Engine
     except SQLAlchemyError as exc:
         engine.dispose()
         raise describe_failure(url, exc) from None
+    if tables & optuna_tables.TABLE_NAMES and "alembic_version" not in tables:  # Optuna writes its version last
+        made_now = being_made(engine)
+        engine.dispose()
+        if made_now:
+            raise StorageError(f"{mask(url)} is being created by another process right now; run again in a moment")
+        raise StorageError(
+            f"{mask(url)} was left half-made (a launch stopped while creating its tables): launch a sweep on it "
+            "again to finish it"
+        )
     if not {"studies", "trials", "version_info"} <= tables:
         engine.dispose()
         if not tables:

@@ -55,6 +55,19 @@ def schema_lock(engine: Engine, version_table: str) -> contextlib.AbstractContex
     return StudyLock(engine, SCHEMA_LOCK)
 
 
+def being_made(engine: Engine) -> bool:
+    """Whether some process holds the schema lock now: it is creating (or upgrading) the
+    database, where a database left half-made by a killed one has nobody holding it. When that
+    cannot be told (e.g. a folder this process cannot write to), it counts as being made."""
+    lock = StudyLock(engine, SCHEMA_LOCK)
+    try:
+        free = lock.try_acquire()
+    except (OSError, SQLAlchemyError):
+        return True
+    lock.release()
+    return not free
+
+
 def _made(path: Path, version_table: str) -> bool:
     """Whether the SQLite file at ``path`` holds a row in ``version_table``, read without writing.
     A file that is no SQLite database counts as made: nothing will be created in it, and the
@@ -100,6 +113,24 @@ class StudyLock:
             self._acquire_advisory(timeout)
         else:
             self._acquire_file(timeout)
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free now, without waiting; whether it was taken."""
+        if self.engine.dialect.name == "postgresql":
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            if conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": _key(self.study)}).scalar():
+                self._conn = conn
+                return True
+            conn.close()
+            return False
+        handle = open(lock_file(self.engine), "a+b")  # noqa: SIM115 - held open until release
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._file = handle
+        return True
 
     def _acquire_advisory(self, timeout: float) -> None:
         """One round trip when the lock is free (``pg_try_advisory_lock``, outside a transaction);

@@ -55,6 +55,10 @@ def stored_value(value: float | None, value_type: Any) -> float:
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
+#: The tables Optuna's storage creates (its schema version's table is made last).
+TABLE_NAMES = frozenset(models.BaseModel.metadata.tables)
+
+
 def check_schema(conn: Connection) -> None:
     """Refuse a database whose Optuna schema is not the one these tables describe."""
     try:

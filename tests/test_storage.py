@@ -259,15 +259,26 @@ def test_first_launches_racing_on_a_new_postgresql_database_all_get_its_tables(p
         assert conn.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar() == 1
 
 
-def test_a_database_without_its_schema_version_is_one_line(sqlite_url, tmp_path):
-    """What a reader meets while another process is still creating the database."""
-    import sqlite3
+def test_a_database_without_its_schema_version_is_being_made_or_was_left_half_made(any_url):
+    """Optuna writes its schema version last: a reader tells a database another process is
+    creating now (it holds the schema lock) from one a killed launch left half-made, and a
+    launch finishes the latter."""
+    import sqlalchemy as sa
 
-    open_storage(sqlite_url).engine.dispose()
-    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:
-        conn.execute("DROP TABLE alembic_version")
-    with pytest.raises(StorageError, match="no schema version \\(alembic_version\\): another process may be creating it"):
-        connect_existing(sqlite_url)
+    from gapsweep.storage.locks import SCHEMA_LOCK, StudyLock
+
+    engine = open_storage(any_url).engine
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE alembic_version"))
+        conn.execute(sa.text("DROP TABLE trial_values"))  # killed in the middle of making the tables
+    with StudyLock(engine, SCHEMA_LOCK):  # as a launch making the tables holds it
+        with pytest.raises(StorageError, match="is being created by another process right now; run again in a moment"):
+            connect_existing(any_url)
+    with pytest.raises(StorageError, match="was left half-made \\(a launch stopped while creating its tables\\): launch a sweep"):
+        connect_existing(any_url)
+    engine.dispose()
+    open_storage(any_url).engine.dispose()  # what a launch opens the database with
+    connect_existing(any_url).dispose()
 
 
 def test_an_empty_database_is_told_apart_from_a_foreign_one(postgres_url, capsys):
