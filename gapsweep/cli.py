@@ -497,7 +497,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         config, jobs=jobs, gpus=gpus, allow_objective_change=args.allow_objective_change, log_file=args.log_file
     ) as (sweep, pool):
         if args.create_only:
-            print(_ready_line(config))
+            print(_ready_line(config, as_json=args.json))
             return 0
         if has_work(sweep) is None:
             print(
@@ -537,10 +537,11 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ready_line(config: Any) -> str:
+def _ready_line(config: Any, *, as_json: bool = False) -> str:
     """The worker command for a study made with ``--create-only``, ready to paste: the URL as
     the user would type it with its password left out (a worker reads it from PGPASSWORD or
-    ~/.pgpass), and ``--code-dir`` where the study's code is relative to another folder."""
+    ~/.pgpass), and ``--code-dir`` where the study's code is relative to another folder. With
+    ``as_json``, the study, the command and its note as one JSON object."""
     from sqlalchemy.engine import URL
 
     from gapsweep.search_spaces.code_refs import is_ref
@@ -554,6 +555,10 @@ def _ready_line(config: Any) -> str:
         folder = os.path.relpath(Path(config.code_dir or ".").resolve())
         flags += f" --code-dir {shlex.quote(folder)}" if folder != "." else ""
         note += " in a checkout of the project"
+    if as_json:
+        from gapsweep.output import to_json
+
+        return to_json({"study": config.study, "ready": True, "worker_command": f"gapsweep worker {flags}", "note": note.strip(" ()")})
     return f"study '{config.study}' is ready: start workers with gapsweep worker {flags}{note}"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,7 @@ def test_create_only_prints_a_worker_command_that_pastes(postgres_url, tmp_path,
     assert "S3cret" not in out and "***" not in out and "+psycopg" not in out
     assert f"gapsweep worker --study ready --storage '{postgres_url.replace('+psycopg', '')}' --code-dir examples" in out
     assert out.endswith("(the password is left out: give the workers PGPASSWORD or a ~/.pgpass) in a checkout of the project")
+    assert main(["launch", "examples/images_loader.toml", "--study", "ready", "--create-only", "--storage", with_password, "--json"]) == 0
+    ready = json.loads(capsys.readouterr().out)
+    assert ready["study"] == "ready" and ready["worker_command"].startswith("gapsweep worker --study ready --storage ")
+    assert "S3cret" not in json.dumps(ready) and ready["note"].startswith("the password is left out")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,10 @@ def test_a_messy_csv_sweeps_exports_and_predicts_raw_rows_as_recorded(sqlite_url
         assert len(table) == len(splits.y_test)
         assert [row["predicted"] for row in table] == [info["classes"][k] for k in np.argmax(probabilities, axis=1)]
         np.testing.assert_allclose([float(row["p_yes"]) for row in table], probabilities[:, 1], atol=1e-5)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert predictions.stat().st_mode & 0o777 == 0o666 & ~umask  # as any file the user writes, not 0600
+    assert not list(tmp_path.glob(".*.part"))
 
 
 def test_export_and_predict_refuse_bad_paths_in_one_line(tmp_path: Path, capsys):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,11 +92,17 @@ def predict_file(
     loaded = model_from_bytes(data_bytes)
     output = np.asarray(loaded.predict(as_model_inputs(raw, loaded), verbose=0, batch_size=_BATCH))
     header, rows = _table(output, info, logits=outputs_logits(loaded))
-    with tempfile.NamedTemporaryFile("w", newline="", dir=path.parent, suffix=".csv", delete=False) as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(handle.name, path)  # nothing half-written at ``out``
+    # Written beside ``out`` and renamed over it: nothing half-written there. A plain open, so
+    # the file gets the permissions any file the user writes gets (a temporary file's are 0600).
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        with part.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(rows)
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
     return Predictions(rows=len(rows), out=str(path), trial=number, columns=header)
 
 
