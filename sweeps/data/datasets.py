@@ -65,8 +65,11 @@ class DataSpec:
         if any(not 0 <= f <= 1 for f in fractions) or self.train_fraction <= 0:
             raise DataError(f"split fractions must lie in (0, 1], got {fractions}")
         if sum(fractions) > 1 + 1e-9:
+            room = 1 - self.val_fraction - self.test_fraction
             raise DataError(
-                f"train + val + test fractions add up to {sum(fractions):.3f}; they must be <= 1"
+                f"train + val + test fractions add up to {sum(fractions):.3f}; they must be <= 1: with val "
+                f"{self.val_fraction:g} and test {self.test_fraction:g} (data.val_fraction, data.test_fraction in a "
+                f"sweep file), the train fraction may be at most {room:g}"
             )
         if self.task not in (None, "classification", "regression"):
             raise DataError(f"task must be 'classification' or 'regression', got {self.task!r}")
@@ -224,9 +227,10 @@ def load(spec: DataSpec, project: str | Path | None = None) -> Splits:
         raise in_memory.unreachable(spec.source)
     is_csv = isinstance(spec.source, str) and not spec.loader and Path(spec.source).suffix.lower() == ".csv"
     if (spec.target or spec.ignore) and not is_csv:
-        flags = " and ".join(flag for flag, given in (("--target", spec.target), ("--ignore", spec.ignore)) if given)
+        flags = [flag for flag, given in (("--target", spec.target), ("--ignore", spec.ignore)) if given]
         what = f"'{spec.source}' is not one" if isinstance(spec.source, str) else "data passed from Python is not one"
-        raise DataError(f"{flags} name columns of a .csv file, and {what}; drop {flags}")
+        verb = "names a column" if len(flags) == 1 else "name columns"
+        raise DataError(f"{' and '.join(flags)} {verb} of a .csv file, and {what}; drop {' and '.join(flags)}")
     classes: tuple[str, ...] = ()
     given = None
     if isinstance(spec.source, InMemoryData) or spec.loader:
