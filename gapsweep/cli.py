@@ -647,19 +647,22 @@ def _with_reference(study: str, storage: str | None, rows: list[dict[str, Any]])
 
 def _print_reference_line(study: str, storage: str | None, rows: list[dict[str, Any]], *, whole_sweep: bool = True) -> None:
     """The first row's val loss beside the linear reference's, in one sentence (``whole_sweep``:
-    the row is the sweep's best, so the sentence may say whether the sweep beat the reference)."""
+    the row is the sweep's best, so the sentence may say whether the sweep beat the reference),
+    and one more if that row predicts no better than a constant."""
     from gapsweep.api import study_reference
     from gapsweep.storage import trial_keys
-    from gapsweep.sweeps.run.reference import sentence
+    from gapsweep.sweeps.run.reference import chance_sentence, sentence
 
     reference = study_reference(study, storage)
+    pick = rows[0] if rows else {}
     if reference is not None:
-        pick = rows[0] if rows else {}
         linear_start = bool(pick.get(trial_keys.LINEAR_START))
         print(sentence(
             reference, pick.get("number"), pick.get("val_loss"), linear_start=linear_start, whole_sweep=whole_sweep,
             prior_loss=pick.get(trial_keys.PRIOR_LOSS),
         ))
+    if pick.get(trial_keys.CHANCE_LEVEL) and pick.get("val_loss") is not None:
+        print(chance_sentence(pick["number"], pick["val_loss"], pick[trial_keys.PRIOR_LOSS], whole_sweep=whole_sweep))
 
 
 def _selection_lines(selection: Any) -> str:

@@ -12,6 +12,7 @@ import optuna
 import pytest
 
 from gapsweep.cli import build_parser, main
+from gapsweep.storage.engine import open_storage
 
 COMMANDS = ["launch", "best", "trials", "studies", "show", "export", "worker", "reap", "delete", "migrate", "report", "rerun", "verify", "predict"]
 
@@ -88,6 +89,28 @@ def test_a_user_error_prints_no_traceback_from_the_real_command(tmp_path: Path):
     )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == ["gapsweep: error: no study named 'ghost' in this database (studies: real)"]
+
+
+def test_a_best_trial_at_chance_level_is_said_plainly(tmp_path: Path, capsys):
+    """No trial beat always predicting the class shares: `best` says so under its table, and
+    an export of such a trial notes it."""
+    from gapsweep.storage import artifacts
+    from gapsweep.sweeps.analysis.export import export_best
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    study = optuna.create_study(study_name="c", storage=url)
+    attrs = {"val_loss": 1.1, "train_loss": 1.09, "prior_loss": 1.0986, "chance_level": True}
+    study.add_trial(optuna.trial.create_trial(value=1.1, user_attrs=attrs))
+    assert main(["best", "--study", "c", "--storage", url]) == 0
+    out = capsys.readouterr().out
+    assert "trial 0 is at chance level: val loss 1.1000, no better than 1.0986" in out
+    assert "no trial learned from these columns: check the target and the columns" in out
+    engine = open_storage(url).engine
+    artifacts.ensure_schema(engine)
+    artifacts.save(engine, "c", 0, artifacts.MODEL, b"a model", meta={"score": 1.1, "val_loss": 1.1, "prior_loss": 1.0986, "chance_level": True})
+    engine.dispose()
+    exported = export_best("c", tmp_path / "c.keras", url)
+    assert exported.note is not None and exported.note.startswith("trial 0 is at chance level")
 
 
 def test_a_closed_pipe_ends_quietly(tmp_path: Path):

@@ -41,6 +41,7 @@ from gapsweep.sweeps.analysis.reproduce import refit as refit_trial
 from gapsweep.sweeps.data import losses
 from gapsweep.sweeps.data.datasets import Splits
 from gapsweep.sweeps.run.config import SweepConfig, stored_sweep_data
+from gapsweep.sweeps.run.reference import chance_sentence
 from gapsweep.sweeps.data.preprocessing import unwrap
 from gapsweep.sweeps.trial.models import model_from_bytes, model_to_bytes, raw_input_model_bytes
 from gapsweep.sweeps.trial.trainer import TrainingDiverged
@@ -110,9 +111,17 @@ def export_best(
     else:
         artifact = best_artifact(study, storage, trial)
         data = artifact.data
-        exported = Exported(study, path, [artifact.trial_number], False, artifact.meta)
+        exported = Exported(study, path, [artifact.trial_number], False, artifact.meta, _chance_note(artifact))
     path.write_bytes(data)
     return exported
+
+
+def _chance_note(artifact: artifacts.Artifact) -> str | None:
+    """What to say when the exported model predicts no better than a constant."""
+    meta = artifact.meta
+    if not meta.get(trial_keys.CHANCE_LEVEL) or meta.get("val_loss") is None or meta.get(trial_keys.PRIOR_LOSS) is None:
+        return None
+    return chance_sentence(artifact.trial_number, float(meta["val_loss"]), float(meta[trial_keys.PRIOR_LOSS]))
 
 
 def check_out(out: str | os.PathLike[str]) -> Path:

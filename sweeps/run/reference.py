@@ -196,6 +196,17 @@ def sentence(
     )
 
 
+def chance_sentence(number: int, val_loss: float, prior_loss: float, *, whole_sweep: bool = True) -> str:
+    """One line for a pick that predicts no better than a constant: no trial learned anything."""
+    line = (
+        f"trial {number} is at chance level: val loss {val_loss:.4f}, no better than {prior_loss:.4f}, what always "
+        "predicting the training rows' class shares (or mean) scores"
+    )
+    if not whole_sweep:
+        return line
+    return f"{line}; no trial learned from these columns: check the target and the columns, or widen the search"
+
+
 def _names(splits: Splits) -> tuple[str, str]:
     return ("LogisticRegression", "C") if splits.task.task == "classification" else ("Ridge", "alpha")
 

@@ -139,6 +139,8 @@ class Objective:
                 "train_loss": score.train_loss,
                 "gap": score.gap,
                 "best_epoch": score.epoch,
+                trial_keys.PRIOR_LOSS: score.prior_loss,
+                trial_keys.CHANCE_LEVEL: score.chance_level,
                 **held_out_metrics(model, self.splits),
             }
             self.keeper.offer(standing, model, meta, self.splits.preprocessing)
