@@ -499,6 +499,8 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         if args.create_only:
             print(_ready_line(config, as_json=args.json))
             return 0
+        if not args.json:
+            print(_data_line(config, sweep.splits))
         if has_work(sweep) is None:
             print(
                 f"gapsweep: study '{config.study}' has spent its budget of {config.trials} complete or pruned trial(s); "
@@ -535,6 +537,23 @@ def _cmd_launch(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _data_line(config: Any, splits: Any) -> str:
+    """What the sweep learns, as gapsweep read the data: the task, the classes and the rows of
+    each split; for a CSV target of whole numbers taken as classes, how to predict it as a number."""
+    import re
+
+    task, classes = splits.task.task, splits.preprocessing.classes
+    what = f"regression, {splits.task.n_outputs} target(s)" if task == "regression" else f"classification, {len(classes)} classes"
+    if classes:
+        shown = [repr(name) for name in classes] if len(classes) <= 6 else [*map(repr, classes[:3]), "…", repr(classes[-1])]
+        what += f" ({', '.join(shown)})"
+    hint = ""
+    if config.data.target and config.data.task is None and classes and all(re.fullmatch(r"-?\d+", name) for name in classes):
+        hint = f"; column '{config.data.target}' holds whole numbers, taken as class labels: --task regression predicts them as numbers"
+    rows = f"{len(splits.y_train)} train, {len(splits.y_val)} val, {len(splits.y_test)} test rows"
+    return f"data: {what}; {rows}{hint}"
 
 
 def _ready_line(config: Any, *, as_json: bool = False) -> str:

@@ -91,6 +91,23 @@ def test_a_user_error_prints_no_traceback_from_the_real_command(tmp_path: Path):
     assert done.stderr.strip().splitlines() == ["gapsweep: error: no study named 'ghost' in this database (studies: real)"]
 
 
+@pytest.mark.slow
+def test_launch_says_what_task_it_read_and_how_to_turn_whole_numbers_into_a_regression(tmp_path: Path, capfd):
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=60)
+    price = (200 + 50 * a).round(-1).astype(int)
+    (tmp_path / "p.csv").write_text("a,price\n" + "".join(f"{x:.4f},{y}\n" for x, y in zip(a, price)))
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    argv = ["launch", "--data", str(tmp_path / "p.csv"), "--target", "price", "--trials", "1", "--storage", url, "--no-progress"]
+    assert main([*argv, "--study", "c"]) == 0
+    out, err = capfd.readouterr()
+    assert "data: classification, " in out and "36 train, 12 val, 12 test rows" in out
+    assert "column 'price' holds whole numbers, taken as class labels: --task regression predicts them as numbers" in out
+    assert "UserWarning" not in err  # scikit-learn's own guess stays out of the way
+    assert main([*argv, "--study", "r", "--task", "regression"]) == 0
+    assert "data: regression, 1 target(s); 36 train" in capfd.readouterr().out
+
+
 def test_a_best_trial_at_chance_level_is_said_plainly(tmp_path: Path, capsys):
     """No trial beat always predicting the class shares: `best` says so under its table, and
     an export of such a trial notes it."""
