@@ -539,6 +539,10 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Fewer val rows than this make a val loss too noisy to rank trials by: launch says so.
+_FEW_VAL_ROWS = 30
+
+
 def _data_line(config: Any, splits: Any) -> str:
     """What the sweep learns, as gapsweep read the data: the task, the classes and the rows of
     each split; for a CSV target of whole numbers taken as classes, how to predict it as a number."""
@@ -553,6 +557,11 @@ def _data_line(config: Any, splits: Any) -> str:
     if config.data.target and config.data.task is None and classes and all(re.fullmatch(r"-?\d+", name) for name in classes):
         hint = f"; column '{config.data.target}' holds whole numbers, taken as class labels: --task regression predicts them as numbers"
     rows = f"{len(splits.y_train)} train, {len(splits.y_val)} val, {len(splits.y_test)} test rows"
+    if len(splits.y_val) < _FEW_VAL_ROWS and not config.objective.cv:
+        hint += (
+            f"; only {len(splits.y_val)} val rows: their val loss can hardly tell trials apart (see the ± of best), "
+            "so add rows or cross-validate (--cv 5)"
+        )
     return f"data: {what}; {rows}{hint}"
 
 

@@ -104,6 +104,7 @@ def test_launch_says_what_task_it_read_and_how_to_turn_whole_numbers_into_a_regr
     assert "data: classification, " in out and "36 train, 12 val, 12 test rows" in out
     assert "column 'price' holds whole numbers, taken as class labels: --task regression predicts them as numbers" in out
     assert "UserWarning" not in err  # scikit-learn's own guess stays out of the way
+    assert "only 12 val rows: their val loss can hardly tell trials apart" in out
     assert main([*argv, "--study", "r", "--task", "regression"]) == 0
     assert "data: regression, 1 target(s); 36 train" in capfd.readouterr().out
 
