@@ -131,6 +131,7 @@ CASES = [
     Case("data-npz-nan", launch("--data", "d.npz"), "NaN/inf", npz("d.npz", x_train=np.full((20, 3), np.nan), y_train=np.zeros(20))),
     Case("data-npz-row-mismatch", launch("--data", "d.npz"), "x has 20 rows but y has 19", npz("d.npz", x_train=np.zeros((20, 3)), y_train=np.zeros(19))),
     Case("data-npz-1d-x", launch("--data", "d.npz"), "x must be 2-D", npz("d.npz", x_train=np.zeros(20), y_train=np.zeros(20))),
+    Case("data-npz-text-labels", launch("--data", "d.npz"), "d.npz: x and y must hold real numbers, got float64 and <U1; for text class names pass their numbers 0..K-1", npz("d.npz", x_train=np.zeros((20, 3)), y_train=np.array(["a", "b"] * 10))),
     Case("data-npz-val-without-y", launch("--data", "d.npz"), "only one of x_val/y_val", npz("d.npz", x_train=X, y_train=np.zeros(40), x_val=X)),
     Case("data-npz-too-few-rows", launch("--data", "d.npz"), "raise the fractions or add data", npz("d.npz", x_train=X[:3], y_train=np.arange(3) % 2)),
     Case("data-negative-labels", launch("--data", "d.npz", "--task", "classification"), "integer class labels 0..K-1", npz("d.npz", x_train=X, y_train=np.arange(40) % 2 - 1)),

@@ -248,7 +248,7 @@ def load(spec: DataSpec, project: str | Path | None = None) -> Splits:
         task = _task(y, spec.task)
     elif (path := _data_path(spec.source)).suffix.lower() == ".npz":
         x, y, given = _read_npz(path)
-        x, y = _check_arrays(x, y, "the data")
+        x, y = _check_arrays(x, y, str(path))
         task = _task(_all_labels(y, given), spec.task)
     elif path.suffix.lower() == ".csv":
         columns, y, classes = _read_csv(path, spec)
@@ -578,7 +578,11 @@ def _check_arrays(x: Any, y: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
     y = y.astype("int64") if y.dtype == bool else y  # True/False labels: classes 1 and 0
     numeric = [np.issubdtype(a.dtype, np.number) and not np.iscomplexobj(a) for a in (x, y)]
     if not all(numeric):
-        raise DataError(f"{where}: x and y must hold real numbers, got {x.dtype} and {y.dtype}")
+        hint = ""
+        if numeric[0] and y.dtype.kind in "USO":
+            hint = ("; for text class names pass their numbers 0..K-1 (names, y = np.unique(y, return_inverse=True)), "
+                    "or give a CSV with the names as its target column")
+        raise DataError(f"{where}: x and y must hold real numbers, got {x.dtype} and {y.dtype}{hint}")
     for name, array in (("x", x), ("y", y)):
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         if bad:
