@@ -485,8 +485,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and table say it all
     from gapsweep.sweeps.run.jobs import check_jobs, default_jobs, parse_gpus
-    from gapsweep.sweeps.run.launch import has_work, prepared, run_parallel, run_trials
-    from gapsweep.sweeps.run.worker import graceful_stop
+    from gapsweep.sweeps.run.launch import graceful_stop, has_work, prepared, run_parallel, run_trials
 
     gpus = parse_gpus(args.gpu)
     jobs = check_jobs(args.jobs) if args.jobs is not None else default_jobs(gpus)

@@ -254,6 +254,28 @@ def _running(url: str, study: str) -> bool:
 
 
 @pytest.mark.slow
+def test_one_ctrl_c_in_the_python_api_lets_the_trial_finish_then_raises(tmp_path):
+    """A notebook's "interrupt kernel" is one SIGINT: as in the CLI, the trial in flight finishes
+    and is stored, then ``launch`` raises ``KeyboardInterrupt``."""
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    script = (
+        "import gapsweep\n"
+        "config = gapsweep.SweepConfig(study='api', space={'units': {'type': 'int', 'low': 16, 'high': 32}, "
+        "'epochs': {'type': 'fixed', 'value': 200}}, data='wine', trials=20, pruner='none', "
+        f"objective=gapsweep.ObjectiveSettings(patience=100000), storage={url!r})\n"
+        "try:\n    gapsweep.launch(config, progress=False)\nexcept KeyboardInterrupt:\n    print('interrupted')\n"
+    )
+    run = subprocess.Popen([sys.executable, "-c", script], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not _running(url, "api") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=300)
+    assert out.strip() == "interrupted" and "finishing the current trial" in err, err[-2000:]
+    assert [t.state for t in list_trials("api", url)] == ["COMPLETE"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("signals", [1, 2])
 def test_an_interrupted_launch_exits_130_without_a_traceback(tmp_path, signals):
     sweep = tmp_path / "s.toml"

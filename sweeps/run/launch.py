@@ -20,11 +20,13 @@ import hashlib
 import logging
 import math
 import re
+import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any, Callable, Iterator, Sequence
 
 import optuna
@@ -251,6 +253,41 @@ def _pruner(config: SweepConfig, hypermodel: Hypermodel) -> optuna.pruners.BaseP
     return make_pruner(config.pruner, max_epochs=hypermodel.max_epochs)
 
 
+@contextlib.contextmanager
+def graceful_stop(sweep: Sweep) -> Iterator[None]:
+    """First SIGTERM/SIGINT: finish the current trial, then stop. Second: stop now (the trial
+    is marked failed by Optuna and queued again). Used by workers and by a one-job ``launch``,
+    the CLI's and the Python API's alike (a notebook's "interrupt kernel" is a SIGINT). A job of
+    ``launch --jobs`` also takes SIGHUP (its launch died), however often it comes, as the first."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if sweep.stop_requested:
+            if sweep.job is None:
+                tqdm.write(f"gapsweep: {signal.Signals(signum).name} again: stopping now; the running trial is queued again",
+                           file=sys.stderr)
+            raise KeyboardInterrupt
+        sweep.stop_requested = True
+        if sweep.job is not None:
+            return  # launch said it once for all its jobs
+        tqdm.write(f"gapsweep: {signal.Signals(signum).name}: finishing the current trial, then stopping "
+                   "(send it again to stop now)", file=sys.stderr)  # on a line of its own, above the bar
+
+    def hang_up(signum: int, frame: FrameType | None) -> None:
+        sweep.stop_requested = True
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only: a launch run from another thread keeps Python's own
+        return
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    if sweep.job is not None:
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hang_up)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def launch(
     config: SweepConfig,
     *,
@@ -284,7 +321,10 @@ def launch(
         gpus = parse_gpus(",".join(gpus))
     with prepared(config, jobs=jobs, gpus=gpus, allow_objective_change=allow_objective_change, log_file=log_file) as (sweep, pool):
         if pool is None:
-            run_trials(sweep, progress=progress, log_file=log_file)
+            with graceful_stop(sweep):
+                run_trials(sweep, progress=progress, log_file=log_file)
+            if sweep.stop_requested:
+                raise KeyboardInterrupt
         elif run_parallel(sweep, pool, progress=progress, log_file=log_file):
             raise KeyboardInterrupt
     return sweep.study

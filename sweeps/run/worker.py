@@ -12,52 +12,16 @@ same arguments), so its memory and speed stay flat however long it runs.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import socket
 import sys
 import time
 from pathlib import Path
-from types import FrameType
-from typing import Iterator, Sequence
-
-from tqdm import tqdm
+from typing import Sequence
 
 from gapsweep.errors import ConfigError
 from gapsweep.sweeps.run.config import SweepConfig
-from gapsweep.sweeps.run.launch import Sweep, has_work, prepare, run_trials
-
-
-@contextlib.contextmanager
-def graceful_stop(sweep: Sweep) -> Iterator[None]:
-    """First SIGTERM/SIGINT: finish the current trial, then stop. Second: stop now (the trial
-    is marked failed by Optuna and the worker exits). A job of ``launch --jobs`` also takes
-    SIGHUP (its launch died), however often it comes, as the first."""
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        if sweep.stop_requested:
-            if sweep.job is None:
-                tqdm.write(f"gapsweep: {signal.Signals(signum).name} again: stopping now; the running trial is queued again",
-                           file=sys.stderr)
-            raise KeyboardInterrupt
-        sweep.stop_requested = True
-        if sweep.job is not None:
-            return  # launch said it once for all its jobs
-        tqdm.write(f"gapsweep: {signal.Signals(signum).name}: finishing the current trial, then stopping "
-                   "(send it again to stop now)", file=sys.stderr)  # on a line of its own, above the bar
-
-    def hang_up(signum: int, frame: FrameType | None) -> None:
-        sweep.stop_requested = True
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-    if sweep.job is not None:
-        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hang_up)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+from gapsweep.sweeps.run.launch import graceful_stop, has_work, prepare, run_trials
 
 
 def work(
