@@ -186,8 +186,7 @@ class Objective:
 
         The folds are drawn from the study's seed, so every trial sees the same folds and their
         out-of-fold losses are comparable row by row. Per-epoch pruning is off inside a fold; after
-        fold i the running mean is reported at step (i + 1)·max_epochs − 1, the epochs the trial
-        could have used so far, so pruners sized in epochs never mistake a fold for an epoch.
+        fold i the running mean is reported at step i, to a pruner sized in folds (``launch._pruner``).
         Each fold's curves are stored (``curve.fold{i}.*``); the trial's own curves are the folds'
         mean over the epochs every fold ran, and its score parts are the folds' means. Its
         per-example losses are every row's out-of-fold loss, in row order (train rows, then val).
