@@ -118,6 +118,18 @@ def _check_sqlite(path: Path, flag: str) -> None:
     if (path.exists() and not os.access(path, os.W_OK)) or not os.access(path.parent, os.W_OK):
         where = path if path.exists() and not os.access(path, os.W_OK) else path.parent
         raise StorageError(f"{where} is read-only; a sweep needs to write there (copy the database elsewhere or fix its permissions)")
+    # A mistyped path must not add a sweep's tables to another application's database.
+    if path.is_file() and path.stat().st_size:
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)) as conn:
+                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError:
+            return  # not a SQLite file, or locked while being made: _use_wal names the first
+        if tables and not tables & (optuna_tables.TABLE_NAMES | {"alembic_version"}):
+            raise StorageError(
+                f"{path} holds other tables ({', '.join(sorted(tables)[:5])}) and none of Optuna's: it is another "
+                f"application's database; point {flag} at a new file"
+            )
 
 
 def _use_wal(path: Path, flag: str) -> None:

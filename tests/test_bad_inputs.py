@@ -8,6 +8,7 @@ model trains, so the suite stays in the quick tier.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 from dataclasses import dataclass
@@ -72,6 +73,13 @@ def space_case(name: str, toml: str, says: str) -> Case:
 
 
 
+def foreign_database(folder: Path, url: str) -> None:
+    """Another application's SQLite file where the study's database should be."""
+    with contextlib.closing(sqlite3.connect(folder / "sweeps.db")) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+        conn.commit()
+
+
 def created_study(folder: Path, url: str) -> None:
     """A study as `launch --create-only` leaves it: configuration stored, no trial yet."""
     (folder / "s.toml").write_text(SWEEP)
@@ -131,6 +139,7 @@ CASES = [
     Case("data-npz-nan", launch("--data", "d.npz"), "NaN/inf", npz("d.npz", x_train=np.full((20, 3), np.nan), y_train=np.zeros(20))),
     Case("data-npz-row-mismatch", launch("--data", "d.npz"), "x has 20 rows but y has 19", npz("d.npz", x_train=np.zeros((20, 3)), y_train=np.zeros(19))),
     Case("data-npz-1d-x", launch("--data", "d.npz"), "x must be 2-D", npz("d.npz", x_train=np.zeros(20), y_train=np.zeros(20))),
+    Case("storage-another-applications-sqlite-file", launch("--data", "wine"), "holds other tables (invoices) and none of Optuna's: it is another application's database; point --storage at a new file", foreign_database),
     Case("data-npz-text-labels", launch("--data", "d.npz"), "d.npz: x and y must hold real numbers, got float64 and <U1; for text class names pass their numbers 0..K-1", npz("d.npz", x_train=np.zeros((20, 3)), y_train=np.array(["a", "b"] * 10))),
     Case("data-npz-val-without-y", launch("--data", "d.npz"), "only one of x_val/y_val", npz("d.npz", x_train=X, y_train=np.zeros(40), x_val=X)),
     Case("data-npz-too-few-rows", launch("--data", "d.npz"), "raise the fractions or add data", npz("d.npz", x_train=X[:3], y_train=np.arange(3) % 2)),

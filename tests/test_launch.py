@@ -172,3 +172,11 @@ def test_progress_shows_the_budget_counts_and_best_score_only_when_asked(tiny_sp
     assert "trials" in shown and "2/2" in shown and "pruned=0" in shown and "failed=0" in shown and "best=" in shown
     launch(_config(tiny_space, sqlite_url, study="quiet", trials=1), progress=None)  # stderr is no terminal here
     assert "1/1" not in capsys.readouterr().err
+
+
+def test_a_python_config_that_names_two_things_to_search_or_a_dict_objective_is_refused_when_made():
+    with pytest.raises(ConfigError, match="either a space or a hypermodel; give SweepConfig one of space= and hypermodel="):
+        SweepConfig(space={"units": {"type": "fixed", "value": 3}}, hypermodel="models.py:build")
+    with pytest.raises(ConfigError, match="objective must be an ObjectiveSettings \\(e.g. ObjectiveSettings\\(gap_penalty=2\\)\\), got dict"):
+        SweepConfig(objective={"gap_penalty": 2})  # type: ignore[arg-type]
+    assert SweepConfig(hypermodel="models.py:build").hypermodel == "models.py:build"  # the default space stands aside

@@ -110,6 +110,12 @@ class SweepConfig:
             raise ConfigError(f"timeout must be > 0 seconds, got {self.timeout!r}")
         if self.storage is not None and not isinstance(self.storage, str):
             raise ConfigError(f"storage must be a database URL such as sqlite:///gapsweep.db, got {self.storage!r}")
+        if self.hypermodel is not None and self.space != SweepConfig.space:
+            raise ConfigError("a sweep searches either a space or a hypermodel; give SweepConfig one of space= and hypermodel=")
+        if not isinstance(self.objective, ObjectiveSettings):
+            raise ConfigError(
+                f"objective must be an ObjectiveSettings (e.g. ObjectiveSettings(gap_penalty=2)), got {type(self.objective).__name__}"
+            )
         objective = self.objective
         _non_negative("gap_penalty", objective.gap_penalty)
         _non_negative("kappa", objective.kappa)
