@@ -367,8 +367,8 @@ def test_a_study_stores_where_workers_find_its_hypermodel(tmp_path: Path, monkey
     assert importable_ref(_example("build_model")) == "examples/keras_tuner_models.py:build_model"
     unreachable = importable_ref(Tiny())  # an instance no module-level name holds
     assert unreachable.startswith("<Tiny is not") and "workers cannot import it" in unreachable
-    with pytest.raises(ConfigError, match="hypermodel must be 'path/to/module.py:NAME'"):
-        SweepConfig.from_dict({"hypermodel": unreachable})  # what a worker would read back
+    with pytest.raises(ConfigError, match="this study's hypermodel cannot be imported here \\(Tiny is not a module-level name of a .py file\\), and a worker, a refit"):
+        SweepConfig.from_dict({"hypermodel": unreachable})  # what a worker, a refit or rerun would read back
     with pytest.raises(SpaceError, match="file not found"):
         load("missing.py:build_model", max_epochs=3)
     monkeypatch.chdir(tmp_path)  # a module outside the project folder: launch runs it, workers cannot

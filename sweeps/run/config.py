@@ -28,6 +28,7 @@ workers look for it in their ``--code-dir`` (see ``gapsweep.search_spaces.code_r
 
 from __future__ import annotations
 
+import re
 import json
 import math
 from dataclasses import dataclass, field, fields, replace
@@ -133,6 +134,13 @@ class SweepConfig:
             raise ConfigError(f"multi_objective must be true or false, got {objective.multi_objective!r}")
         if self.baseline is not None and not isinstance(self.baseline, dict):
             raise ConfigError(f"baseline must be a table of parameter values, got {self.baseline!r}")
+        if isinstance(self.hypermodel, str) and self.hypermodel.startswith("<") and self.hypermodel.endswith(">"):
+            # What a study stores for a build function only its launching script held (keras_tuner.importable_ref).
+            raise ConfigError(
+                f"this study's hypermodel cannot be imported here ({re.split(', (?:and a worker|so workers)', self.hypermodel[1:-1])[0]}), and a "
+                "worker, a refit, an ensemble, verify and rerun must build its models again: define it in a module "
+                "and launch a study with hypermodel='module.py:NAME'"
+            )
         if isinstance(self.hypermodel, str) and not code_refs.is_ref(self.hypermodel):
             raise ConfigError(
                 "hypermodel must be 'path/to/module.py:NAME' (a KerasTuner build function or HyperModel), "
