@@ -59,6 +59,9 @@ def test_rerank_changes_the_winner_when_the_penalty_grows(sqlite_url, capsys):
     assert main(["best", "--study", "curves", "--storage", sqlite_url, "--gap-penalty", "2", "--json"]) == 0
     top = json.loads(capsys.readouterr().out)["trials"][0]
     assert top["number"] == 1 and top["stored_score"] == pytest.approx(1.0)
+    # Every score part is the re-ranked one: none is left from the stored score.
+    assert top["score"] == pytest.approx(top["val_loss"] + top["applied_penalty"])
+    assert top["raw_penalty"] == pytest.approx(2 * top["gap"]) and top["score_kind"] == "additive"
     # --epoch alone keeps the study's own λ (1.0 here)
     assert main(["best", "--study", "curves", "--storage", sqlite_url, "--epoch", "last", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["trials"][0]["gap_penalty"] == 1.0

@@ -30,15 +30,24 @@ class Reranked:
     score: Score
 
     def summary(self) -> dict[str, Any]:
-        """The trial's summary with the recomputed score parts; the stored score kept beside."""
+        """The trial's summary with every score part recomputed at the new λ and epoch (none
+        left from the stored score, so score = val loss + applied penalty holds); the stored
+        score kept beside."""
+        score = self.score
         return {
             **self.record.summary(),
-            "score": self.score.value,
-            "val_loss": self.score.val_loss,
-            "train_loss": self.score.train_loss,
-            "gap": self.score.gap,
-            "gap_penalty": self.score.penalty,
-            "best_epoch": self.score.epoch,
+            trial_keys.SCORE: score.value,
+            trial_keys.VAL_LOSS: score.val_loss,
+            trial_keys.TRAIN_LOSS: score.train_loss,
+            trial_keys.GAP: score.gap,
+            trial_keys.GAP_PENALTY: score.penalty,
+            trial_keys.BEST_EPOCH: score.epoch,
+            trial_keys.VAL_SE: None if math.isnan(score.val_se) else score.val_se,
+            trial_keys.RAW_PENALTY: score.raw_penalty,
+            trial_keys.APPLIED_PENALTY: score.applied_penalty,
+            trial_keys.CHANCE_LEVEL: score.chance_level,
+            trial_keys.SCORE_KIND: score.kind,
+            trial_keys.KAPPA: score.kappa,
             "stored_score": self.record.value,
         }
 
