@@ -411,7 +411,10 @@ def trial_numbers(engine: Engine, study: str, states: Sequence[str]) -> set[int]
 def list_trials(
     engine: Engine, study: str, *, states: Sequence[str] | None = None, params: dict[str, ParamRange] | None = None
 ) -> list[TrialRecord]:
-    """All trials of ``study`` in number order, optionally only those in ``states`` and ranges."""
+    """All trials of ``study`` in number order, optionally only those in ``states`` (a list of
+    names, or one name) and ranges."""
+    if isinstance(states, str):
+        states = [states]
     with engine.connect() as conn:
         sid = _study_id(conn, study)
         query = sa.select(_trials.c.trial_id).where(_trials.c.study_id == sid, *_param_filters(conn, study, sid, params))

@@ -28,7 +28,8 @@ def best_trials(
 
 
 def list_trials(
-    study: str, storage: str | None = None, *, states: list[str] | None = None, params: dict[str, ParamRange] | None = None
+    study: str, storage: str | None = None, *, states: list[str] | str | None = None,
+    params: dict[str, ParamRange] | None = None,
 ) -> list[TrialRecord]:
     """All trials of ``study`` in number order, optionally filtered by state and parameter ranges."""
     with reading(storage) as engine:

@@ -32,6 +32,10 @@ def parse(url: str | None) -> URL:
 
     Without ``url``: ``$GAPSWEEP_STORAGE``, then the SQLite file ``gapsweep.db`` in the current folder.
     """
+    if url is not None and not isinstance(url, str):
+        raise StorageError(
+            f"storage must be a database URL as text, such as sqlite:///gapsweep.db, got {type(url).__name__} {url!r}"
+        )
     if url is not None and not url.strip():
         raise StorageError("--storage is empty; give a database URL such as sqlite:///gapsweep.db, or leave the flag out")
     text = url or os.environ.get("GAPSWEEP_STORAGE") or DEFAULT_URL

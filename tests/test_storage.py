@@ -292,3 +292,12 @@ def test_an_empty_database_is_told_apart_from_a_foreign_one(postgres_url, capsys
     engine.dispose()
     assert main(["studies", "--storage", postgres_url]) == 1
     assert "is not a gapsweep/Optuna database (no Optuna tables in it)" in capsys.readouterr().err
+
+
+def test_query_arguments_given_the_way_python_users_write_them(sqlite_url):
+    """One state as a plain string filters by it; a storage that is no text is one line."""
+    study = optuna.create_study(study_name="q", storage=open_storage(sqlite_url))
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    assert [t.state for t in list_trials("q", sqlite_url, states="complete")] == ["COMPLETE", "COMPLETE"]
+    with pytest.raises(StorageError, match="storage must be a database URL as text, such as sqlite:///gapsweep.db, got int 3"):
+        best_trials("q", 3)  # type: ignore[arg-type]
