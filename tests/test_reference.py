@@ -224,18 +224,29 @@ def test_the_linear_weights_make_the_builders_depth_zero_model_the_reference():
         start_from(deep, linear_weights(splits, reference))
 
 
-def test_a_cross_validated_linear_start_is_retrained_from_random_weights_as_it_was_trained():
-    """Under cv the objective starts every fold from random weights, so rerun, verify and refit
-    of the linear start must not start it from the reference's fit; without cv they do."""
+def test_a_cross_validated_linear_start_starts_each_fold_from_the_reference_fitted_on_its_rows(sqlite_url, tiny_space):
+    """Under cv every fold of the linear start begins from the reference fitted on the fold's own
+    training rows (never on rows it holds out), so its first epoch is already near the
+    reference's val loss rather than an untrained model's; rerun, verify and refit start it
+    from the reference fitted on the rows they train on, as without cv."""
     from gapsweep.storage.queries import TrialRecord
     from gapsweep.sweeps.analysis.reproduce import initial_weights
 
-    splits = load(DataSpec("wine", train_fraction=0.4))
+    data = DataSpec("wine", train_fraction=0.4)
+    space = {**tiny_space, "n_layers": {"type": "int", "low": 0, "high": 2}}
+    config = SweepConfig(study="cv", space=space, data=data, trials=1, storage=sqlite_url, pruner="none",
+                         objective=ObjectiveSettings(cv=2, keep_models=0))
+    launch(config, progress=False)
+    (first,) = list_trials("cv", sqlite_url)
+    assert first.attrs["linear_start"] is True
+    reference = study_reference("cv", sqlite_url)["val_loss"]
+    for fold in (0, 1):
+        assert first.attrs[f"curve.fold{fold}.val_loss"][0] < 3 * reference + 0.1  # untrained: about ln 3 = 1.1
+    splits = load(data)
     record = TrialRecord(number=0, state="COMPLETE", value=0.1, params={"n_layers": 0}, attrs={"linear_start": True})
-    folded = SweepConfig(study="cv", data=DataSpec("wine", train_fraction=0.4), objective=ObjectiveSettings(cv=3))
-    assert initial_weights(folded, record, splits) is None
+    assert initial_weights(config, record, splits) is not None
     other = TrialRecord(number=1, state="COMPLETE", value=0.2, params={"n_layers": 0})
-    assert initial_weights(replace(folded, objective=ObjectiveSettings()), other, splits) is None  # not the linear start
+    assert initial_weights(config, other, splits) is None  # not the linear start
 
 
 def test_the_reference_sentence_names_the_linear_start_when_it_is_the_pick():

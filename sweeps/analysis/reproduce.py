@@ -41,9 +41,9 @@ RERUN_TOLERANCE = 1e-3
 
 def initial_weights(config: SweepConfig, record: TrialRecord, splits: Splits) -> list[np.ndarray] | None:
     """The output weights ``record``'s trial began from: for the linear start, the study's
-    reference fitted on ``splits``' training rows; None for every other trial, and under ``cv``,
-    where the objective trains every trial from random weights."""
-    if not record.attrs.get(trial_keys.LINEAR_START) or config.objective.cv:
+    reference fitted on ``splits``' training rows (as the objective starts it on whatever rows it
+    trains on, each fold's under ``cv``); None for every other trial."""
+    if not record.attrs.get(trial_keys.LINEAR_START):
         return None
     reference = study_reference(config.study, config.storage)
     return linear_weights(splits, reference) if reference else None

@@ -454,7 +454,7 @@ def run_trials(
     objective = Objective(
         sweep.hypermodel, sweep.splits, config.objective, seed=config.seed, keeper=keeper,
         checkpoint_engine=sweep.storage.engine, artifact_store=sweep.artifacts, on_start=lock.release,
-        start_weights=functools.cache(lambda: linear_weights(sweep.splits, reference)) if reference else None,
+        start_weights=functools.partial(linear_weights, reference=reference) if reference else None,
     )
     log_path = Path(log_file) if log_file is not None else default_log_path(config.storage)
     failures = _Failures(config.max_failures, log_path)

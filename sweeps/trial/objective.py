@@ -80,12 +80,13 @@ class Objective:
         checkpoint_engine: Engine | None = None,
         artifact_store: ArtifactStore | None = None,
         on_start: Callable[[], None] | None = None,
-        start_weights: Callable[[], Sequence[np.ndarray]] | None = None,
+        start_weights: Callable[[Splits], Sequence[np.ndarray]] | None = None,
     ) -> None:
         """``checkpoint_engine`` reaches gapsweep's tables: checkpoints, and the per-example val
         losses of complete trials; ``artifact_store`` holds the checkpoints' bytes (None: the
         store the study was launched with); ``start_weights`` gives the output weights the
-        linear start trial begins from (called when that trial runs)."""
+        linear start trial begins from on the splits it trains on (the reference fitted on their
+        training rows; called when that trial runs)."""
         self.hypermodel = hypermodel
         self.splits = splits
         self.settings = settings
@@ -118,7 +119,7 @@ class Objective:
             with _recorded(trial, curves, checkpoints, attrs, on_prune=on_prune):
                 result = self._fit(
                     trial, self.splits, seed, curves, record=start, checkpoints=checkpoints,
-                    prune=not self.settings.multi_objective, initial=self._initial(trial),
+                    prune=not self.settings.multi_objective, initial=self._initial(trial, self.splits),
                 )
             score, model, losses = result.score, result.model, result.val_losses
         if self.checkpoint_engine is not None and len(losses):
@@ -131,7 +132,7 @@ class Objective:
         standing = queries.Standing(scored.get(trial_keys.FEASIBLE) is False, rank, trial.number)
         if self.keeper is not None and self.keeper.qualifies(standing):
             if model is None:  # cross-validated: the kept model trains on all training data
-                model = self._fit(trial, self.splits, seed, Curves()).model
+                model = self._fit(trial, self.splits, seed, Curves(), initial=self._initial(trial, self.splits)).model
             meta = {
                 "params": {**trial.params, **_fixed(trial)},
                 "score": score.value,
@@ -148,13 +149,13 @@ class Objective:
             return score.val_loss, score.gap
         return score.value
 
-    def _initial(self, trial: optuna.Trial) -> Sequence[np.ndarray] | None:
-        """The output weights a linear start trial begins from; None for every other trial. Only
-        the single fit asks: under ``cv`` each fold trains on other rows than the reference saw,
-        so folds start from random weights."""
+    def _initial(self, trial: optuna.Trial, splits: Splits) -> Sequence[np.ndarray] | None:
+        """The output weights a linear start trial begins from when it trains on ``splits``: the
+        reference fitted on their training rows (under ``cv``, each fold's own, so no fold starts
+        from rows it holds out); None for every other trial."""
         if self.start_weights is None or not trial.user_attrs.get(trial_keys.LINEAR_START):
             return None
-        return self.start_weights()
+        return self.start_weights(splits)
 
     def _fit(
         self, trial: optuna.Trial, splits: Splits, seed: int, curves: Curves, *, record: dict[str, Any] | None = None,
@@ -199,7 +200,9 @@ class Objective:
             curves = Curves()
             fold_curves.append(curves)
             with _recorded(trial, curves, None, attrs, prefix=trial_keys.fold_prefix(index)):
-                result = self._fit(trial, fold, seed + index, curves, record=start if index == 0 else None)
+                result = self._fit(
+                    trial, fold, seed + index, curves, record=start if index == 0 else None, initial=self._initial(trial, fold)
+                )
                 scores.append(result.score)
                 losses[held_out[index]] = result.val_losses
                 running = statistics.fmean(s.value for s in scores)
