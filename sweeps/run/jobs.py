@@ -268,9 +268,7 @@ class JobPool:
         """End the jobs never started (``launch`` failed first) and reap every process."""
         for job in self._waiting():
             self._tell(job, run=False)
-        for job in self.running():
-            if not job.signals:
-                job.signal(signal.SIGTERM)  # launch failed while it ran: finish the trial, then stop
+        self.stop()  # launch failed while they ran: they finish their trials, then stop
         with self._lock:
             jobs = [*self.jobs, *self._unused]
         for job in jobs:
@@ -282,9 +280,11 @@ class JobPool:
             return [job for job in self.jobs if job.waiting]
 
     def stop(self) -> None:
-        """Have every running job finish its trial, then stop."""
+        """Have every running job finish its trial, then stop. A job already signalled (a first
+        Ctrl-C passed on) is doing so: a second signal would stop it at once."""
         for job in self.running():
-            job.signal(signal.SIGTERM)
+            if not job.signals:
+                job.signal(signal.SIGTERM)
 
     def signal(self, signum: int) -> None:
         """Pass ``signum`` on to every running job."""
@@ -332,7 +332,7 @@ class JobPool:
             with self._lock:
                 ended = [job for job in self.jobs if not job.waiting and job.process.poll() is not None]
                 self.jobs = [job for job in self.jobs if job not in ended]
-                alive = [job for job in self.jobs if not job.waiting]
+                alive = any(not job.waiting for job in self.jobs)
             for job in ended:
                 job.relay.join()
                 code = job.process.returncode
@@ -340,8 +340,7 @@ class JobPool:
                     if outcome.error is None:
                         outcome.error = job.error
                         on_error()
-                        for other in alive:
-                            other.signal(signal.SIGTERM)  # finish the trial at hand, then stop
+                        self.stop()
                 elif code != 0 and not (job.signals and (code == 130 or -code in (signal.SIGINT, signal.SIGTERM))):
                     # A job that launch stopped (by a signal that may come before its handler is set) did not die.
                     how = signal.Signals(-code).name if code < 0 else f"exit status {code}"
