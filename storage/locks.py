@@ -83,6 +83,15 @@ def _made(path: Path, version_table: str) -> bool:
         return True
 
 
+def _try_flock(handle: IO[bytes]) -> bool:
+    """Take the exclusive lock on an open lock file if no other holds it; whether it was taken."""
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def lock_timeout_s() -> float:
     """Seconds to wait for the study lock before giving up (``$GAPSWEEP_LOCK_TIMEOUT_S``)."""
     return env.number("GAPSWEEP_LOCK_TIMEOUT_S", 120, minimum=1, meaning="seconds to wait for the study lock")
@@ -118,19 +127,20 @@ class StudyLock:
         """Take the lock if it is free now, without waiting; whether it was taken."""
         if self.engine.dialect.name == "postgresql":
             conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            if conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": _key(self.study)}).scalar():
+            if self._try_advisory(conn):
                 self._conn = conn
                 return True
             conn.close()
             return False
         handle = open(lock_file(self.engine), "a+b")  # noqa: SIM115 - held open until release
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _try_flock(handle):
             handle.close()
             return False
         self._file = handle
         return True
+
+    def _try_advisory(self, conn: Connection) -> bool:
+        return bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": _key(self.study)}).scalar())
 
     def _acquire_advisory(self, timeout: float) -> None:
         """One round trip when the lock is free (``pg_try_advisory_lock``, outside a transaction);
@@ -138,7 +148,7 @@ class StudyLock:
         conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         key = {"key": _key(self.study)}
         try:
-            if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), key).scalar():
+            if not self._try_advisory(conn):
                 # PostgreSQL takes at most 2**31 - 1 ms, and 0 for no limit (an infinite timeout).
                 limit = 0 if math.isinf(timeout) else min(int(timeout * 1000), 2**31 - 1)
                 conn.execute(sa.text(f"SET lock_timeout = '{limit}ms'"))
@@ -179,20 +189,16 @@ class StudyLock:
         path = lock_file(self.engine)
         handle = open(path, "a+b")  # noqa: SIM115 - held open until release
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    handle.seek(0)
-                    holder = handle.read().decode(errors="replace").strip() or "an unknown process"
-                    handle.close()
-                    raise StorageError(
-                        f"study '{self.study}' stayed locked for {timeout:g} s by {holder} (lock file {path}): "
-                        "a worker hangs while claiming a trial; stop it and launch again, or raise $GAPSWEEP_LOCK_TIMEOUT_S"
-                    ) from None
-                time.sleep(_POLL_S)
+        while not _try_flock(handle):
+            if time.monotonic() >= deadline:
+                handle.seek(0)
+                holder = handle.read().decode(errors="replace").strip() or "an unknown process"
+                handle.close()
+                raise StorageError(
+                    f"study '{self.study}' stayed locked for {timeout:g} s by {holder} (lock file {path}): "
+                    "a worker hangs while claiming a trial; stop it and launch again, or raise $GAPSWEEP_LOCK_TIMEOUT_S"
+                ) from None
+            time.sleep(_POLL_S)
         handle.truncate(0)
         handle.write(f"process {os.getpid()} on {socket.gethostname()} (study '{self.study}')".encode())
         handle.flush()
