@@ -589,6 +589,14 @@ def importable_ref(obj: Any) -> str:
     )
 
 
+def unimportable(ref: str) -> str | None:
+    """Why workers cannot import a hypermodel stored as ``ref``: the reason of ``importable_ref``'s
+    note, without its advice on workers; None for a ``path/module.py:NAME`` reference."""
+    if not (ref.startswith("<") and ref.endswith(">")):
+        return None
+    return re.split(", (?:and a worker|so workers)", ref[1:-1])[0]
+
+
 #: Lines of a Keras or TensorFlow error that frame the reason rather than state it.
 _FRAMING = ("File ", "[[", "•", "Exception encountered", "Arguments received", "Graph execution error", "Detected at node")
 

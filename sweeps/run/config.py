@@ -28,7 +28,6 @@ workers look for it in their ``--code-dir`` (see ``gapsweep.search_spaces.code_r
 
 from __future__ import annotations
 
-import re
 import json
 import math
 from dataclasses import dataclass, field, fields, replace
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from gapsweep.errors import ConfigError, DataError, GapsweepError
 from gapsweep.search_spaces import code_refs
+from gapsweep.search_spaces.keras_tuner import unimportable
 from gapsweep.search_spaces.loader import read_document
 from gapsweep.storage import artifact_store
 from gapsweep.storage.reader import get_study_config
@@ -134,10 +134,10 @@ class SweepConfig:
             raise ConfigError(f"multi_objective must be true or false, got {objective.multi_objective!r}")
         if self.baseline is not None and not isinstance(self.baseline, dict):
             raise ConfigError(f"baseline must be a table of parameter values, got {self.baseline!r}")
-        if isinstance(self.hypermodel, str) and self.hypermodel.startswith("<") and self.hypermodel.endswith(">"):
-            # What a study stores for a build function only its launching script held (keras_tuner.importable_ref).
+        reason = unimportable(self.hypermodel) if isinstance(self.hypermodel, str) else None
+        if reason is not None:  # a build function only the launching script held
             raise ConfigError(
-                f"this study's hypermodel cannot be imported here ({re.split(', (?:and a worker|so workers)', self.hypermodel[1:-1])[0]}), and a "
+                f"this study's hypermodel cannot be imported here ({reason}), and a "
                 "worker, a refit, an ensemble, verify and rerun must build its models again: define it in a module "
                 "and launch a study with hypermodel='module.py:NAME'"
             )

@@ -315,7 +315,7 @@ def launch(
         raise in_memory.unreachable(config.data.to_dict()["source"], f"the job processes of jobs={jobs}")
     if jobs > 1 and config.hypermodel is not None and not isinstance(config.hypermodel, str):
         where = keras_tuner.importable_ref(config.hypermodel)
-        if where.startswith("<"):  # a note, not a reference: the job processes could not import it
+        if keras_tuner.unimportable(where) is not None:  # a note, not a reference: the job processes could not import it
             raise ConfigError(f"jobs={jobs} starts job processes that import the hypermodel, but {where[1:-1]}; or use jobs=1")
     if gpus is not None:
         gpus = parse_gpus(",".join(gpus))
