@@ -26,15 +26,24 @@ def create_or_load(
     pruner: optuna.pruners.BasePruner,
     directions: list[str] | None = None,
 ) -> optuna.Study:
-    """The study ``name``, created on first use and resumed afterwards."""
-    return optuna.create_study(
-        study_name=name,
-        storage=storage,
-        sampler=sampler,
-        pruner=pruner,
-        directions=directions or ["minimize"],
-        load_if_exists=True,
-    )
+    """The study ``name``, created on first use and resumed afterwards.
+
+    Quietly: Optuna logs "A new study created" (or "Using an existing study") at INFO, a line
+    that a script's output would carry before gapsweep's own.
+    """
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(verbosity, optuna.logging.WARNING))
+    try:
+        return optuna.create_study(
+            study_name=name,
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            directions=directions or ["minimize"],
+            load_if_exists=True,
+        )
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def stored_config(study: optuna.Study) -> dict[str, Any] | None:

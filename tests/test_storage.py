@@ -301,3 +301,23 @@ def test_query_arguments_given_the_way_python_users_write_them(sqlite_url):
     assert [t.state for t in list_trials("q", sqlite_url, states="complete")] == ["COMPLETE", "COMPLETE"]
     with pytest.raises(StorageError, match="storage must be a database URL as text, such as sqlite:///gapsweep.db, got int 3"):
         best_trials("q", 3)  # type: ignore[arg-type]
+
+
+def test_creating_and_resuming_a_study_logs_nothing_of_optunas(sqlite_url):
+    import logging
+
+    from gapsweep.storage.studies import create_or_load
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    optuna.logging.get_logger("optuna").addHandler(handler)
+    optuna.logging.set_verbosity(optuna.logging.INFO)  # Optuna's default in a fresh script
+    try:
+        for _ in range(2):  # created, then resumed
+            create_or_load("quiet", open_storage(sqlite_url), sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner())
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO  # the caller's level is given back
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.get_logger("optuna").removeHandler(handler)
+    assert [record.getMessage() for record in records] == []
