@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial
 from sqlalchemy.engine import Engine
 
 from gapsweep.storage import queries, trial_keys
-from gapsweep.storage.optuna_tables import set_finished_trial_user_attrs
+from gapsweep.storage.optuna_tables import reaping, set_finished_trial_user_attrs
 from gapsweep.storage.engine import heartbeat_settings, open_storage
 
 
@@ -45,12 +45,13 @@ class _Explained:
 def reap(study: optuna.Study, engine: Engine) -> None:
     """Fail trials whose worker stopped sending heartbeats, and queue their parameters again.
 
-    Optuna does this only when a worker asks for a new trial, so a study whose last worker died
-    would keep zombie RUNNING trials; every launch, worker and ``gapsweep reap`` calls this.
+    The only place stale trials are looked for (Optuna's own look before every trial is skipped,
+    ``optuna_tables.LightHeartbeatStorage``): a claim calls this once a heartbeat interval, and
+    ``gapsweep reap`` for a study whose last worker died.
     A trial whose worker died before its first heartbeat counts as last seen when it started.
     """
     queries.backdate_silent_trials(engine, study.study_name, older_than_s=heartbeat_settings()[1])
-    with quiet_experimental():
+    with quiet_experimental(), reaping(study):
         optuna.storages.fail_stale_trials(study)
 
 

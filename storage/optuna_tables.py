@@ -1,18 +1,20 @@
 """Optuna's own tables and trial internals: the one place gapsweep uses Optuna's private API.
 
-Four things have no public form fast enough: reading the best k trials of a large study (an
+Five things have no public form fast enough: reading the best k trials of a large study (an
 ``ORDER BY … LIMIT k`` over Optuna's tables instead of loading every trial), writing a
 finished trial's dozen user attributes in one transaction instead of a commit each, reading a
-running trial's system attributes from the copy it loaded when it started, and recording a
-heartbeat in one statement. All are
+running trial's system attributes from the copy it loaded when it started, recording a
+heartbeat in one statement, and looking for stale trials once a heartbeat interval instead of
+before every trial. All are
 written against Optuna 5's RDB schema ``v3.2.0.a``; this module refuses another Optuna major
 version at import, and ``check_schema`` refuses a database of another schema, each in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import optuna
 import sqlalchemy as sa
@@ -126,6 +128,29 @@ class LightHeartbeatStorage(optuna.storages.RDBStorage):
         )
         with transaction(self.engine, in_trial=True) as conn:
             conn.execute(upsert)
+
+    _reaping = False
+
+    @contextlib.contextmanager
+    def reaping(self) -> Iterator[None]:
+        """Stale trials are looked for only inside this block (``heartbeats.reap``)."""
+        self._reaping = True
+        try:
+            yield
+        finally:
+            self._reaping = False
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna looks for stale trials before every trial it runs: a read of every running trial
+        with its heartbeat, four round trips. gapsweep's claim reaps once a heartbeat interval
+        instead (a trial turns stale only after three), so outside ``reaping`` there is nothing to find."""
+        return super()._get_stale_trial_ids(study_id) if self._reaping else []
+
+
+def reaping(study: optuna.Study) -> contextlib.AbstractContextManager[None]:
+    """The block in which ``optuna.storages.fail_stale_trials(study)`` finds the stale trials."""
+    storage = _rdb(study._storage)
+    return storage.reaping() if isinstance(storage, LightHeartbeatStorage) else contextlib.nullcontext()
 
 
 def _rdb(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage:

@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import optuna
+import sqlalchemy as sa
 import pytest
 
 from gapsweep.api import best_trials, get_trial, list_studies, list_trials
@@ -147,13 +148,40 @@ def test_one_statement_heartbeats_are_the_rows_optuna_reads_for_stale_trials(any
     study = optuna.create_study(study_name="beats", storage=storage)
     trial = study.ask()
     storage.record_heartbeat(trial._trial_id)
-    assert storage._get_stale_trial_ids(study._study_id) == []
+    with storage.reaping():
+        assert storage._get_stale_trial_ids(study._study_id) == []
     time.sleep(2.2)  # past the grace period: the trial's worker looks dead
-    assert storage._get_stale_trial_ids(study._study_id) == [trial._trial_id]
+    with storage.reaping():
+        assert storage._get_stale_trial_ids(study._study_id) == [trial._trial_id]
     storage.record_heartbeat(trial._trial_id)  # a beat again: the same row, moved forward
-    assert storage._get_stale_trial_ids(study._study_id) == []
+    with storage.reaping():
+        assert storage._get_stale_trial_ids(study._study_id) == []
     with storage.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM trial_heartbeats").scalar() == 1
+
+
+def test_stale_trials_are_looked_for_by_reap_not_before_every_trial(any_url):
+    from gapsweep.storage.heartbeats import reap
+
+    storage = open_storage(any_url, heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(study_name="reaped", storage=storage)
+    trial = study.ask()
+    storage.record_heartbeat(trial._trial_id)
+    time.sleep(2.2)  # stale now
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    sa.event.listen(storage.engine, "before_cursor_execute", count)
+    try:
+        optuna.storages.fail_stale_trials(study)  # what Optuna runs before every trial
+    finally:
+        sa.event.remove(storage.engine, "before_cursor_execute", count)
+    assert statements == []
+    assert study.get_trials(deepcopy=False)[0].state == optuna.trial.TrialState.RUNNING
+    reap(study, storage.engine)  # what a claim runs once a heartbeat interval
+    assert study.get_trials(deepcopy=False)[0].state == optuna.trial.TrialState.FAIL
 
 
 @pytest.mark.parametrize(("pool", "idle"), [("2", {1, 2}), ("0", {0})])
