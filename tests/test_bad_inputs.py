@@ -151,7 +151,7 @@ CASES = [
     Case("data-csv-text-cell", launch("--data", "d.csv", "--target", "y"), "column 'b' is numeric but data row 3 holds 'x'", write("d.csv", "a,b,y\n1,2,0\n2,3,1\n3,x,0\n4,5,1\n")),
     Case("data-csv-header-only", launch("--data", "d.csv", "--target", "y"), "at least one data row", write("d.csv", "a,b,y\n")),
     Case("data-csv-ragged-row", launch("--data", "d.csv", "--target", "y"), "line 3 has 2 cells but the header has 3", write("d.csv", "a,b,y\n1,2,0\n1,2\n")),
-    Case("data-train-fraction-above-1", launch("--train-fraction", "1.5"), "split fractions must lie in (0, 1]"),
+    Case("data-train-fraction-above-1", launch("--train-fraction", "1.5"), "train_fraction must be a number in [0, 1], got 1.5"),
     Case("data-train-fraction-beyond-the-room-left", launch("--train-fraction", "0.99"), "with val 0.2 and test 0.2 (data.val_fraction, data.test_fraction in a sweep file), the train fraction may be at most 0.6"),
     Case("data-fractions-above-1", launch("s.toml"), "add up to 1.200", write("s.toml", "[data]\nsource = 'digits'\ntrain_fraction = 0.8\nval_fraction = 0.2\ntest_fraction = 0.2\n")),
     Case("data-builtin-with-options", launch("s.toml"), "the built-in data 'digits' takes no options, got n_samples",

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from gapsweep import checks
 from gapsweep.errors import DataError
 from gapsweep.search_spaces import code_refs
 from gapsweep.search_spaces.builder import TaskSpec
@@ -61,8 +62,10 @@ class DataSpec:
     ignore: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for name in ("train_fraction", "val_fraction", "test_fraction"):
+            checks.number(name, getattr(self, name), maximum=1, error=DataError)
         fractions = (self.train_fraction, self.val_fraction, self.test_fraction)
-        if any(not 0 <= f <= 1 for f in fractions) or self.train_fraction <= 0:
+        if self.train_fraction <= 0:
             raise DataError(f"split fractions must lie in (0, 1], got {fractions}")
         if sum(fractions) > 1 + 1e-9:
             room = 1 - self.val_fraction - self.test_fraction
@@ -75,12 +78,16 @@ class DataSpec:
             raise DataError(f"task must be 'classification' or 'regression', got {self.task!r}")
         if self.missing not in ("impute", "refuse"):
             raise DataError(f"missing must be 'impute' or 'refuse', got {self.missing!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise DataError(f"data seed must be a whole number >= 0, got {self.seed!r}")
+        checks.whole("data seed", self.seed, 0, error=DataError)
+        if self.target is not None and not isinstance(self.target, str):
+            raise DataError(f"target must be a column name, got {self.target!r}")
         if not isinstance(self.options, dict):
             raise DataError(f"data options must be a table of keyword arguments (options = {{n_samples = 500}}), got {self.options!r}")
         # One column named as a string is that column, not its letters.
-        object.__setattr__(self, "ignore", (self.ignore,) if isinstance(self.ignore, str) else tuple(self.ignore))
+        ignore = (self.ignore,) if isinstance(self.ignore, str) else self.ignore
+        if not isinstance(ignore, (list, tuple)) or not all(isinstance(column, str) for column in ignore):
+            raise DataError(f"ignore must be a column name or a list of them, got {self.ignore!r}")
+        object.__setattr__(self, "ignore", tuple(ignore))
         if isinstance(self.source, os.PathLike):  # a pathlib.Path names a file as its text does
             object.__setattr__(self, "source", os.fspath(self.source))
         if not isinstance(self.source, (str, InMemoryData)):

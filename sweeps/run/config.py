@@ -29,11 +29,11 @@ workers look for it in their ``--code-dir`` (see ``gapsweep.search_spaces.code_r
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from gapsweep import checks
 from gapsweep.errors import ConfigError, DataError, GapsweepError
 from gapsweep.search_spaces import code_refs
 from gapsweep.search_spaces.keras_tuner import unimportable
@@ -46,7 +46,6 @@ from gapsweep.sweeps.data.datasets import DataSpec, Splits
 from gapsweep.sweeps.trial.objective import ObjectiveSettings
 from gapsweep.sweeps.trial.pruning import PRUNERS
 from gapsweep.sweeps.trial.runtime import SEED_RANGE
-from gapsweep.sweeps.trial.score import SCORES
 
 if TYPE_CHECKING:
     import keras_tuner
@@ -101,8 +100,8 @@ class SweepConfig:
             raise ConfigError(f"unknown pruner '{self.pruner}'; use one of {', '.join(PRUNERS)}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler '{self.sampler}'; use one of {', '.join(SAMPLERS)}")
-        _whole("trials", self.trials, 1)
-        _whole("seed", self.seed, 0)
+        checks.whole("trials", self.trials, 1)
+        checks.whole("seed", self.seed, 0)
         if self.seed >= SEED_RANGE:
             raise ConfigError(f"seed must be below 2**32 = {SEED_RANGE}, got {self.seed}")
         if not isinstance(self.linear_start, bool):
@@ -117,21 +116,8 @@ class SweepConfig:
             raise ConfigError(
                 f"objective must be an ObjectiveSettings (e.g. ObjectiveSettings(gap_penalty=2)), got {type(self.objective).__name__}"
             )
-        objective = self.objective
-        _non_negative("gap_penalty", objective.gap_penalty)
-        _non_negative("kappa", objective.kappa)
-        if objective.score not in SCORES:
-            raise ConfigError(f"unknown score {objective.score!r}; use one of {', '.join(SCORES)}")
-        _whole("patience", objective.patience, 1)
-        _whole("keep_models", objective.keep_models, 0)
-        if objective.max_gap is not None:
-            _non_negative("max_gap", objective.max_gap)
-            if self.sampler != "tpe":
-                raise ConfigError("max_gap needs the tpe sampler (it supports constraints); drop --sampler random")
-        if objective.cv:
-            _whole("cv", objective.cv, 2)
-        if not isinstance(objective.multi_objective, bool):
-            raise ConfigError(f"multi_objective must be true or false, got {objective.multi_objective!r}")
+        if self.objective.max_gap is not None and self.sampler != "tpe":
+            raise ConfigError(f"max_gap needs the tpe sampler (it supports constraints), not sampler {self.sampler!r}")
         if self.baseline is not None and not isinstance(self.baseline, dict):
             raise ConfigError(f"baseline must be a table of parameter values, got {self.baseline!r}")
         reason = unimportable(self.hypermodel) if isinstance(self.hypermodel, str) else None
@@ -146,8 +132,8 @@ class SweepConfig:
                 "hypermodel must be 'path/to/module.py:NAME' (a KerasTuner build function or HyperModel), "
                 f"got {self.hypermodel!r}"
             )
-        _whole("max_epochs", self.max_epochs, 1)
-        _whole("max_failures", self.max_failures, 1)
+        checks.whole("max_epochs", self.max_epochs, 1)
+        checks.whole("max_failures", self.max_failures, 1)
         if self.artifacts is not None and not isinstance(self.artifacts, str):
             raise ConfigError(f"artifacts must be a URL such as file:///shared/gapsweep-artifacts, got {self.artifacts!r}")
         object.__setattr__(self, "artifacts", artifact_store.canonical(self.artifacts))
@@ -229,16 +215,6 @@ class SweepConfig:
     def override(self, **changes: Any) -> "SweepConfig":
         """A copy with the given (non-None) settings replaced: flags over the file."""
         return replace(self, **{key: value for key, value in changes.items() if value is not None})
-
-
-def _whole(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be a whole number >= {minimum}, got {value!r}")
-
-
-def _non_negative(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
 
 
 def load_baseline(path: str | Path) -> dict[str, Any]:

@@ -22,6 +22,8 @@ import numpy as np
 import optuna
 from sqlalchemy.engine import Engine
 
+from gapsweep import checks
+from gapsweep.errors import ConfigError
 from gapsweep.storage import queries, trial_keys
 from gapsweep.search_spaces.hypermodel import Hypermodel
 from gapsweep.storage import val_losses
@@ -57,6 +59,17 @@ class ObjectiveSettings:
     #: Minimize (val loss, gap) together: the study keeps a Pareto front, and Optuna refuses
     #: ``trial.report`` in such studies, so trials run with early stopping only (no pruning).
     multi_objective: bool = False
+
+    def __post_init__(self) -> None:
+        self.scoring  # Scoring refuses an unknown score, and a gap_penalty or kappa that is no number >= 0
+        checks.whole("patience", self.patience, 1)
+        checks.whole("keep_models", self.keep_models, 0)
+        if self.max_gap is not None:
+            checks.number("max_gap", self.max_gap)
+        if self.cv:
+            checks.whole("cv", self.cv, 2)
+        if not isinstance(self.multi_objective, bool):
+            raise ConfigError(f"multi_objective must be true or false, got {self.multi_objective!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

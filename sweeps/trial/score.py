@@ -37,6 +37,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+from gapsweep import checks
 from gapsweep.errors import ConfigError
 
 SCORES = ("bounded", "additive")
@@ -55,10 +56,8 @@ class Scoring:
     def __post_init__(self) -> None:
         if self.kind not in SCORES:
             raise ConfigError(f"unknown score '{self.kind}'; use one of {', '.join(SCORES)}")
-        for name in ("penalty", "kappa"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
-                raise ConfigError(f"{'gap_penalty' if name == 'penalty' else name} must be a number >= 0, got {value!r}")
+        checks.number("gap_penalty", self.penalty)
+        checks.number("kappa", self.kappa)
 
 
 def as_scoring(scoring: "Scoring | float") -> Scoring:
