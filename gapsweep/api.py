@@ -19,6 +19,7 @@ from typing import Any
 
 import optuna
 
+from gapsweep import checks
 from gapsweep.errors import ConfigError, StudyNotFoundError
 from gapsweep.storage import artifacts, val_losses
 from gapsweep.storage.engine import connect_existing, open_storage
@@ -119,6 +120,7 @@ def rerank_trials(
 ) -> list[Reranked]:
     """The ``k`` best complete trials for another gap penalty or epoch rule, from stored curves,
     scored with the study's own score (``bounded`` or ``additive``) and κ."""
+    checks.whole("k (--top)", k, 1)
     objective = get_study_config(study, storage).get("objective", {})
     # Studies from before the bounded score stored no score name: theirs was additive.
     kind, kappa = objective.get("score", "additive"), objective.get("kappa", DEFAULT_KAPPA)

@@ -291,6 +291,8 @@ def _param_filters(conn: Connection, study: str, sid: int, ranges: dict[str, Par
     """
     if not ranges:
         return []
+    if not isinstance(ranges, dict) or not all(_is_range(bounds) for bounds in ranges.values()):
+        raise ConfigError(f"params must map parameter names to (low, high) ranges, e.g. {{'l2': (1e-5, None)}}; got {ranges!r}")
     found = dict(
         conn.execute(
             sa.select(_params.c.param_name, sa.func.min(_params.c.distribution_json))
@@ -317,6 +319,13 @@ def _param_filters(conn: Connection, study: str, sid: int, ranges: dict[str, Par
                 conditions.append(_params.c.param_value <= high)
         clauses.append(sa.exists().where(*conditions))
     return clauses
+
+
+def _is_range(bounds: Any) -> bool:
+    """Whether ``bounds`` is a ``(low, high)`` pair of numbers, either of them None for no bound."""
+    return isinstance(bounds, (tuple, list)) and len(bounds) == 2 and all(
+        bound is None or (isinstance(bound, (int, float)) and not isinstance(bound, bool)) for bound in bounds
+    )
 
 
 def _choices_within(name: str, choices: Sequence[Any], low: float | None, high: float | None) -> list[int]:
@@ -361,8 +370,6 @@ def _ranking(
     """(trial id, standing by ``by``) of the ``k`` best complete trials, best first."""
     if by not in RANK_BY:
         raise ConfigError(f"cannot rank by '{by}'; use one of {', '.join(RANK_BY)}")
-    if k < 1:
-        raise ConfigError(f"--top must be >= 1, got {k}")
     # One connection for the whole ranking: the model keeper asks after every trial.
     with engine.connect() as conn:
         sid = _study_id(conn, study)
@@ -415,6 +422,8 @@ def list_trials(
     names, or one name) and ranges."""
     if isinstance(states, str):
         states = [states]
+    if states is not None and not isinstance(states, (list, tuple, set)):
+        raise ConfigError(f"states must be a state name or a list of them (e.g. ['complete', 'pruned']), got {states!r}")
     with engine.connect() as conn:
         sid = _study_id(conn, study)
         query = sa.select(_trials.c.trial_id).where(_trials.c.study_id == sid, *_param_filters(conn, study, sid, params))
@@ -486,7 +495,7 @@ def _state_name(state: Any) -> str:
 
 def _parse_state(text: str) -> TrialState:
     try:
-        return TrialState[text.upper()]
+        return TrialState[str(text).upper()]
     except KeyError:
         raise ConfigError(
             f"unknown trial state '{text}'; use one of {', '.join(s.name.lower() for s in TrialState)}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gapsweep import checks
 from gapsweep.errors import StudyNotFoundError
 from gapsweep.storage import queries, val_losses
 from gapsweep.storage.engine import heartbeat_settings, reading
@@ -21,6 +22,7 @@ def best_trials(
     For a multi-objective (val loss, gap) study with the default ranking: its whole Pareto
     front, by val loss (``k`` does not cut a front).
     """
+    checks.whole("k (--top)", k, 1)
     with reading(storage) as engine:
         if by == "score" and not params and queries.n_objectives(engine, study) > 1:
             return queries.pareto_trials(engine, study)

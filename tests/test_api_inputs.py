@@ -4,19 +4,23 @@ inside. None of these trains a model."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+import optuna
 import pytest
 
-from gapsweep import DataSpec, ObjectiveSettings
+from fake_trials import add_mixed_trials
+from gapsweep import DataSpec, ObjectiveSettings, best_trials, list_trials
+from gapsweep.api import rerank_trials
 from gapsweep.errors import ConfigError, DataError, GapsweepError
 
 
 @dataclass(frozen=True)
 class Bad:
     name: str
-    call: Callable[[], Any]
+    call: Callable[..., Any]
     error: type[GapsweepError]
     says: str  #: a fragment the message must hold
 
@@ -54,3 +58,35 @@ def _refused(case: Bad) -> None:
 @pytest.mark.parametrize("case", CONSTRUCTORS, ids=lambda case: case.name)
 def test_a_bad_setting_is_refused_when_the_settings_are_made(case: Bad) -> None:
     _refused(case)
+
+
+@pytest.fixture
+def study_url(sqlite_url: str) -> str:
+    """A study of constructed trials (complete, pruned, failed) in a SQLite file."""
+    study = optuna.create_study(study_name="s", storage=sqlite_url)
+    study.set_user_attr("gapsweep.config", {"objective": {"gap_penalty": 1.0, "patience": 5}})
+    add_mixed_trials(study)
+    return sqlite_url
+
+
+QUERIES = [
+    Bad("best-k-text", lambda url: best_trials("s", url, k="2"), ConfigError, "k (--top) must be a whole number >= 1, got '2'"),
+    Bad("best-k-none", lambda url: best_trials("s", url, k=None), ConfigError, "k (--top) must be a whole number >= 1, got None"),
+    Bad("best-k-float", lambda url: best_trials("s", url, k=2.5), ConfigError, "k (--top) must be a whole number >= 1, got 2.5"),
+    Bad("rerank-k-text", lambda url: rerank_trials("s", url, k="2", gap_penalty=1.0), ConfigError,
+        "k (--top) must be a whole number >= 1, got '2'"),
+    Bad("best-params-list", lambda url: best_trials("s", url, params=["l2"]), ConfigError,
+        "params must map parameter names to (low, high) ranges"),
+    Bad("best-params-number", lambda url: best_trials("s", url, params={"l2": 3}), ConfigError,
+        "params must map parameter names to (low, high) ranges"),
+    Bad("list-params-text-bounds", lambda url: list_trials("s", url, params={"l2": ("a", "b")}), ConfigError,
+        "params must map parameter names to (low, high) ranges"),
+    Bad("list-states-number", lambda url: list_trials("s", url, states=1), ConfigError,
+        "states must be a state name or a list of them"),
+    Bad("list-states-numbers", lambda url: list_trials("s", url, states=[1]), ConfigError, "unknown trial state '1'"),
+]
+
+
+@pytest.mark.parametrize("case", QUERIES, ids=lambda case: case.name)
+def test_a_bad_query_argument_is_refused_in_one_line(case: Bad, study_url: str) -> None:
+    _refused(replace(case, call=functools.partial(case.call, study_url)))

@@ -211,7 +211,7 @@ CASES = [
     Case("best-no-database", command("best", "--study", "x"), "no database at"),
     Case("best-unknown-study", command("best", "--study", "x"), "no study named 'x'", fake_study),
     Case("best-unknown-param", command("best", "--study", "real", "--param", "nosuch=1:2"), "no searched parameter 'nosuch'", fake_study),
-    Case("best-zero-top", command("best", "--study", "real", "--top", "0"), "--top must be >= 1", fake_study),
+    Case("best-zero-top", command("best", "--study", "real", "--top", "0"), "k (--top) must be a whole number >= 1, got 0", fake_study),
     Case("best-bad-param-range", command("best", "--study", "real", "--param", "units"), "expected NAME=LOW:HIGH", fake_study, code=2),
     Case("trials-unknown-state", command("trials", "--study", "real", "--state", "done"), "unknown trial state 'done'", fake_study),
     Case("best-reversed-param-range", command("best", "--study", "real", "--param", "units=32:8"), "LOW is above HIGH",
