@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from gapsweep import checks
 from gapsweep.errors import GapsweepError
 from gapsweep.storage.url import DEFAULT_URL
 
@@ -484,11 +485,11 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     from gapsweep.output import to_json, trials_table
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and table say it all
-    from gapsweep.sweeps.run.jobs import check_jobs, default_jobs, parse_gpus
+    from gapsweep.sweeps.run.jobs import default_jobs, parse_gpus
     from gapsweep.sweeps.run.launch import graceful_stop, has_work, prepared, run_parallel, run_trials
 
     gpus = parse_gpus(args.gpu)
-    jobs = check_jobs(args.jobs) if args.jobs is not None else default_jobs(gpus)
+    jobs = checks.whole("--jobs", args.jobs, 1) if args.jobs is not None else default_jobs(gpus)
     if args.create_only:  # nothing trains: no job, no device
         jobs, gpus = 1, None
     progress = False if args.no_progress or args.json else None

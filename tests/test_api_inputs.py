@@ -12,9 +12,10 @@ import optuna
 import pytest
 
 from fake_trials import add_mixed_trials
-from gapsweep import DataSpec, ObjectiveSettings, best_trials, list_trials
+from gapsweep import DataSpec, ObjectiveSettings, SweepConfig, best_trials, launch, list_trials
 from gapsweep.api import rerank_trials
 from gapsweep.errors import ConfigError, DataError, GapsweepError
+from gapsweep.sweeps.run.jobs import parse_gpus
 
 
 @dataclass(frozen=True)
@@ -90,3 +91,25 @@ QUERIES = [
 @pytest.mark.parametrize("case", QUERIES, ids=lambda case: case.name)
 def test_a_bad_query_argument_is_refused_in_one_line(case: Bad, study_url: str) -> None:
     _refused(replace(case, call=functools.partial(case.call, study_url)))
+
+
+LAUNCHES = [
+    Bad("launch-jobs-text", lambda config: launch(config, jobs="2"), ConfigError, "jobs must be a whole number >= 1, got '2'"),
+    Bad("launch-jobs-float", lambda config: launch(config, jobs=2.0), ConfigError, "jobs must be a whole number >= 1, got 2.0"),
+    Bad("launch-gpus-words", lambda config: launch(config, gpus=["first"]), ConfigError,
+        "gpus takes GPU indices such as 0 or 0,1, or 'none' for the CPU, got ['first']"),
+    Bad("launch-config-dict", lambda config: launch({"study": "x"}), ConfigError,
+        "config must be a SweepConfig (e.g. SweepConfig(study='digits')), got dict"),
+]
+
+
+@pytest.mark.parametrize("case", LAUNCHES, ids=lambda case: case.name)
+def test_a_bad_launch_argument_is_refused_before_anything_is_written(case: Bad, tmp_path) -> None:
+    config = SweepConfig(study="x", storage=f"sqlite:///{tmp_path / 'sweeps.db'}", trials=1)
+    _refused(replace(case, call=functools.partial(case.call, config)))
+    assert not (tmp_path / "sweeps.db").exists()
+
+
+def test_launch_takes_gpus_as_numbers_or_as_the_flag_writes_them() -> None:
+    assert parse_gpus([0, 1], "gpus") == parse_gpus("0,1", "gpus") == ["0", "1"]
+    assert parse_gpus(0, "gpus") == ["0"]

@@ -77,7 +77,7 @@ def test_the_default_is_one_job_per_core_or_per_gpu_unless_the_environment_says(
 @pytest.mark.parametrize(
     ("flags", "env", "message"),
     [
-        (["--jobs", "0"], None, "--jobs must be >= 1, got 0"),
+        (["--jobs", "0"], None, "--jobs must be a whole number >= 1, got 0"),
         (["--gpu", "0,x"], None, "--gpu takes GPU indices"),
         ([], "many", "GAPSWEEP_JOBS must be a whole number >= 1"),
     ],

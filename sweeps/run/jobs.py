@@ -54,13 +54,15 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def parse_gpus(text: str | None) -> list[str] | None:
-    """``--gpu 0,1`` as ``["0", "1"]``; ``none`` (train on the CPU) as ``["none"]``; None as None."""
-    if text is None:
+def parse_gpus(given: str | int | Sequence[str | int] | None, name: str = "--gpu") -> list[str] | None:
+    """``--gpu 0,1`` (from Python also ``"0,1"``, ``[0, 1]`` or ``0``) as ``["0", "1"]``; ``none``
+    (train on the CPU) as ``["none"]``; None as None. ``name``: the argument, for the message."""
+    if given is None:
         return None
+    text = ",".join(map(str, given)) if isinstance(given, (list, tuple)) else str(given)
     gpus = [part.strip() for part in text.split(",")]
     if gpus != ["none"] and not all(gpu.isdigit() for gpu in gpus):
-        raise ConfigError(f"--gpu takes GPU indices such as 0 or 0,1, or 'none' for the CPU, got '{text}'")
+        raise ConfigError(f"{name} takes GPU indices such as 0 or 0,1, or 'none' for the CPU, got {given!r}")
     return gpus
 
 
@@ -68,12 +70,6 @@ def default_jobs(gpus: Sequence[str] | None) -> int:
     """``$GAPSWEEP_JOBS`` when set; else one job per GPU given; else one per usable core."""
     default = len(gpus) if gpus and gpus != ["none"] else usable_cores()
     return int(env.number("GAPSWEEP_JOBS", default, minimum=1, whole=True, meaning="trials trained at once"))
-
-
-def check_jobs(jobs: int) -> int:
-    if jobs < 1:
-        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
-    return jobs
 
 
 def select_device(gpu: str | None) -> None:

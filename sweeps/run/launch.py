@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
-from gapsweep import env
+from gapsweep import checks, env
 from gapsweep.storage import trial_keys
 from gapsweep.errors import ConfigError, GapsweepError, SweepFailedError, one_line
 from gapsweep.search_spaces import code_refs
@@ -50,7 +50,7 @@ from gapsweep.storage.studies import CONFIG_ATTR, REFERENCE_ATTR, create_or_load
 from gapsweep.storage.url import parse
 from gapsweep.sweeps.data import datasets, in_memory
 from gapsweep.sweeps.run.config import SweepConfig
-from gapsweep.sweeps.run.jobs import TRIALS_PER_PROCESS, JobPool, JobSpec, check_jobs, parse_gpus, usable_cores, use_device
+from gapsweep.sweeps.run.jobs import TRIALS_PER_PROCESS, JobPool, JobSpec, parse_gpus, usable_cores, use_device
 from gapsweep.sweeps.run.reference import fit_reference, linear_start, linear_weights
 from gapsweep.sweeps.data.datasets import Splits
 from gapsweep.sweeps.trial.checkpoints import checkpoint_interval
@@ -310,15 +310,16 @@ def launch(
     the jobs to GPUs in turn; with one job, this process to the first. Data passed in memory
     trains in this process only: ``jobs`` > 1 is refused for it.
     """
-    jobs = check_jobs(jobs)
+    if not isinstance(config, SweepConfig):
+        raise ConfigError(f"config must be a SweepConfig (e.g. SweepConfig(study='digits')), got {type(config).__name__}")
+    checks.whole("jobs", jobs, 1)
     if jobs > 1 and config.data.in_memory:
         raise in_memory.unreachable(config.data.to_dict()["source"], f"the job processes of jobs={jobs}")
     if jobs > 1 and config.hypermodel is not None and not isinstance(config.hypermodel, str):
         where = keras_tuner.importable_ref(config.hypermodel)
         if keras_tuner.unimportable(where) is not None:  # a note, not a reference: the job processes could not import it
             raise ConfigError(f"jobs={jobs} starts job processes that import the hypermodel, but {where[1:-1]}; or use jobs=1")
-    if gpus is not None:
-        gpus = parse_gpus(",".join(gpus))
+    gpus = parse_gpus(gpus, "gpus")
     with prepared(config, jobs=jobs, gpus=gpus, allow_objective_change=allow_objective_change, log_file=log_file) as (sweep, pool):
         if pool is None:
             with graceful_stop(sweep):
