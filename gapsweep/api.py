@@ -8,13 +8,14 @@
 also refits it on train + val rows, or averages the best trials into one ensemble);
 ``study_reference`` gives the linear reference fitted beside the study; ``select_trials`` gives
 the noise-aware view ``gapsweep best`` prints: the val-min trial, how many trials the val rows
-cannot tell apart from it, and the paired rule's pick among them. Query
-functions take a storage URL (default ``sqlite:///gapsweep.db``) and open and close their
-own connection pool, so they are safe to call from any process.
+cannot tell apart from it, and the paired rule's pick among them. Query functions take a
+storage URL (default ``sqlite:///gapsweep.db``) or the ``pathlib.Path`` of a SQLite file, and
+open and close their own connection pool, so they are safe to call from any process.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import optuna
@@ -37,7 +38,7 @@ from gapsweep.storage.reader import (
     study_reference,
 )
 from gapsweep.storage.studies import require_study
-from gapsweep.storage.url import mask_text
+from gapsweep.storage.url import as_text, mask_text
 from gapsweep.sweeps.analysis.rerank import Reranked, rerank
 from gapsweep.sweeps.analysis.selection import RULES, Selection, paired_select
 from gapsweep.sweeps.trial.score import DEFAULT_KAPPA
@@ -83,9 +84,12 @@ def delete_study(study: str, storage: str | None = None) -> int:
     return removed
 
 
-def migrate(source: str, target: str, *, studies: list[str] | None = None) -> list[dict[str, Any]]:
+def migrate(
+    source: str | os.PathLike[str], target: str | os.PathLike[str], *, studies: list[str] | None = None
+) -> list[dict[str, Any]]:
     """Copy studies (all, or the named ones) with their trials, configuration and stored models
     from one database into another; a study that already exists in the target is refused."""
+    source, target = as_text(source), as_text(target)
     connect_existing(source, flag="--from").dispose()  # a source that does not exist is named, never created empty
     src = open_storage(source, flag="--from")
     try:

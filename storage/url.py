@@ -27,17 +27,24 @@ MASK = "***"
 _SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
 
 
-def parse(url: str | None) -> URL:
+def as_text(url: str | os.PathLike[str] | None) -> str | None:
+    """``url`` as URL text: a ``pathlib.Path`` names a SQLite file, as ``sqlite:///`` and its path do."""
+    return f"sqlite:///{os.fspath(url)}" if isinstance(url, os.PathLike) else url
+
+
+def parse(url: str | os.PathLike[str] | None) -> URL:
     """The storage URL to use, with PostgreSQL bound to psycopg 3 (the driver gapsweep ships).
 
     Without ``url``: ``$GAPSWEEP_STORAGE``, then the SQLite file ``gapsweep.db`` in the current folder.
     """
+    url = as_text(url)
     if url is not None and not isinstance(url, str):
         raise StorageError(
-            f"storage must be a database URL as text, such as sqlite:///gapsweep.db, got {type(url).__name__} {url!r}"
+            "storage must be a database URL such as sqlite:///gapsweep.db, or a pathlib.Path of a SQLite file, "
+            f"got {type(url).__name__} {url!r}"
         )
     if url is not None and not url.strip():
-        raise StorageError("--storage is empty; give a database URL such as sqlite:///gapsweep.db, or leave the flag out")
+        raise StorageError("storage (--storage) is empty; give a database URL such as sqlite:///gapsweep.db, or leave it out")
     text = url or os.environ.get("GAPSWEEP_STORAGE") or DEFAULT_URL
     try:
         parsed = make_url(text)

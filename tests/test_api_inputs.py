@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable
 
 import optuna
 import pytest
 
 from fake_trials import add_mixed_trials
-from gapsweep import DataSpec, ObjectiveSettings, SweepConfig, best_trials, launch, list_trials
-from gapsweep.api import rerank_trials
-from gapsweep.errors import ConfigError, DataError, GapsweepError
+from gapsweep import DataSpec, ObjectiveSettings, SweepConfig, best_trials, launch, list_studies, list_trials
+from gapsweep.api import migrate, rerank_trials
+from gapsweep.errors import ConfigError, DataError, GapsweepError, StorageError
 from gapsweep.sweeps.run.jobs import parse_gpus
 
 
@@ -113,3 +114,13 @@ def test_a_bad_launch_argument_is_refused_before_anything_is_written(case: Bad, 
 def test_launch_takes_gpus_as_numbers_or_as_the_flag_writes_them() -> None:
     assert parse_gpus([0, 1], "gpus") == parse_gpus("0,1", "gpus") == ["0", "1"]
     assert parse_gpus(0, "gpus") == ["0"]
+
+
+def test_a_pathlib_path_names_a_sqlite_file_wherever_storage_is_taken(study_url: str, tmp_path: Path) -> None:
+    path = Path(study_url.removeprefix("sqlite:///"))
+    assert [t.number for t in best_trials("s", path, k=2)] == [t.number for t in best_trials("s", study_url, k=2)]
+    assert [s.name for s in list_studies(path)] == ["s"]
+    assert SweepConfig(storage=tmp_path / "sweeps.db").storage == f"sqlite:///{tmp_path / 'sweeps.db'}"
+    assert migrate(path, tmp_path / "copy.db") == [{"study": "s", "trials": 6, "artifacts": 0}]
+    with pytest.raises(StorageError, match="^storage must be a database URL such as sqlite:///gapsweep.db, or a pathlib.Path"):
+        list_studies(1)  # type: ignore[arg-type]

@@ -159,7 +159,7 @@ CASES = [
     Case("data-synthetic-unknown-option", launch("s.toml"), "unknown synthetic data option(s) rows", write("s.toml", "[data]\nsource = 'synthetic'\noptions = {rows = 10}\n")),
     # The sweep file and flags.
     Case("sweep-file-missing", launch("nowhere.toml"), "file not found: nowhere.toml"),
-    Case("sweep-storage-a-number", launch("s.toml"), "storage must be a database URL such as sqlite:///gapsweep.db, got 5",
+    Case("sweep-storage-a-number", launch("s.toml"), "storage must be a database URL such as sqlite:///gapsweep.db, or a pathlib.Path of a SQLite file, got 5",
          write("s.toml", 'study = "s"\nstorage = 5\n')),
     Case("sweep-data-seed-text", launch("s.toml"), "data seed must be a whole number >= 0, got 'abc'",
          write("s.toml", "[data]\nsource = 'digits'\nseed = 'abc'\n")),
@@ -240,7 +240,7 @@ CASES = [
     Case("target-for-a-built-in-set", launch("--data", "wine", "--target", "y"), "--target names a column of a .csv file, and 'wine' is not one"),
     Case("ignore-the-target", launch("--data", "t.csv", "--target", "y", "--ignore", "y"), "leaves out the target column itself",
          write("t.csv", "a,y\n1,0\n2,1\n")),
-    Case("empty-storage-flag", lambda folder, url: ["studies", "--storage", ""], "--storage is empty"),
+    Case("empty-storage-flag", lambda folder, url: ["studies", "--storage", ""], "storage (--storage) is empty"),
     Case("blank-study-name", launch("--study", " "), "the study needs a name"),
     Case("study-name-with-spaces-around", launch("--study", "s "), "starts or ends with spaces"),
     Case("csv-with-semicolons", launch("--data", "semi.csv", "--target", "y"), "it seems to separate cells with ';'",

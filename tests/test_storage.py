@@ -327,7 +327,7 @@ def test_query_arguments_given_the_way_python_users_write_them(sqlite_url):
     study = optuna.create_study(study_name="q", storage=open_storage(sqlite_url))
     study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
     assert [t.state for t in list_trials("q", sqlite_url, states="complete")] == ["COMPLETE", "COMPLETE"]
-    with pytest.raises(StorageError, match="storage must be a database URL as text, such as sqlite:///gapsweep.db, got int 3"):
+    with pytest.raises(StorageError, match="storage must be a database URL such as sqlite:///gapsweep.db, or a pathlib.Path of a SQLite file, got int 3"):
         best_trials("q", 3)  # type: ignore[arg-type]
 
 

@@ -38,7 +38,7 @@ from gapsweep.errors import ConfigError, DataError, GapsweepError
 from gapsweep.search_spaces import code_refs
 from gapsweep.search_spaces.keras_tuner import unimportable
 from gapsweep.search_spaces.loader import read_document
-from gapsweep.storage import artifact_store
+from gapsweep.storage import artifact_store, url
 from gapsweep.storage.reader import get_study_config
 from gapsweep.sweeps.data import in_memory
 from gapsweep.sweeps.data import datasets
@@ -70,6 +70,7 @@ class SweepConfig:
     trials: int = 20
     timeout: float | None = None
     seed: int = 0
+    #: A database URL, or a ``pathlib.Path`` of a SQLite file (kept as its ``sqlite:///`` URL).
     storage: str | None = None
     baseline: dict[str, Any] | None = None
     #: A KerasTuner build function or HyperModel (``path/to/module.py:NAME``, or the object itself)
@@ -108,8 +109,11 @@ class SweepConfig:
             raise ConfigError(f"linear_start must be true or false, got {self.linear_start!r}")
         if self.timeout is not None and (isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or not self.timeout > 0):
             raise ConfigError(f"timeout must be > 0 seconds, got {self.timeout!r}")
+        object.__setattr__(self, "storage", url.as_text(self.storage))
         if self.storage is not None and not isinstance(self.storage, str):
-            raise ConfigError(f"storage must be a database URL such as sqlite:///gapsweep.db, got {self.storage!r}")
+            raise ConfigError(
+                f"storage must be a database URL such as sqlite:///gapsweep.db, or a pathlib.Path of a SQLite file, got {self.storage!r}"
+            )
         if self.hypermodel is not None and self.space != SweepConfig.space:
             raise ConfigError("a sweep searches either a space or a hypermodel; give SweepConfig one of space= and hypermodel=")
         if not isinstance(self.objective, ObjectiveSettings):
