@@ -13,7 +13,10 @@ import optuna
 import pytest
 
 from fake_trials import add_mixed_trials
-from gapsweep import DataSpec, ObjectiveSettings, SweepConfig, best_trials, launch, list_studies, list_trials
+from gapsweep import (
+    DataSpec, ObjectiveSettings, SweepConfig, best_trials, export_best, launch, list_studies, list_trials, load_sweep_file,
+    model_info,
+)
 from gapsweep.api import migrate, rerank_trials
 from gapsweep.errors import ConfigError, DataError, GapsweepError, StorageError
 from gapsweep.sweeps.run.jobs import parse_gpus
@@ -124,3 +127,25 @@ def test_a_pathlib_path_names_a_sqlite_file_wherever_storage_is_taken(study_url:
     assert migrate(path, tmp_path / "copy.db") == [{"study": "s", "trials": 6, "artifacts": 0}]
     with pytest.raises(StorageError, match="^storage must be a database URL such as sqlite:///gapsweep.db, or a pathlib.Path"):
         list_studies(1)  # type: ignore[arg-type]
+
+
+PATHS = [
+    Bad("config-study-number", lambda: SweepConfig(study=7), ConfigError, "the study needs a name: study='NAME' (--study NAME), got 7"),
+    Bad("config-space-number", lambda: SweepConfig(space=1), ConfigError,
+        "space must be a built-in name, a .toml/.yaml file, 'module.py:NAME' or a dict, got 1"),
+    Bad("config-code-dir-number", lambda: SweepConfig(code_dir=1), ConfigError,
+        "code_dir must be a file path (text or a pathlib.Path), got 1"),
+    Bad("sweep-file-none", lambda: load_sweep_file(None), ConfigError, "path must be a file path (text or a pathlib.Path), got None"),
+    Bad("export-out-none", lambda: export_best("s", None), ConfigError, "out (--out) must be a file path (text or a pathlib.Path), got None"),
+    Bad("model-info-number", lambda: model_info(1), DataError, "model_info reads a .keras file (a path or its bytes), not a int"),
+]
+
+
+@pytest.mark.parametrize("case", PATHS, ids=lambda case: case.name)
+def test_a_path_or_name_of_the_wrong_type_is_refused_in_one_line(case: Bad) -> None:
+    _refused(case)
+
+
+def test_a_pathlib_path_names_a_space_file_or_project_folder(tmp_path: Path) -> None:
+    config = SweepConfig(space=tmp_path / "space.toml", code_dir=tmp_path)
+    assert (config.space, config.code_dir) == (str(tmp_path / "space.toml"), str(tmp_path))

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gapsweep import checks
 from gapsweep.storage import trial_keys
 from gapsweep.errors import ConfigError, StudyNotFoundError
 from gapsweep.storage import artifacts, queries
@@ -126,7 +127,7 @@ def _chance_note(artifact: artifacts.Artifact) -> str | None:
 
 def check_out(out: str | os.PathLike[str]) -> Path:
     """Refuse an ``--out`` that Keras cannot save to, before any work is done."""
-    path = Path(out)
+    path = Path(checks.path("out (--out)", out))
     if path.is_dir():
         raise ConfigError(f"--out {path} is a folder; name a .keras file, e.g. {path / 'model.keras'}")
     if path.suffix != ".keras":

@@ -213,7 +213,7 @@ def model_info(model: bytes | str | os.PathLike[str]) -> dict[str, Any] | None:
     """The ``gapsweep.json`` of a ``.keras`` file (path or bytes): inputs, task and class names;
     ``None`` for a file without one (a model stored before gapsweep recorded it)."""
     if not isinstance(model, (bytes, str, os.PathLike)):
-        raise TypeError(
+        raise DataError(
             f"model_info reads a .keras file (a path or its bytes), not a {type(model).__name__}: "
             "pass the file the model was exported to"
         )

@@ -29,6 +29,7 @@ workers look for it in their ``--code-dir`` (see ``gapsweep.search_spaces.code_r
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -92,9 +93,17 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.study, str) or not self.study.strip():
-            raise ConfigError("the study needs a name: --study NAME")
+            raise ConfigError(f"the study needs a name: study='NAME' (--study NAME), got {self.study!r}")
         if self.study != self.study.strip():
             raise ConfigError(f"study name {self.study!r} starts or ends with spaces; give it without them")
+        if isinstance(self.space, os.PathLike):  # a pathlib.Path names a space file as its text does
+            object.__setattr__(self, "space", os.fspath(self.space))
+        if not isinstance(self.space, (str, dict)):
+            raise ConfigError(
+                f"space must be a built-in name, a .toml/.yaml file, 'module.py:NAME' or a dict, got {self.space!r}"
+            )
+        if self.code_dir is not None:
+            object.__setattr__(self, "code_dir", checks.path("code_dir", self.code_dir))
         if not isinstance(self.data, DataSpec):
             object.__setattr__(self, "data", DataSpec(self.data))
         if self.pruner not in PRUNERS:
@@ -237,7 +246,7 @@ def load_baseline(path: str | Path) -> dict[str, Any]:
 
 def load_sweep_file(path: str | Path) -> SweepConfig:
     """Read a sweep file; any defect is a ``ConfigError`` naming the file."""
-    path = Path(path)
+    path = Path(checks.path("path", path))
     try:
         document = read_document(path)
         if not document:  # every key has a default, but an empty file is a mistake, not a choice
