@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import sys
 import tomllib
@@ -22,7 +23,7 @@ def builtin_names() -> list[str]:
     return sorted(path.stem for path in BUILTIN_DIR.glob("*.toml"))
 
 
-def load_space(ref: str | SearchSpace | dict[str, Any]) -> SearchSpace:
+def load_space(ref: str | os.PathLike[str] | SearchSpace | dict[str, Any]) -> SearchSpace:
     """Resolve ``ref`` to a validated ``SearchSpace``.
 
     ``ref`` may already be a space (Python users), a dict in the declarative form, a built-in
@@ -33,6 +34,10 @@ def load_space(ref: str | SearchSpace | dict[str, Any]) -> SearchSpace:
         return ref
     if isinstance(ref, dict):
         return SearchSpace.from_dict(ref)
+    if isinstance(ref, os.PathLike):  # a pathlib.Path names a space file as its text does
+        ref = os.fspath(ref)
+    if not isinstance(ref, str):
+        raise SpaceError(f"a space is a built-in name, a .toml/.yaml file, 'module.py:NAME', a dict or a SearchSpace, got {ref!r}")
     if ref in builtin_names():
         return _from_file(BUILTIN_DIR / f"{ref}.toml")
     if ".py:" in ref:

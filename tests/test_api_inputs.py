@@ -15,10 +15,10 @@ import pytest
 from fake_trials import add_mixed_trials
 from gapsweep import (
     DataSpec, ObjectiveSettings, SweepConfig, best_trials, export_best, launch, list_studies, list_trials, load_sweep_file,
-    model_info,
+    load_space, model_info,
 )
 from gapsweep.api import migrate, rerank_trials
-from gapsweep.errors import ConfigError, DataError, GapsweepError, StorageError
+from gapsweep.errors import ConfigError, DataError, GapsweepError, SpaceError, StorageError
 from gapsweep.sweeps.run.jobs import parse_gpus
 
 
@@ -149,3 +149,10 @@ def test_a_path_or_name_of_the_wrong_type_is_refused_in_one_line(case: Bad) -> N
 def test_a_pathlib_path_names_a_space_file_or_project_folder(tmp_path: Path) -> None:
     config = SweepConfig(space=tmp_path / "space.toml", code_dir=tmp_path)
     assert (config.space, config.code_dir) == (str(tmp_path / "space.toml"), str(tmp_path))
+
+
+def test_load_space_refuses_what_names_no_space_and_reads_a_pathlib_path(tmp_path: Path) -> None:
+    with pytest.raises(SpaceError, match="^a space is a built-in name, a .toml/.yaml file, 'module.py:NAME', a dict or a SearchSpace, got 1$"):
+        load_space(1)  # type: ignore[arg-type]
+    (tmp_path / "space.toml").write_text('units = {type = "int", low = 8, high = 16}\n')
+    assert load_space(tmp_path / "space.toml") == load_space(str(tmp_path / "space.toml"))
