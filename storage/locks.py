@@ -1,7 +1,7 @@
 """A study-wide lock held only while a worker checks the budget and claims its next trial.
 
 Without it, two workers that both see "one trial left" would both start one and overshoot the
-budget. PostgreSQL gets a session advisory lock keyed by the study name; a SQLite file gets an
+budget. PostgreSQL gets a session advisory lock keyed by the schema and study name; a SQLite file gets an
 ``flock`` on one lock file beside it, ``<database>.lock`` (SQLite has no row or advisory locks,
 and it serializes writers anyway, so the studies of one file share it).
 
@@ -102,6 +102,18 @@ def _key(study: str) -> int:
     return int.from_bytes(hashlib.sha256(study.encode()).digest()[:8], "big", signed=True)
 
 
+def _advisory_key(conn: Connection, study: str) -> int:
+    """The key of ``study``'s lock in the schema ``conn`` works in. Advisory locks are shared by
+    the whole database: without the schema, a study in one schema would wait on the same name in
+    another, and a database being made in one schema would look busy from all. The default
+    schema keeps the bare name's key, so processes of earlier versions still exclude each other.
+    The schema is asked once per pooled connection."""
+    schema = conn.info.get("gapsweep_schema")
+    if schema is None:
+        schema = conn.info["gapsweep_schema"] = conn.execute(sa.text("SELECT current_schema()")).scalar() or "public"
+    return _key(study if schema == "public" else f"{schema}:{study}")
+
+
 def lock_file(engine: Engine) -> Path:
     """The one lock file of a SQLite database."""
     return Path(f"{engine.url.database or ':memory:'}.lock")
@@ -140,14 +152,14 @@ class StudyLock:
         return True
 
     def _try_advisory(self, conn: Connection) -> bool:
-        return bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": _key(self.study)}).scalar())
+        return bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": _advisory_key(conn, self.study)}).scalar())
 
     def _acquire_advisory(self, timeout: float) -> None:
         """One round trip when the lock is free (``pg_try_advisory_lock``, outside a transaction);
         otherwise wait for it, at most ``timeout`` (the session's ``lock_timeout``, reset after)."""
         conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        key = {"key": _key(self.study)}
         try:
+            key = {"key": _advisory_key(conn, self.study)}
             if not self._try_advisory(conn):
                 # PostgreSQL takes at most 2**31 - 1 ms, and 0 for no limit (an infinite timeout).
                 limit = 0 if math.isinf(timeout) else min(int(timeout * 1000), 2**31 - 1)
@@ -169,7 +181,7 @@ class StudyLock:
         self._conn = conn
 
     def _advisory_holder(self, conn: Connection) -> str:
-        unsigned = _key(self.study) & 0xFFFFFFFFFFFFFFFF
+        unsigned = _advisory_key(conn, self.study) & 0xFFFFFFFFFFFFFFFF
         row = conn.execute(
             sa.text(
                 "SELECT l.pid, a.application_name, a.client_addr, a.backend_start FROM pg_locks l "
@@ -207,7 +219,7 @@ class StudyLock:
     def release(self) -> None:
         if self._conn is not None:
             try:
-                self._conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _key(self.study)})
+                self._conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _advisory_key(self._conn, self.study)})
             except SQLAlchemyError:
                 # The connection is gone (e.g. terminated by the server), and with its session
                 # the server already dropped the lock: nothing is left to release.

@@ -4,12 +4,14 @@ parameters twice, and an interrupted launch says so in its exit code."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +170,41 @@ def test_a_hung_lock_holder_is_named_instead_of_waited_on(backend, request, monk
     if backend == "sqlite":  # one lock file per database, not one per study
         assert sorted(p.name for p in lock_file(storage.engine).parent.glob("*.lock")) == [lock_file(storage.engine).name]
     storage.engine.dispose()
+
+
+def test_a_study_lock_in_one_postgresql_schema_leaves_the_same_name_in_another_free(postgres_url, postgres_server):
+    other_schema = f"gs_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_server)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{other_schema}"'))
+    here = sa.create_engine(postgres_url)
+    there = sa.create_engine(f"{postgres_server}?options=-csearch_path%3D{other_schema}")
+    public = sa.create_engine(postgres_server)
+    name = f"lock-{uuid.uuid4().hex[:8]}"  # no other test's study in the default schema
+    try:
+        holder = StudyLock(here, name)
+        holder.acquire()
+        try:
+            assert not StudyLock(here, name).try_acquire()  # the same schema: taken
+            elsewhere = StudyLock(there, name)
+            assert elsewhere.try_acquire()  # another schema's study of the same name: free
+            elsewhere.release()
+        finally:
+            holder.release()
+        bare = StudyLock(public, name)
+        bare.acquire()  # the default schema keeps the key of the bare name
+        try:
+            key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+            with public.connect() as conn:
+                assert not conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar()
+        finally:
+            bare.release()
+    finally:
+        for engine in (here, there, public):
+            engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{other_schema}" CASCADE'))
+        admin.dispose()
 
 
 @pytest.mark.parametrize("timeout", ["inf", "10000000"])
