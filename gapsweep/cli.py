@@ -434,6 +434,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     from gapsweep.sweeps.data.datasets import DataSpec
     from dataclasses import replace
 
+    checks.whole("--top", args.top, 1)  # the summary's rows: refused now, not after the sweep has trained
     chosen = args.data is not None or bool(args.space or args.hypermodel)
     config = load_sweep_file(args.sweep_file) if args.sweep_file else _stored_or_default(args.study, args.storage, chosen=chosen)
     data = config.data
@@ -751,13 +752,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from gapsweep.errors import ConfigError
     from gapsweep.sweeps.run.config import stored_sweep
     from gapsweep.sweeps.run.jobs import await_start, die_with_launch, replacement_argv, select_device, use_device
     from gapsweep.sweeps.run.worker import work
 
-    if args.threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    checks.whole("--threads", args.threads, 1)
+    checks.whole("--trials-per-process", args.trials_per_process, 1)  # before the device line, not after it
     if args.launch_pid is not None:
         die_with_launch(args.launch_pid)
     if args.await_start:  # a job started while launch prepares the study: TensorFlow first, then wait

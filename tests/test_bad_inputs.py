@@ -186,6 +186,10 @@ CASES = [
     Case("flag-baseline-missing", launch("--baseline", "nowhere.json"), "baseline file not found"),
     Case("flag-baseline-not-json", launch("--baseline", "b.json"), "is not valid JSON", write("b.json", "{units: 3")),
     Case("flag-baseline-unknown-parameter", launch("--baseline", "b.json"), "baseline names parameter(s) nosuch", write("b.json", '{"nosuch": 1}')),
+    Case("flag-zero-top-before-the-sweep-trains", launch("s.toml", "--jobs", "1", "--top", "0"), "--top must be a whole number >= 1",
+         write("s.toml", SWEEP)),
+    Case("worker-zero-trials-per-process", command("worker", "--study", "s", "--trials-per-process", "0"),
+         "--trials-per-process must be a whole number >= 1", created_study),
     Case("flag-trials-not-a-number", launch("--trials", "many"), "invalid int value: 'many'", code=2),
     Case("flag-unknown", launch("--trails", "3"), "unrecognized arguments: --trails", code=2),
     # The database.

@@ -29,6 +29,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from gapsweep.storage import trial_keys
+from gapsweep import checks
 from gapsweep.errors import ConfigError
 from gapsweep.storage.engine import open_storage
 from gapsweep.storage.pareto import pareto_front
@@ -66,8 +67,7 @@ class Report:
 
 def build_report(study: str, storage: str | None = None, *, top: int = 5) -> Report:
     """Read ``study`` and draw its plots; raises ``StudyNotFoundError`` for an unknown study."""
-    if top < 1:
-        raise ConfigError(f"--top must be >= 1, got {top}")
+    checks.whole("--top", top, 1)
     trials = list_trials(study, storage)
     diagnoses = {trial.number: diagnose_record(trial) for trial in trials}
     best = best_trials(study, storage, top)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from gapsweep.errors import ConfigError
+from gapsweep import checks
 from gapsweep.sweeps.run.config import SweepConfig
 from gapsweep.sweeps.run.launch import graceful_stop, has_work, prepare, run_trials
 
@@ -42,8 +42,7 @@ def work(
     is job K of ``launch --jobs`` (see ``Sweep.job``). ``stop_at``: wall-clock time after which
     no trial starts (it survives the re-exec, where a timeout would restart).
     """
-    if trials_per_process < 1:
-        raise ConfigError(f"--trials-per-process must be >= 1, got {trials_per_process}")
+    checks.whole("--trials-per-process", trials_per_process, 1)
     sweep = prepare(config, salt=f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}")
     sweep.job = job
     try:
