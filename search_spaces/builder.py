@@ -20,6 +20,7 @@ stored without paying its import.
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Mapping
@@ -99,8 +100,9 @@ _ACTIVATIONS = frozenset({
 
 
 def _real(value: Any) -> bool:
-    """A number, not a bool and not a string that reads as one ("64" in a sweep file is a typo)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    """A finite number, not a bool and not a string that reads as one ("64" in a sweep file is a
+    typo; ``l2 = inf`` reads as a number in TOML and YAML, but fails every trial it is given to)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
 
 
 def _whole_at_least(low: int) -> Any:

@@ -107,6 +107,8 @@ CASES = [
     space_case("space-invalid-toml", "[l2\ntype = float\n", "is not valid TOML"),
     space_case("space-typo-in-a-name", "[dropuot]\ntype = 'float'\nlow = 0.0\nhigh = 0.5\n", "dropuot"),
     space_case("space-negative-l2", "[l2]\ntype = 'float'\nlow = -0.01\nhigh = 0.1\n", "l2 must be a number >= 0"),
+    space_case("space-infinite-l2", "l2 = inf\n", "l2 must be a number >= 0, got inf"),
+    space_case("space-infinite-learning-rate", "learning_rate = inf\n", "learning_rate must be a number > 0, got inf"),
     space_case("space-dropout-reaches-1", "[dropout]\ntype = 'float'\nlow = 0.0\nhigh = 1.0\n", "dropout must be a number in [0, 1)"),
     space_case("space-zero-units", "[units]\ntype = 'int'\nlow = 0\nhigh = 8\n", "units must be a whole number >= 1"),
     space_case("space-unknown-optimizer", "optimizer = 'adagrad'\n", "optimizer must be one of"),
