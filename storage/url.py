@@ -25,6 +25,9 @@ _USERINFO = re.compile(r"((?:^|://)[^:/@\s]*:)(?!//)[^/\s]*@")
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#\s]*", re.IGNORECASE)
 MASK = "***"
 _SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
+#: Other names of the same PostgreSQL database: the short form (Heroku, libpq) that SQLAlchemy
+#: dropped, and psycopg 2's, which Optuna's documentation writes; gapsweep reaches it with psycopg 3.
+_POSTGRES_ALIASES = ("postgres", "postgresql+psycopg2")
 
 
 def as_text(url: str | os.PathLike[str] | None) -> str | None:
@@ -58,7 +61,7 @@ def parse(url: str | os.PathLike[str] | None) -> URL:
             f"'{mask_text(text)}': the user or password holds an '@'; write it as %40 (postgresql://user:p%40ss@host/db), "
             "or keep the password out of the URL (PGPASSWORD or ~/.pgpass)"
         )
-    if parsed.drivername == "postgres":  # the common short form (Heroku, libpq) that SQLAlchemy dropped
+    if parsed.drivername in _POSTGRES_ALIASES:
         parsed = parsed.set(drivername="postgresql")
     if parsed.drivername not in _SCHEMES:
         raise StorageError(

@@ -68,10 +68,11 @@ def test_studies_trials_and_show(any_url, capsys):
         get_trial("built", 99, any_url)
 
 
-def test_the_postgres_short_form_is_postgresql():
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql+psycopg2"])
+def test_the_postgres_short_form_and_an_optuna_psycopg2_url_are_postgresql(scheme):
     from gapsweep.storage.url import parse
 
-    assert parse("postgres://me@db.example:5432/sweeps").drivername == "postgresql+psycopg"
+    assert parse(f"{scheme}://me@db.example:5432/sweeps").drivername == "postgresql+psycopg"
 
 
 def test_postgres_url_gets_the_psycopg_driver_and_a_masked_password():
