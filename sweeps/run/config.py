@@ -141,10 +141,7 @@ class SweepConfig:
                 "and launch a study with hypermodel='module.py:NAME'"
             )
         if isinstance(self.hypermodel, str) and not code_refs.is_ref(self.hypermodel):
-            raise ConfigError(
-                "hypermodel must be 'path/to/module.py:NAME' (a KerasTuner build function or HyperModel), "
-                f"got {self.hypermodel!r}"
-            )
+            raise _not_a_hypermodel_ref(self.hypermodel)
         checks.whole("max_epochs", self.max_epochs, 1)
         checks.whole("max_failures", self.max_failures, 1)
         if self.artifacts is not None and not isinstance(self.artifacts, str):
@@ -213,6 +210,8 @@ class SweepConfig:
             values["objective"] = _section(ObjectiveSettings, values["objective"], "objective")
         if values.get("space") is None:
             values.pop("space", None)  # a hypermodel study stores no space
+        if not isinstance(values.get("hypermodel"), (str, type(None))):  # a file holds a reference, never an object
+            raise _not_a_hypermodel_ref(values["hypermodel"])
         if "space" in values and values.get("hypermodel") is not None:
             raise ConfigError("a sweep searches either a space or a hypermodel; drop one of the two settings")
         if isinstance(values.get("space"), str) and base is not None:
@@ -228,6 +227,12 @@ class SweepConfig:
     def override(self, **changes: Any) -> "SweepConfig":
         """A copy with the given (non-None) settings replaced: flags over the file."""
         return replace(self, **{key: value for key, value in changes.items() if value is not None})
+
+
+def _not_a_hypermodel_ref(value: Any) -> ConfigError:
+    return ConfigError(
+        f"hypermodel must be 'path/to/module.py:NAME' (a KerasTuner build function or HyperModel), got {value!r}"
+    )
 
 
 def load_baseline(path: str | Path) -> dict[str, Any]:
