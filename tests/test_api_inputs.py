@@ -130,7 +130,7 @@ def test_a_pathlib_path_names_a_sqlite_file_wherever_storage_is_taken(study_url:
 
 
 PATHS = [
-    Bad("config-study-number", lambda: SweepConfig(study=7), ConfigError, "the study needs a name: study='NAME' (--study NAME), got 7"),
+    Bad("config-study-number", lambda: SweepConfig(study=7), ConfigError, "the study's name must be text"),
     Bad("config-space-number", lambda: SweepConfig(space=1), ConfigError,
         "space must be a built-in name, a .toml/.yaml file, 'module.py:NAME' or a dict, got 1"),
     Bad("config-code-dir-number", lambda: SweepConfig(code_dir=1), ConfigError,

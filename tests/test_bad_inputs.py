@@ -174,6 +174,8 @@ CASES = [
          write("s.toml", 'study = "s"\nspace = 5\n')),
     Case("sweep-hypermodel-a-number", launch("s.toml"), "s.toml: hypermodel must be 'path/to/module.py:NAME'",
          write("s.toml", 'study = "s"\nhypermodel = 5\n')),
+    Case("sweep-study-a-number", launch("s.yaml"), 'the study\'s name must be text: write it in quotes, "2024"; got 2024',
+         write("s.yaml", "study: 2024\n")),
     Case("sweep-unknown-pruner", launch("s.toml"), "unknown pruner 'sometimes'", write("s.toml", 'study = "s"\npruner = "sometimes"\n')),
     Case("sweep-unknown-key", launch("s.toml"), "unknown sweep setting(s) trails", write("s.toml", 'study = "s"\ntrails = 5\n')),
     Case("sweep-negative-gap-penalty", launch("s.toml"), "gap_penalty must be a number >= 0", write("s.toml", "[objective]\ngap_penalty = -1\n")),

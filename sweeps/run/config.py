@@ -92,7 +92,9 @@ class SweepConfig:
     linear_start: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.study, str) or not self.study.strip():
+        if self.study is not None and not isinstance(self.study, str):  # YAML and TOML read study: 2024 as a number
+            raise ConfigError(f"the study's name must be text: write it in quotes, \"{self.study}\"; got {self.study!r}")
+        if not self.study or not self.study.strip():
             raise ConfigError(f"the study needs a name: study='NAME' (--study NAME), got {self.study!r}")
         if self.study != self.study.strip():
             raise ConfigError(f"study name {self.study!r} starts or ends with spaces; give it without them")
