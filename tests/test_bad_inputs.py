@@ -176,6 +176,8 @@ CASES = [
          write("s.toml", 'study = "s"\nhypermodel = 5\n')),
     Case("sweep-study-a-number", launch("s.yaml"), 'the study\'s name must be text: write it in quotes, "2024"; got 2024',
          write("s.yaml", "study: 2024\n")),
+    Case("sweep-data-a-number", launch("s.toml"), "s.toml: data must be a data set's name or file, e.g. data = \"wine\", or a [data] table; got 5",
+         write("s.toml", "data = 5\n")),
     Case("sweep-unknown-pruner", launch("s.toml"), "unknown pruner 'sometimes'", write("s.toml", 'study = "s"\npruner = "sometimes"\n')),
     Case("sweep-unknown-key", launch("s.toml"), "unknown sweep setting(s) trails", write("s.toml", 'study = "s"\ntrails = 5\n')),
     Case("sweep-negative-gap-penalty", launch("s.toml"), "gap_penalty must be a number >= 0", write("s.toml", "[objective]\ngap_penalty = -1\n")),

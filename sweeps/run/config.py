@@ -267,6 +267,8 @@ def load_sweep_file(path: str | Path) -> SweepConfig:
 def _data_spec(raw: Any, base: Path | None) -> DataSpec:
     if isinstance(raw, str):
         raw = {"source": raw}
+    if not isinstance(raw, Mapping):  # the short form is text, so a bare "must be a table" would mislead
+        raise ConfigError(f"data must be a data set's name or file, e.g. data = \"wine\", or a [data] table; got {raw!r}")
     spec = _section(DataSpec, raw, "data")
     if base is not None and Path(spec.source).suffix.lower() in {".npz", ".csv"}:
         spec = replace(spec, source=_relative(spec.source, base))
