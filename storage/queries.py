@@ -302,8 +302,17 @@ def _param_filters(conn: Connection, study: str, sid: int, ranges: dict[str, Par
     )
     unknown = sorted(set(ranges) - set(found))
     if found and unknown:
+        # A value the space fixes shows in the tables as param.NAME, but it is a user attribute, the
+        # same in every trial: say so, or the user looks for a typo that is not there.
+        keys = list(trial_keys.fixed_attrs(dict.fromkeys(unknown)))
+        fixed = trial_keys.fixed(dict.fromkeys(conn.execute(
+            sa.select(_attrs.c.key).distinct().join(_trials, _trials.c.trial_id == _attrs.c.trial_id)
+            .where(_trials.c.study_id == sid, _attrs.c.key.in_(keys))
+        ).scalars()))
+        verb = "is" if len(fixed) == 1 else "are"
+        why = f" ({', '.join(sorted(fixed))} {verb} fixed by its space: every trial has the same value)" if fixed else ""
         raise ConfigError(
-            f"study '{study}' has no searched parameter {', '.join(repr(name) for name in unknown)}; "
+            f"study '{study}' has no searched parameter {', '.join(repr(name) for name in unknown)}{why}; "
             f"its parameters: {', '.join(sorted(found))}"
         )
     clauses = []

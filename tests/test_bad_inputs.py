@@ -93,6 +93,15 @@ def fake_study(folder: Path, url: str) -> None:
     add_mixed_trials(study)
 
 
+def study_with_fixed_epochs(folder: Path, url: str) -> None:
+    """A study whose space fixes epochs: a user attribute of each trial, not an Optuna parameter."""
+    study = optuna.create_study(study_name="real", storage=url)
+    study.add_trial(optuna.trial.create_trial(
+        params={"units": 32}, distributions={"units": optuna.distributions.IntDistribution(8, 64)}, value=0.5,
+        user_attrs={"fixed.epochs": 5},
+    ))
+
+
 def not_a_gapsweep_study(folder: Path, url: str) -> None:
     optuna.create_study(study_name="plain", storage=url)
 
@@ -230,6 +239,8 @@ CASES = [
     Case("trials-unknown-state", command("trials", "--study", "real", "--state", "done"), "unknown trial state 'done'", fake_study),
     Case("best-reversed-param-range", command("best", "--study", "real", "--param", "units=32:8"), "LOW is above HIGH",
          fake_study, code=2),
+    Case("trials-param-fixed-by-the-space", command("trials", "--study", "real", "--param", "epochs=1:9"),
+         "no searched parameter 'epochs' (epochs is fixed by its space: every trial has the same value)", study_with_fixed_epochs),
     Case("trials-unknown-param", command("trials", "--study", "real", "--param", "nosuch=1:"), "no searched parameter", fake_study),
     Case("show-unknown-trial", command("show", "real", "99"), "has no trial number 99", fake_study),
     Case("export-to-a-folder", command("export", "real", "--out", "."), "is a folder", fake_study),
