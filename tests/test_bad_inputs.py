@@ -209,6 +209,10 @@ CASES = [
          write("s.toml", SWEEP)),
     Case("worker-zero-trials-per-process", command("worker", "--study", "s", "--trials-per-process", "0"),
          "--trials-per-process must be a whole number >= 1", created_study),
+    Case("flag-baseline-against-a-fixed-value",
+         launch("--space", "space.toml", "--baseline", "b.json", "--trials", "1", "--jobs", "1"),
+         "baseline sets epochs = 9, but the search space fixes it at 1",
+         both(write("space.toml", "epochs = 1\nunits = 8\nn_layers = 1\n"), write("b.json", '{"epochs": 9}'))),
     Case("flag-trials-not-a-number", launch("--trials", "many"), "invalid int value: 'many'", code=2),
     Case("flag-unknown", launch("--trails", "3"), "unrecognized arguments: --trails", code=2),
     # The database.

@@ -41,6 +41,7 @@ from gapsweep.search_spaces import code_refs
 from gapsweep.search_spaces.hypermodel import Hypermodel, SpaceHypermodel
 from gapsweep.search_spaces import keras_tuner
 from gapsweep.search_spaces.loader import load_space
+from gapsweep.search_spaces.space import Fixed
 from gapsweep.storage import artifacts, queries
 from gapsweep.storage.artifact_store import ArtifactStore, canonical, open_store
 from gapsweep.storage.engine import describe_failure, heartbeat_settings, pg_pool_size, sqlite_path
@@ -721,6 +722,14 @@ def _check_baseline(baseline: dict[str, Any], hypermodel: Hypermodel) -> None:
     unknown = sorted(set(baseline) - set(space.params)) if space is not None else []
     if unknown:
         raise ConfigError(f"baseline names parameter(s) {', '.join(unknown)} that the search space does not have")
+    for name, value in baseline.items():
+        # A fixed value is no Optuna parameter, so the enqueued baseline would quietly train with the space's.
+        dist = space.params.get(name) if space is not None else None
+        if isinstance(dist, Fixed) and not dist.allows(value):
+            raise ConfigError(
+                f"baseline sets {name} = {value!r}, but the search space fixes it at {dist.value!r}; "
+                "drop it from the baseline or make it a range or choice in the space"
+            )
 
 
 def _same_code(key: str, previous: dict[str, Any], stored: dict[str, Any], config: SweepConfig) -> bool:
