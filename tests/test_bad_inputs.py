@@ -250,6 +250,8 @@ CASES = [
     Case("export-to-a-folder", command("export", "real", "--out", "."), "is a folder", fake_study),
     Case("export-a-trial-that-never-was", command("export", "real", "--out", "m.keras", "--trial", "99"),
          "study 'real' has no trial number 99", fake_study),
+    Case("export-a-failed-trial", command("export", "real", "--out", "m.keras", "--trial", "5"),
+         "(it failed: no refit can train it again either)", fake_study),
     Case("export-without-a-model", command("export", "real", "--out", "m.keras"), "has no stored model", fake_study),
     Case("report-to-a-folder", command("report", "--study", "real", "--out", "."), "is a folder", fake_study),
     Case("report-into-a-missing-folder", command("report", "--study", "real", "--out", "no/r.html"), "does not exist", fake_study),

@@ -330,7 +330,8 @@ def best_artifact(
         state = queries.get_trial(engine, study, trial).state if found is None else "COMPLETE"
     if found is None:
         # Refit retrains a complete trial only; a pruned or failed one has no best epoch to retrain to.
-        fix = f", or {retrain}" if state == "COMPLETE" else f" (it is {state.lower()}: no refit can train it again either)"
+        status = "it failed" if state == "FAIL" else f"it is {state.lower()}"  # Optuna's FAIL is no adjective
+        fix = f", or {retrain}" if state == "COMPLETE" else f" ({status}: no refit can train it again either)"
         raise StudyNotFoundError(
             f"trial {trial} of study '{study}' has no stored model (models are kept for the top trials only); "
             f"pass --trial with one of the best trials{fix}"
