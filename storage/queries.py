@@ -506,6 +506,8 @@ def _parse_state(text: str) -> TrialState:
     try:
         return TrialState[str(text).upper()]
     except KeyError:
+        # `studies` counts stale trials apart, but in the database they are still running.
+        stale = " (a stale trial is a running one whose worker went silent: --state running)" if text.lower() == "stale" else ""
         raise ConfigError(
-            f"unknown trial state '{text}'; use one of {', '.join(s.name.lower() for s in TrialState)}"
+            f"unknown trial state '{text}'; use one of {', '.join(s.name.lower() for s in TrialState)}{stale}"
         ) from None

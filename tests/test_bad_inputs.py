@@ -245,6 +245,8 @@ CASES = [
          fake_study, code=2),
     Case("trials-param-fixed-by-the-space", command("trials", "--study", "real", "--param", "epochs=1:9"),
          "no searched parameter 'epochs' (epochs is fixed by its space: every trial has the same value)", study_with_fixed_epochs),
+    Case("trials-stale-state", command("trials", "--study", "real", "--state", "stale"),
+         "(a stale trial is a running one whose worker went silent: --state running)", fake_study),
     Case("trials-unknown-param", command("trials", "--study", "real", "--param", "nosuch=1:"), "no searched parameter", fake_study),
     Case("show-unknown-trial", command("show", "real", "99"), "has no trial number 99", fake_study),
     Case("export-to-a-folder", command("export", "real", "--out", "."), "is a folder", fake_study),
