@@ -507,7 +507,7 @@ def _parse_state(text: str) -> TrialState:
         return TrialState[str(text).upper()]
     except KeyError:
         # `studies` counts stale trials apart, but in the database they are still running.
-        stale = " (a stale trial is a running one whose worker went silent: --state running)" if text.lower() == "stale" else ""
+        stale = " (a stale trial is a running one whose worker went silent: --state running)" if str(text).lower() == "stale" else ""
         raise ConfigError(
             f"unknown trial state '{text}'; use one of {', '.join(s.name.lower() for s in TrialState)}{stale}"
         ) from None

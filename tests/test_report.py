@@ -165,7 +165,7 @@ def test_user_mistakes_are_one_line_and_write_nothing(mixed_url: str, tmp_path: 
     cases = [
         (["--study", "nope", "--out", str(out)], "no study named 'nope' in this database (studies: empty, mixed, single)"),
         (["--study", "mixed", "--out", str(tmp_path / "missing" / "r.html")], "does not exist"),
-        (["--study", "mixed", "--out", str(out), "--top", "0"], "--top must be >= 1"),
+        (["--study", "mixed", "--out", str(out), "--top", "0"], "--top must be a whole number >= 1"),
     ]
     for argv, fragment in cases:
         assert main(["report", *argv, "--storage", mixed_url]) == 1
