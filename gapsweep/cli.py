@@ -724,6 +724,9 @@ def _cmd_studies(args: argparse.Namespace) -> int:
     from gapsweep.output import studies_table, to_json
 
     studies = list_studies(args.storage)
+    if not studies and not args.json:
+        print("no studies in this database yet; launch a sweep there first")
+        return 0
     print(to_json([study.to_dict() for study in studies]) if args.json else studies_table(studies))
     return 0
 

@@ -33,6 +33,11 @@ class StorageError(GapsweepError):
     """A database that cannot be reached or is not a gapsweep/Optuna database."""
 
 
+class EmptyDatabaseError(StorageError):
+    """A database with no tables at all: no sweep was launched there yet. A query about a study
+    is a mistake there; a listing of the studies is simply empty."""
+
+
 class SweepFailedError(GapsweepError):
     """A sweep stopped because its trials kept failing (e.g. every one diverged)."""
 

@@ -22,7 +22,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 
 from gapsweep import env
-from gapsweep.errors import StorageError
+from gapsweep.errors import EmptyDatabaseError, StorageError
 from gapsweep.storage import optuna_tables
 from gapsweep.storage.locks import being_made, schema_lock
 from gapsweep.storage.url import MASK, mask, parse, passwords
@@ -212,7 +212,9 @@ def connect_existing(url_text: str | None, *, flag: str = "--storage") -> Engine
     if not {"studies", "trials", "version_info"} <= tables:
         engine.dispose()
         if not tables:
-            raise StorageError(f"{mask(url)} holds no studies yet (no tables at all); launch a sweep there first or pass {flag} URL")
+            raise EmptyDatabaseError(
+                f"{mask(url)} holds no studies yet (no tables at all); launch a sweep there first or pass {flag} URL"
+            )
         raise StorageError(f"{mask(url)} is not a gapsweep/Optuna database (no Optuna tables in it)")
     try:
         with engine.connect() as conn:

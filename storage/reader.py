@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from gapsweep import checks
-from gapsweep.errors import StudyNotFoundError
+from gapsweep.errors import EmptyDatabaseError, StudyNotFoundError
 from gapsweep.storage import queries, val_losses
 from gapsweep.storage.engine import heartbeat_settings, reading
 from gapsweep.storage.queries import ParamRange, StudySummary, TrialRecord
@@ -40,9 +40,12 @@ def list_trials(
 
 def list_studies(storage: str | None = None) -> list[StudySummary]:
     """Every study in the database with its trial counts per state; running trials of dead
-    workers count as ``STALE``, not ``RUNNING``."""
-    with reading(storage) as engine:
-        return queries.list_studies(engine, stale_after_s=heartbeat_settings()[1])
+    workers count as ``STALE``, not ``RUNNING``. An empty database (no tables yet) has none."""
+    try:
+        with reading(storage) as engine:
+            return queries.list_studies(engine, stale_after_s=heartbeat_settings()[1])
+    except EmptyDatabaseError:
+        return []
 
 
 def get_trial(study: str, number: int, storage: str | None = None) -> TrialRecord:

@@ -313,8 +313,12 @@ def test_a_database_without_its_schema_version_is_being_made_or_was_left_half_ma
 def test_an_empty_database_is_told_apart_from_a_foreign_one(postgres_url, capsys):
     import sqlalchemy as sa
 
-    assert main(["studies", "--storage", postgres_url]) == 1
+    assert main(["best", "--study", "s", "--storage", postgres_url]) == 1
     assert "holds no studies yet (no tables at all); launch a sweep there first" in capsys.readouterr().err
+    assert main(["studies", "--storage", postgres_url, "--json"]) == 0  # a listing of none, for scripts
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["studies", "--storage", postgres_url]) == 0
+    assert "no studies in this database yet" in capsys.readouterr().out
     engine = sa.create_engine(postgres_url)
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE invoices (id integer)")
