@@ -5,17 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 
-from gapsweep import best_trials
+from gapsweep import GapsweepError, best_trials
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study")
-    parser.add_argument("--top", type=int, default=3)
-    parser.add_argument("--by", default="score", choices=("score", "val_loss", "gap", "train_loss"))
-    parser.add_argument("--storage", default=None)
+    parser.add_argument("study", help="the study's name")
+    parser.add_argument("--top", type=int, default=3, help="how many trials (default 3)")
+    parser.add_argument(
+        "--by", default="score", choices=("score", "val_loss", "gap", "train_loss"), help="rank by (default score)"
+    )
+    parser.add_argument("--storage", default=None, help="database URL (default sqlite:///gapsweep.db)")
     args = parser.parse_args()
-    rows = [trial.summary() for trial in best_trials(args.study, args.storage, args.top, by=args.by)]
+    try:
+        rows = [trial.summary() for trial in best_trials(args.study, args.storage, args.top, by=args.by)]
+    except GapsweepError as exc:  # a user's mistake (unknown study, unreachable database): one line, no traceback
+        raise SystemExit(f"{parser.prog}: {exc}") from None
     print(json.dumps(rows, indent=2, default=str))
 
 

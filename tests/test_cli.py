@@ -185,3 +185,16 @@ def test_create_only_prints_a_worker_command_that_pastes(postgres_url, tmp_path,
     ready = json.loads(capsys.readouterr().out)
     assert ready["study"] == "ready" and ready["worker_command"].startswith("gapsweep worker --study ready --storage ")
     assert "S3cret" not in json.dumps(ready) and ready["note"].startswith("the password is left out")
+
+
+@pytest.mark.parametrize("script", ["best_trials.py", "launch_sweep.py"])
+def test_the_example_scripts_end_a_users_mistake_in_one_line(tmp_path, script):
+    """What a user copies from scripts/ should show how to keep a mistake to one line."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / script
+    argv = ["nope"] if script == "best_trials.py" else ["--trials", "0"]
+    result = subprocess.run(
+        [sys.executable, str(path), *argv, "--storage", f"sqlite:///{tmp_path / 'none.db'}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"{script}: ") and result.stderr.count("\n") == 1, result.stderr
