@@ -14,6 +14,7 @@ from sklearn.datasets import load_digits
 
 from gapsweep.api import list_studies, list_trials
 from gapsweep.cli import main
+from gapsweep.storage.engine import connect_existing
 from gapsweep.errors import ConfigError, DataError, SpaceError, StorageError
 from gapsweep.sweeps.data.datasets import DataSpec, load
 from gapsweep.sweeps.run.config import SweepConfig, load_sweep_file, stored_sweep
@@ -201,8 +202,13 @@ def test_data_in_memory_is_refused_where_another_process_needs_it(any_url: str, 
     assert message.startswith("the study's data was passed in memory from Python (x (1797, 64) float64, y (1797,) int64), "
                               "and the job processes of jobs=2 cannot get it; name a data loader instead, data = \"loaders.py:load\"")
     assert "\n" not in message
-    with pytest.raises(StorageError):
-        list_studies(any_url)  # refused before anything was written, the database included
+    # Refused before anything was written, the database included: no SQLite file, no tables.
+    if any_url.startswith("sqlite"):
+        with pytest.raises(StorageError, match="no database at"):
+            list_studies(any_url)
+    else:
+        with pytest.raises(StorageError, match="holds no studies yet"):
+            connect_existing(any_url)
 
     prepare(config).close()  # the script's own process: the study exists
     stored = stored_sweep("mem", any_url)
