@@ -62,6 +62,7 @@ REQUEUED_FROM = "requeued_from"
 # Cross-validation: each fold's score and restored epoch.
 FOLD_SCORES = "fold_scores"
 FOLD_BEST_EPOCHS = "fold_best_epochs"
+FOLD_PRIORS = "fold_priors"
 
 #: Per-epoch curves: ``curve.train_loss``, ``curve.train_se``, ``curve.val_loss``, ``curve.val_se``,
 #: ``curve.val_accuracy``; under cross-validation also ``curve.fold{i}.*`` per fold.

@@ -215,6 +215,10 @@ def test_cross_validation_runs_k_folds_and_stores_each_fold(sqlite_url, tiny_spa
         assert len(trial.attrs["curve.val_loss"]) == 6  # the folds' mean curve
         # Epochs run: the longest fold's, so the folds' mean best epoch never lies beyond them.
         assert trial.attrs["epochs_run"] == max(len(curve) for curve in folds) > trial.attrs["best_epoch"]
+    # Re-ranked at the study's own λ, each trial's folds are scored again as they were: the stored score.
+    for item in rerank_trials("cv", sqlite_url, k=2, gap_penalty=config.objective.gap_penalty):
+        assert item.score.value == pytest.approx(item.record.value, rel=1e-12)
+        assert item.score.gap == pytest.approx(item.record.attrs["gap"], rel=1e-12)
     # the kept model was retrained on all training data: it predicts the right number of classes
     model = load_best_model("cv", sqlite_url)
     assert model.output_shape[-1] == 3

@@ -8,6 +8,9 @@ bounded score (its κ, its SE curve); one without stored SE curves with the addi
 - ``epoch="best"``: the epoch that minimizes the new score (what early stopping would keep,
   within the epochs the trial actually ran);
 - ``epoch="last"``: the last epoch the trial ran (what a run without restoring would keep).
+
+A cross-validated trial is re-scored fold by fold and its folds' scores averaged, as it was
+scored when it ran (``score.mean_score``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any, Sequence
 from gapsweep.storage import trial_keys
 from gapsweep.errors import ConfigError
 from gapsweep.storage.queries import TrialRecord
-from gapsweep.sweeps.trial.score import DEFAULT_KAPPA, Score, Scoring, best_score, score_at
+from gapsweep.sweeps.trial.score import DEFAULT_KAPPA, Score, Scoring, best_score, mean_score, score_at
 
 EPOCH_RULES = ("best", "last")
 
@@ -65,21 +68,43 @@ def rerank(
     scoring = Scoring(score, penalty, kappa)
     ranked = []
     for record in records:
-        train = record.attrs.get(trial_keys.curve_key("train_loss")) or []
-        val = record.attrs.get(trial_keys.curve_key("val_loss")) or []
-        if not train or len(train) != len(val):
-            continue
-        se = [math.nan if v is None else float(v) for v in record.attrs.get(trial_keys.curve_key("val_se")) or []]
-        prior = record.attrs.get(trial_keys.PRIOR_LOSS)
         try:
-            if epoch == "best":
-                scored = best_score(train, val, scoring, se_curve=se, prior_loss=prior)
-            else:
-                scored = score_at(train, val, scoring, len(val) - 1, se_curve=se, prior_loss=prior)
+            scored = _rescored(record, scoring, epoch)
         except ValueError:  # no finite epoch: a diverged trial has no place in a ranking
             continue
-        ranked.append(Reranked(record, scored))
+        if scored is not None:
+            ranked.append(Reranked(record, scored))
     # As ``best`` ranks: trials that broke the study's --max-gap after every feasible one.
     return sorted(ranked, key=lambda item: (
         item.record.attrs.get(trial_keys.FEASIBLE) is False, math.isnan(item.score.value), item.score.value, item.record.number,
     ))
+
+
+def _rescored(record: TrialRecord, scoring: Scoring, epoch: str) -> Score | None:
+    """``record``'s score under ``scoring`` and the epoch rule; None without stored curves."""
+    attrs = record.attrs
+    folds = attrs.get(trial_keys.FOLD_SCORES)
+    if folds:
+        # Studies from before the folds' priors were stored: the trial's prior stands for each.
+        priors = attrs.get(trial_keys.FOLD_PRIORS) or [attrs.get(trial_keys.PRIOR_LOSS)] * len(folds)
+        scores = [
+            score for index, prior in enumerate(priors)
+            if (score := _curve_score(attrs, trial_keys.fold_prefix(index), scoring, epoch, prior)) is not None
+        ]
+        if len(scores) != len(priors):
+            return None
+        se = attrs.get(trial_keys.VAL_SE)
+        return mean_score(scores, val_se=math.nan if se is None else float(se))
+    return _curve_score(attrs, trial_keys.CURVE_PREFIX, scoring, epoch, attrs.get(trial_keys.PRIOR_LOSS))
+
+
+def _curve_score(attrs: dict[str, Any], prefix: str, scoring: Scoring, epoch: str, prior: float | None) -> Score | None:
+    """The score of the curves stored under ``prefix`` at the epoch rule; None without them."""
+    train = attrs.get(trial_keys.curve_key("train_loss", prefix)) or []
+    val = attrs.get(trial_keys.curve_key("val_loss", prefix)) or []
+    if not train or len(train) != len(val):
+        return None
+    se = [math.nan if v is None else float(v) for v in attrs.get(trial_keys.curve_key("val_se", prefix)) or []]
+    if epoch == "best":
+        return best_score(train, val, scoring, se_curve=se, prior_loss=prior)
+    return score_at(train, val, scoring, len(val) - 1, se_curve=se, prior_loss=prior)

@@ -34,7 +34,7 @@ from gapsweep.sweeps.data.datasets import Splits
 from gapsweep.sweeps.trial.models import ModelKeeper, held_out_metrics
 from gapsweep.sweeps.trial.repro import record
 from gapsweep.sweeps.data.cv import k_folds
-from gapsweep.sweeps.trial.score import DEFAULT_KAPPA, Score, Scoring, best_score
+from gapsweep.sweeps.trial.score import DEFAULT_KAPPA, Score, Scoring, best_score, mean_score
 from gapsweep.sweeps.trial.runtime import fresh_session
 from gapsweep.sweeps.trial.trainer import Curves, TrainingDiverged, TrainResult, mean_curves, start_from, train
 
@@ -229,24 +229,8 @@ class Objective:
         # The trial's curves are the folds' mean over the epochs every fold ran; it ran as many
         # epochs as its longest fold, which holds the mean best epoch its score reports.
         attrs[trial_keys.EPOCHS_RUN] = max(len(curves.val_loss) for curves in fold_curves)
-        priors = [s.prior_loss for s in scores if s.prior_loss is not None]
-        val_loss = statistics.fmean(s.val_loss for s in scores)
-        prior = statistics.fmean(priors) if len(priors) == len(scores) else None
-        score = Score(
-            value=statistics.fmean(s.value for s in scores),
-            val_loss=val_loss,
-            train_loss=statistics.fmean(s.train_loss for s in scores),
-            gap=statistics.fmean(s.gap for s in scores),
-            penalty=self.settings.gap_penalty,
-            epoch=round(statistics.fmean(s.epoch for s in scores)),
-            val_se=float(losses.std(ddof=1) / np.sqrt(len(losses))) if len(losses) > 1 else float("nan"),
-            raw_penalty=statistics.fmean(s.raw_penalty for s in scores),
-            applied_penalty=statistics.fmean(s.applied_penalty for s in scores),
-            prior_loss=prior,
-            chance_level=prior is not None and val_loss >= prior,
-            kind=self.settings.score,
-            kappa=self.settings.kappa,
-        )
+        attrs[trial_keys.FOLD_PRIORS] = [s.prior_loss for s in scores]  # for re-ranking fold by fold
+        score = mean_score(scores, val_se=float(losses.std(ddof=1) / np.sqrt(len(losses))) if len(losses) > 1 else float("nan"))
         return score, mean_curves(fold_curves), losses
 
     def _constrain(self, trial: optuna.Trial, score: Score) -> None:

@@ -34,6 +34,7 @@ noise), so the gap compares like with like. A negative gap (val below train) cos
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -152,3 +153,28 @@ def best_score(
     if not finite:
         raise ValueError("no epoch has a finite score")
     return min(finite, key=lambda s: (s.value, s.epoch))
+
+
+def mean_score(folds: Sequence[Score], *, val_se: float) -> Score:
+    """A cross-validated trial's score: the means of its folds' scores, each fold taken at its own
+    epoch; ``val_se`` comes from every row's out-of-fold loss. The prior is the folds' mean (none
+    when a fold had none), and the chance-level flag compares the mean val loss with it."""
+    first = folds[0]
+    priors = [fold.prior_loss for fold in folds if fold.prior_loss is not None]
+    prior = statistics.fmean(priors) if len(priors) == len(folds) else None
+    val_loss = statistics.fmean(fold.val_loss for fold in folds)
+    return Score(
+        value=statistics.fmean(fold.value for fold in folds),
+        val_loss=val_loss,
+        train_loss=statistics.fmean(fold.train_loss for fold in folds),
+        gap=statistics.fmean(fold.gap for fold in folds),
+        penalty=first.penalty,
+        epoch=round(statistics.fmean(fold.epoch for fold in folds)),
+        val_se=val_se,
+        raw_penalty=statistics.fmean(fold.raw_penalty for fold in folds),
+        applied_penalty=statistics.fmean(fold.applied_penalty for fold in folds),
+        prior_loss=prior,
+        chance_level=prior is not None and val_loss >= prior,
+        kind=first.kind,
+        kappa=first.kappa,
+    )
