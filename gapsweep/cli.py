@@ -558,6 +558,8 @@ def _data_line(config: Any, splits: Any) -> str:
     if config.data.target and config.data.task is None and classes and all(re.fullmatch(r"-?\d+", name) for name in classes):
         hint = f"; column '{config.data.target}' holds whole numbers, taken as class labels: --task regression predicts them as numbers"
     rows = f"{len(splits.y_train)} train, {len(splits.y_val)} val, {len(splits.y_test)} test rows"
+    if splits.preprocessing.target_mean is not None:
+        hint += "; targets standardized: losses are in units of the training targets' variance, models predict in the target's units"
     if len(splits.y_val) < _FEW_VAL_ROWS and not config.objective.cv:
         hint += (
             f"; only {len(splits.y_val)} val rows: their val loss can hardly tell trials apart (see the ± of best), "

@@ -60,6 +60,9 @@ class DataSpec:
     missing: str = "impute"
     #: CSV columns to leave out (identifiers, free text, leaks of the target).
     ignore: tuple[str, ...] = ()
+    #: Standardize regression targets with the training rows' mean and standard deviation for
+    #: training (kept models predict in the target's units); a study stored before reads as False.
+    scale_target: bool = True
 
     def __post_init__(self) -> None:
         for name in ("train_fraction", "val_fraction", "test_fraction"):
@@ -79,6 +82,8 @@ class DataSpec:
         if self.missing not in ("impute", "refuse"):
             raise DataError(f"missing must be 'impute' or 'refuse', got {self.missing!r}")
         checks.whole("data seed", self.seed, 0, error=DataError)
+        if not isinstance(self.scale_target, bool):
+            raise DataError(f"scale_target must be true or false, got {self.scale_target!r}")
         if self.target is not None and not isinstance(self.target, str):
             raise DataError(f"target must be a column name, got {self.target!r}")
         if not isinstance(self.options, dict):
@@ -115,13 +120,14 @@ class DataSpec:
             "options": dict(self.options),
             "missing": self.missing,
             "ignore": list(self.ignore),
+            "scale_target": self.scale_target,
         }
 
 
 @dataclass(frozen=True)
 class Splits:
-    """Train/val/test arrays as the trainer sees them, the task they define, and how raw rows
-    become those arrays."""
+    """Train/val/test arrays as the trainer sees them (regression targets standardized where
+    ``preprocessing.target_mean`` is set), the task they define, and how raw rows become those arrays."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -266,7 +272,7 @@ def load(spec: DataSpec, project: str | Path | None = None) -> Splits:
             f"unknown data '{spec.source}': use a built-in set ({', '.join(sorted(BUILTIN))}), "
             "a .npz file with x_train/y_train, a .csv file with --target COLUMN, or a data loader module.py:NAME"
         )
-    return _finish(given or _split_rows(x, y, spec, task), task, classes, spec.target)
+    return _finish(given or _split_rows(x, y, spec, task), task, classes, spec.target, scale_target=spec.scale_target)
 
 
 def _data_path(source: str) -> Path:
@@ -708,8 +714,11 @@ def _share(total: int, available: np.ndarray, weights: np.ndarray, floor: np.nda
     return share
 
 
-def _finish(arrays: dict[str, Any], task: TaskSpec, classes: tuple[str, ...], target: str | None) -> Splits:
-    """Fit the preprocessing on the training split and apply it to every split."""
+def _finish(
+    arrays: dict[str, Any], task: TaskSpec, classes: tuple[str, ...], target: str | None, *, scale_target: bool
+) -> Splits:
+    """Fit the preprocessing on the training split and apply it to every split (to the regression
+    targets too, with ``scale_target``)."""
     train = arrays["x_train"]
     if not isinstance(train, dict):
         for name in ("val", "test"):
@@ -725,7 +734,9 @@ def _finish(arrays: dict[str, Any], task: TaskSpec, classes: tuple[str, ...], ta
             *(int(arrays[k].max()) + 1 for k in ("y_train", "y_val", "y_test") if k in arrays and len(arrays[k])),
         )
         classes = classes or tuple(str(label) for label in range(n_classes))
-    preprocessing = Preprocessing.fit(train, task=task.task, classes=classes, target=target)
+    y_train = arrays["y_train"].astype(labels)
+    scaled = scale_target and task.task == "regression"
+    preprocessing = Preprocessing.fit(train, task=task.task, classes=classes, target=target, y=y_train if scaled else None)
     empty = take(train, np.zeros(0, dtype=np.int64))
     raw_test = arrays.get("x_test", empty)
     x_train = preprocessing.apply(train)
@@ -737,11 +748,11 @@ def _finish(arrays: dict[str, Any], task: TaskSpec, classes: tuple[str, ...], ta
         task = TaskSpec(n_features=n_features, task="regression", n_outputs=task.n_outputs, input_shape=shape)
     return Splits(
         x_train=x_train,
-        y_train=arrays["y_train"].astype(labels),
+        y_train=preprocessing.scale_target(y_train),
         x_val=preprocessing.apply(arrays["x_val"]),
-        y_val=arrays["y_val"].astype(labels),
+        y_val=preprocessing.scale_target(arrays["y_val"].astype(labels)),
         x_test=preprocessing.apply(raw_test),
-        y_test=arrays.get("y_test", np.zeros(0)).astype(labels),
+        y_test=preprocessing.scale_target(arrays.get("y_test", np.zeros(0)).astype(labels)),
         task=task,
         preprocessing=preprocessing,
         raw_test=raw_test,

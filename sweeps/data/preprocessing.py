@@ -4,6 +4,8 @@ The trainer sees a float32 matrix: numeric features standardized with the traini
 and standard deviation, missing numbers imputed with that mean (plus a 0/1 indicator column for
 each numeric column that had gaps in training), and every category column one-hot encoded over
 the training split's values (column 0 of each block catches values training never saw).
+Regression targets are standardized the same way (``scale_target``), so every loss a sweep
+computes is in standardized units, and the raw-input model ends in the layer that undoes it.
 
 The same steps are also built from Keras' own layers and ops (``Preprocessing.wrap``) in front of
 a trained model, so the stored and exported model takes raw rows: a float array for array data,
@@ -96,15 +98,25 @@ class Preprocessing:
     indicators: tuple[str, ...] = ()
     #: Category CSV columns and their training vocabularies (sorted; "" is the missing value).
     vocabularies: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: The training targets' mean and standard deviation (one per output) that regression targets
+    #: are standardized with, so that a network starting from small weights reaches them; None:
+    #: targets as they are (classification, ``scale_target = false``, studies stored before).
+    target_mean: np.ndarray | None = None
+    target_std: np.ndarray | None = None
 
     @classmethod
-    def fit(cls, raw: RawInputs, *, task: str, classes: tuple[str, ...], target: str | None) -> "Preprocessing":
-        """Fit on the training split's raw inputs."""
+    def fit(
+        cls, raw: RawInputs, *, task: str, classes: tuple[str, ...], target: str | None, y: np.ndarray | None = None
+    ) -> "Preprocessing":
+        """Fit on the training split's raw inputs, and on its regression targets ``y`` when they
+        are to be standardized."""
+        scaling: dict[str, Any] = {}
+        if y is not None:
+            target_mean, target_std = _mean_std(y.reshape(len(y), -1))
+            scaling = {"target_mean": target_mean, "target_std": target_std}
         if not isinstance(raw, dict):
-            mean = raw.mean(axis=0, dtype="float64")
-            std = raw.std(axis=0, dtype="float64")
-            std[std == 0] = 1.0
-            return cls(task, classes, target, mean.astype("float32"), std.astype("float32"))
+            mean, std = _mean_std(raw)
+            return cls(task, classes, target, mean, std, **scaling)
         kinds = tuple((name, "category" if values.dtype.kind in "OUS" else "number") for name, values in raw.items())
         numeric = [name for name, kind in kinds if kind == "number"]
         means, stds = [], []
@@ -123,6 +135,7 @@ class Preprocessing:
             vocabularies=tuple(
                 (name, tuple(sorted(set(raw[name].tolist())))) for name, kind in kinds if kind == "category"
             ),
+            **scaling,
         )
 
     @property
@@ -131,8 +144,7 @@ class Preprocessing:
 
     def apply(self, raw: RawInputs) -> np.ndarray:
         """The float32 matrix the trainer sees, computed as the Keras layers of ``wrap`` do."""
-        variance = np.square(self.std)
-        scale = np.maximum(np.sqrt(variance), np.float32(_EPSILON))
+        scale = _divisor(self.std)
         if not isinstance(raw, dict):
             return ((raw.astype("float32") - self.mean) / scale).astype("float32")
         rows = n_rows(raw)
@@ -150,8 +162,15 @@ class Preprocessing:
             parts.append(block)
         return np.concatenate(parts, axis=1) if parts else np.zeros((rows, 0), dtype="float32")
 
+    def scale_target(self, y: np.ndarray) -> np.ndarray:
+        """Targets as the trainer sees them: standardized where ``target_mean`` is set, else as they are."""
+        if self.target_mean is None or self.target_std is None:
+            return y
+        return ((y.astype("float32") - self.target_mean) / _divisor(self.target_std)).astype("float32")
+
     def wrap(self, model: "keras.Model") -> "keras.Model":
-        """``model`` behind Keras layers doing ``apply``: a model that takes raw inputs."""
+        """``model`` behind Keras layers doing ``apply``, and before one undoing ``scale_target``:
+        a model that takes raw inputs and predicts in the target's own units."""
         import keras
 
         variance = np.square(self.std)
@@ -159,7 +178,7 @@ class Preprocessing:
             inputs = keras.Input(shape=self.mean.shape, dtype="float32", name="features")
             axis = -1 if self.mean.ndim == 1 else tuple(range(1, self.mean.ndim + 1))
             features = keras.layers.Normalization(axis=axis, mean=self.mean, variance=variance, name="gapsweep_standardize")(inputs)
-            return keras.Model(inputs, model(features), name=RAW_INPUT_MODEL)
+            return keras.Model(inputs, self._in_target_units(model(features)), name=RAW_INPUT_MODEL)
         named = {
             name: keras.Input(shape=(1,), dtype="float32" if kind == "number" else "string", name=input_name(name))
             for name, kind in self.columns
@@ -178,11 +197,26 @@ class Preprocessing:
             )
             parts.append(lookup(named[name]))
         features = keras.layers.Concatenate(name="gapsweep_features")(parts) if len(parts) > 1 else parts[0]
-        return keras.Model(list(named.values()), model(features), name=RAW_INPUT_MODEL)
+        return keras.Model(list(named.values()), self._in_target_units(model(features)), name=RAW_INPUT_MODEL)
+
+    def _in_target_units(self, outputs: Any) -> Any:
+        """The trained network's outputs taken back to the target's units (``target_std`` · output
+        + ``target_mean``, by Keras' own inverted ``Normalization``); as they are without scaling."""
+        if self.target_mean is None or self.target_std is None:
+            return outputs
+        import keras
+
+        return keras.layers.Normalization(
+            mean=self.target_mean, variance=np.square(self.target_std), invert=True, name="gapsweep_target_units"
+        )(outputs)
 
     def info(self) -> dict[str, Any]:
-        """What ``gapsweep.json`` says: inputs, task, class names, target."""
+        """What ``gapsweep.json`` says: inputs, task, class names, target (and the scaling that the
+        model's last layer undoes)."""
         described: dict[str, Any] = {"format": INFO_FORMAT, "task": self.task, "classes": list(self.classes), "target": self.target}
+        if self.target_mean is not None and self.target_std is not None:
+            described["target_mean"] = self.target_mean.tolist()
+            described["target_std"] = self.target_std.tolist()
         if self.columns:
             described["inputs"] = "columns"
             described["columns"] = [{"name": name, "kind": kind} for name, kind in self.columns]
@@ -190,6 +224,20 @@ class Preprocessing:
             described["inputs"] = "array"
             described["shape"] = list(self.mean.shape)
         return described
+
+
+def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column float32 mean and standard deviation of training rows; a constant column's
+    standard deviation is 1, so it is shifted, never divided by zero."""
+    mean = values.mean(axis=0, dtype="float64")
+    std = values.std(axis=0, dtype="float64")
+    std[std == 0] = 1.0
+    return mean.astype("float32"), std.astype("float32")
+
+
+def _divisor(std: np.ndarray) -> np.ndarray:
+    """What Keras' ``Normalization`` divides by: the standard deviation, at least its epsilon."""
+    return np.maximum(np.sqrt(np.square(std)), np.float32(_EPSILON))
 
 
 def unwrap(model: "keras.Model") -> "keras.Model":

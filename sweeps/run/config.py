@@ -306,7 +306,17 @@ def stored_sweep(study: str, storage: str | None, code_dir: str | None = None) -
 
 def _from_stored(stored: Mapping[str, Any], storage: str | None, code_dir: str | None) -> SweepConfig:
     settings = {key: value for key, value in stored.items() if key not in STORED_ONLY}
+    if "data" in settings:
+        settings["data"] = stored_data(settings["data"])
     return SweepConfig.from_dict(settings).override(storage=storage, code_dir=code_dir)
+
+
+def stored_data(data: Any) -> Any:
+    """A study's stored data setting; one stored before regression targets were standardized
+    trained on them as they are, and is read so (``scale_target = false``)."""
+    if isinstance(data, Mapping) and "scale_target" not in data:
+        return {**data, "scale_target": False}
+    return data
 
 
 def stored_sweep_data(

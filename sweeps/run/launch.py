@@ -50,7 +50,7 @@ from gapsweep.storage.locks import StudyLock, lock_timeout_s
 from gapsweep.storage.studies import CONFIG_ATTR, REFERENCE_ATTR, create_or_load, stored_config
 from gapsweep.storage.url import parse
 from gapsweep.sweeps.data import datasets, in_memory
-from gapsweep.sweeps.run.config import SweepConfig
+from gapsweep.sweeps.run.config import SweepConfig, stored_data
 from gapsweep.sweeps.run.jobs import TRIALS_PER_PROCESS, JobPool, JobSpec, parse_gpus, usable_cores, use_device
 from gapsweep.sweeps.run.reference import fit_reference, linear_start, linear_weights
 from gapsweep.sweeps.data.datasets import Splits
@@ -215,6 +215,13 @@ def _check_resume(
             f"--artifacts {was_kept_in} or launch under a new --study name"
         )
     fingerprint = previous.get("data_fingerprint")
+    scaled = (stored_data(previous.get("data")) or {}).get("scale_target")
+    if fingerprint is not None and fingerprint != stored["data_fingerprint"] and scaled != config.data.scale_target:
+        how = "standardized" if scaled else "as they are"
+        raise ConfigError(
+            f"study '{name}' trained on its regression targets {how}, so its losses are in those units; resume it "
+            f"with data.scale_target = {str(bool(scaled)).lower()} (in a sweep file) or launch under a new --study name"
+        )
     if fingerprint is not None and fingerprint != stored["data_fingerprint"]:
         was, now = _data_name(previous.get("data")), _data_name(stored.get("data"))
         raise ConfigError(
