@@ -92,10 +92,12 @@ def _jensen(url: str, data: DataSpec, out, k: int) -> dict:
     exported = export_best("ex", out, url, ensemble=k)
     wrapped = keras.models.load_model(out)  # standard layers only: no custom objects, safe mode
     splits = load(data)
-    # The file takes raw rows like every exported model; its trained part averages the members'.
+    # The file takes raw rows like every exported model (and predicts in the target's units); its
+    # trained part averages the members'.
     ensemble = unwrap(wrapped)
     np.testing.assert_allclose(
-        wrapped.predict(splits.raw_test, verbose=0), ensemble.predict(splits.x_test, verbose=0), rtol=1e-5, atol=1e-6
+        splits.preprocessing.scale_target(wrapped.predict(splits.raw_test, verbose=0)),
+        ensemble.predict(splits.x_test, verbose=0), rtol=1e-5, atol=1e-5,
     )
     members = [unwrap(load_best_model("ex", url, trial=number)) for number in exported.trials]
     for x, y in ((splits.x_val, splits.y_val), (splits.x_test, splits.y_test)):

@@ -81,6 +81,11 @@ def test_a_sweep_on_prices_learns_them_and_its_models_predict_prices(tmp_path, c
     assert np.sqrt(np.mean((predicted - truth) ** 2)) < 0.5 * truth.std()
     assert abs(predicted.mean() - truth.mean()) < 0.25 * truth.std()
     assert model_info(out)["target_mean"] == [pytest.approx(500, abs=30)]
+    for how in (["--ensemble", "2"], ["--refit"]):  # averaged and retrained models end in the same layer
+        other = tmp_path / f"{how[0][2:]}.keras"
+        assert main(["export", "r", *how, "--out", str(other), *flags]) == 0
+        again = keras.models.load_model(other).predict(columns, verbose=0).ravel()
+        assert np.sqrt(np.mean((again - truth) ** 2)) < 0.5 * truth.std()
 
     written = tmp_path / "predictions.csv"
     assert main(["predict", "r", "--data", str(new_rows), "--out", str(written), *flags]) == 0
