@@ -255,6 +255,8 @@ CASES = [
     Case("export-a-failed-trial", command("export", "real", "--out", "m.keras", "--trial", "5"),
          "(it failed: no refit can train it again either)", fake_study),
     Case("export-without-a-model", command("export", "real", "--out", "m.keras"), "has no stored model", fake_study),
+    Case("predict-a-model-file-as-the-study", command("predict", "m.keras", "--data", "new.csv", "--out", "p.csv"),
+         "m.keras is a model file, not a study: pass it as --model m.keras", both(write("m.keras", "zip"), write("new.csv", "a\n1\n"))),
     Case("report-to-a-folder", command("report", "--study", "real", "--out", "."), "is a folder", fake_study),
     Case("report-into-a-missing-folder", command("report", "--study", "real", "--out", "no/r.html"), "does not exist", fake_study),
     Case("delete-unknown-study", command("delete", "ghost", "--yes"), "no study named 'ghost'", fake_study),

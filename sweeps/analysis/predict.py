@@ -70,6 +70,8 @@ def predict_file(
         raise ConfigError(f"--out {path} is the --data file itself; write the predictions to another path")
     if model is not None and study is not None:
         raise ConfigError(f"give a STUDY ('{study}') or --model {model}, not both")
+    if model is None and study is not None and study.endswith(".keras") and Path(study).is_file():
+        raise ConfigError(f"{study} is a model file, not a study: pass it as --model {study}")
     if model is not None:
         source = Path(model)
         if source.suffix != ".keras" or not source.is_file():
