@@ -14,6 +14,7 @@ from gapsweep.storage.queries import TrialRecord
 from gapsweep.cli import main
 from gapsweep.sweeps.analysis.diagnosis import (
     DIVERGED,
+    Diagnosis,
     GOOD_FIT,
     LABELS,
     OVERFITTING,
@@ -113,7 +114,9 @@ def test_diagnose_record_reads_curves_and_best_epoch_from_user_attrs():
     )
     assert diagnose_record(record) == diagnose(train, val, best_epoch=2)
     running = TrialRecord(number=4, state="RUNNING", value=None, params={})
-    assert diagnose_record(running).label == TOO_SHORT
+    assert diagnose_record(running) == Diagnosis(TOO_SHORT, "still running: its curves are stored when it ends")
+    killed = TrialRecord(number=5, state="FAIL", value=None, params={})  # its worker died: no curves, not 0 epochs
+    assert "0 epoch(s)" not in diagnose_record(killed).reason and "stopped before writing them" in diagnose_record(killed).reason
 
 
 def test_best_and_show_outputs_carry_the_diagnosis(tmp_path, capsys):

@@ -128,7 +128,15 @@ def diagnose(
 
 
 def diagnose_record(record: TrialRecord) -> Diagnosis:
-    """The diagnosis of a trial as the query layer returns it (curves from its user attrs)."""
+    """The diagnosis of a trial as the query layer returns it (curves from its user attrs).
+
+    A trial's curves are written when it ends: one still running, or whose worker died before it
+    ended, has none, which says nothing of how many epochs it trained."""
+    val = record.attrs.get(trial_keys.curve_key("val_loss")) or []
+    if not val and record.state == "RUNNING":
+        return Diagnosis(TOO_SHORT, "still running: its curves are stored when it ends")
+    if not val and record.state == "FAIL":
+        return Diagnosis(TOO_SHORT, "no curves stored: the trial stopped before writing them (a trial whose worker died is retried)")
     best_epoch = record.attrs.get(trial_keys.BEST_EPOCH)
     return diagnose(
         record.attrs.get(trial_keys.curve_key("train_loss")) or [],
