@@ -159,13 +159,12 @@ class StudyLock:
         otherwise wait for it, at most ``timeout`` (the session's ``lock_timeout``, reset after)."""
         conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
-            key = {"key": _advisory_key(conn, self.study)}
             if not self._try_advisory(conn):
                 # PostgreSQL takes at most 2**31 - 1 ms, and 0 for no limit (an infinite timeout).
                 limit = 0 if math.isinf(timeout) else min(int(timeout * 1000), 2**31 - 1)
                 conn.execute(sa.text(f"SET lock_timeout = '{limit}ms'"))
                 try:
-                    conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), key)
+                    conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _advisory_key(conn, self.study)})
                 finally:
                     conn.execute(sa.text("RESET lock_timeout"))
         except OperationalError as exc:
