@@ -215,14 +215,14 @@ def _check_resume(
             f"--artifacts {was_kept_in} or launch under a new --study name"
         )
     fingerprint = previous.get("data_fingerprint")
-    scaled = (stored_data(previous.get("data")) or {}).get("scale_target")
-    if fingerprint is not None and fingerprint != stored["data_fingerprint"] and scaled != config.data.scale_target:
-        how = "standardized" if scaled else "as they are"
-        raise ConfigError(
-            f"study '{name}' trained on its regression targets {how}, so its losses are in those units; resume it "
-            f"with data.scale_target = {str(bool(scaled)).lower()} (in a sweep file) or launch under a new --study name"
-        )
     if fingerprint is not None and fingerprint != stored["data_fingerprint"]:
+        scaled = (stored_data(previous.get("data")) or {}).get("scale_target")
+        if scaled != config.data.scale_target:
+            how = "standardized" if scaled else "as they are"
+            raise ConfigError(
+                f"study '{name}' trained on its regression targets {how}, so its losses are in those units; resume it "
+                f"with data.scale_target = {str(bool(scaled)).lower()} (in a sweep file) or launch under a new --study name"
+            )
         was, now = _data_name(previous.get("data")), _data_name(stored.get("data"))
         raise ConfigError(
             f"study '{name}' was started on other data ({was}, fingerprint {fingerprint}; now {now}, "
