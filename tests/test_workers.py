@@ -167,6 +167,44 @@ def test_workers_ride_out_dropped_postgres_connections(postgres_server, tiny_spa
         admin.dispose()
 
 
+def test_a_connection_dropped_as_a_trial_ends_costs_that_trial_only(postgres_server, tiny_space, monkeypatch):
+    """The server drops the worker's connections right after a trial's objective returns, so
+    Optuna's own write of the result fails; Optuna then raises an ``AssertionError`` of its own
+    over the database error. The sweep goes on, and the trial is retried, not lost."""
+    from gapsweep.sweeps.trial.objective import Objective
+
+    app = f"gapsweep-end-{os.getpid()}"
+    schema = f"gs_end_{os.getpid()}"
+    admin = sa.create_engine(postgres_server)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE; CREATE SCHEMA "{schema}"'))
+    url = f"{postgres_server}?options=-csearch_path%3D{schema}&application_name={app}"
+    dropped: list[int] = []
+    call = Objective.__call__
+
+    def drop_after_first(self, trial):
+        result = call(self, trial)
+        if not dropped:
+            with admin.begin() as conn:
+                dropped.append(conn.execute(
+                    sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = :app"),
+                    {"app": app},
+                ).scalar())
+        return result
+
+    monkeypatch.setattr(Objective, "__call__", drop_after_first)
+    try:
+        config = _create(url, tiny_space, 3, epochs=2)
+        launch(config, progress=False)
+        assert dropped and dropped[0] >= 1, "the sweep had no open connection to drop"
+        states = [t.state for t in list_trials("shared", url)]
+        assert states.count("COMPLETE") == 3 and "RUNNING" not in states, states
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
 def test_reap_clears_zombies_left_by_the_last_worker(sqlite_url, tiny_space):
     _create(sqlite_url, tiny_space, 3, epochs=30)
     worker = _worker(sqlite_url)

@@ -501,10 +501,13 @@ def run_trials(
                 # Stopped at once (a second Ctrl-C): the trial Optuna just failed is queued again.
                 _requeue(study, objective.last_trial)
                 raise
-            except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            except (SQLAlchemyError, optuna.exceptions.StorageInternalError, AssertionError) as exc:
                 # A dropped connection fails at most this trial, whose parameters are queued
                 # again; the pool reconnects on the next checkout (pool_pre_ping).
-                error = describe_failure(sweep.storage.engine.url, exc.__cause__ or exc)
+                cause = _database_failure(exc)
+                if cause is None:
+                    raise
+                error = describe_failure(sweep.storage.engine.url, cause)
                 db_errors += 1
                 if db_errors > MAX_DB_ERRORS:
                     raise error from None
@@ -665,6 +668,21 @@ def _resample_if_shared(sweep: Sweep, counts: dict[str, int]) -> None:
     elif total != sweep.trials_seen:
         sweep.study.sampler = _sampler(sweep.config, n_existing=total, salt=sweep.salt)
     sweep.trials_seen = total + (0 if counts["WAITING"] else 1)
+
+
+def _database_failure(exc: BaseException) -> BaseException | None:
+    """The database error behind ``exc``, or None where it is not one.
+
+    When the write of a trial's result fails, Optuna (5.1) reads the trial back, finds it still
+    running and raises ``AssertionError("Should not reach.")`` over the database error: that
+    one is a database failure too.
+    """
+    if isinstance(exc, AssertionError):
+        context = exc.__context__
+        if not isinstance(context, (SQLAlchemyError, optuna.exceptions.StorageInternalError)):
+            return None
+        exc = context
+    return exc.__cause__ or exc
 
 
 def _requeue(study: optuna.Study, number: int | None) -> None:
