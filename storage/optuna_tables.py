@@ -44,6 +44,7 @@ trial_values = models.TrialValueModel.__table__
 trial_params = models.TrialParamModel.__table__
 trial_user_attrs = models.TrialUserAttributeModel.__table__
 trial_heartbeats = models.TrialHeartbeatModel.__table__
+trial_intermediate_values = models.TrialIntermediateValueModel.__table__
 
 
 
@@ -51,6 +52,11 @@ def stored_value(value: float | None, value_type: Any) -> float:
     """A ``trial_values`` row as the number it stands for: Optuna stores ±inf as NULL plus a
     ``value_type``, so the bare column reads an infinite objective as missing."""
     return float(models.TrialValueModel.stored_repr_to_value(value, value_type))
+
+
+def stored_intermediate_value(value: float | None, value_type: Any) -> float:
+    """A ``trial_intermediate_values`` row as the reported number (NaN and ±inf are NULL plus a type)."""
+    return float(models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(value, value_type))
 
 
 #: Inserts that can replace a row on a repeated key, for the databases gapsweep supports.

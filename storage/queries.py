@@ -7,6 +7,7 @@ TensorFlow, so the commands that use it start fast.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import weakref
@@ -31,6 +32,7 @@ _values = tables.trial_values
 _params = tables.trial_params
 _attrs = tables.trial_user_attrs
 _heartbeats = tables.trial_heartbeats
+_reported = tables.trial_intermediate_values
 
 #: A filter on a numeric parameter: inclusive bounds, either may be open (None).
 ParamRange = tuple[float | None, float | None]
@@ -62,6 +64,10 @@ class TrialRecord:
     attrs: dict[str, Any] = field(default_factory=dict)
     started: datetime | None = None
     completed: datetime | None = None
+    #: The values the trial reported to the pruner, by step (epoch, or fold under ``--cv``): all
+    #: there is of a running trial's progress, since its curves are written when it ends. Loaded
+    #: for one trial (``get_trial``), not for listings.
+    reported: tuple[float, ...] = ()
 
     @property
     def duration_s(self) -> float | None:
@@ -88,8 +94,15 @@ class TrialRecord:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        """The summary plus the per-epoch curves."""
-        return {**self.summary(), "curves": trial_keys.curves(self.attrs)}
+        """The summary plus the per-epoch curves, and the scores reported to the pruner."""
+        curves = trial_keys.curves(self.attrs)
+        if self.reported:
+            curves[REPORTED_CURVE] = list(self.reported)
+        return {**self.summary(), "curves": curves}
+
+
+#: The curve ``to_dict`` shows the reported scores under.
+REPORTED_CURVE = "reported_score"
 
 
 def study_id(engine: Engine, name: str) -> int:
@@ -448,9 +461,14 @@ def get_trial(engine: Engine, study: str, number: int) -> TrialRecord:
         found = conn.execute(
             sa.select(_trials.c.trial_id).where(_trials.c.study_id == sid, _trials.c.number == number)
         ).scalar()
-    if found is None:
-        raise StudyNotFoundError(f"study '{study}' has no trial number {number}")
-    return _load(engine, [found])[0]
+        if found is None:
+            raise StudyNotFoundError(f"study '{study}' has no trial number {number}")
+        reported = conn.execute(
+            sa.select(_reported.c.intermediate_value, _reported.c.intermediate_value_type)
+            .where(_reported.c.trial_id == found).order_by(_reported.c.step)
+        ).all()
+    record = _load(engine, [found])[0]
+    return dataclasses.replace(record, reported=tuple(tables.stored_intermediate_value(value, kind) for value, kind in reported))
 
 
 def _load(engine: Engine, ids: Iterable[int]) -> list[TrialRecord]:

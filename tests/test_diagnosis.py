@@ -143,3 +143,23 @@ def test_best_and_show_outputs_carry_the_diagnosis(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["diagnosis"]["label"] == DIVERGED
     assert main(["show", "mixed", "1", "--storage", url]) == 0
     assert any(line.strip().startswith("diagnosis: overfitting:") for line in capsys.readouterr().out.splitlines())
+
+
+def test_show_of_a_running_trial_shows_the_scores_it_reported_so_far(any_url, capsys):
+    """A running trial's curves are written when it ends; until then ``show`` gives what the
+    pruner has seen of it, in its JSON and as a curve line."""
+    study = optuna.create_study(study_name="live", storage=open_storage(any_url))
+    trial = study.ask({"units": optuna.distributions.IntDistribution(8, 64)})
+    for epoch, score in enumerate([0.9, 0.5, float("inf"), 0.4]):
+        trial.report(score, step=epoch)
+
+    assert main(["show", "live", "0", "--storage", any_url, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["state"] == "RUNNING"
+    assert shown["curves"] == {"reported_score": [0.9, 0.5, None, 0.4]}  # JSON has no inf: null, as elsewhere
+    assert shown["diagnosis"] == {
+        "label": TOO_SHORT, "reason": "still running: 4 score(s) reported so far, the last 0.4; its curves are stored when it ends",
+    }
+    assert main(["show", "live", "0", "--storage", any_url]) == 0
+    assert "curve.reported_score: 0.9000 0.5000 inf 0.4000" in capsys.readouterr().out
+

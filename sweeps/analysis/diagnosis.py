@@ -131,10 +131,13 @@ def diagnose_record(record: TrialRecord) -> Diagnosis:
     """The diagnosis of a trial as the query layer returns it (curves from its user attrs).
 
     A trial's curves are written when it ends: one still running, or whose worker died before it
-    ended, has none, which says nothing of how many epochs it trained."""
+    ended, has none, which says nothing of how many epochs it trained. A running trial's progress
+    is what it reported to the pruner so far (``record.reported``, loaded for one trial)."""
     val = record.attrs.get(trial_keys.curve_key("val_loss")) or []
     if not val and record.state == "RUNNING":
-        return Diagnosis(TOO_SHORT, "still running: its curves are stored when it ends")
+        reported = record.reported
+        progress = f"{len(reported)} score(s) reported so far, the last {reported[-1]:.4g}; " if reported else ""
+        return Diagnosis(TOO_SHORT, f"still running: {progress}its curves are stored when it ends")
     if not val and record.state == "FAIL":
         return Diagnosis(TOO_SHORT, "no curves stored: the trial stopped before writing them (a trial whose worker died is retried)")
     best_epoch = record.attrs.get(trial_keys.BEST_EPOCH)
