@@ -22,6 +22,7 @@ from gapsweep.cli import main
 from gapsweep.errors import ConfigError, StorageError
 from gapsweep.storage import artifacts
 from gapsweep.storage.artifact_store import canonical, open_store
+from gapsweep.storage.backend import SqlBackend
 from gapsweep.storage.engine import open_storage
 from gapsweep.sweeps.data.datasets import DataSpec, load
 from gapsweep.sweeps.run.config import SweepConfig, load_sweep_file
@@ -94,13 +95,14 @@ def test_a_checkpoint_cut_short_never_becomes_the_latest(sqlite_url, tmp_path):
     """A worker killed while writing leaves bytes that no row points at: the retry resumes from
     the last whole checkpoint, never from the partial file."""
     store = open_store(str(tmp_path))
-    engine = open_storage(sqlite_url).engine
+    storage = open_storage(sqlite_url)
+    engine = storage.engine
     artifacts.ensure_schema(engine)
-    checkpoints = CheckpointStore(engine, "s", 0, interval=0.0, store=store)
+    checkpoints = CheckpointStore(SqlBackend(storage), "s", 0, interval=0.0, store=store)
     state = TrainingState(epoch=2, curves={"val_loss": [0.9, 0.8, 0.7]}, best=0.7, best_epoch=2, wait=0, model=b"weights")
     checkpoints.save(state)
     store.put("s-0-checkpoint", b"\x00half a checkpo")  # the next write, cut off before its row
-    resumed = CheckpointStore(engine, "s", 1, retries_of=[0], store=store).latest()
+    resumed = CheckpointStore(SqlBackend(storage), "s", 1, retries_of=[0], store=store).latest()
     assert resumed is not None and resumed.epoch == 2 and resumed.model == b"weights"
     engine.dispose()
 

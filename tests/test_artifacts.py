@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from gapsweep.api import best_trials, list_trials
 from gapsweep.errors import ConfigError, StorageError
 from gapsweep.storage import artifacts
+from gapsweep.storage.backend import SqlBackend
 from gapsweep.storage.engine import open_storage
 from gapsweep.storage.queries import Standing
 from gapsweep.sweeps.run.config import SweepConfig
@@ -124,7 +125,7 @@ def test_a_model_kept_for_a_trial_still_running_survives_another_workers_offer(a
     artifacts.ensure_schema(storage.engine)
     study = optuna.create_study(study_name="race", storage=storage)
     first, second = study.ask(), study.ask()
-    keeper = ModelKeeper(storage.engine, "race", keep=1)
+    keeper = ModelKeeper(SqlBackend(storage), "race", keep=1)
     assert keeper.offer(Standing(False, 0.1, first.number), model, {}, splits.preprocessing)
     assert keeper.offer(Standing(False, 0.5, second.number), model, {}, splits.preprocessing)  # none complete yet
     assert artifacts.trial_numbers(storage.engine, "race", artifacts.MODEL) == [0, 1]
@@ -175,7 +176,7 @@ def test_the_keeper_refuses_a_trial_behind_its_last_ranking_without_a_query(sqli
     study = optuna.create_study(study_name="bar", storage=storage)
     for value in (0.3, 0.1, 0.2):
         study.tell(study.ask(), value)
-    keeper = ModelKeeper(storage.engine, "bar", keep=2)
+    keeper = ModelKeeper(SqlBackend(storage), "bar", keep=2)
     statements: list[str] = []
     sa.event.listen(storage.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     assert keeper.qualifies(Standing(False, 0.15, 3)) and statements  # ranked: 0.1, 0.15 stay

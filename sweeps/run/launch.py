@@ -31,7 +31,6 @@ from typing import Any, Callable, Iterator, Sequence
 
 import optuna
 from optuna.trial import TrialState
-from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
 from gapsweep import checks, env
@@ -42,11 +41,11 @@ from gapsweep.search_spaces.hypermodel import Hypermodel, SpaceHypermodel
 from gapsweep.search_spaces import keras_tuner
 from gapsweep.search_spaces.loader import load_space
 from gapsweep.search_spaces.space import Fixed
-from gapsweep.storage import artifacts, queries
 from gapsweep.storage.artifact_store import ArtifactStore, canonical, open_store
-from gapsweep.storage.engine import describe_failure, heartbeat_settings, pg_pool_size, sqlite_path
-from gapsweep.storage.heartbeats import open_crash_safe_storage, quiet_experimental, reap
-from gapsweep.storage.locks import StudyLock, lock_timeout_s
+from gapsweep.storage.backend import STORAGE_ERRORS, Backend, open_backend
+from gapsweep.storage.engine import heartbeat_settings, pg_pool_size, sqlite_path
+from gapsweep.storage.heartbeats import quiet_experimental
+from gapsweep.storage.locks import lock_timeout_s
 from gapsweep.storage.studies import CONFIG_ATTR, REFERENCE_ATTR, create_or_load, stored_config
 from gapsweep.storage.url import parse
 from gapsweep.sweeps.data import datasets, in_memory
@@ -82,7 +81,8 @@ class Sweep:
     config: SweepConfig
     hypermodel: Hypermodel
     splits: Splits
-    storage: optuna.storages.RDBStorage
+    #: Where the study lives: Optuna's storage and gapsweep's records beside it.
+    backend: Backend
     study: optuna.Study
     #: Where this study's trained models and checkpoints keep their bytes.
     artifacts: ArtifactStore
@@ -99,7 +99,7 @@ class Sweep:
 
     def close(self) -> None:
         """Give the connections back: many short-lived workers must not exhaust the server."""
-        self.storage.engine.dispose()
+        self.backend.close()
 
 
 def prepare(config: SweepConfig, *, salt: str | None = None, allow_objective_change: bool = False) -> Sweep:
@@ -126,9 +126,9 @@ def prepare(config: SweepConfig, *, salt: str | None = None, allow_objective_cha
 
     multi = config.objective.multi_objective
     directions = ["minimize", "minimize"] if multi else ["minimize"]
-    storage = open_crash_safe_storage(config.storage)
+    backend = open_backend(config.storage)
+    storage = backend.storage
     try:
-        artifacts.ensure_schema(storage.engine)
         study = create_or_load(
             config.study,
             storage,
@@ -154,20 +154,20 @@ def prepare(config: SweepConfig, *, salt: str | None = None, allow_objective_cha
         if n_existing == 0:
             # Under the study lock, counted again: two first launches racing on a new study
             # queue the starts once, not twice.
-            with StudyLock(storage.engine, config.study):
+            with backend.lock(config.study):
                 n_existing = len(study.get_trials(deepcopy=False))
                 if n_existing == 0:
                     reference = study.user_attrs.get(REFERENCE_ATTR)
                     queued = _enqueue_starts(study, config, hypermodel, reference, len(splits.x_train))
         study.sampler = _sampler(config, n_existing=n_existing, salt=salt)
         n_existing += queued
-    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
-        storage.engine.dispose()
-        raise describe_failure(storage.engine.url, exc.__cause__ or exc) from None
+    except STORAGE_ERRORS as exc:
+        backend.close()
+        raise backend.failure(exc.__cause__ or exc) from None
     except GapsweepError:
-        storage.engine.dispose()
+        backend.close()
         raise
-    return Sweep(config, hypermodel, splits, storage, study, store, salt=salt, trials_seen=n_existing)
+    return Sweep(config, hypermodel, splits, backend, study, store, salt=salt, trials_seen=n_existing)
 
 
 def _enqueue_starts(
@@ -384,7 +384,7 @@ def run_parallel(sweep: Sweep, pool: JobPool, *, progress: bool | None = None, l
     process hands its place to a fresh job, so its memory stays flat as a worker's does.
     """
     config = sweep.config
-    counts = queries.state_counts(sweep.storage.engine, config.study)
+    counts = sweep.backend.state_counts(config.study)
     if _work_in(counts, config.trials) is None:
         return False  # the study is done: nothing to start
     remaining = max(config.trials - sum(counts[state.name] for state in COUNTED), counts["WAITING"])
@@ -407,8 +407,8 @@ def run_parallel(sweep: Sweep, pool: JobPool, *, progress: bool | None = None, l
             if bar.bar.disable:
                 return
             # A database hiccup skips one refresh of the bar; the jobs ride it out on their own.
-            with contextlib.suppress(SQLAlchemyError, optuna.exceptions.StorageInternalError):
-                bar.show(sweep.study, queries.state_counts(sweep.storage.engine, config.study), since=counts)
+            with contextlib.suppress(*STORAGE_ERRORS):
+                bar.show(sweep.study, sweep.backend.state_counts(config.study), since=counts)
 
         monitor = threading.Thread(
             target=pool.wait, kwargs={"poll": poll, "until": lambda: not training, "on_error": stop_after_trial},
@@ -457,12 +457,12 @@ def run_trials(
     ``config.max_failures`` failures in a row the sweep stops with ``SweepFailedError``.
     """
     config, study = sweep.config, sweep.study
-    keeper = ModelKeeper(sweep.storage.engine, config.study, config.objective.keep_models, sweep.artifacts)
-    lock = StudyLock(sweep.storage.engine, config.study)
+    keeper = ModelKeeper(sweep.backend, config.study, config.objective.keep_models, sweep.artifacts)
+    lock = sweep.backend.lock(config.study)
     reference = study.user_attrs.get(REFERENCE_ATTR)
     objective = Objective(
         sweep.hypermodel, sweep.splits, config.objective, seed=config.seed, keeper=keeper,
-        checkpoint_engine=sweep.storage.engine, artifact_store=sweep.artifacts, on_start=lock.release,
+        backend=sweep.backend, artifact_store=sweep.artifacts, on_start=lock.release,
         start_weights=functools.partial(linear_weights, reference=reference) if reference else None,
     )
     log_path = Path(log_file) if log_file is not None else default_log_path(config.storage)
@@ -484,9 +484,9 @@ def run_trials(
             try:
                 lock.acquire()
                 if time.monotonic() - reaped_at >= heartbeat_settings()[0]:
-                    reap(study, sweep.storage.engine)
+                    sweep.backend.reap(study)
                     reaped_at = time.monotonic()
-                counts = queries.state_counts(sweep.storage.engine, config.study)
+                counts = sweep.backend.state_counts(config.study)
                 work = _work_in(counts, config.trials)
                 if work is None:
                     break
@@ -501,13 +501,13 @@ def run_trials(
                 # Stopped at once (a second Ctrl-C): the trial Optuna just failed is queued again.
                 _requeue(study, objective.last_trial)
                 raise
-            except (SQLAlchemyError, optuna.exceptions.StorageInternalError, AssertionError) as exc:
+            except (*STORAGE_ERRORS, AssertionError) as exc:
                 # A dropped connection fails at most this trial, whose parameters are queued
                 # again; the pool reconnects on the next checkout (pool_pre_ping).
                 cause = _database_failure(exc)
                 if cause is None:
                     raise
-                error = describe_failure(sweep.storage.engine.url, cause)
+                error = sweep.backend.failure(cause)
                 db_errors += 1
                 if db_errors > MAX_DB_ERRORS:
                     raise error from None
@@ -533,7 +533,7 @@ def run_trials(
             db_errors = 0
             if failures.exhausted:
                 raise SweepFailedError(failures.verdict(ran))
-    with contextlib.suppress(SQLAlchemyError):  # tidying only: the next worker's offers or trim do it
+    with contextlib.suppress(*STORAGE_ERRORS):  # tidying only: the next worker's offers or trim do it
         keeper.trim()
     return ran
 
@@ -568,7 +568,7 @@ class _FailureGuard:
         except TrainingDiverged as exc:
             self.reason = str(exc)
             raise
-        except (GapsweepError, SQLAlchemyError, optuna.exceptions.StorageInternalError):
+        except (GapsweepError, *STORAGE_ERRORS):
             raise
         except Exception as exc:
             self.reason = one_line(exc)
@@ -679,7 +679,7 @@ def _database_failure(exc: BaseException) -> BaseException | None:
     """
     if isinstance(exc, AssertionError):
         context = exc.__context__
-        if not isinstance(context, (SQLAlchemyError, optuna.exceptions.StorageInternalError)):
+        if not isinstance(context, STORAGE_ERRORS):
             return None
         exc = context
     return exc.__cause__ or exc
@@ -701,7 +701,7 @@ def _requeue(study: optuna.Study, number: int | None) -> None:
         if trial is None or trial.state != TrialState.FAIL or verdict or not trial.params:
             return
         study.enqueue_trial(trial.params, user_attrs={trial_keys.REQUEUED_FROM: number})
-    except (SQLAlchemyError, optuna.exceptions.StorageInternalError):
+    except STORAGE_ERRORS:
         pass  # still unreachable: the next claim reports it
 
 
@@ -713,7 +713,7 @@ def has_work(sweep: Sweep) -> bool | None:
     Counted in SQL: loading every trial (with its curves) before each claim would grow with
     the study.
     """
-    return _work_in(queries.state_counts(sweep.storage.engine, sweep.config.study), sweep.config.trials)
+    return _work_in(sweep.backend.state_counts(sweep.config.study), sweep.config.trials)
 
 
 def _work_in(counts: dict[str, int], budget: int) -> bool | None:

@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy.engine import Engine
-
 from gapsweep import env
 from gapsweep.storage import artifacts
 from gapsweep.storage.artifact_store import ArtifactStore
+from gapsweep.storage.backend import Backend
 
 
 @dataclass
@@ -64,11 +63,11 @@ class CheckpointStore:
     """The checkpoints of one trial, and of the dead trials it retries."""
 
     def __init__(
-        self, engine: Engine, study: str, trial_number: int, retries_of: list[int] | None = None,
+        self, backend: Backend, study: str, trial_number: int, retries_of: list[int] | None = None,
         *, interval: float | None = None, store: ArtifactStore | None = None,
     ) -> None:
         """``store``: where the checkpoints' bytes go (None: the store the study was launched with)."""
-        self.engine = engine
+        self.backend = backend
         self.store = store
         self.study = study
         self.trial_number = trial_number
@@ -89,7 +88,7 @@ class CheckpointStore:
         found = [
             artifact
             for number in reversed(self.retries_of)
-            if (artifact := artifacts.load(self.engine, self.study, number, artifacts.CHECKPOINT, store=self.store)) is not None
+            if (artifact := self.backend.load_artifact(self.study, number, artifacts.CHECKPOINT, store=self.store)) is not None
         ]
         if not found:
             return None
@@ -100,9 +99,8 @@ class CheckpointStore:
 
     def save(self, state: TrainingState) -> None:
         data, meta = state.pack()
-        artifacts.save(
-            self.engine, self.study, self.trial_number, artifacts.CHECKPOINT, data, meta=meta, epoch=state.epoch, store=self.store,
-            in_trial=True,
+        self.backend.save_artifact(
+            self.study, self.trial_number, artifacts.CHECKPOINT, data, meta=meta, epoch=state.epoch, store=self.store,
         )
         self._last_saved = time.monotonic()
         self._saved_any = True
@@ -111,4 +109,4 @@ class CheckpointStore:
         """Drop this trial's checkpoints and those of the trials it retried."""
         numbers = [self.trial_number] if self._saved_any else []
         numbers += self.retries_of
-        artifacts.delete(self.engine, self.study, kind=artifacts.CHECKPOINT, trial_numbers=numbers, store=self.store, in_trial=True)
+        self.backend.delete_artifacts(self.study, kind=artifacts.CHECKPOINT, trial_numbers=numbers, store=self.store)

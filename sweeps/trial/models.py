@@ -14,10 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import Engine
-
 from gapsweep.storage import artifacts, queries
 from gapsweep.storage.artifact_store import ArtifactStore
+from gapsweep.storage.backend import Backend
 from gapsweep.sweeps.data.preprocessing import Preprocessing, with_info
 from gapsweep.sweeps.trial.inference import LossFunction, accuracy, predict
 from gapsweep.sweeps.trial.runtime import init_tensorflow
@@ -72,9 +71,9 @@ class ModelKeeper:
     Expects gapsweep's tables to exist (``gapsweep.storage.artifacts.ensure_schema``).
     """
 
-    def __init__(self, engine: Engine, study: str, keep: int, store: ArtifactStore | None = None) -> None:
+    def __init__(self, backend: Backend, study: str, keep: int, store: ArtifactStore | None = None) -> None:
         """``store``: where the models' bytes go (None: the store the study was launched with)."""
-        self.engine = engine
+        self.backend = backend
         self.study = study
         self.keep = keep
         self.store = store
@@ -86,7 +85,7 @@ class ModelKeeper:
         """The trials whose models stay if this one finishes at ``standing`` (by its first
         objective value: the score, or the val loss in a multi-objective study); without it, the
         top ``keep`` of the complete trials."""
-        ranked = queries.best_values(self.engine, self.study, self.keep)
+        ranked = self.backend.best_values(self.study, self.keep)
         if len(ranked) == self.keep:
             self._last_kept = ranked[-1]
         if standing is not None:
@@ -108,7 +107,7 @@ class ModelKeeper:
         if not self.qualifies(standing):
             return False
         data = raw_input_model_bytes(model, preprocessing)
-        artifacts.save(self.engine, self.study, standing.number, artifacts.MODEL, data, meta=meta, store=self.store, in_trial=True)
+        self.backend.save_artifact(self.study, standing.number, artifacts.MODEL, data, meta=meta, store=self.store)
         self._drop_outranked(standing)
         return True
 
@@ -125,9 +124,9 @@ class ModelKeeper:
         worker keeps for a trial still running (or one that finishes meanwhile) stays until a later
         ranking sees it. The order of the two queries is what makes this safe.
         """
-        finished = queries.trial_numbers(self.engine, self.study, ["COMPLETE", "PRUNED", "FAIL"])
+        finished = self.backend.trial_numbers(self.study, ["COMPLETE", "PRUNED", "FAIL"])
         dropped = finished - self._kept(standing)
-        artifacts.delete(
-            self.engine, self.study, kind=artifacts.MODEL, trial_numbers=dropped, store=self.store,
+        self.backend.delete_artifacts(
+            self.study, kind=artifacts.MODEL, trial_numbers=dropped, store=self.store,
             in_trial=standing is not None,  # an offer's: the offering trial is still running
         )

@@ -4,8 +4,8 @@ A trial records its searched values as Optuna params and everything else as user
 Optuna's own tables (so Optuna's CLI and dashboard read them), under the keys
 ``gapsweep.storage.trial_keys`` defines: score parts at the restored epoch, the score's noise
 and chance-level guard, per-epoch curves, why it stopped, where it ran and how to reproduce it.
-The per-example val losses at the restored epoch go to gapsweep's own table
-(``gapsweep.storage.val_losses``), for the paired selection rule of ``best``.
+The per-example val losses at the restored epoch go to gapsweep's own records beside Optuna's
+(``gapsweep.storage.backend``), for the paired selection rule of ``best``.
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import optuna
-from sqlalchemy.engine import Engine
 
 from gapsweep import checks
 from gapsweep.errors import ConfigError
 from gapsweep.storage import queries, trial_keys
 from gapsweep.search_spaces.hypermodel import Hypermodel
-from gapsweep.storage import val_losses
 from gapsweep.storage.artifact_store import ArtifactStore
+from gapsweep.storage.backend import Backend
 from gapsweep.storage.optuna_tables import set_user_attrs, trial_system_attrs
 from gapsweep.sweeps.trial.checkpoints import CheckpointStore
 from gapsweep.sweeps.data.datasets import Splits
@@ -90,12 +89,12 @@ class Objective:
         seed: int,
         keeper: ModelKeeper | None = None,
         *,
-        checkpoint_engine: Engine | None = None,
+        backend: Backend | None = None,
         artifact_store: ArtifactStore | None = None,
         on_start: Callable[[], None] | None = None,
         start_weights: Callable[[Splits], Sequence[np.ndarray]] | None = None,
     ) -> None:
-        """``checkpoint_engine`` reaches gapsweep's tables: checkpoints, and the per-example val
+        """``backend`` keeps gapsweep's records of a trial: checkpoints, and the per-example val
         losses of complete trials; ``artifact_store`` holds the checkpoints' bytes (None: the
         store the study was launched with); ``start_weights`` gives the output weights the
         linear start trial begins from on the splits it trains on (the reference fitted on their
@@ -105,7 +104,7 @@ class Objective:
         self.settings = settings
         self.seed = seed
         self.keeper = keeper
-        self.checkpoint_engine = checkpoint_engine
+        self.backend = backend
         self.artifact_store = artifact_store
         self.on_start = on_start
         self.start_weights = start_weights
@@ -135,8 +134,8 @@ class Objective:
                     prune=not self.settings.multi_objective, initial=self._initial(trial, self.splits),
                 )
             score, model, losses = result.score, result.model, result.val_losses
-        if self.checkpoint_engine is not None and len(losses):
-            val_losses.save(self.checkpoint_engine, trial.study.study_name, trial.number, losses.tolist(), epoch=score.epoch, in_trial=True)
+        if self.backend is not None and len(losses):
+            self.backend.save_val_losses(trial.study.study_name, trial.number, losses.tolist(), epoch=score.epoch)
         scored = _score_attrs(score, curves, self.settings)
         set_user_attrs(trial, {**scored, **attrs})  # attrs last: under cv, the epochs its folds ran
         self._constrain(trial, score)
@@ -243,10 +242,10 @@ class Objective:
         self._constrain(trial, best_score(curves.train_loss, curves.val_loss, self.settings.scoring, se_curve=curves.val_se))
 
     def _checkpoints(self, trial: optuna.Trial, history: list[int]) -> CheckpointStore | None:
-        if self.checkpoint_engine is None:
+        if self.backend is None:
             return None
         return CheckpointStore(
-            self.checkpoint_engine, trial.study.study_name, trial.number, retries_of=history, store=self.artifact_store
+            self.backend, trial.study.study_name, trial.number, retries_of=history, store=self.artifact_store
         )
 
 
