@@ -23,8 +23,8 @@ import optuna
 from gapsweep import checks
 from gapsweep.errors import ConfigError, StudyNotFoundError
 from gapsweep.storage import artifacts, val_losses
+from gapsweep.storage.backend import open_backend
 from gapsweep.storage.engine import connect_existing, open_storage
-from gapsweep.storage.heartbeats import open_crash_safe_storage, reap
 from gapsweep.storage.queries import TrialRecord
 from gapsweep.storage.reader import (
     baseline_trial,
@@ -38,7 +38,7 @@ from gapsweep.storage.reader import (
     study_reference,
 )
 from gapsweep.storage.studies import require_study
-from gapsweep.storage.url import as_text, mask_text
+from gapsweep.storage.url import as_text, journal_path, mask_text
 from gapsweep.sweeps.analysis.rerank import Reranked, rerank
 from gapsweep.sweeps.analysis.selection import RULES, Selection, paired_select
 from gapsweep.sweeps.trial.score import DEFAULT_KAPPA
@@ -54,16 +54,16 @@ def reap_study(study: str, storage: str | None = None) -> list[int]:
 
     Returns the numbers of the trials it failed.
     """
-    rdb = open_crash_safe_storage(storage)
+    backend = open_backend(storage, create=False)
     try:
-        require_study(study, rdb)
-        loaded = optuna.load_study(study_name=study, storage=rdb)
+        require_study(study, backend.storage)
+        loaded = optuna.load_study(study_name=study, storage=backend.storage)
         running = {t.number for t in loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
-        reap(loaded, rdb.engine)
+        backend.reap(loaded)
         still = {t.number for t in loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
         return sorted(running - still)
     finally:
-        rdb.engine.dispose()
+        backend.close()
 
 
 def delete_study(study: str, storage: str | None = None) -> int:
@@ -90,8 +90,9 @@ def migrate(
     """Copy studies (all, or the named ones) with their trials, configuration and stored models
     from one database into another; a study that already exists in the target is refused."""
     source, target = as_text(source), as_text(target)
-    connect_existing(source, flag="--from").dispose()  # a source that does not exist is named, never created empty
-    src = open_storage(source, flag="--from")
+    checked = connect_existing(source, flag="--from")  # a source that does not exist is named, never created empty
+    # A journal is read through its SQL snapshot, which holds its models and val losses as a database would.
+    src = open_storage(source if journal_path(source) is None else checked.url.render_as_string(), flag="--from")
     try:
         names = list(dict.fromkeys(studies)) if studies else [s.study_name for s in optuna.get_all_study_summaries(src, include_best_trial=False)]
         for name in names:
@@ -117,6 +118,7 @@ def migrate(
             dst.engine.dispose()
     finally:
         src.engine.dispose()
+        checked.dispose()
 
 
 def rerank_trials(

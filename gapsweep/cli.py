@@ -40,7 +40,8 @@ def _storage_flag(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"database URL (default: $GAPSWEEP_STORAGE or {DEFAULT_URL}); e.g. "
         "postgresql://user@host:5432/db?sslmode=require, with the password in $PGPASSWORD or ~/.pgpass "
-        "(not on the command line, where ps shows it)",
+        "(not on the command line, where ps shows it), or an Optuna journal file on a shared folder: "
+        "journal:////shared/sweeps.log",
     )
 
 

@@ -35,7 +35,7 @@ SCHEMA_VERSION = 3
 MODEL = "model"
 CHECKPOINT = "checkpoint"
 #: File name endings in a store, so a person browsing the folder or bucket knows what is what.
-_SUFFIXES = {MODEL: ".keras", CHECKPOINT: ".npz"}
+SUFFIXES = {MODEL: ".keras", CHECKPOINT: ".npz"}
 
 metadata = sa.MetaData()
 schema_table = sa.Table(
@@ -162,7 +162,7 @@ def save(
     row in one transaction. Never half-written; the replaced bytes go once the row is in.
     ``in_trial``: written by a running trial (see ``durability``)."""
     store = store or study_store(engine, study)
-    location = None if store.in_database else store.put(artifact_name(study, trial_number, kind), data, _SUFFIXES.get(kind, ""))
+    location = None if store.in_database else store.put(artifact_name(study, trial_number, kind), data, SUFFIXES.get(kind, ""))
     try:
         with transaction(engine, in_trial=in_trial) as conn:
             replaced = _locations(conn, _where(study, trial_number, kind))
@@ -186,6 +186,15 @@ def save(
                 store.remove([location])
         raise
     store.remove(replaced)
+
+
+def index_rows(engine: Engine, rows: list[dict[str, Any]]) -> None:
+    """Index artifacts whose bytes are stored already (``location``) or come with the row
+    (``data``), in one transaction: how a journal's snapshot rebuilds its index."""
+    if rows:
+        created = datetime.now(timezone.utc).replace(tzinfo=None)
+        with engine.begin() as conn:
+            conn.execute(sa.insert(artifacts_table), [{**row, "created_at": created} for row in rows])
 
 
 def load(engine: Engine, study: str, trial_number: int, kind: str, *, store: ArtifactStore | None = None) -> Artifact | None:

@@ -25,7 +25,7 @@ from gapsweep import env
 from gapsweep.errors import EmptyDatabaseError, StorageError
 from gapsweep.storage import optuna_tables
 from gapsweep.storage.locks import being_made, schema_lock
-from gapsweep.storage.url import MASK, mask, parse, passwords
+from gapsweep.storage.url import MASK, journal_path, mask, parse, passwords
 
 SQLITE_BUSY_TIMEOUT_S = 60
 
@@ -187,8 +187,14 @@ def connect_existing(url_text: str | None, *, flag: str = "--storage") -> Engine
     """An engine for reading a database that must already hold Optuna's schema.
 
     Unlike ``open_storage`` this never creates a file or a table: asking for results from a
-    database that does not exist is a mistake to report, not a reason to write one.
+    database that does not exist is a mistake to report, not a reason to write one. A journal
+    file is read through a SQL snapshot of it (``gapsweep.storage.journal``).
     """
+    journal = journal_path(url_text)
+    if journal is not None:
+        from gapsweep.storage.journal import snapshot  # the journal module builds on this one
+
+        return snapshot(journal, flag)
     url = parse(url_text)
     path = sqlite_path(url)
     if path is not None and not path.is_file():

@@ -20,10 +20,16 @@ def open_crash_safe_storage(url: str | None) -> optuna.storages.RDBStorage:
     """A storage with heartbeats on and stale trials queued again (at most 3 times each)."""
     interval, grace = heartbeat_settings()
     with quiet_experimental():
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
         return open_storage(
-            url, heartbeat_interval=interval, grace_period=grace, heartbeat_stale_trial_callback=_Explained(retry, grace)
+            url, heartbeat_interval=interval, grace_period=grace,
+            heartbeat_stale_trial_callback=_Explained(retry_stale_trials(), grace),
         )
+
+
+def retry_stale_trials() -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Optuna's callback that queues a stale trial's parameters again, at most 3 times each."""
+    with quiet_experimental():
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
 
 
 class _Explained:

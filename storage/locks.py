@@ -120,36 +120,44 @@ def lock_file(engine: Engine) -> Path:
 
 
 class StudyLock:
-    """Re-entrant-free mutex across processes and machines; ``release`` may be called twice."""
+    """Re-entrant-free mutex across processes and machines; ``release`` may be called twice.
 
-    def __init__(self, engine: Engine, study: str) -> None:
-        self.engine = engine
+    ``place``: the database, or the lock file itself (a journal storage's, beside its log).
+    """
+
+    def __init__(self, place: Engine | Path, study: str) -> None:
+        self.engine = place if isinstance(place, Engine) else None
+        self.path = place if isinstance(place, Path) else lock_file(place)
         self.study = study
         self._conn: Connection | None = None
         self._file: IO[bytes] | None = None
 
     def acquire(self) -> None:
         timeout = lock_timeout_s()
-        if self.engine.dialect.name == "postgresql":
+        if self._advisory:
             self._acquire_advisory(timeout)
         else:
             self._acquire_file(timeout)
 
     def try_acquire(self) -> bool:
         """Take the lock if it is free now, without waiting; whether it was taken."""
-        if self.engine.dialect.name == "postgresql":
+        if self._advisory:
             conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             if self._try_advisory(conn):
                 self._conn = conn
                 return True
             conn.close()
             return False
-        handle = open(lock_file(self.engine), "a+b")  # noqa: SIM115 - held open until release
+        handle = open(self.path, "a+b")  # noqa: SIM115 - held open until release
         if not _try_flock(handle):
             handle.close()
             return False
         self._file = handle
         return True
+
+    @property
+    def _advisory(self) -> bool:
+        return self.engine is not None and self.engine.dialect.name == "postgresql"
 
     def _try_advisory(self, conn: Connection) -> bool:
         return bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": _advisory_key(conn, self.study)}).scalar())
@@ -197,7 +205,7 @@ class StudyLock:
         return f"PostgreSQL backend pid {row.pid}{app}{client}, connected since {row.backend_start:%Y-%m-%d %H:%M:%S}"
 
     def _acquire_file(self, timeout: float) -> None:
-        path = lock_file(self.engine)
+        path = self.path
         handle = open(path, "a+b")  # noqa: SIM115 - held open until release
         deadline = time.monotonic() + timeout
         while not _try_flock(handle):

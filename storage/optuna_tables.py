@@ -8,12 +8,15 @@ heartbeat in one statement, and looking for stale trials once a heartbeat interv
 before every trial. All are
 written against Optuna 5's RDB schema ``v3.2.0.a``; this module refuses another Optuna major
 version at import, and ``check_schema`` refuses a database of another schema, each in one line.
+A sixth has no public form at all: heartbeats on a journal storage (``HeartbeatJournalStorage``,
+on Optuna's ``BaseHeartbeat``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import time
 from typing import Any, Iterator, Mapping
 
 import optuna
@@ -34,6 +37,7 @@ if int(optuna.__version__.split(".")[0]) != OPTUNA_MAJOR:
         f"pip install 'optuna>={OPTUNA_MAJOR}.0,<{OPTUNA_MAJOR + 1}'"
     )
 
+from optuna.storages._heartbeat import BaseHeartbeat  # noqa: E402
 from optuna.storages._rdb import models  # noqa: E402  (after the version check, on purpose)
 
 studies = models.StudyModel.__table__
@@ -103,6 +107,10 @@ def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
     if not attrs:
         return
     storage = _rdb(trial.storage)
+    if not isinstance(storage, optuna.storages.RDBStorage):  # a journal: one log line each
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return
     trial_id = trial._trial_id
     with transaction(storage.engine, in_trial=True) as conn:
         state = conn.execute(sa.select(trials.c.state).where(trials.c.trial_id == trial_id)).scalar_one()
@@ -172,3 +180,44 @@ def _upsert_user_attrs(conn: Connection, trial_id: int, attrs: Mapping[str, Any]
         set_={"value_json": insert.excluded.value_json},
     )
     conn.execute(upsert, [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()])
+
+
+#: The trial system attribute a journal worker's heartbeat writes (a Unix time).
+JOURNAL_HEARTBEAT = "gapsweep:heartbeat"
+
+
+class HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
+    """Optuna's journal storage with heartbeats, which Optuna gives only its RDB storage.
+
+    A heartbeat is a trial system attribute holding the worker's clock (one log line an
+    interval); a running trial whose last one, or whose start, is older than ``grace_period``
+    seconds is stale. The machines sharing a journal must keep their clocks in step (NTP), as
+    they already must for the trials' own timestamps.
+    """
+
+    def __init__(
+        self, backend: optuna.storages.journal.BaseJournalBackend, *, heartbeat_interval: int, grace_period: int,
+        failed_trial_callback: Any,
+    ) -> None:
+        super().__init__(backend)
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.failed_trial_callback = failed_trial_callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, JOURNAL_HEARTBEAT, time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        running = self.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        return [
+            trial._trial_id for trial in running
+            if now - float(trial.system_attrs.get(JOURNAL_HEARTBEAT, trial.datetime_start.timestamp())) > self.grace_period
+        ]
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self.heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self) -> Any:
+        return self.failed_trial_callback
+

@@ -7,7 +7,8 @@ reference fitted when the study was created sits beside it (``gapsweep.reference
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import contextlib
+from typing import Any, Iterator, Mapping
 
 import optuna
 
@@ -26,14 +27,8 @@ def create_or_load(
     pruner: optuna.pruners.BasePruner,
     directions: list[str] | None = None,
 ) -> optuna.Study:
-    """The study ``name``, created on first use and resumed afterwards.
-
-    Quietly: Optuna logs "A new study created" (or "Using an existing study") at INFO, a line
-    that a script's output would carry before gapsweep's own.
-    """
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(max(verbosity, optuna.logging.WARNING))
-    try:
+    """The study ``name``, created on first use and resumed afterwards (quietly)."""
+    with quiet_optuna():
         return optuna.create_study(
             study_name=name,
             storage=storage,
@@ -42,6 +37,16 @@ def create_or_load(
             directions=directions or ["minimize"],
             load_if_exists=True,
         )
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna logs "A new study created" (or "Using an existing study") at INFO, a line that a
+    script's output would carry before gapsweep's own."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(verbosity, optuna.logging.WARNING))
+    try:
+        yield
     finally:
         optuna.logging.set_verbosity(verbosity)
 

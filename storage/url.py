@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -18,6 +19,8 @@ from sqlalchemy.exc import ArgumentError
 from gapsweep.errors import StorageError
 
 DEFAULT_URL = "sqlite:///gapsweep.db"
+#: An Optuna journal file (``gapsweep.storage.journal``): ``journal:///sweeps.log``.
+JOURNAL_SCHEME = "journal:///"
 #: ``user:password@`` after a scheme, or at the start of a URL written without one (``bob:pw@host``),
 #: up to the last ``@`` before the path (a password may hold an unencoded ``@``); not
 #: ``scheme://…@`` (a path with an ``@`` in it).
@@ -48,7 +51,12 @@ def parse(url: str | os.PathLike[str] | None) -> URL:
         )
     if url is not None and not url.strip():
         raise StorageError("storage (--storage) is empty; give a database URL such as sqlite:///gapsweep.db, or leave it out")
-    text = url or os.environ.get("GAPSWEEP_STORAGE") or DEFAULT_URL
+    text = chosen(url)
+    if text.startswith(JOURNAL_SCHEME):
+        raise StorageError(
+            f"'{mask_text(text)}' is a journal file: launch, worker and the commands that read results take it; "
+            "for this one, copy the study into a database first (gapsweep migrate --from JOURNAL --to sqlite:///x.db)"
+        )
     try:
         parsed = make_url(text)
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number, a broken [IPv6] host
@@ -71,6 +79,22 @@ def parse(url: str | os.PathLike[str] | None) -> URL:
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
+
+
+def journal_path(url: str | os.PathLike[str] | None) -> Path | None:
+    """The log file a ``journal:///`` URL names (None for a database URL); see ``gapsweep.storage.journal``."""
+    text = chosen(as_text(url))
+    if not isinstance(text, str) or not text.startswith(JOURNAL_SCHEME):
+        return None  # not a journal (``parse`` names a value that is no URL at all)
+    path = text[len(JOURNAL_SCHEME):]
+    if not path or path.endswith("/"):
+        raise StorageError(f"'{text}' names no file; write journal:///sweeps.log (or journal:////shared/sweeps.log)")
+    return Path(path)
+
+
+def chosen(url: str | None) -> str:
+    """The storage URL text in force: ``url``, else ``$GAPSWEEP_STORAGE``, else the SQLite default."""
+    return url or os.environ.get("GAPSWEEP_STORAGE") or DEFAULT_URL
 
 
 def resolve(url: str | None) -> str:

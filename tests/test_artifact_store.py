@@ -29,7 +29,7 @@ from gapsweep.sweeps.run.config import SweepConfig, load_sweep_file
 from gapsweep.sweeps.run.launch import launch, prepare
 from gapsweep.sweeps.trial.checkpoints import CheckpointStore, TrainingState
 from gapsweep.sweeps.trial.objective import ObjectiveSettings
-from kill_resume import assert_resumed, kill_at_first_checkpoint
+from kill_resume import assert_resumed, kill_at_first_checkpoint, sql_checkpoints
 from sweep_files import SWEEP
 
 GAPSWEEP = str(Path(sys.executable).parent / "gapsweep")
@@ -219,14 +219,14 @@ def test_a_worker_killed_mid_trial_resumes_from_its_checkpoint_in_the_store(url_
     prepare(config).close()
     worker = _worker(url)
     engine = open_storage(url).engine
-    killed = kill_at_first_checkpoint(worker, engine, "crash", timeout_s=240)
+    killed = kill_at_first_checkpoint(worker, sql_checkpoints(engine, "crash"), timeout_s=240)
     _, err = worker.communicate(timeout=60)
     assert killed is not None, f"no trial reached a checkpoint in time: {err[-2000:]}"
     assert killed.location in _listing(store) and [t.state for t in list_trials("crash", url)] == ["RUNNING"]
     again = _worker(url)
     _, err = again.communicate(timeout=400)
     assert again.returncode == 0, err[-2000:]
-    assert_resumed(url, engine, "crash", killed, epochs=10)
+    assert_resumed(url, sql_checkpoints(engine, "crash"), "crash", killed, epochs=10)
     (model,) = _rows(engine, "crash")  # what the index still holds: the kept model, no checkpoint
     listing = _listing(store)
     assert model.kind == "model" and model.location in listing

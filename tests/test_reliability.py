@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from fake_trials import add_mixed_trials
-from kill_resume import assert_resumed, kill_at_first_checkpoint
+from kill_resume import assert_resumed, kill_at_first_checkpoint, sql_checkpoints
 from gapsweep.api import delete_study, get_study_config, list_studies, list_trials
 from gapsweep.cli import main
 from gapsweep.errors import ConfigError, StorageError
@@ -357,13 +357,13 @@ def test_a_launch_killed_mid_trial_on_sqlite_loses_nothing_when_launched_again(t
     argv = [GAPSWEEP, "launch", str(sweep), "--storage", url, "--no-progress"]
     run = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     engine = sa.create_engine(url)
-    killed = kill_at_first_checkpoint(run, engine, "crash", timeout_s=180)
+    killed = kill_at_first_checkpoint(run, sql_checkpoints(engine, "crash"), timeout_s=180)
     run.communicate(timeout=60)
     assert killed is not None, "no trial reached a checkpoint in time"
     assert [t.state for t in list_trials("crash", url)] == ["RUNNING"]
     again = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert_resumed(url, engine, "crash", killed, epochs=12)
+    assert_resumed(url, sql_checkpoints(engine, "crash"), "crash", killed, epochs=12)
     engine.dispose()
 
 

@@ -47,7 +47,7 @@ from gapsweep.storage.engine import heartbeat_settings, pg_pool_size, sqlite_pat
 from gapsweep.storage.heartbeats import quiet_experimental
 from gapsweep.storage.locks import lock_timeout_s
 from gapsweep.storage.studies import CONFIG_ATTR, REFERENCE_ATTR, create_or_load, stored_config
-from gapsweep.storage.url import parse
+from gapsweep.storage.url import journal_path, parse
 from gapsweep.sweeps.data import datasets, in_memory
 from gapsweep.sweeps.run.config import SweepConfig, stored_data
 from gapsweep.sweeps.run.jobs import TRIALS_PER_PROCESS, JobPool, JobSpec, parse_gpus, usable_cores, use_device
@@ -625,7 +625,11 @@ def _reason_kind(reason: str) -> str:
 
 def default_log_path(storage: str | None) -> Path:
     """Where a sweep's Optuna log goes: beside a SQLite database (``sweeps.db`` →
-    ``sweeps.log``), else ``gapsweep.log`` in the working folder."""
+    ``sweeps.log``) or a journal (``sweeps.log`` → ``sweeps.log.errors``), else ``gapsweep.log``
+    in the working folder."""
+    journal = journal_path(storage)
+    if journal is not None:
+        return Path(f"{journal}.errors")
     path = sqlite_path(parse(storage))
     return path.with_suffix(".log") if path is not None else Path("gapsweep.log")
 

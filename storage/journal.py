@@ -1,0 +1,101 @@
+"""Studies in an Optuna journal file, for machines that share a folder but no database server.
+
+``journal:///sweeps.log`` (a path relative to the working folder, as ``sqlite:///`` writes one;
+``journal:////shared/sweeps.log`` for an absolute one) keeps a study in Optuna's
+``JournalFileBackend``: an append-only log that Optuna locks with a symlink, safe on NFS where
+SQLite is not. Optuna reads the log as it is: its CLI (``optuna best-trial --study-name NAME
+--storage sweeps.log``) and its Python API (``JournalStorage(JournalFileBackend("sweeps.log"))``).
+
+Everything a worker records goes through Optuna's storage API (``backend.JournalBackend``): heartbeats as
+trial system attributes (``optuna_tables.HeartbeatJournalStorage``); the index of kept models and
+checkpoints and each trial's per-example val losses as study system attributes, whose bytes go to
+the study's artifact store (for the default store, ``database``, a folder beside the log:
+``sweeps.log.artifacts``); the claim lock is an ``flock`` on ``sweeps.log.claim-lock``. Commands that
+read results get a SQL snapshot of the log (``snapshot``), so every query runs as on SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages.journal import JournalFileBackend
+from sqlalchemy.engine import Engine
+
+from gapsweep.errors import StorageError
+from gapsweep.storage import artifacts, val_losses
+from gapsweep.storage.artifact_store import open_store
+from gapsweep.storage.optuna_tables import HeartbeatJournalStorage
+from gapsweep.storage.studies import CONFIG_ATTR, quiet_optuna
+from gapsweep.storage.url import JOURNAL_SCHEME
+
+#: Study system attributes that hold gapsweep's records of a trial (written by
+#: ``backend.JournalBackend``, read into a snapshot's tables by ``snapshot``).
+ARTIFACT_RECORD = "gapsweep:artifact:{kind}:{number}"
+VAL_LOSSES_RECORD = "gapsweep:val_losses:{number}"
+
+
+def open_journal(path: Path, **heartbeats: Any) -> optuna.storages.JournalStorage:
+    """The journal at ``path``, created on first use (its folder must exist); ``heartbeats``:
+    ``heartbeat_interval``, ``grace_period``, ``failed_trial_callback`` for a worker."""
+    if not path.parent.is_dir():
+        raise StorageError(f"folder {path.parent} does not exist; create it or choose another {JOURNAL_SCHEME} path")
+    if path.is_dir():
+        raise StorageError(f"{path} is a folder; a journal storage names a file, e.g. {JOURNAL_SCHEME}{path / 'sweeps.log'}")
+    try:
+        backend = JournalFileBackend(str(path))
+        if heartbeats:
+            return HeartbeatJournalStorage(backend, **heartbeats)
+        return optuna.storages.JournalStorage(backend)
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"cannot use journal {path}: {exc}") from None
+
+
+def snapshot(path: Path, flag: str = "--storage") -> Engine:
+    """A SQLite copy of every study in the journal, with gapsweep's tables rebuilt from its
+    records, for the commands that read results: their SQL runs on it unchanged. The copy lives
+    in a temporary folder removed with the engine."""
+    if not path.is_file():
+        raise StorageError(f"no journal at {path}; launch a sweep first or pass {flag} URL")
+    source = open_journal(path)
+    folder = tempfile.mkdtemp(prefix="gapsweep-journal-")
+    target = optuna.storages.RDBStorage(f"sqlite:///{os.path.join(folder, 'snapshot.db')}")
+    engine = target.engine
+    weakref.finalize(engine, shutil.rmtree, folder, True)
+    artifacts.ensure_schema(engine)
+    for study in source.get_all_studies():
+        with quiet_optuna():
+            optuna.copy_study(from_study_name=study.study_name, from_storage=source, to_storage=target)
+        _index(engine, study.study_name, source.get_study_system_attrs(study._study_id), study.user_attrs, path)
+    return engine
+
+
+def _index(engine: Engine, study: str, records: dict[str, Any], user_attrs: dict[str, Any], path: Path) -> None:
+    """gapsweep's rows of one study in the snapshot: artifacts where the study's store has them
+    (a default store's bytes are read into the rows, as a database keeps them), val losses."""
+    store_url = (user_attrs.get(CONFIG_ATTR) or {}).get("artifacts")
+    own = store_url in (None, "database")
+    store = open_store(f"file://{path.resolve()}.artifacts") if own else None
+    rows = []
+    for key, entry in records.items():
+        if not entry or not key.startswith(ARTIFACT_RECORD.split("{")[0]):
+            continue
+        _, _, kind, number = key.split(":")
+        data = store.get(entry["location"]) if store is not None else b""
+        if data is None:
+            continue  # removed meanwhile
+        rows.append({
+            "study_name": study, "trial_number": int(number), "kind": kind, "epoch": entry["epoch"],
+            "meta_json": json.dumps(entry["meta"]),
+            "data": data, "location": None if own else entry["location"], "size": entry["size"],
+        })
+    artifacts.index_rows(engine, rows)
+    for key, entry in records.items():
+        if entry and key.startswith(VAL_LOSSES_RECORD.split("{")[0]):
+            val_losses.save(engine, study, int(key.rsplit(":", 1)[1]), entry["losses"], epoch=entry["epoch"])
