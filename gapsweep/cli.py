@@ -577,12 +577,16 @@ def _ready_line(config: Any, *, as_json: bool = False) -> str:
     from sqlalchemy.engine import URL
 
     from gapsweep.search_spaces.code_refs import is_ref
-    from gapsweep.storage.url import parse
+    from gapsweep.storage.url import chosen, journal_path, parse
 
-    url = parse(config.storage)
-    note = "" if url.password is None else " (the password is left out: give the workers PGPASSWORD or a ~/.pgpass)"
-    url = URL.create(url.drivername.split("+")[0], url.username, None, url.host, url.port, url.database, url.query)
-    flags = f"--study {shlex.quote(config.study)} --storage {shlex.quote(url.render_as_string(hide_password=False))}"
+    if journal_path(config.storage) is not None:
+        storage, note = chosen(config.storage), ""  # a file path: nothing secret in it
+    else:
+        url = parse(config.storage)
+        note = "" if url.password is None else " (the password is left out: give the workers PGPASSWORD or a ~/.pgpass)"
+        url = URL.create(url.drivername.split("+")[0], url.username, None, url.host, url.port, url.database, url.query)
+        storage = url.render_as_string(hide_password=False)
+    flags = f"--study {shlex.quote(config.study)} --storage {shlex.quote(storage)}"
     if config.hypermodel is not None or is_ref(str(config.data.source)):
         folder = os.path.relpath(Path(config.code_dir or ".").resolve())
         flags += f" --code-dir {shlex.quote(folder)}" if folder != "." else ""

@@ -131,7 +131,12 @@ def test_a_worker_killed_mid_trial_on_a_journal_resumes_from_its_checkpoint(jour
     assert_resumed(_optuna_journal(path), checkpoints, "crash", killed, epochs=10)
 
 
-def test_a_journal_in_a_missing_folder_is_one_line(tmp_path, capsys):
+def test_create_only_on_a_journal_gives_the_worker_command_and_mistakes_are_one_line(tmp_path, capsys):
+    url = f"journal:///{tmp_path / 'sweeps.log'}"
+    assert main(["launch", "--data", "wine", "--study", "j", "--storage", url, "--trials", "1", "--create-only"]) == 0
+    assert capsys.readouterr().out.strip() == f"study 'j' is ready: start workers with gapsweep worker --study j --storage {url}"
+    assert optuna.load_study(study_name="j", storage=_optuna_journal(tmp_path / "sweeps.log")).user_attrs["gapsweep.config"]
+
     url = f"journal:///{tmp_path / 'nowhere' / 'sweeps.log'}"
     assert main(["launch", "--data", "digits", "--study", "j", "--storage", url, "--trials", "1", "--no-progress"]) == 1
     err = capsys.readouterr().err
