@@ -31,7 +31,7 @@ from gapsweep.storage.artifact_store import ArtifactStore, artifact_name, study_
 from gapsweep.storage.durability import transaction
 from gapsweep.storage.locks import schema_lock
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MODEL = "model"
 CHECKPOINT = "checkpoint"
 #: File name endings in a store, so a person browsing the folder or bucket knows what is what.
@@ -78,7 +78,21 @@ val_losses_table = sa.Table(
 _UPGRADES: list[Callable[[Connection], None]] = [
     lambda conn: val_losses_table.create(conn, checkfirst=True),  # 1 → 2: per-example val losses
     lambda conn: _add_location(conn),  # 2 → 3: bytes in an artifact store, and every artifact's size
+    lambda conn: _store_uncompressed(conn),  # 3 → 4: PostgreSQL stops trying to compress the blobs
 ]
+
+
+def _store_uncompressed(conn: Connection) -> None:
+    """Keep the blob columns out of PostgreSQL's compression (``STORAGE EXTERNAL``).
+
+    A ``.keras`` file or a checkpoint is float weights, which ``pglz`` cannot shrink, yet by
+    default PostgreSQL tries on every row over 2 kB: measured here, storing a 2.3 MB model took
+    50–60 ms that way and 12–20 ms uncompressed, for the same bytes on disk. It applies to rows
+    written from then on; SQLite never compresses.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("ALTER TABLE gapsweep_artifacts ALTER COLUMN data SET STORAGE EXTERNAL"))
+        conn.execute(sa.text("ALTER TABLE gapsweep_val_losses ALTER COLUMN losses SET STORAGE EXTERNAL"))
 
 
 def _add_location(conn: Connection) -> None:
@@ -112,6 +126,7 @@ def _create_or_upgrade(engine: Engine) -> None:
     with engine.begin() as conn:
         version = conn.execute(sa.select(schema_table.c.version).where(schema_table.c.id == 1)).scalar()
         if version is None:
+            _store_uncompressed(conn)
             conn.execute(sa.insert(schema_table).values(id=1, version=SCHEMA_VERSION))
             return
         if version > SCHEMA_VERSION:

@@ -271,7 +271,7 @@ def test_a_version_2_database_is_read_as_it_is_and_upgraded_on_launch(any_url):
     found = artifacts.load(engine, "old", 0, artifacts.MODEL)
     assert found is not None and found.data == b"an old model" and found.location is None
     artifacts.ensure_schema(engine)
-    assert artifacts.schema_version(engine) == artifacts.SCHEMA_VERSION == 3
+    assert artifacts.schema_version(engine) == artifacts.SCHEMA_VERSION == 4
     ((number, kind, location, size, in_row),) = _rows(engine, "old")
     assert (number, kind, location, size, in_row) == (0, "model", None, len(b"an old model"), len(b"an old model"))
     engine.dispose()
