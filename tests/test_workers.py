@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import optuna
 import pytest
@@ -123,25 +125,40 @@ def test_two_workers_share_one_sqlite_file(sqlite_url, tiny_space):
     assert _states(sqlite_url) == ["COMPLETE"] * 6
 
 
-def test_workers_ride_out_dropped_postgres_connections(postgres_server, tiny_space):
-    app = f"gapsweep-drop-{os.getpid()}"
-    schema = f"gs_drop_{os.getpid()}"
+@contextlib.contextmanager
+def _droppable(postgres_server: str, tag: str) -> Iterator[tuple[str, Callable[[], int]]]:
+    """A URL on a fresh schema whose connections carry an application name, and a function that
+    makes the server drop every one of them (returning how many it dropped)."""
+    app = f"gapsweep-{tag}-{os.getpid()}"
+    schema = f"gs_{tag}_{os.getpid()}"
     admin = sa.create_engine(postgres_server)
     with admin.begin() as conn:
         conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE; CREATE SCHEMA "{schema}"'))
-    url = f"{postgres_server}?options=-csearch_path%3D{schema}&application_name={app}"
+
+    def drop() -> int:
+        with admin.begin() as conn:
+            return conn.execute(
+                sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = :app"),
+                {"app": app},
+            ).scalar()
+
     try:
+        yield f"{postgres_server}?options=-csearch_path%3D{schema}&application_name={app}", drop
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def test_workers_ride_out_dropped_postgres_connections(postgres_server, tiny_space):
+    with _droppable(postgres_server, "drop") as (url, drop):
         _create(url, tiny_space, 5, epochs=4)
         workers = [_worker(url), _worker(url)]
         terminated = 0
         deadline = time.monotonic() + 200
         while time.monotonic() < deadline and any(w.poll() is None for w in workers):
             if "COMPLETE" in _states(url):
-                with admin.begin() as conn:
-                    terminated += conn.execute(
-                        sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = :app"),
-                        {"app": app},
-                    ).scalar()
+                terminated += drop()
                 break
             time.sleep(0.3)
         errors = _wait(workers)
@@ -161,10 +178,6 @@ def test_workers_ride_out_dropped_postgres_connections(postgres_server, tiny_spa
             # Every value the failed trial drew is kept; a trial the drop cut off while sampling
             # draws the rest anew.
             assert again and failed.params.items() <= again[0].params.items()
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def test_a_connection_dropped_as_a_trial_ends_costs_that_trial_only(postgres_server, tiny_space, monkeypatch):
@@ -173,36 +186,22 @@ def test_a_connection_dropped_as_a_trial_ends_costs_that_trial_only(postgres_ser
     over the database error. The sweep goes on, and the trial is retried, not lost."""
     from gapsweep.sweeps.trial.objective import Objective
 
-    app = f"gapsweep-end-{os.getpid()}"
-    schema = f"gs_end_{os.getpid()}"
-    admin = sa.create_engine(postgres_server)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE; CREATE SCHEMA "{schema}"'))
-    url = f"{postgres_server}?options=-csearch_path%3D{schema}&application_name={app}"
     dropped: list[int] = []
     call = Objective.__call__
+    with _droppable(postgres_server, "end") as (url, drop):
 
-    def drop_after_first(self, trial):
-        result = call(self, trial)
-        if not dropped:
-            with admin.begin() as conn:
-                dropped.append(conn.execute(
-                    sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = :app"),
-                    {"app": app},
-                ).scalar())
-        return result
+        def drop_after_first(self, trial):
+            result = call(self, trial)
+            if not dropped:
+                dropped.append(drop())
+            return result
 
-    monkeypatch.setattr(Objective, "__call__", drop_after_first)
-    try:
+        monkeypatch.setattr(Objective, "__call__", drop_after_first)
         config = _create(url, tiny_space, 3, epochs=2)
         launch(config, progress=False)
         assert dropped and dropped[0] >= 1, "the sweep had no open connection to drop"
         states = [t.state for t in list_trials("shared", url)]
         assert states.count("COMPLETE") == 3 and "RUNNING" not in states, states
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def test_reap_clears_zombies_left_by_the_last_worker(sqlite_url, tiny_space):
