@@ -21,17 +21,19 @@ import os
 import shutil
 import tempfile
 import weakref
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy as sa
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.engine import Engine
 
 from gapsweep.errors import StorageError
 from gapsweep.storage import artifacts, val_losses
 from gapsweep.storage.artifact_store import open_store
-from gapsweep.storage.optuna_tables import HeartbeatJournalStorage
+from gapsweep.storage.optuna_tables import JOURNAL_HEARTBEAT, HeartbeatJournalStorage, studies, trial_heartbeats, trials
 from gapsweep.storage.studies import CONFIG_ATTR, quiet_optuna
 from gapsweep.storage.url import JOURNAL_SCHEME
 
@@ -73,7 +75,26 @@ def snapshot(path: Path, flag: str = "--storage") -> Engine:
         with quiet_optuna():
             optuna.copy_study(from_study_name=study.study_name, from_storage=source, to_storage=target)
         _index(engine, study.study_name, source.get_study_system_attrs(study._study_id), study.user_attrs, path)
+        running = source.get_all_trials(study._study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        beats = {t.number: t.system_attrs[JOURNAL_HEARTBEAT] for t in running if JOURNAL_HEARTBEAT in t.system_attrs}
+        _heartbeats(engine, study.study_name, beats)
     return engine
+
+
+def _heartbeats(engine: Engine, study: str, beats: dict[int, float]) -> None:
+    """The running trials' last heartbeats, in the table where a database keeps them (UTC, as
+    its server clock writes them), so ``studies`` tells live trials from stale ones."""
+    if not beats:
+        return
+    with engine.begin() as conn:
+        ids = dict(conn.execute(
+            sa.select(trials.c.number, trials.c.trial_id).join(studies, studies.c.study_id == trials.c.study_id)
+            .where(studies.c.study_name == study, trials.c.number.in_(beats))
+        ).all())
+        conn.execute(sa.insert(trial_heartbeats), [
+            {"trial_id": ids[number], "heartbeat": datetime.fromtimestamp(beat, timezone.utc).replace(tzinfo=None)}
+            for number, beat in beats.items()
+        ])
 
 
 def _index(engine: Engine, study: str, records: dict[str, Any], user_attrs: dict[str, Any], path: Path) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -143,3 +144,18 @@ def test_create_only_on_a_journal_gives_the_worker_command_and_mistakes_are_one_
     assert err.count("\n") == 1 and f"folder {tmp_path / 'nowhere'} does not exist" in err
     assert main(["best", "--study", "j", "--storage", f"journal:///{tmp_path / 'none.log'}"]) == 1
     assert f"no journal at {tmp_path / 'none.log'}" in capsys.readouterr().err
+
+
+def test_studies_tells_a_live_trial_on_a_journal_from_a_stale_one(tmp_path):
+    """Heartbeats live in the journal as trial attributes; ``studies`` reads them as it reads a
+    database's heartbeat table."""
+    url, path = f"journal:///{tmp_path / 'sweeps.log'}", tmp_path / "sweeps.log"
+    backend = JournalBackend(path, heartbeat_interval=10, grace_period=30)
+    study = optuna.create_study(study_name="beats", storage=backend.storage)
+    live, silent = study.ask(), study.ask()
+    backend.storage.record_heartbeat(live._trial_id)
+    backend.storage.set_trial_system_attr(silent._trial_id, "gapsweep:heartbeat", time.time() - 600)
+    (summary,) = list_studies(url)
+    assert (summary.counts["RUNNING"], summary.counts["STALE"]) == (1, 1)
+    assert backend.storage._get_stale_trial_ids(study._study_id) == [silent._trial_id]
+
