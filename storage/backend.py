@@ -58,7 +58,9 @@ class Backend(Protocol):
         """Store (or replace) a running trial's model or checkpoint, never half-written; ``store``:
         where the bytes go (None: the store the study was launched with)."""
 
-    def load_artifact(self, study: str, trial_number: int, kind: str, *, store: ArtifactStore | None = None) -> artifacts.Artifact | None:
+    def load_artifact(
+        self, study: str, trial_number: int, kind: str, *, store: ArtifactStore | None = None
+    ) -> artifacts.Artifact | None:
         """One artifact with its bytes, or None."""
 
     def delete_artifacts(
@@ -106,7 +108,9 @@ class SqlBackend:
     ) -> None:
         artifacts.save(self.engine, study, trial_number, kind, data, meta=meta, epoch=epoch, store=store, in_trial=True)
 
-    def load_artifact(self, study: str, trial_number: int, kind: str, *, store: ArtifactStore | None = None) -> artifacts.Artifact | None:
+    def load_artifact(
+        self, study: str, trial_number: int, kind: str, *, store: ArtifactStore | None = None
+    ) -> artifacts.Artifact | None:
         return artifacts.load(self.engine, study, trial_number, kind, store=store)
 
     def delete_artifacts(
@@ -193,7 +197,9 @@ class JournalBackend:
         if replaced:
             store.remove([replaced])
 
-    def load_artifact(self, study: str, trial_number: int, kind: str, *, store: ArtifactStore | None = None) -> artifacts.Artifact | None:
+    def load_artifact(
+        self, study: str, trial_number: int, kind: str, *, store: ArtifactStore | None = None
+    ) -> artifacts.Artifact | None:
         entry = self._attrs(study).get(ARTIFACT_RECORD.format(kind=kind, number=trial_number))
         if not entry:
             return None
