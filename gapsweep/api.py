@@ -74,14 +74,12 @@ def delete_study(study: str, storage: str | None = None) -> int:
     checkpoints that a new study of the same name would resume from.
     """
     connect_existing(storage).dispose()  # a missing database is reported, never created to delete from
-    rdb = open_storage(storage)
+    backend = open_backend(storage, create=False)
     try:
-        require_study(study, rdb)
-        removed = artifacts.delete_all(rdb.engine, study) if artifacts.schema_version(rdb.engine) else 0
-        optuna.delete_study(study_name=study, storage=rdb)
+        require_study(study, backend.storage)
+        return backend.delete_study(study)
     finally:
-        rdb.engine.dispose()
-    return removed
+        backend.close()
 
 
 def migrate(

@@ -20,11 +20,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gapsweep.errors import StorageError
 from gapsweep.storage import artifacts, queries, trial_keys, val_losses
-from gapsweep.storage.artifact_store import ArtifactStore, artifact_name, open_store
+from gapsweep.storage.artifact_store import CONFIG_KEY as ARTIFACTS_KEY, ArtifactStore, artifact_name, open_store
 from gapsweep.storage.engine import describe_failure, heartbeat_settings
 from gapsweep.storage.heartbeats import open_crash_safe_storage, quiet_experimental, reap, retry_stale_trials
 from gapsweep.storage.journal import ARTIFACT_RECORD, VAL_LOSSES_RECORD, open_journal
 from gapsweep.storage.locks import StudyLock
+from gapsweep.storage.studies import CONFIG_ATTR
 from gapsweep.storage.url import journal_path
 
 #: The errors of a storage that a worker rides out (a dropped connection, a busy file).
@@ -72,6 +73,11 @@ class Backend(Protocol):
 
     def save_val_losses(self, study: str, trial_number: int, losses: Sequence[float], *, epoch: int | None) -> None:
         """A running trial's per-example val losses at its restored epoch."""
+
+    def delete_study(self, study: str) -> int:
+        """Remove ``study`` and everything gapsweep stored for it, the stored bytes first (an
+        interrupted delete leaves a study to delete again, never checkpoints a new study of the
+        same name would resume from); returns how many models and checkpoints went."""
 
     def failure(self, exc: BaseException) -> StorageError:
         """One line naming the storage and why it failed."""
@@ -121,6 +127,11 @@ class SqlBackend:
 
     def save_val_losses(self, study: str, trial_number: int, losses: Sequence[float], *, epoch: int | None) -> None:
         val_losses.save(self.engine, study, trial_number, losses, epoch=epoch, in_trial=True)
+
+    def delete_study(self, study: str) -> int:
+        removed = artifacts.delete_all(self.engine, study) if artifacts.schema_version(self.engine) else 0
+        optuna.delete_study(study_name=study, storage=self.storage)
+        return removed
 
     def failure(self, exc: BaseException) -> StorageError:
         return describe_failure(self.engine.url, exc)
@@ -225,6 +236,18 @@ class JournalBackend:
 
     def save_val_losses(self, study: str, trial_number: int, losses: Sequence[float], *, epoch: int | None) -> None:
         self._set(study, VAL_LOSSES_RECORD.format(number=trial_number), {"epoch": epoch, "losses": list(losses)})
+
+    def delete_study(self, study: str) -> int:
+        study_id = self.storage.get_study_id_from_name(study)
+        config = self.storage.get_study_user_attrs(study_id).get(CONFIG_ATTR) or {}
+        prefix = ARTIFACT_RECORD.split("{")[0]
+        locations = [
+            entry["location"] for key, entry in self.storage.get_study_system_attrs(study_id).items()
+            if key.startswith(prefix) and entry
+        ]
+        self._bytes_store(open_store(config.get(ARTIFACTS_KEY))).remove(locations)
+        self.storage.delete_study(study_id)
+        return len(locations)
 
     def failure(self, exc: BaseException) -> StorageError:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -92,6 +92,12 @@ def test_a_sweep_on_a_journal_file_keeps_the_budget_and_answers_every_reading_co
     assert main(["report", "--study", "j", "--storage", url, "--out", str(tmp_path / "r.html")]) == 1
     assert "is a journal file" in capsys.readouterr().err
 
+    # Deleted from the journal: the study, then its models' bytes beside the log.
+    assert main(["delete", "j", "--storage", url, "--yes"]) == 0
+    assert "deleted study 'j' and 2 stored model(s)" in capsys.readouterr().out
+    assert list_studies(url) == [] and not list((tmp_path / "sweeps.log.artifacts").iterdir())
+    assert best_trials("j", target, k=1)[0].number == best.number  # the copy keeps its own
+
 
 @pytest.mark.slow
 def test_two_workers_on_one_journal_spend_the_budget_exactly(journal, tiny_space):
