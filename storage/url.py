@@ -78,6 +78,13 @@ def parse(url: str | os.PathLike[str] | None) -> URL:
         )
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername == "sqlite" and parsed.database in (None, "", ":memory:"):
+        # An in-memory database is gone when the command ends, and each connection (the heartbeat
+        # thread's, a worker's) would see a different, empty one.
+        raise StorageError(
+            f"{mask_text(text)} names no file (SQLite keeps such a database in memory, lost when the command ends); "
+            "name a file: sqlite:///gapsweep.db"
+        )
     return parsed
 
 
