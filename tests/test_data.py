@@ -138,6 +138,8 @@ def test_a_csv_as_it_comes(tmp_path: Path):
         ("a,a,label\n1,2,x\n", {}, "column 'a' appears twice in the header"),
         ("a,label\n1,x\n2,y\n", {"ignore": ["nope"]}, "has no column 'nope'"),
         ("a,label\n1,x\n2\n", {}, "line 3 has 1 cells but the header has 2"),
+        ("km/h,km_h,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(30)), {},
+         "columns 'km/h' and 'km_h' would both be the model input 'km_h'"),
     ],
 )
 def test_each_csv_defect_is_one_line_naming_the_column(tmp_path: Path, text, settings, fragment):

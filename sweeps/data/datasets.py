@@ -35,7 +35,7 @@ from gapsweep.search_spaces.builder import TaskSpec
 from gapsweep.search_spaces.loader import python_object
 from gapsweep.sweeps.data import in_memory
 from gapsweep.sweeps.data.in_memory import InMemoryData
-from gapsweep.sweeps.data.preprocessing import Columns, Preprocessing, RawInputs, n_rows, take
+from gapsweep.sweeps.data.preprocessing import Columns, Preprocessing, RawInputs, input_name, n_rows, take
 
 
 @dataclass(frozen=True)
@@ -428,6 +428,16 @@ def _read_csv(path: Path, spec: DataSpec) -> tuple[Columns, np.ndarray, tuple[st
     for name in (spec.target, *spec.ignore):
         if name not in header:
             raise DataError(f"{path} has no column '{name}'; columns are: {', '.join(header)}{_separator_hint(header)}")
+    inputs: dict[str, str] = {}
+    for name in header:
+        if name == spec.target or name in spec.ignore:
+            continue
+        other = inputs.setdefault(input_name(name), name)
+        if other != name:  # the model's inputs are named after the columns, and must differ
+            raise DataError(
+                f"{path}: columns '{other}' and '{name}' would both be the model input '{input_name(name)}' "
+                "(a Keras name cannot hold '/'); rename one, or leave one out with --ignore"
+            )
     cells = {name: [row[index] for row in rows] for index, name in enumerate(header)}
     y, classes = _target(spec.target, cells[spec.target], spec.task)
     features = {
