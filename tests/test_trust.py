@@ -93,6 +93,20 @@ def test_a_trial_reruns_to_its_recorded_val_loss(sqlite_url, tiny_space, capsys)
     assert json.loads(capsys.readouterr().out)["reproduced"] is True
 
 
+@pytest.mark.slow
+def test_a_cross_validated_trial_reruns_to_its_recorded_val_loss(sqlite_url, tiny_space):
+    """Under cv the recorded val loss is the folds' mean: the rerun trains every fold again."""
+    from gapsweep.sweeps.trial.objective import ObjectiveSettings
+
+    config = SweepConfig(
+        study="cv-repro", space=tiny_space, data=DataSpec("wine"), objective=ObjectiveSettings(cv=2), trials=1,
+        storage=sqlite_url, pruner="none",
+    )
+    launch(config, progress=False)
+    result = rerun("cv-repro", 0, sqlite_url)
+    assert result.reproduced, result.to_dict()
+
+
 def test_a_rerun_of_a_resumed_trial_carries_the_epoch_it_resumed_after():
     """A retry that resumed from a checkpoint restarted its optimizer from saved state: the rerun
     result says so, where a bare "not reproduced" would leave the user guessing."""

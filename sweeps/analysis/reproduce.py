@@ -13,6 +13,7 @@ CPU). On GPUs, reduction order varies and the match is looser unless op determin
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -25,6 +26,7 @@ from gapsweep.storage.queries import TrialRecord
 from gapsweep.storage.reader import get_trial, study_reference
 from gapsweep.sweeps.data import datasets
 from gapsweep.search_spaces.hypermodel import FitSettings
+from gapsweep.sweeps.data.cv import k_folds
 from gapsweep.sweeps.data.datasets import Splits
 from gapsweep.sweeps.run.config import SweepConfig, stored_sweep
 from gapsweep.sweeps.run.launch import load_hypermodel
@@ -139,13 +141,17 @@ def rerun(study: str, number: int, storage: str | None = None, *, code_dir: str 
             "rerun a complete trial"
         )
     splits = datasets.load(config.data, config.code_dir)
-    result = retrain(
-        config, trial.summary()["params"], int(repro["seed"]), splits, initial=initial_weights(config, trial, splits)
+    params, seed = trial.summary()["params"], int(repro["seed"])
+    # Under cv the recorded val loss is the mean over the study's folds, fold i trained with seed + i.
+    folds = k_folds(splits, config.objective.cv, config.seed)[0] if config.objective.cv else [splits]
+    val_loss = statistics.fmean(
+        retrain(config, params, seed + index, fold, initial=initial_weights(config, trial, fold)).score.val_loss
+        for index, fold in enumerate(folds)
     )
     recorded = float(trial.attrs[trial_keys.VAL_LOSS])
     resumed = trial.attrs.get(trial_keys.RESUMED_FROM_EPOCH)
     return Rerun(
-        study, number, recorded, result.score.val_loss, str(repro["data_fingerprint"]), splits.fingerprint,
+        study, number, recorded, val_loss, str(repro["data_fingerprint"]), splits.fingerprint,
         resumed_from_epoch=int(resumed) if resumed is not None else None,
     )
 
