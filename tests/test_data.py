@@ -138,6 +138,8 @@ def test_a_csv_as_it_comes(tmp_path: Path):
         ("a,a,label\n1,2,x\n", {}, "column 'a' appears twice in the header"),
         ("a,label\n1,x\n2,y\n", {"ignore": ["nope"]}, "has no column 'nope'"),
         ("a,label\n1,x\n2\n", {}, "line 3 has 1 cells but the header has 2"),
+        ("customer id,a,label\n" + "".join(f"u{i},{i},{i % 2}\n" for i in range(30)), {},
+         "leave it out with data.ignore (--ignore 'customer id')"),
         ("km/h,km_h,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(30)), {},
          "columns 'km/h' and 'km_h' would both be the model input 'km_h'"),
     ],

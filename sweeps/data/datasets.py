@@ -21,6 +21,7 @@ import functools
 import hashlib
 import math
 import os
+import shlex
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -454,7 +455,7 @@ def _feature(name: str, cells: list[str], missing: str) -> np.ndarray:
     """One feature column: float32 with NaN for gaps, or text (a category) with "" for gaps."""
     gaps = [row for row, cell in enumerate(cells) if _missing(cell)]
     if len(gaps) == len(cells):
-        raise DataError(f"column '{name}' is empty; leave it out with data.ignore (--ignore {name})")
+        raise DataError(f"column '{name}' is empty; leave it out with data.ignore (--ignore {shlex.quote(name)})")
     if gaps and missing == "refuse":
         raise DataError(
             f"column '{name}' has {len(gaps)} empty cell(s), the first on data row {gaps[0] + 1}; "
@@ -479,7 +480,7 @@ def _feature(name: str, cells: list[str], missing: str) -> np.ndarray:
     if filled >= _ID_MIN_ROWS and distinct >= _ID_SHARE * filled:
         raise DataError(
             f"column '{name}' looks like an identifier or free text ({distinct} distinct values in {filled} rows), "
-            f"not a category; leave it out with data.ignore (--ignore {name})"
+            f"not a category; leave it out with data.ignore (--ignore {shlex.quote(name)})"
         )
     return np.array(["" if _missing(cell) else cell for cell in cells], dtype=object)
 
