@@ -577,14 +577,15 @@ def _ready_line(config: Any, *, as_json: bool = False) -> str:
     from sqlalchemy.engine import URL
 
     from gapsweep.search_spaces.code_refs import is_ref
-    from gapsweep.storage.url import chosen, journal_path, parse
+    from gapsweep.storage.url import chosen, journal_path, parse, passwords
 
     if journal_path(config.storage) is not None:
         storage, note = chosen(config.storage), ""  # a file path: nothing secret in it
     else:
         url = parse(config.storage)
-        note = "" if url.password is None else " (the password is left out: give the workers PGPASSWORD or a ~/.pgpass)"
-        url = URL.create(url.drivername.split("+")[0], url.username, None, url.host, url.port, url.database, url.query)
+        note = "" if not passwords(url) else " (the password is left out: give the workers PGPASSWORD or a ~/.pgpass)"
+        query = {key: value for key, value in url.query.items() if key.lower() != "password"}  # ?password= too
+        url = URL.create(url.drivername.split("+")[0], url.username, None, url.host, url.port, url.database, query)
         storage = url.render_as_string(hide_password=False)
     flags = f"--study {shlex.quote(config.study)} --storage {shlex.quote(storage)}"
     if config.hypermodel is not None or is_ref(str(config.data.source)):

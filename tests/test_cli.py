@@ -187,6 +187,15 @@ def test_create_only_prints_a_worker_command_that_pastes(postgres_url, tmp_path,
     assert "S3cret" not in json.dumps(ready) and ready["note"].startswith("the password is left out")
 
 
+def test_create_only_leaves_out_a_password_given_in_the_query(postgres_url, capsys):
+    """libpq also takes the password as ?password=; the worker command must not print it."""
+    with_password = f"{postgres_url}&password=S3cret"
+    assert main(["launch", "--data", "wine", "--study", "ready", "--create-only", "--storage", with_password]) == 0
+    out = capsys.readouterr().out.strip()
+    assert "S3cret" not in out and "password=" not in out and "options=" in out
+    assert out.endswith("(the password is left out: give the workers PGPASSWORD or a ~/.pgpass)")
+
+
 @pytest.mark.parametrize("script", ["best_trials.py", "launch_sweep.py"])
 def test_the_example_scripts_end_a_users_mistake_in_one_line(tmp_path, script):
     """What a user copies from scripts/ should show how to keep a mistake to one line."""
