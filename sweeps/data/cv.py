@@ -17,14 +17,21 @@ from gapsweep.errors import DataError
 from gapsweep.sweeps.data.datasets import Splits
 
 
+def check_folds(splits: Splits, k: int) -> None:
+    """Refuse a ``k`` that leaves a fold under 2 rows: checked before a study is written, so the
+    mistake leaves nothing behind in the database."""
+    n = len(splits.x_train) + len(splits.x_val)
+    if k > n // 2:
+        raise DataError(f"{n} training and val rows cannot make {k} folds of at least 2 rows; lower --cv")
+
+
 def k_folds(splits: Splits, k: int, seed: int) -> tuple[list[Splits], list[np.ndarray]]:
     """``k`` train/val splits carved from ``splits``' training and val rows, and the rows each
     fold holds out (indices into the training rows followed by the val rows)."""
+    check_folds(splits, k)
     x = np.concatenate([splits.x_train, splits.x_val])
     y = np.concatenate([splits.y_train, splits.y_val])
     n = len(x)
-    if k > n // 2:
-        raise DataError(f"{n} training and val rows cannot make {k} folds of at least 2 rows; lower --cv")
     order = np.random.default_rng(seed).permutation(n)
     if splits.task.task == "classification":
         # Dealt round the folds class by class: each fold holds every class in proportion.

@@ -52,6 +52,7 @@ from gapsweep.sweeps.data import datasets, in_memory
 from gapsweep.sweeps.run.config import SweepConfig, stored_data
 from gapsweep.sweeps.run.jobs import TRIALS_PER_PROCESS, JobPool, JobSpec, parse_gpus, usable_cores, use_device
 from gapsweep.sweeps.run.reference import fit_reference, linear_start, linear_weights
+from gapsweep.sweeps.data.cv import check_folds
 from gapsweep.sweeps.data.datasets import Splits
 from gapsweep.sweeps.trial.checkpoints import checkpoint_interval
 from gapsweep.sweeps.trial.models import ModelKeeper
@@ -114,6 +115,8 @@ def prepare(config: SweepConfig, *, salt: str | None = None, allow_objective_cha
     config.code()  # a hypermodel or data loader file outside the project folder is refused before anything runs
     config.data_code()
     splits = datasets.load(config.data, config.code_dir)
+    if config.objective.cv:
+        check_folds(splits, config.objective.cv)
     hypermodel = load_hypermodel(config, splits)
     if config.baseline is not None:
         _check_baseline(config.baseline, hypermodel)
