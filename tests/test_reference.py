@@ -51,6 +51,14 @@ def test_the_reference_is_the_best_of_its_grid_on_the_val_rows():
     assert folds["val_loss"] != found["val_loss"]
 
 
+def test_no_reference_when_a_folds_training_rows_hold_one_class(tmp_path):
+    """A class with one labelled row leaves some fold's training rows without it: nothing to fit."""
+    path = tmp_path / "one_b.csv"
+    path.write_text("x,c\n" + "".join(f"{i},{'b' if i == 6 else 'a'}\n" for i in range(7)))
+    splits = load(DataSpec(str(path), target="c"))
+    assert fit_reference(splits, cv=2, seed=0) is None
+
+
 @pytest.mark.slow
 def test_per_example_losses_match_keras_pure_loss_metric():
     from gapsweep.search_spaces.builder import build_model

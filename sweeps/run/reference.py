@@ -48,11 +48,11 @@ LINEAR_LEARNING_RATE = 1e-3
 
 def fit_reference(splits: Splits, *, cv: int = 0, seed: int = 0) -> dict[str, Any] | None:
     """The reference for ``splits``: fitted on the training rows, its strength chosen by val loss
-    (on the trials' ``cv`` folds of the training and val rows when ``cv`` > 1). None when the training rows hold a
-    single class (there is nothing to fit)."""
-    if splits.task.task == "classification" and len(np.unique(splits.y_train)) < 2:
-        return None
+    (on the trials' ``cv`` folds of the training and val rows when ``cv`` > 1). None when the training rows (a
+    fold's, under ``cv``) hold a single class (there is nothing to fit)."""
     parts = k_folds(splits, cv, seed)[0] if cv > 1 else [splits]
+    if splits.task.task == "classification" and any(len(np.unique(part.y_train)) < 2 for part in parts):
+        return None
     grid = []
     for strength in GRID:
         val = statistics.fmean(float(_val_losses(part, strength).mean()) for part in parts)
