@@ -194,16 +194,18 @@ def _synthetic(options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
             f"unknown synthetic data option(s) {', '.join(sorted(unknown))}; "
             f"known: {', '.join(sorted(known))}"
         )
-    n_samples = int(options.get("n_samples", 2000))
-    n_features = int(options.get("n_features", 100))
-    n_classes = int(options.get("n_classes", 4))
-    n_informative = int(options.get("n_informative", min(10, n_features)))
-    noise = float(options.get("noise", 1.5))
-    if min(n_samples, n_features, n_classes, n_informative) < 1 or n_classes < 2:
-        raise DataError("synthetic data needs n_samples, n_features, n_informative >= 1 and n_classes >= 2")
+    # Checked as given: int() would take 1.5 as 1 and float() would raise on text, far from the option.
+    n_samples = checks.whole("synthetic option n_samples", options.get("n_samples", 2000), 1, error=DataError)
+    n_features = checks.whole("synthetic option n_features", options.get("n_features", 100), 1, error=DataError)
+    n_classes = checks.whole("synthetic option n_classes", options.get("n_classes", 4), 2, error=DataError)
+    n_informative = checks.whole(
+        "synthetic option n_informative", options.get("n_informative", min(10, n_features)), 1, error=DataError
+    )
+    noise = checks.number("synthetic option noise", options.get("noise", 1.5), error=DataError)
+    seed = checks.whole("synthetic option seed", options.get("seed", 0), 0, error=DataError)
     if n_informative > n_features:
         raise DataError(f"n_informative ({n_informative}) cannot exceed n_features ({n_features})")
-    rng = np.random.default_rng(int(options.get("seed", 0)))
+    rng = np.random.default_rng(seed)
     centers = rng.normal(size=(n_classes, n_informative))
     y = rng.integers(0, n_classes, size=n_samples)
     informative = centers[y] + noise * rng.normal(size=(n_samples, n_informative))
