@@ -42,6 +42,9 @@ def short_labels():
     digits = load_digits()
     return digits.data, digits.target[:-1]
 
+def broken():
+    raise OSError("the share is not mounted")
+
 not_a_function = 3
 """
 
@@ -153,12 +156,15 @@ def test_a_loader_is_imported_from_the_project_folder_and_its_mistakes_are_one_l
         ("loaders.py:not_a_function", DataError, "data loader 'loaders.py:not_a_function' is a int, not a function"),
         ("loaders.py:no_labels", DataError, "what data loader 'loaders.py:no_labels' returned is one array of shape (1797, 64) (no labels)"),
         ("loaders.py:short_labels", DataError, "data loader 'loaders.py:short_labels': x has 1797 rows but y has 1796"),
+        ("loaders.py:broken", DataError, "calling data loader 'loaders.py:broken' raised OSError: the share is not mounted"),
     ]
     (tmp_path / "outside.py").write_text(LOADERS)
     for source, error, says in cases:
         with pytest.raises(error) as caught:
             load(DataSpec(source), project)
         assert says in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(DataError, match="raised TypeError: load\\(\\) got an unexpected keyword argument 'row'"):
+        load(DataSpec("loaders.py:load", options={"row": 3}), project)  # a misspelt data.options key
 
 
 def test_a_sweep_file_stores_its_loader_relative_to_its_folder(tmp_path: Path):

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from gapsweep import checks
-from gapsweep.errors import DataError
+from gapsweep.errors import DataError, one_line
 from gapsweep.search_spaces import code_refs
 from gapsweep.search_spaces.builder import TaskSpec
 from gapsweep.search_spaces.loader import python_object
@@ -315,7 +315,11 @@ def _call_loader(spec: DataSpec, project: str | Path | None) -> tuple[InMemoryDa
     loader = python_object(ref.importable, "data loader")
     if not callable(loader):
         raise DataError(f"{where} is a {type(loader).__name__}, not a function; name a function that returns the data")
-    return in_memory.capture(loader(**spec.options), f"what {where} returned"), where
+    try:
+        data = loader(**spec.options)
+    except Exception as exc:  # the user's code ran: whatever it raises (a wrong data.options key too) is one line
+        raise DataError(f"calling {where} raised {one_line(exc)}") from None
+    return in_memory.capture(data, f"what {where} returned"), where
 
 
 def _npz_arrays(path: Path, how: str) -> dict[str, np.ndarray]:
