@@ -353,6 +353,7 @@ def prepared(
     this process's preparing; they wait for ``run_parallel`` (or end unused if preparing fails).
     The study's connections and every job are closed on the way out.
     """
+    check_log_file(log_file)
     threads = 1 if jobs == 1 else max(1, usable_cores() // jobs)
     set_threads(threads)  # TensorFlow starts later: with a hypermodel's check, or the first trial
     pool = JobPool(_job_spec(config, gpus, log_file), jobs - 1, threads=threads) if jobs > 1 else None
@@ -635,6 +636,18 @@ def default_log_path(storage: str | None) -> Path:
         return Path(f"{journal}.errors")
     path = sqlite_path(parse(storage))
     return path.with_suffix(".log") if path is not None else Path("gapsweep.log")
+
+
+def check_log_file(log_file: str | Path | None) -> None:
+    """Refuse a log file that cannot be written before anything runs: it is opened on the first
+    failed trial, where a missing folder would end the sweep in a traceback."""
+    if log_file is None:
+        return
+    path = Path(log_file)
+    if path.is_dir():
+        raise ConfigError(f"--log-file {path} is a folder; name a file in it, e.g. {path / 'gapsweep.log'}")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--log-file {path}: the folder {path.parent} does not exist; create it or choose another path")
 
 
 @contextlib.contextmanager

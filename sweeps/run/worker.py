@@ -21,7 +21,7 @@ from typing import Sequence
 
 from gapsweep import checks
 from gapsweep.sweeps.run.config import SweepConfig
-from gapsweep.sweeps.run.launch import graceful_stop, has_work, prepare, run_trials
+from gapsweep.sweeps.run.launch import check_log_file, graceful_stop, has_work, prepare, run_trials
 
 
 def work(
@@ -43,6 +43,7 @@ def work(
     no trial starts (it survives the re-exec, where a timeout would restart).
     """
     checks.whole("--trials-per-process", trials_per_process, 1)
+    check_log_file(log_file)
     sweep = prepare(config, salt=f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}")
     sweep.job = job
     try:
