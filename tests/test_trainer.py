@@ -8,6 +8,7 @@ import pytest
 
 from gapsweep.search_spaces.hypermodel import SpaceHypermodel
 from gapsweep.storage import artifacts
+from gapsweep.storage.backend import SqlBackend
 from gapsweep.storage.engine import open_storage
 from gapsweep.sweeps.trial.checkpoints import CheckpointStore, TrainingState
 from gapsweep.search_spaces.space import SearchSpace
@@ -200,9 +201,10 @@ class _CountingStore(CheckpointStore):
 
 @pytest.mark.parametrize(("interval", "expected"), [(0.0, [0, 1, 2, 3]), (3600.0, [])])
 def test_checkpoints_are_taken_by_time_not_by_epoch(digits, sqlite_url, interval, expected):
-    engine = open_storage(sqlite_url).engine
+    storage = open_storage(sqlite_url)
+    engine = storage.engine
     artifacts.ensure_schema(engine)
-    store = _CountingStore(engine, "ckpt", 0, interval=interval)
+    store = _CountingStore(SqlBackend(storage), "ckpt", 0, interval=interval)
     store.saved = []
     params = {"units": 16, "n_layers": 1, "epochs": 4, "learning_rate": 1e-2}
     train_params(params, digits, scoring=1.0, patience=10, seed=0, checkpoints=store)
