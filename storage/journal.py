@@ -55,8 +55,10 @@ def open_journal(path: Path, **heartbeats: Any) -> optuna.storages.JournalStorag
         if heartbeats:
             return HeartbeatJournalStorage(backend, **heartbeats)
         return optuna.storages.JournalStorage(backend)
-    except (OSError, ValueError) as exc:
-        raise StorageError(f"cannot use journal {path}: {exc}") from None
+    except ValueError:  # a line that is not JSON: another kind of file
+        raise StorageError(f"{path} is not an Optuna journal file; point --storage at one, or at a new path") from None
+    except OSError as exc:
+        raise StorageError(f"cannot use journal {path}: {exc.strerror or exc}") from None
 
 
 def snapshot(path: Path, flag: str = "--storage") -> Engine:

@@ -150,6 +150,11 @@ def test_create_only_on_a_journal_gives_the_worker_command_and_mistakes_are_one_
     assert err.count("\n") == 1 and f"folder {tmp_path / 'nowhere'} does not exist" in err
     assert main(["best", "--study", "j", "--storage", f"journal:///{tmp_path / 'none.log'}"]) == 1
     assert f"no journal at {tmp_path / 'none.log'}" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("not a journal\nat all\n")
+    assert main(["best", "--study", "j", "--storage", f"journal:///{tmp_path / 'notes.txt'}"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"gapsweep: error: {tmp_path / 'notes.txt'} is not an Optuna journal file; point --storage at one, or at a new path"
+    )
 
 
 def test_studies_tells_a_live_trial_on_a_journal_from_a_stale_one(tmp_path):
