@@ -191,8 +191,13 @@ class JournalBackend:
     def _set(self, study: str, key: str, value: Any) -> None:
         self.storage.set_study_system_attr(self.storage.get_study_id_from_name(study), key, value)
 
-    def _bytes_store(self, store: ArtifactStore | None) -> ArtifactStore:
-        return self.own_store if store is None or store.in_database else store
+    def _bytes_store(self, study: str, store: ArtifactStore | None) -> ArtifactStore:
+        """Where the bytes go: ``store``, or (None) the one ``study`` was launched with; the
+        folder beside the log for the ``database`` store."""
+        if store is None:
+            study_id = self.storage.get_study_id_from_name(study)
+            store = open_store((self.storage.get_study_user_attrs(study_id).get(CONFIG_ATTR) or {}).get(ARTIFACTS_KEY))
+        return self.own_store if store.in_database else store
 
     def save_artifact(
         self, study: str, trial_number: int, kind: str, data: bytes, *, store: ArtifactStore | None = None,
@@ -200,7 +205,7 @@ class JournalBackend:
     ) -> None:
         """The bytes first, under an id of their own, then the index entry that points at them,
         then the bytes it replaced: a worker killed between two leaves unreferenced bytes only."""
-        store = self._bytes_store(store)
+        store = self._bytes_store(study, store)
         key = ARTIFACT_RECORD.format(kind=kind, number=trial_number)
         replaced = (self._attrs(study).get(key) or {}).get("location")
         location = store.put(artifact_name(study, trial_number, kind), data, artifacts.SUFFIXES.get(kind, ""))
@@ -214,7 +219,7 @@ class JournalBackend:
         entry = self._attrs(study).get(ARTIFACT_RECORD.format(kind=kind, number=trial_number))
         if not entry:
             return None
-        data = self._bytes_store(store).get(entry["location"])
+        data = self._bytes_store(study, store).get(entry["location"])
         if data is None:
             return None
         return artifacts.Artifact(study, trial_number, kind, entry["epoch"], entry["meta"], data, entry["location"])
@@ -231,22 +236,17 @@ class JournalBackend:
                 self._set(study, key, None)
                 dropped.append(attrs[key]["location"])
         if dropped:
-            self._bytes_store(store).remove(dropped)
+            self._bytes_store(study, store).remove(dropped)
         return len(dropped)
 
     def save_val_losses(self, study: str, trial_number: int, losses: Sequence[float], *, epoch: int | None) -> None:
         self._set(study, VAL_LOSSES_RECORD.format(number=trial_number), {"epoch": epoch, "losses": list(losses)})
 
     def delete_study(self, study: str) -> int:
-        study_id = self.storage.get_study_id_from_name(study)
-        config = self.storage.get_study_user_attrs(study_id).get(CONFIG_ATTR) or {}
         prefix = ARTIFACT_RECORD.split("{")[0]
-        locations = [
-            entry["location"] for key, entry in self.storage.get_study_system_attrs(study_id).items()
-            if key.startswith(prefix) and entry
-        ]
-        self._bytes_store(open_store(config.get(ARTIFACTS_KEY))).remove(locations)
-        self.storage.delete_study(study_id)
+        locations = [entry["location"] for key, entry in self._attrs(study).items() if key.startswith(prefix) and entry]
+        self._bytes_store(study, None).remove(locations)
+        self.storage.delete_study(self.storage.get_study_id_from_name(study))
         return len(locations)
 
     def failure(self, exc: BaseException) -> StorageError:

@@ -3,6 +3,7 @@ write through Optuna's storage API (no database server, no SQL file beside the l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -97,6 +98,20 @@ def test_a_sweep_on_a_journal_file_keeps_the_budget_and_answers_every_reading_co
     assert "deleted study 'j' and 2 stored model(s)" in capsys.readouterr().out
     assert list_studies(url) == [] and not list((tmp_path / "sweeps.log.artifacts").iterdir())
     assert best_trials("j", target, k=1)[0].number == best.number  # the copy keeps its own
+
+
+@pytest.mark.slow
+def test_a_journal_study_keeps_its_models_in_the_store_it_names(journal, tiny_space, tmp_path):
+    url, _ = journal
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    config = dataclasses.replace(_config(url, tiny_space, trials=2, epochs=2, keep=1), artifacts=str(shared))
+    launch(config, progress=False)
+    (kept,) = shared.iterdir()
+    assert kept.suffix == ".keras" and not list((tmp_path / "sweeps.log.artifacts").iterdir())
+    export_best("j", tmp_path / "best.keras", storage=url)  # read through the snapshot's index
+    assert keras.models.load_model(tmp_path / "best.keras") is not None
+    assert main(["delete", "j", "--storage", url, "--yes"]) == 0 and not list(shared.iterdir())
 
 
 @pytest.mark.slow
