@@ -23,7 +23,7 @@ from gapsweep.storage import artifacts, queries, trial_keys, val_losses
 from gapsweep.storage.artifact_store import CONFIG_KEY as ARTIFACTS_KEY, ArtifactStore, artifact_name, open_store
 from gapsweep.storage.engine import describe_failure, heartbeat_settings
 from gapsweep.storage.heartbeats import open_crash_safe_storage, quiet_experimental, reap, retry_stale_trials
-from gapsweep.storage.journal import ARTIFACT_RECORD, VAL_LOSSES_RECORD, open_journal
+from gapsweep.storage.journal import ARTIFACT_PREFIX, ARTIFACT_RECORD, VAL_LOSSES_RECORD, open_journal, own_folder
 from gapsweep.storage.locks import StudyLock
 from gapsweep.storage.studies import CONFIG_ATTR
 from gapsweep.storage.url import journal_path
@@ -151,7 +151,7 @@ class JournalBackend:
                 failed_trial_callback=retry_stale_trials(),
             )
         #: Where the bytes of a study whose store is ``database`` go: beside the log.
-        folder = Path(f"{path.resolve()}.artifacts")
+        folder = own_folder(path)
         try:
             folder.mkdir(exist_ok=True)
         except OSError as exc:
@@ -243,8 +243,7 @@ class JournalBackend:
         self._set(study, VAL_LOSSES_RECORD.format(number=trial_number), {"epoch": epoch, "losses": list(losses)})
 
     def delete_study(self, study: str) -> int:
-        prefix = ARTIFACT_RECORD.split("{")[0]
-        locations = [entry["location"] for key, entry in self._attrs(study).items() if key.startswith(prefix) and entry]
+        locations = [entry["location"] for key, entry in self._attrs(study).items() if key.startswith(ARTIFACT_PREFIX) and entry]
         self._bytes_store(study, None).remove(locations)
         self.storage.delete_study(self.storage.get_study_id_from_name(study))
         return len(locations)

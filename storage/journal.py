@@ -32,15 +32,22 @@ from sqlalchemy.engine import Engine
 
 from gapsweep.errors import StorageError
 from gapsweep.storage import artifacts, val_losses
-from gapsweep.storage.artifact_store import open_store
+from gapsweep.storage.artifact_store import CONFIG_KEY, DATABASE, canonical, open_store
 from gapsweep.storage.optuna_tables import JOURNAL_HEARTBEAT, HeartbeatJournalStorage, studies, trial_heartbeats, trials
 from gapsweep.storage.studies import CONFIG_ATTR, quiet_optuna
 from gapsweep.storage.url import JOURNAL_SCHEME
 
 #: Study system attributes that hold gapsweep's records of a trial (written by
 #: ``backend.JournalBackend``, read into a snapshot's tables by ``snapshot``).
-ARTIFACT_RECORD = "gapsweep:artifact:{kind}:{number}"
-VAL_LOSSES_RECORD = "gapsweep:val_losses:{number}"
+ARTIFACT_PREFIX = "gapsweep:artifact:"
+ARTIFACT_RECORD = ARTIFACT_PREFIX + "{kind}:{number}"
+VAL_LOSSES_PREFIX = "gapsweep:val_losses:"
+VAL_LOSSES_RECORD = VAL_LOSSES_PREFIX + "{number}"
+
+
+def own_folder(path: Path) -> Path:
+    """The folder beside a journal that holds the bytes of its studies' default store."""
+    return Path(f"{path.resolve()}.artifacts")
 
 
 def open_journal(path: Path, **heartbeats: Any) -> optuna.storages.JournalStorage:
@@ -102,12 +109,11 @@ def _heartbeats(engine: Engine, study: str, beats: dict[int, float]) -> None:
 def _index(engine: Engine, study: str, records: dict[str, Any], user_attrs: dict[str, Any], path: Path) -> None:
     """gapsweep's rows of one study in the snapshot: artifacts where the study's store has them
     (a default store's bytes are read into the rows, as a database keeps them), val losses."""
-    store_url = (user_attrs.get(CONFIG_ATTR) or {}).get("artifacts")
-    own = store_url in (None, "database")
-    store = open_store(f"file://{path.resolve()}.artifacts") if own else None
+    own = canonical((user_attrs.get(CONFIG_ATTR) or {}).get(CONFIG_KEY)) == DATABASE
+    store = open_store(f"file://{own_folder(path)}") if own else None
     rows = []
     for key, entry in records.items():
-        if not entry or not key.startswith(ARTIFACT_RECORD.split("{")[0]):
+        if not entry or not key.startswith(ARTIFACT_PREFIX):
             continue
         _, _, kind, number = key.split(":")
         data = store.get(entry["location"]) if store is not None else b""
@@ -120,5 +126,5 @@ def _index(engine: Engine, study: str, records: dict[str, Any], user_attrs: dict
         })
     artifacts.index_rows(engine, rows)
     for key, entry in records.items():
-        if entry and key.startswith(VAL_LOSSES_RECORD.split("{")[0]):
+        if entry and key.startswith(VAL_LOSSES_PREFIX):
             val_losses.save(engine, study, int(key.rsplit(":", 1)[1]), entry["losses"], epoch=entry["epoch"])
