@@ -93,6 +93,13 @@ def fake_study(folder: Path, url: str) -> None:
     add_mixed_trials(study)
 
 
+def study_keeping_no_models(folder: Path, url: str) -> None:
+    """A study launched with ``keep_models = 0``: no trial has a stored model, by choice."""
+    study = optuna.create_study(study_name="real", storage=url)
+    study.set_user_attr("gapsweep.config", {"objective": {"gap_penalty": 1.0, "patience": 5, "keep_models": 0}})
+    add_mixed_trials(study)
+
+
 def study_with_fixed_epochs(folder: Path, url: str) -> None:
     """A study whose space fixes epochs: a user attribute of each trial, not an Optuna parameter."""
     study = optuna.create_study(study_name="real", storage=url)
@@ -266,6 +273,10 @@ CASES = [
     Case("export-a-failed-trial", command("export", "real", "--out", "m.keras", "--trial", "5"),
          "(it failed: no refit can train it again either)", fake_study),
     Case("export-without-a-model", command("export", "real", "--out", "m.keras"), "has no stored model", fake_study),
+    Case(
+        "export-of-a-study-keeping-no-models", command("export", "real", "--out", "m.keras"),
+        "study 'real' keeps no trained models (objective.keep_models = 0); add --refit to train it again", study_keeping_no_models,
+    ),
     Case("predict-a-model-file-as-the-study", command("predict", "m.keras", "--data", "new.csv", "--out", "p.csv"),
          "m.keras is a model file, not a study: pass it as --model m.keras", both(write("m.keras", "zip"), write("new.csv", "a\n1\n"))),
     Case("report-to-a-folder", command("report", "--study", "real", "--out", "."), "is a folder", fake_study),

@@ -37,6 +37,7 @@ from gapsweep.errors import ConfigError, StudyNotFoundError
 from gapsweep.storage import artifacts, queries
 from gapsweep.storage.engine import reading
 from gapsweep.storage.queries import TrialRecord
+from gapsweep.storage.studies import CONFIG_ATTR
 from gapsweep.sweeps.analysis.reproduce import initial_weights, train_and_val
 from gapsweep.sweeps.analysis.reproduce import refit as refit_trial
 from gapsweep.sweeps.data import losses
@@ -328,10 +329,13 @@ def best_artifact(
         trial = _chosen(engine, study, trial)
         found = artifacts.load(engine, study, trial, artifacts.MODEL) if artifacts.schema_version(engine) else None
         state = queries.get_trial(engine, study, trial).state if found is None else "COMPLETE"
+        objective = (queries.study_user_attrs(engine, study).get(CONFIG_ATTR) or {}).get("objective") or {}
     if found is None:
         # Refit retrains a complete trial only; a pruned or failed one has no best epoch to retrain to.
         status = "it failed" if state == "FAIL" else f"it is {state.lower()}"  # Optuna's FAIL is no adjective
         fix = f", or {retrain}" if state == "COMPLETE" else f" ({status}: no refit can train it again either)"
+        if objective.get("keep_models") == 0 and state == "COMPLETE":
+            raise StudyNotFoundError(f"study '{study}' keeps no trained models (objective.keep_models = 0); {retrain}")
         raise StudyNotFoundError(
             f"trial {trial} of study '{study}' has no stored model (models are kept for the top trials only); "
             f"pass --trial with one of the best trials{fix}"
