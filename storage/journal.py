@@ -68,12 +68,28 @@ def open_journal(path: Path, **heartbeats: Any) -> optuna.storages.JournalStorag
         raise StorageError(f"cannot use journal {path}: {exc.strerror or exc}") from None
 
 
+#: This process's snapshot of each journal, with the log's size and modification time when it
+#: was made: one command reads a study several times (``best``: four), and the log only grows.
+_snapshots: dict[Path, tuple[tuple[int, int], Engine]] = {}
+
+
 def snapshot(path: Path, flag: str = "--storage") -> Engine:
     """A SQLite copy of every study in the journal, with gapsweep's tables rebuilt from its
     records, for the commands that read results: their SQL runs on it unchanged. The copy lives
-    in a temporary folder removed with the engine."""
+    in a temporary folder removed with the engine; it is made again only once the log changed."""
     if not path.is_file():
         raise StorageError(f"no journal at {path}; launch a sweep first or pass {flag} URL")
+    stat = path.stat()
+    state = (stat.st_size, stat.st_mtime_ns)
+    made = _snapshots.get(path.resolve())
+    if made is not None and made[0] == state:
+        return made[1]  # a disposed engine opens a fresh pool on its next use
+    engine = _copy(path)
+    _snapshots[path.resolve()] = (state, engine)
+    return engine
+
+
+def _copy(path: Path) -> Engine:
     source = open_journal(path)
     folder = tempfile.mkdtemp(prefix="gapsweep-journal-")
     target = optuna.storages.RDBStorage(f"sqlite:///{os.path.join(folder, 'snapshot.db')}")

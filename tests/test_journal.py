@@ -20,6 +20,7 @@ from kill_resume import assert_resumed, backend_checkpoints, kill_at_first_check
 from gapsweep.api import best_trials, list_studies, list_trials, migrate, select_trials
 from gapsweep.cli import main
 from gapsweep.storage.backend import JournalBackend
+from gapsweep.storage.engine import connect_existing
 from gapsweep.sweeps.analysis.export import export_best
 from gapsweep.sweeps.data.datasets import DataSpec, load
 from gapsweep.sweeps.run.config import SweepConfig
@@ -184,4 +185,15 @@ def test_studies_tells_a_live_trial_on_a_journal_from_a_stale_one(tmp_path):
     (summary,) = list_studies(url)
     assert (summary.counts["RUNNING"], summary.counts["STALE"]) == (1, 1)
     assert backend.storage._get_stale_trial_ids(study._study_id) == [silent._trial_id]
+
+
+def test_a_journal_is_copied_once_per_state_of_its_log(tmp_path):
+    """A command reads a study several times; the snapshot is made again only once the log grew."""
+    url, path = f"journal:///{tmp_path / 'sweeps.log'}", tmp_path / "sweeps.log"
+    optuna.create_study(study_name="one", storage=_optuna_journal(path))
+    first = connect_existing(url)
+    first.dispose()  # as every reader does when it is done
+    assert connect_existing(url) is first and [s.name for s in list_studies(url)] == ["one"]
+    optuna.create_study(study_name="two", storage=_optuna_journal(path))
+    assert connect_existing(url) is not first and [s.name for s in list_studies(url)] == ["one", "two"]
 
