@@ -283,6 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
     reap.add_argument("--json", action="store_true", help="print the result as JSON")
     reap.set_defaults(run=_cmd_reap)
 
+    proxy = commands.add_parser(
+        "proxy", help="serve a database to many workers through Optuna's gRPC storage proxy",
+        description="Serve the database to workers started with --storage grpc://HOST:PORT, through Optuna's gRPC "
+        "storage proxy: however many workers run, the database sees this process's few connections. The proxy admits "
+        "new trials against each study's budget, records the workers' heartbeats and reaps stale trials. Its workers "
+        "keep models and checkpoints in a store they all reach (launch with --artifacts file:///shared/folder or "
+        "s3://bucket/prefix). Read results from the database itself. Ctrl-C stops it.",
+    )
+    _storage_flag(proxy)
+    proxy.add_argument("--host", default="localhost", help="address to listen on (default localhost; 0.0.0.0: every interface)")
+    proxy.add_argument("--port", type=int, default=13000, help="port to listen on (default 13000)")
+    proxy.add_argument("--threads", type=int, default=16, help="requests served at once (default 16)")
+    proxy.set_defaults(run=_cmd_proxy)
+
     delete = commands.add_parser(
         "delete", help="remove a study and everything gapsweep stored for it",
         description="Delete a study: its trials, curves and configuration (Optuna's delete_study) and gapsweep's "
@@ -485,6 +499,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
     from gapsweep.api import baseline_trial, best_trials, list_studies
     from gapsweep.output import to_json, trials_table
+    from gapsweep.storage.url import proxy_address
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and table say it all
     from gapsweep.sweeps.run.jobs import default_jobs, parse_gpus
@@ -514,6 +529,11 @@ def _cmd_launch(args: argparse.Namespace) -> int:
             interrupted = sweep.stop_requested
         else:
             interrupted = run_parallel(sweep, pool, progress=progress, log_file=args.log_file)
+        proxied = proxy_address(config.storage) is not None
+        if proxied:  # the results' queries need the database itself
+            _print_proxied_summary(config.study, sweep.backend.state_counts(config.study), as_json=args.json)
+    if proxied:
+        return EXIT_INTERRUPTED if interrupted else 0
     top = best_trials(config.study, config.storage, args.top)
     counts = next(s.counts for s in list_studies(config.storage) if s.name == config.study)
     baseline = baseline_trial(config.study, config.storage)
@@ -539,6 +559,18 @@ def _cmd_launch(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _print_proxied_summary(study: str, counts: dict[str, int], *, as_json: bool) -> None:
+    """A launch through a storage proxy: the study's counts, and where its results are read."""
+    from gapsweep.output import to_json
+
+    where = f"read its results from the database the proxy serves (gapsweep best --study {shlex.quote(study)} --storage DATABASE_URL)"
+    if as_json:
+        print(to_json({"study": study, "counts": {state.lower(): n for state, n in counts.items()}, "best": None, "note": where}))
+        return
+    finished = ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n)
+    print(f"study '{study}': {finished or 'no trial yet'}; {where}")
 
 
 #: Fewer val rows than this make a val loss too noisy to rank trials by: launch says so.
@@ -577,10 +609,10 @@ def _ready_line(config: Any, *, as_json: bool = False) -> str:
     from sqlalchemy.engine import URL
 
     from gapsweep.search_spaces.code_refs import is_ref
-    from gapsweep.storage.url import chosen, journal_path, parse, passwords
+    from gapsweep.storage.url import chosen, journal_path, parse, passwords, proxy_address
 
-    if journal_path(config.storage) is not None:
-        storage, note = chosen(config.storage), ""  # a file path: nothing secret in it
+    if journal_path(config.storage) is not None or proxy_address(config.storage) is not None:
+        storage, note = chosen(config.storage), ""  # a file path or a proxy's address: nothing secret in it
     else:
         url = parse(config.storage)
         note = "" if not passwords(url) else " (the password is left out: give the workers PGPASSWORD or a ~/.pgpass)"
@@ -810,6 +842,16 @@ def _cmd_reap(args: argparse.Namespace) -> int:
 
     reaped = reap_study(args.study, args.storage)
     print(to_json({"study": args.study, "reaped": reaped}) if args.json else f"study '{args.study}': {len(reaped)} stale trial(s) failed and queued again {reaped or ''}".rstrip())
+    return 0
+
+
+def _cmd_proxy(args: argparse.Namespace) -> int:
+    from gapsweep import checks
+    from gapsweep.storage.proxy import serve
+
+    checks.whole("--port", args.port, 1)
+    checks.whole("--threads", args.threads, 1)
+    serve(args.storage, host=args.host, port=args.port, threads=args.threads)
     return 0
 
 

@@ -42,6 +42,11 @@ class SweepFailedError(GapsweepError):
     """A sweep stopped because its trials kept failing (e.g. every one diverged)."""
 
 
+class BudgetTaken(Exception):
+    """Not a mistake: a storage proxy refused a new trial because concurrent claims took the
+    study's budget first; the worker waits for running trials as it would have anyway."""
+
+
 def one_line(exc: BaseException) -> str:
     """``Type: the first line of its message`` (the type alone for an empty one): an error raised
     by the user's own code, told in one line without its traceback."""

@@ -212,6 +212,20 @@ def index_rows(engine: Engine, rows: list[dict[str, Any]]) -> None:
             conn.execute(sa.insert(artifacts_table), [{**row, "created_at": created} for row in rows])
 
 
+def set_index(engine: Engine, study: str, trial_number: int, kind: str, entry: dict[str, Any] | None) -> None:
+    """Point one artifact's row at bytes a worker stored already (``entry``: a ``records``
+    artifact record) or, for None, drop the row, in one transaction: how a storage proxy
+    mirrors its workers' records."""
+    with engine.begin() as conn:
+        conn.execute(sa.delete(artifacts_table).where(_where(study, trial_number, kind)))
+        if entry:
+            conn.execute(sa.insert(artifacts_table).values(
+                study_name=study, trial_number=trial_number, kind=kind, epoch=entry["epoch"],
+                meta_json=json.dumps(entry["meta"]), data=b"", location=entry["location"], size=entry["size"],
+                created_at=datetime.now(timezone.utc).replace(tzinfo=None),
+            ))
+
+
 def load(engine: Engine, study: str, trial_number: int, kind: str, *, store: ArtifactStore | None = None) -> Artifact | None:
     """One artifact with its bytes, read from ``store`` (None: the study's own) when not in its row."""
     columns = artifacts_table.c

@@ -5,8 +5,9 @@ and ranking without loading every trial, the index of kept models and checkpoint
 trial's per-example val losses. ``SqlBackend`` keeps them in SQL beside Optuna's tables (SQLite,
 PostgreSQL: fast queries, the default); ``JournalBackend`` keeps them in an Optuna journal file
 through Optuna's storage API, for machines that share a folder but no database server
-(``gapsweep.storage.journal``). Commands that only read a study go through ``engine.reading``,
-which serves a journal from a SQL snapshot of it.
+(``gapsweep.storage.journal``); ``ProxyBackend`` reaches a database through Optuna's gRPC storage
+proxy, which does the rest (``gapsweep.storage.proxy``). Commands that only read a study go
+through ``engine.reading``, which serves a journal from a SQL snapshot of it.
 """
 
 from __future__ import annotations
@@ -15,29 +16,43 @@ import collections
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+import grpc
 import optuna
 from sqlalchemy.exc import SQLAlchemyError
 
 from gapsweep.errors import StorageError
-from gapsweep.storage import artifacts, queries, trial_keys, val_losses
+from gapsweep.storage import artifacts, queries, records, trial_keys, val_losses
 from gapsweep.storage.artifact_store import CONFIG_KEY as ARTIFACTS_KEY, ArtifactStore, artifact_name, open_store
 from gapsweep.storage.engine import describe_failure, heartbeat_settings
 from gapsweep.storage.heartbeats import open_crash_safe_storage, quiet_experimental, reap, retry_stale_trials
-from gapsweep.storage.journal import ARTIFACT_PREFIX, ARTIFACT_RECORD, VAL_LOSSES_RECORD, open_journal, own_folder
+from gapsweep.storage.journal import open_journal, own_folder
 from gapsweep.storage.locks import StudyLock
+from gapsweep.storage.optuna_tables import HeartbeatGrpcProxy
 from gapsweep.storage.studies import CONFIG_ATTR
-from gapsweep.storage.url import journal_path
+from gapsweep.storage.url import journal_path, proxy_address
 
-#: The errors of a storage that a worker rides out (a dropped connection, a busy file).
-STORAGE_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, optuna.exceptions.StorageInternalError)
+#: The errors of a storage that a worker rides out (a dropped connection, a busy file, a proxy
+#: that restarts).
+STORAGE_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, optuna.exceptions.StorageInternalError, grpc.RpcError)
+
+#: Why a study behind a storage proxy cannot keep its models in the database.
+NO_BYTES_THROUGH_PROXY = (
+    "a worker behind a storage proxy keeps trained models and checkpoints in a store every worker reaches, "
+    "not in the database: launch the study with --artifacts file:///shared/folder or s3://bucket/prefix"
+)
+
+#: Seconds a worker waits for its storage proxy to answer before it gives up.
+PROXY_WAIT_S = 10.0
 
 
 class Backend(Protocol):
     """What a worker asks of the place its study lives, beyond Optuna's storage API."""
 
     storage: optuna.storages.BaseStorage
+    #: Whether a study launched with the ``database`` store can keep its models' bytes here.
+    holds_bytes: bool
 
-    def lock(self, study: str) -> StudyLock:
+    def lock(self, study: str) -> StudyLock | FreeLock:
         """The study-wide lock a claim holds while it checks the budget and creates its trial."""
 
     def reap(self, study: optuna.Study) -> None:
@@ -88,6 +103,8 @@ class Backend(Protocol):
 
 class SqlBackend:
     """Everything in one SQL database: Optuna's tables and gapsweep's (``artifacts``, ``val_losses``)."""
+
+    holds_bytes = True
 
     def __init__(self, storage: optuna.storages.RDBStorage) -> None:
         self.storage = storage
@@ -140,31 +157,25 @@ class SqlBackend:
         self.engine.dispose()
 
 
-class JournalBackend:
-    """A worker's records in the journal itself; see the module docstring."""
+class ApiBackend:
+    """A worker's records through Optuna's storage API alone (``records``), for storages that are
+    not a SQL database at hand: a journal file, a storage proxy. Subclasses give the storage,
+    the claim lock, reaping and where a ``database`` store's bytes go."""
 
-    def __init__(self, path: Path, *, heartbeat_interval: int, grace_period: int) -> None:
-        self.path = path
-        with quiet_experimental():
-            self.storage = open_journal(
-                path, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                failed_trial_callback=retry_stale_trials(),
-            )
-        #: Where the bytes of a study whose store is ``database`` go: beside the log.
-        folder = own_folder(path)
-        try:
-            folder.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"cannot create {folder} beside journal {path}: {exc.strerror}") from None
-        self.own_store = open_store(f"file://{folder}")
+    storage: optuna.storages.BaseStorage
 
-    def lock(self, study: str) -> StudyLock:
-        # Not ``<log>.lock``: Optuna's own lock of the log is a symlink of that name.
-        return StudyLock(Path(f"{self.path}.claim-lock"), study)
+    def lock(self, study: str) -> StudyLock | FreeLock:
+        raise NotImplementedError
 
     def reap(self, study: optuna.Study) -> None:
-        with quiet_experimental():
-            optuna.storages.fail_stale_trials(study)
+        raise NotImplementedError
+
+    def own_store(self) -> ArtifactStore:
+        """Where the bytes of a study whose store is ``database`` go."""
+        raise NotImplementedError
+
+    def failure(self, exc: BaseException) -> StorageError:
+        raise NotImplementedError
 
     def _trials(self, study: str, states: Sequence[str] | None = None) -> list[optuna.trial.FrozenTrial]:
         study_id = self.storage.get_study_id_from_name(study)
@@ -192,12 +203,12 @@ class JournalBackend:
         self.storage.set_study_system_attr(self.storage.get_study_id_from_name(study), key, value)
 
     def _bytes_store(self, study: str, store: ArtifactStore | None) -> ArtifactStore:
-        """Where the bytes go: ``store``, or (None) the one ``study`` was launched with; the
-        folder beside the log for the ``database`` store."""
+        """Where the bytes go: ``store``, or (None) the one ``study`` was launched with; for the
+        ``database`` store, ``own_store``."""
         if store is None:
             study_id = self.storage.get_study_id_from_name(study)
             store = open_store((self.storage.get_study_user_attrs(study_id).get(CONFIG_ATTR) or {}).get(ARTIFACTS_KEY))
-        return self.own_store if store.in_database else store
+        return self.own_store() if store.in_database else store
 
     def save_artifact(
         self, study: str, trial_number: int, kind: str, data: bytes, *, store: ArtifactStore | None = None,
@@ -206,7 +217,7 @@ class JournalBackend:
         """The bytes first, under an id of their own, then the index entry that points at them,
         then the bytes it replaced: a worker killed between two leaves unreferenced bytes only."""
         store = self._bytes_store(study, store)
-        key = ARTIFACT_RECORD.format(kind=kind, number=trial_number)
+        key = records.ARTIFACT_RECORD.format(kind=kind, number=trial_number)
         replaced = (self._attrs(study).get(key) or {}).get("location")
         location = store.put(artifact_name(study, trial_number, kind), data, artifacts.SUFFIXES.get(kind, ""))
         self._set(study, key, {"location": location, "epoch": epoch, "meta": meta or {}, "size": len(data)})
@@ -216,7 +227,7 @@ class JournalBackend:
     def load_artifact(
         self, study: str, trial_number: int, kind: str, *, store: ArtifactStore | None = None
     ) -> artifacts.Artifact | None:
-        entry = self._attrs(study).get(ARTIFACT_RECORD.format(kind=kind, number=trial_number))
+        entry = self._attrs(study).get(records.ARTIFACT_RECORD.format(kind=kind, number=trial_number))
         if not entry:
             return None
         data = self._bytes_store(study, store).get(entry["location"])
@@ -231,7 +242,7 @@ class JournalBackend:
         attrs = self._attrs(study)
         dropped = []
         for number in sorted(trial_numbers):
-            key = ARTIFACT_RECORD.format(kind=kind, number=number)
+            key = records.ARTIFACT_RECORD.format(kind=kind, number=number)
             if attrs.get(key):
                 self._set(study, key, None)
                 dropped.append(attrs[key]["location"])
@@ -240,29 +251,124 @@ class JournalBackend:
         return len(dropped)
 
     def save_val_losses(self, study: str, trial_number: int, losses: Sequence[float], *, epoch: int | None) -> None:
-        self._set(study, VAL_LOSSES_RECORD.format(number=trial_number), {"epoch": epoch, "losses": list(losses)})
+        self._set(study, records.VAL_LOSSES_RECORD.format(number=trial_number), {"epoch": epoch, "losses": list(losses)})
 
     def delete_study(self, study: str) -> int:
-        locations = [entry["location"] for key, entry in self._attrs(study).items() if key.startswith(ARTIFACT_PREFIX) and entry]
+        locations = [entry["location"] for key, entry in self._attrs(study).items() if records.artifact_of(key) and entry]
         self._bytes_store(study, None).remove(locations)
         self.storage.delete_study(self.storage.get_study_id_from_name(study))
         return len(locations)
 
+    def close(self) -> None:
+        """Nothing stays open between one call and the next."""
+
+
+class JournalBackend(ApiBackend):
+    """A worker's records in the journal itself; see ``gapsweep.storage.journal``."""
+
+    holds_bytes = True
+
+    def __init__(self, path: Path, *, heartbeat_interval: int, grace_period: int) -> None:
+        self.path = path
+        with quiet_experimental():
+            self.storage = open_journal(
+                path, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                failed_trial_callback=retry_stale_trials(),
+            )
+        folder = own_folder(path)
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create {folder} beside journal {path}: {exc.strerror}") from None
+        self._own = open_store(f"file://{folder}")
+
+    def own_store(self) -> ArtifactStore:
+        """The folder beside the log."""
+        return self._own
+
+    def lock(self, study: str) -> StudyLock:
+        # Not ``<log>.lock``: Optuna's own lock of the log is a symlink of that name.
+        return StudyLock(Path(f"{self.path}.claim-lock"), study)
+
+    def reap(self, study: optuna.Study) -> None:
+        with quiet_experimental():
+            optuna.storages.fail_stale_trials(study)
+
     def failure(self, exc: BaseException) -> StorageError:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return StorageError(f"cannot use journal {self.path}: {reason}")
+        return StorageError(f"cannot use journal {self.path}: {_reason(exc)}")
+
+
+class FreeLock:
+    """No lock: a storage proxy admits each new trial against the budget itself."""
+
+    def acquire(self) -> None:
+        """Nothing to wait for."""
+
+    def release(self) -> None:
+        """Nothing to give back."""
+
+    def __enter__(self) -> "FreeLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Nothing to give back."""
+
+
+class ProxyBackend(ApiBackend):
+    """A worker behind ``gapsweep proxy`` (``grpc://host:port``); see ``gapsweep.storage.proxy``.
+    The proxy admits new trials against the budget, writes heartbeats and reaps, so this side
+    takes no lock and reaps nothing; models travel to a store every worker reaches, never
+    through the proxy."""
+
+    holds_bytes = False
+
+    def __init__(self, host: str, port: int, *, heartbeat_interval: int) -> None:
+        self.address = f"{host}:{port}"
+        with quiet_experimental():
+            self.storage = HeartbeatGrpcProxy(
+                host=host, port=port, heartbeat_interval=heartbeat_interval, failed_trial_callback=None,
+            )
+        try:
+            self.storage.wait_server_ready(timeout=PROXY_WAIT_S)
+        except optuna.exceptions.StorageInternalError:
+            self.storage.close()
+            raise StorageError(
+                f"no storage proxy answers at grpc://{self.address} within {PROXY_WAIT_S:.0f} s; start one there "
+                "(gapsweep proxy --storage postgresql://…) or check the host and port"
+            ) from None
+
+    def own_store(self) -> ArtifactStore:
+        raise StorageError(NO_BYTES_THROUGH_PROXY)
+
+    def lock(self, study: str) -> FreeLock:
+        return FreeLock()
+
+    def reap(self, study: optuna.Study) -> None:
+        """The proxy reaps once a heartbeat interval."""
+
+    def failure(self, exc: BaseException) -> StorageError:
+        return StorageError(f"cannot use storage proxy grpc://{self.address}: {_reason(exc)}")
 
     def close(self) -> None:
-        """Nothing stays open between a journal's reads and writes."""
+        self.storage.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an error's message (its type for an empty one); a gRPC error's details."""
+    details = getattr(exc, "details", None)
+    text = str(details() if callable(details) else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def open_backend(url: str | None, *, create: bool = True) -> Backend:
     """The backend of a storage URL with heartbeats on, its tables (or journal) created on first
     use; ``create=False`` makes none of gapsweep's tables (reaping needs Optuna's alone)."""
-    path = journal_path(url)
+    path, address = journal_path(url), proxy_address(url)
+    interval, grace = heartbeat_settings()
     if path is not None:
-        interval, grace = heartbeat_settings()
         return JournalBackend(path, heartbeat_interval=interval, grace_period=grace)
+    if address is not None:
+        return ProxyBackend(*address, heartbeat_interval=interval)
     backend = SqlBackend(open_crash_safe_storage(url))
     if not create:
         return backend

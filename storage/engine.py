@@ -152,9 +152,12 @@ def describe_failure(url: URL, exc: BaseException) -> StorageError:
     return StorageError(f"cannot use database {mask(url)}: {reason}")
 
 
-def open_storage(url_text: str | None, *, flag: str = "--storage", **storage_kwargs: Any) -> optuna.storages.RDBStorage:
-    """An Optuna ``RDBStorage``; creates the schema on first use (Optuna's, left intact).
-    ``flag``: the option that named the URL, for messages."""
+def open_storage(
+    url_text: str | None, *, flag: str = "--storage",
+    kind: type[optuna_tables.LightHeartbeatStorage] = optuna_tables.LightHeartbeatStorage, **storage_kwargs: Any,
+) -> optuna.storages.RDBStorage:
+    """An Optuna ``RDBStorage`` (of class ``kind``); creates the schema on first use (Optuna's,
+    left intact). ``flag``: the option that named the URL, for messages."""
     url = parse(url_text)
     path = sqlite_path(url)
     if path is not None:
@@ -163,7 +166,7 @@ def open_storage(url_text: str | None, *, flag: str = "--storage", **storage_kwa
         with _schema_lock(url):
             if path is not None:
                 _use_wal(path, flag)
-            storage = optuna_tables.LightHeartbeatStorage(
+            storage = kind(
                 url.render_as_string(hide_password=False), engine_kwargs=engine_kwargs(url), **storage_kwargs
             )
     except (SQLAlchemyError, RuntimeError, ValueError) as exc:

@@ -12,16 +12,19 @@ from optuna.trial import FrozenTrial
 from sqlalchemy.engine import Engine
 
 from gapsweep.storage import queries, trial_keys
-from gapsweep.storage.optuna_tables import reaping, set_finished_trial_user_attrs
+from gapsweep.storage.optuna_tables import LightHeartbeatStorage, reaping, set_finished_trial_user_attrs
 from gapsweep.storage.engine import heartbeat_settings, open_storage
 
 
-def open_crash_safe_storage(url: str | None) -> optuna.storages.RDBStorage:
-    """A storage with heartbeats on and stale trials queued again (at most 3 times each)."""
+def open_crash_safe_storage(
+    url: str | None, kind: type[LightHeartbeatStorage] = LightHeartbeatStorage
+) -> optuna.storages.RDBStorage:
+    """A storage (of class ``kind``) with heartbeats on and stale trials queued again (at most 3
+    times each)."""
     interval, grace = heartbeat_settings()
     with quiet_experimental():
         return open_storage(
-            url, heartbeat_interval=interval, grace_period=grace,
+            url, kind=kind, heartbeat_interval=interval, grace_period=grace,
             heartbeat_stale_trial_callback=_Explained(retry_stale_trials(), grace),
         )
 

@@ -31,19 +31,11 @@ from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.engine import Engine
 
 from gapsweep.errors import StorageError
-from gapsweep.storage import artifacts, val_losses
+from gapsweep.storage import artifacts, records, val_losses
 from gapsweep.storage.artifact_store import CONFIG_KEY, DATABASE, canonical, open_store
-from gapsweep.storage.optuna_tables import JOURNAL_HEARTBEAT, HeartbeatJournalStorage, studies, trial_heartbeats, trials
+from gapsweep.storage.optuna_tables import HEARTBEAT_ATTR, HeartbeatJournalStorage, studies, trial_heartbeats, trials
 from gapsweep.storage.studies import CONFIG_ATTR, quiet_optuna
 from gapsweep.storage.url import JOURNAL_SCHEME
-
-#: Study system attributes that hold gapsweep's records of a trial (written by
-#: ``backend.JournalBackend``, read into a snapshot's tables by ``snapshot``).
-ARTIFACT_PREFIX = "gapsweep:artifact:"
-ARTIFACT_RECORD = ARTIFACT_PREFIX + "{kind}:{number}"
-VAL_LOSSES_PREFIX = "gapsweep:val_losses:"
-VAL_LOSSES_RECORD = VAL_LOSSES_PREFIX + "{number}"
-
 
 def own_folder(path: Path) -> Path:
     """The folder beside a journal that holds the bytes of its studies' default store."""
@@ -101,7 +93,7 @@ def _copy(path: Path) -> Engine:
             optuna.copy_study(from_study_name=study.study_name, from_storage=source, to_storage=target)
         _index(engine, study.study_name, source.get_study_system_attrs(study._study_id), study.user_attrs, path)
         running = source.get_all_trials(study._study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        beats = {t.number: t.system_attrs[JOURNAL_HEARTBEAT] for t in running if JOURNAL_HEARTBEAT in t.system_attrs}
+        beats = {t.number: t.system_attrs[HEARTBEAT_ATTR] for t in running if HEARTBEAT_ATTR in t.system_attrs}
         _heartbeats(engine, study.study_name, beats)
     return engine
 
@@ -122,25 +114,27 @@ def _heartbeats(engine: Engine, study: str, beats: dict[int, float]) -> None:
         ])
 
 
-def _index(engine: Engine, study: str, records: dict[str, Any], user_attrs: dict[str, Any], path: Path) -> None:
+def _index(engine: Engine, study: str, attrs: dict[str, Any], user_attrs: dict[str, Any], path: Path) -> None:
     """gapsweep's rows of one study in the snapshot: artifacts where the study's store has them
     (a default store's bytes are read into the rows, as a database keeps them), val losses."""
     own = canonical((user_attrs.get(CONFIG_ATTR) or {}).get(CONFIG_KEY)) == DATABASE
     store = open_store(f"file://{own_folder(path)}") if own else None
     rows = []
-    for key, entry in records.items():
-        if not entry or not key.startswith(ARTIFACT_PREFIX):
+    for key, entry in attrs.items():
+        named = records.artifact_of(key)
+        if not entry or named is None:
             continue
-        _, _, kind, number = key.split(":")
+        kind, number = named
         data = store.get(entry["location"]) if store is not None else b""
         if data is None:
             continue  # removed meanwhile
         rows.append({
-            "study_name": study, "trial_number": int(number), "kind": kind, "epoch": entry["epoch"],
+            "study_name": study, "trial_number": number, "kind": kind, "epoch": entry["epoch"],
             "meta_json": json.dumps(entry["meta"]),
             "data": data, "location": None if own else entry["location"], "size": entry["size"],
         })
     artifacts.index_rows(engine, rows)
-    for key, entry in records.items():
-        if entry and key.startswith(VAL_LOSSES_PREFIX):
-            val_losses.save(engine, study, int(key.rsplit(":", 1)[1]), entry["losses"], epoch=entry["epoch"])
+    for key, entry in attrs.items():
+        number = records.val_losses_of(key)
+        if entry and number is not None:
+            val_losses.save(engine, study, number, entry["losses"], epoch=entry["epoch"])

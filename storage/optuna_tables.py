@@ -8,8 +8,8 @@ heartbeat in one statement, and looking for stale trials once a heartbeat interv
 before every trial. All are
 written against Optuna 5's RDB schema ``v3.2.0.a``; this module refuses another Optuna major
 version at import, and ``check_schema`` refuses a database of another schema, each in one line.
-A sixth has no public form at all: heartbeats on a journal storage (``HeartbeatJournalStorage``,
-on Optuna's ``BaseHeartbeat``).
+A sixth has no public form at all: heartbeats on a journal storage (``HeartbeatJournalStorage``)
+and through Optuna's gRPC proxy (``HeartbeatGrpcProxy``), on Optuna's ``BaseHeartbeat``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from gapsweep.errors import StorageError
+from gapsweep.errors import BudgetTaken, StorageError
 from gapsweep.storage.durability import transaction
 
 #: The Optuna major version and RDB schema the table definitions below were written for.
@@ -183,7 +183,7 @@ def _upsert_user_attrs(conn: Connection, trial_id: int, attrs: Mapping[str, Any]
 
 
 #: The trial system attribute a journal worker's heartbeat writes (a Unix time).
-JOURNAL_HEARTBEAT = "gapsweep:heartbeat"
+HEARTBEAT_ATTR = "gapsweep:heartbeat"
 
 
 class HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
@@ -205,14 +205,14 @@ class HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
         self.failed_trial_callback = failed_trial_callback
 
     def record_heartbeat(self, trial_id: int) -> None:
-        self.set_trial_system_attr(trial_id, JOURNAL_HEARTBEAT, time.time())
+        self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         now = time.time()
         running = self.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         return [
             trial._trial_id for trial in running
-            if now - float(trial.system_attrs.get(JOURNAL_HEARTBEAT, trial.datetime_start.timestamp())) > self.grace_period
+            if now - float(trial.system_attrs.get(HEARTBEAT_ATTR, trial.datetime_start.timestamp())) > self.grace_period
         ]
 
     def get_heartbeat_interval(self) -> int | None:
@@ -221,3 +221,43 @@ class HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
     def get_heartbeat_stale_trial_callback(self) -> Any:
         return self.failed_trial_callback
 
+
+
+#: What a storage proxy says when it refuses a new trial because the study's budget is taken
+#: (``gapsweep.storage.proxy``); the worker's ``HeartbeatGrpcProxy`` raises ``BudgetTaken`` for it.
+BUDGET_TAKEN = "gapsweep: the study's budget is taken"
+
+
+class HeartbeatGrpcProxy(optuna.storages.GrpcStorageProxy, BaseHeartbeat):
+    """Optuna's gRPC storage proxy client with heartbeats, which Optuna's proxy protocol lacks.
+
+    A heartbeat travels as a trial system attribute (``HEARTBEAT_ATTR``, the worker's clock);
+    the proxy writes it as the database's heartbeat row instead, and the proxy alone looks for
+    stale trials, so this side never finds any.
+    """
+
+    def __init__(self, *, host: str, port: int, heartbeat_interval: int, failed_trial_callback: Any) -> None:
+        super().__init__(host=host, port=port)
+        self.heartbeat_interval = heartbeat_interval
+        self.failed_trial_callback = failed_trial_callback
+
+    def create_new_trial(self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None) -> int:
+        try:
+            return super().create_new_trial(study_id, template_trial)
+        except KeyError as exc:  # the proxy answers a refusal as "not found", with its reason
+            details = getattr(exc.__cause__, "details", lambda: "")()
+            if BUDGET_TAKEN in (details or ""):
+                raise BudgetTaken(details) from None
+            raise
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        return []
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self.heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self) -> Any:
+        return self.failed_trial_callback

@@ -10,7 +10,9 @@ from gapsweep.errors import EmptyDatabaseError, StudyNotFoundError
 from gapsweep.storage import queries, val_losses
 from gapsweep.storage.engine import heartbeat_settings, reading
 from gapsweep.storage.queries import ParamRange, StudySummary, TrialRecord
-from gapsweep.storage.studies import CONFIG_ATTR, REFERENCE_ATTR
+from gapsweep.storage.backend import open_backend
+from gapsweep.storage.studies import CONFIG_ATTR, REFERENCE_ATTR, require_study
+from gapsweep.storage.url import proxy_address
 
 
 def best_trials(
@@ -55,9 +57,18 @@ def get_trial(study: str, number: int, storage: str | None = None) -> TrialRecor
 
 
 def get_study_config(study: str, storage: str | None = None) -> dict[str, Any]:
-    """The configuration ``gapsweep launch`` stored with the study (space, data, objective, …)."""
-    with reading(storage) as engine:
-        attrs = queries.study_user_attrs(engine, study)
+    """The configuration ``gapsweep launch`` stored with the study (space, data, objective, …);
+    through a storage proxy too, where a worker finds it."""
+    if proxy_address(storage) is not None:
+        backend = open_backend(storage)
+        try:
+            require_study(study, backend.storage)
+            attrs = backend.storage.get_study_user_attrs(backend.storage.get_study_id_from_name(study))
+        finally:
+            backend.close()
+    else:
+        with reading(storage) as engine:
+            attrs = queries.study_user_attrs(engine, study)
     if CONFIG_ATTR not in attrs:
         raise StudyNotFoundError(f"study '{study}' was not created by gapsweep launch (it has no {CONFIG_ATTR})")
     return attrs[CONFIG_ATTR]

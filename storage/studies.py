@@ -17,6 +17,15 @@ from gapsweep.errors import StudyNotFoundError
 CONFIG_ATTR = "gapsweep.config"
 REFERENCE_ATTR = "gapsweep.reference"
 
+#: Trials that use up the budget. A failed trial does not: its parameters may be retried.
+COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def room_for_new(counts: Mapping[str, int], budget: int) -> bool:
+    """Whether the budget allows a new trial beside the finished and running ones (``counts``:
+    trials per state name); queued trials are run whatever the budget."""
+    return sum(counts[state.name] for state in COUNTED) + counts["RUNNING"] < budget
+
 
 
 def create_or_load(

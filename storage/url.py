@@ -21,6 +21,8 @@ from gapsweep.errors import StorageError
 DEFAULT_URL = "sqlite:///gapsweep.db"
 #: An Optuna journal file (``gapsweep.storage.journal``): ``journal:///sweeps.log``.
 JOURNAL_SCHEME = "journal:///"
+#: Optuna's gRPC storage proxy in front of a database (``gapsweep.storage.proxy``): ``grpc://host:13000``.
+PROXY_SCHEME = "grpc://"
 #: ``user:password@`` after a scheme, or at the start of a URL written without one (``bob:pw@host``),
 #: up to the last ``@`` before the path (a password may hold an unencoded ``@``); not
 #: ``scheme://…@`` (a path with an ``@`` in it).
@@ -56,6 +58,11 @@ def parse(url: str | os.PathLike[str] | None) -> URL:
         raise StorageError(
             f"'{mask_text(text)}' is a journal file: launch, worker and the commands that read results take it; "
             "for this one, copy the study into a database first (gapsweep migrate --from JOURNAL --to sqlite:///x.db)"
+        )
+    if text.startswith(PROXY_SCHEME):
+        raise StorageError(
+            f"'{mask_text(text)}' is a storage proxy: launch and worker run trials through it; "
+            "read results from the database it serves (--storage postgresql://user@host/dbname)"
         )
     try:
         parsed = make_url(text)
@@ -97,6 +104,17 @@ def journal_path(url: str | os.PathLike[str] | None) -> Path | None:
     if not path or path.endswith("/"):
         raise StorageError(f"'{text}' names no file; write journal:///sweeps.log (or journal:////shared/sweeps.log)")
     return Path(path)
+
+
+def proxy_address(url: str | os.PathLike[str] | None) -> tuple[str, int] | None:
+    """The host and port a ``grpc://`` URL names (None for another URL); see ``gapsweep.storage.proxy``."""
+    text = chosen(as_text(url))
+    if not isinstance(text, str) or not text.startswith(PROXY_SCHEME):
+        return None
+    host, _, port = text[len(PROXY_SCHEME):].rstrip("/").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise StorageError(f"'{mask_text(text)}' names no proxy; write grpc://host:port (gapsweep proxy listens on 13000)")
+    return host, int(port)
 
 
 def chosen(url: str | None) -> str:

@@ -14,7 +14,7 @@ import pytest
 from gapsweep.cli import build_parser, main
 from gapsweep.storage.engine import open_storage
 
-COMMANDS = ["launch", "best", "trials", "studies", "show", "export", "worker", "reap", "delete", "migrate", "report", "rerun", "verify", "predict"]
+COMMANDS = ["launch", "best", "trials", "studies", "show", "export", "worker", "reap", "proxy", "delete", "migrate", "report", "rerun", "verify", "predict"]
 
 
 @pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])

@@ -35,19 +35,19 @@ from tqdm import tqdm
 
 from gapsweep import checks, env
 from gapsweep.storage import trial_keys
-from gapsweep.errors import ConfigError, GapsweepError, SweepFailedError, one_line
+from gapsweep.errors import BudgetTaken, ConfigError, GapsweepError, StorageError, SweepFailedError, one_line
 from gapsweep.search_spaces import code_refs
 from gapsweep.search_spaces.hypermodel import Hypermodel, SpaceHypermodel
 from gapsweep.search_spaces import keras_tuner
 from gapsweep.search_spaces.loader import load_space
 from gapsweep.search_spaces.space import Fixed
 from gapsweep.storage.artifact_store import ArtifactStore, canonical, open_store
-from gapsweep.storage.backend import STORAGE_ERRORS, Backend, open_backend
+from gapsweep.storage.backend import NO_BYTES_THROUGH_PROXY, STORAGE_ERRORS, Backend, open_backend
 from gapsweep.storage.engine import heartbeat_settings, pg_pool_size, sqlite_path
 from gapsweep.storage.heartbeats import quiet_experimental
 from gapsweep.storage.locks import lock_timeout_s
-from gapsweep.storage.studies import CONFIG_ATTR, REFERENCE_ATTR, create_or_load, stored_config
-from gapsweep.storage.url import journal_path, parse
+from gapsweep.storage.studies import CONFIG_ATTR, COUNTED, REFERENCE_ATTR, create_or_load, room_for_new, stored_config
+from gapsweep.storage.url import journal_path, parse, proxy_address
 from gapsweep.sweeps.data import datasets, in_memory
 from gapsweep.sweeps.run.config import SweepConfig, stored_data
 from gapsweep.sweeps.run.jobs import TRIALS_PER_PROCESS, JobPool, JobSpec, parse_gpus, usable_cores, use_device
@@ -70,9 +70,6 @@ MAX_DB_ERRORS = 5
 #: Seconds an idle worker waits before it looks again for a retried trial (at most the
 #: heartbeat interval): short, so the last trials of a study do not end with an idle tail.
 IDLE_POLL_S = 1.0
-
-#: Trials that use up the budget. A failed trial does not: its parameters may be retried.
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 @dataclass
@@ -132,6 +129,8 @@ def prepare(config: SweepConfig, *, salt: str | None = None, allow_objective_cha
     backend = open_backend(config.storage)
     storage = backend.storage
     try:
+        if store.in_database and not backend.holds_bytes:
+            raise StorageError(NO_BYTES_THROUGH_PROXY)
         study = create_or_load(
             config.study,
             storage,
@@ -498,9 +497,13 @@ def run_trials(
                     _resample_if_shared(sweep, counts)
                     # No Optuna callbacks: they would cost a reload of the whole trial, and the guard
                     # already knows how it ended.
-                    study.optimize(guard, n_trials=1, catch=(TrainingDiverged, TrialFailed), gc_after_trial=False)
-                    bar.ended(study, guard.state)
-                    failures.ended(guard.number, guard.state, guard.reason)
+                    try:
+                        study.optimize(guard, n_trials=1, catch=(TrainingDiverged, TrialFailed), gc_after_trial=False)
+                    except BudgetTaken:  # a storage proxy saw other claims take the budget first
+                        work = False
+                    else:
+                        bar.ended(study, guard.state)
+                        failures.ended(guard.number, guard.state, guard.reason)
             except KeyboardInterrupt:
                 # Stopped at once (a second Ctrl-C): the trial Optuna just failed is queued again.
                 _requeue(study, objective.last_trial)
@@ -634,6 +637,8 @@ def default_log_path(storage: str | None) -> Path:
     journal = journal_path(storage)
     if journal is not None:
         return Path(f"{journal}.errors")
+    if proxy_address(storage) is not None:
+        return Path("gapsweep.log")
     path = sqlite_path(parse(storage))
     return path.with_suffix(".log") if path is not None else Path("gapsweep.log")
 
@@ -737,7 +742,7 @@ def has_work(sweep: Sweep) -> bool | None:
 
 
 def _work_in(counts: dict[str, int], budget: int) -> bool | None:
-    if counts["WAITING"] or sum(counts[state.name] for state in COUNTED) + counts["RUNNING"] < budget:
+    if counts["WAITING"] or room_for_new(counts, budget):
         return True
     return False if counts["RUNNING"] else None
 
