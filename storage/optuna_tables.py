@@ -8,8 +8,9 @@ heartbeat in one statement, and looking for stale trials once a heartbeat interv
 before every trial. All are
 written against Optuna 5's RDB schema ``v3.2.0.a``; this module refuses another Optuna major
 version at import, and ``check_schema`` refuses a database of another schema, each in one line.
-A sixth has no public form at all: heartbeats on a journal storage (``HeartbeatJournalStorage``)
-and through Optuna's gRPC proxy (``HeartbeatGrpcProxy``), on Optuna's ``BaseHeartbeat``.
+Two have no public form at all: heartbeats on a journal storage (``HeartbeatJournalStorage``)
+and through Optuna's gRPC proxy (``HeartbeatGrpcProxy``), on Optuna's ``BaseHeartbeat``; and a
+storage proxy's say over each new trial (``AdmittingStorage``, on ``_create_new_trial``).
 """
 
 from __future__ import annotations
@@ -107,16 +108,24 @@ def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
     if not attrs:
         return
     storage = _rdb(trial.storage)
-    if not isinstance(storage, optuna.storages.RDBStorage):  # a journal: one log line each
+    if isinstance(storage, HeartbeatGrpcProxy):  # one request; the proxy writes the rows (``write_user_attrs``)
+        storage.set_trial_system_attr(trial._trial_id, USER_ATTRS_ATTR, dict(attrs))
+    elif isinstance(storage, optuna.storages.RDBStorage):
+        write_user_attrs(storage, trial._trial_id, attrs)
+    else:  # a journal: one log line each
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return
-    trial_id = trial._trial_id
+    trial._cached_frozen_trial.user_attrs.update(attrs)  # what set_user_attr keeps in step
+
+
+def write_user_attrs(storage: optuna.storages.RDBStorage, trial_id: int, attrs: Mapping[str, Any]) -> None:
+    """The rows ``set_user_attr`` writes for each of ``attrs``, in one transaction, after the same
+    check that the trial is still running."""
     with transaction(storage.engine, in_trial=True) as conn:
         state = conn.execute(sa.select(trials.c.state).where(trials.c.trial_id == trial_id)).scalar_one()
         storage.check_trial_is_updatable(trial_id, state)
         _upsert_user_attrs(conn, trial_id, attrs)
-    trial._cached_frozen_trial.user_attrs.update(attrs)  # what set_user_attr keeps in step
 
 
 def set_finished_trial_user_attrs(study: optuna.Study, trial: optuna.trial.FrozenTrial, attrs: Mapping[str, Any]) -> None:
@@ -159,6 +168,22 @@ class LightHeartbeatStorage(optuna.storages.RDBStorage):
         with its heartbeat, four round trips. gapsweep's claim reaps once a heartbeat interval
         instead (a trial turns stale only after three), so outside ``reaping`` there is nothing to find."""
         return super()._get_stale_trial_ids(study_id) if self._reaping else []
+
+
+class AdmittingStorage(LightHeartbeatStorage):
+    """An RDB storage that creates a new trial (not a queued one) only inside ``admission``,
+    which may refuse it. The hook sits on Optuna's private ``_create_new_trial``: its trial
+    cache (``optuna.storages.get_storage``) creates trials through it, not the public method."""
+
+    def admission(self, study_id: int) -> contextlib.AbstractContextManager[None]:
+        """Held while a new trial of ``study_id`` is created; raises to refuse it."""
+        return contextlib.nullcontext()
+
+    def _create_new_trial(self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None) -> optuna.trial.FrozenTrial:
+        if template_trial is not None:  # a queued trial (a retry, a start): admitted already
+            return super()._create_new_trial(study_id, template_trial)
+        with self.admission(study_id):
+            return super()._create_new_trial(study_id)
 
 
 def reaping(study: optuna.Study) -> contextlib.AbstractContextManager[None]:
@@ -222,6 +247,10 @@ class HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
         return self.failed_trial_callback
 
 
+
+#: The trial system attribute that carries many user attributes to a storage proxy in one
+#: request; the proxy writes them as user attributes (``write_user_attrs``), never as itself.
+USER_ATTRS_ATTR = "gapsweep:user_attrs"
 
 #: What a storage proxy says when it refuses a new trial because the study's budget is taken
 #: (``gapsweep.storage.proxy``); the worker's ``HeartbeatGrpcProxy`` raises ``BudgetTaken`` for it.
