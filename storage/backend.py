@@ -330,7 +330,7 @@ class ProxyBackend(ApiBackend):
             )
         try:
             self.storage.wait_server_ready(timeout=PROXY_WAIT_S)
-        except optuna.exceptions.StorageInternalError:
+        except ConnectionError:
             self.storage.close()
             raise StorageError(
                 f"no storage proxy answers at grpc://{self.address} within {PROXY_WAIT_S:.0f} s; start one there "
