@@ -85,13 +85,19 @@ def test_compose_services_are_complete_and_run_real_commands():
 
     parser = build_parser()
     built = [name for name, service in services.items() if "build" in service]
-    assert set(built) == {"launch", "worker", "worker-gpu"}
+    assert set(built) == {"launch", "proxy", "worker", "worker-gpu"}
+    proxy = parser.parse_args(services["proxy"]["command"])
     for name in built:
         command = services[name]["command"]
         args = parser.parse_args(command)  # every command and flag exists in the CLI
         assert args.command == command[0]
-        assert services[name]["environment"]["GAPSWEEP_STORAGE"].startswith("postgresql://")
-        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+        storage = services[name]["environment"]["GAPSWEEP_STORAGE"]
+        if name.startswith("worker"):  # workers reach the database through the proxy alone
+            assert storage == f"grpc://proxy:{proxy.port}" and proxy.host == "0.0.0.0"
+            assert services[name]["depends_on"]["proxy"]["condition"] == "service_started"
+        else:
+            assert storage.startswith("postgresql://")
+            assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
         # Models and checkpoints go to the MinIO service: boto3 (the s3 extra) reaches it by its AWS_* settings.
         assert "s3" in services[name]["build"]["args"]["EXTRAS"].split(",")
         assert services[name]["environment"]["AWS_ENDPOINT_URL_S3"] == "http://minio:9000"
@@ -129,9 +135,11 @@ def test_the_compose_file_writes_no_password_and_refuses_to_start_without_one():
     services = compose["services"]
     assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == "from-the-environment"
     clients = [name for name, service in services.items() if name != "postgres" and "postgres" in service.get("depends_on", {})]
-    assert set(clients) == {"launch", "worker", "worker-gpu", "dashboard"}
+    assert set(clients) == {"launch", "proxy", "dashboard"}
     for name in clients:  # libpq reads PGPASSWORD: no password in a URL or on a command line
         assert services[name]["environment"]["PGPASSWORD"] == "from-the-environment"
+    for name in ("worker", "worker-gpu"):  # behind the proxy, a worker holds no database password
+        assert "PGPASSWORD" not in services[name]["environment"]
     assert "from-the-environment" not in " ".join(_strings({n: [s.get("command"), s.get("entrypoint")] for n, s in services.items()}))
     assert ".env" in (ROOT / ".gitignore").read_text().split()  # where the password may be kept
 
