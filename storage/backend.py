@@ -51,6 +51,9 @@ class Backend(Protocol):
     storage: optuna.storages.BaseStorage
     #: Whether a study launched with the ``database`` store can keep its models' bytes here.
     holds_bytes: bool
+    #: Whether claims take turns under ``lock`` (False: a storage proxy admits each new trial
+    #: itself, and claims interleave).
+    claims_in_turn: bool
 
     def lock(self, study: str) -> StudyLock | FreeLock:
         """The study-wide lock a claim holds while it checks the budget and creates its trial."""
@@ -104,7 +107,7 @@ class Backend(Protocol):
 class SqlBackend:
     """Everything in one SQL database: Optuna's tables and gapsweep's (``artifacts``, ``val_losses``)."""
 
-    holds_bytes = True
+    holds_bytes = claims_in_turn = True
 
     def __init__(self, storage: optuna.storages.RDBStorage) -> None:
         self.storage = storage
@@ -266,7 +269,7 @@ class ApiBackend:
 class JournalBackend(ApiBackend):
     """A worker's records in the journal itself; see ``gapsweep.storage.journal``."""
 
-    holds_bytes = True
+    holds_bytes = claims_in_turn = True
 
     def __init__(self, path: Path, *, heartbeat_interval: int, grace_period: int) -> None:
         self.path = path
@@ -320,7 +323,7 @@ class ProxyBackend(ApiBackend):
     takes no lock and reaps nothing; models travel to a store every worker reaches, never
     through the proxy."""
 
-    holds_bytes = False
+    holds_bytes = claims_in_turn = False
 
     def __init__(self, host: str, port: int, *, heartbeat_interval: int) -> None:
         self.address = f"{host}:{port}"

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterator
 
 import optuna
@@ -29,7 +30,7 @@ from gapsweep.storage.proxy import ProxiedStorage
 from gapsweep.storage.studies import CONFIG_ATTR
 from gapsweep.sweeps.data.datasets import DataSpec
 from gapsweep.sweeps.run.config import SweepConfig
-from gapsweep.sweeps.run.launch import prepare
+from gapsweep.sweeps.run.launch import _resample_if_shared, prepare
 from gapsweep.sweeps.trial.objective import ObjectiveSettings
 
 pytestmark = pytest.mark.postgres
@@ -171,3 +172,21 @@ def test_no_proxy_at_the_address_is_one_line(capsys, monkeypatch):
     assert "no storage proxy answers at grpc://127.0.0.1:" in err and "gapsweep proxy --storage" in err
     assert main(["worker", "--study", "p", "--storage", "grpc://proxyhost", "--no-progress"]) == 1
     assert "names no proxy; write grpc://host:port" in capsys.readouterr().err
+
+
+def test_jobs_behind_a_proxy_draw_apart_where_jobs_that_take_turns_draw_by_position():
+    counts = {state.name: 0 for state in optuna.trial.TrialState} | {"COMPLETE": 4}
+    config = SweepConfig(sampler="random", seed=7)
+
+    def first_draw(job: int, salt: str, claims_in_turn: bool) -> float:
+        sweep = SimpleNamespace(
+            job=job, salt=salt, config=config, trials_seen=0, study=SimpleNamespace(sampler=None),
+            backend=SimpleNamespace(claims_in_turn=claims_in_turn),
+        )
+        _resample_if_shared(sweep, counts)
+        return sweep.study.sampler._rng.rng.random()
+
+    # Claims under the study lock: the study's size at a claim is the claim's own, whichever job makes it.
+    assert first_draw(1, "host:1", claims_in_turn=True) == first_draw(2, "host:2", claims_in_turn=True)
+    # Behind a proxy two jobs may claim at the same size: each mixes in its own identity.
+    assert first_draw(1, "host:1", claims_in_turn=False) != first_draw(2, "host:2", claims_in_turn=False)

@@ -683,10 +683,11 @@ def _resample_if_shared(sweep: Sweep, counts: dict[str, int]) -> None:
     Two ``launch`` processes on one study start from the same seed; without this both would
     draw the same parameters. Claims happen under the study lock, so the study's size at a claim
     is unique to that claim, and a seed derived from it is too. A lone process never reseeds,
-    so its draws stay those of its seed.
+    so its draws stay those of its seed. Behind a storage proxy claims interleave, so two jobs
+    may see the same size: each mixes in its own identity then, as other workers do.
     """
     total = sum(counts.values())
-    if sweep.job is not None:
+    if sweep.job is not None and sweep.backend.claims_in_turn:
         # Jobs of one launch: the draw depends on where the claim falls in the study, not on
         # which job makes it, so the same seed gives the same trials however the jobs interleave.
         sweep.study.sampler = _sampler(sweep.config, n_existing=total, salt="jobs")
