@@ -9,6 +9,7 @@ import time
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import optuna
 import sqlalchemy as sa
 import pytest
@@ -354,3 +355,23 @@ def test_creating_and_resuming_a_study_logs_nothing_of_optunas(sqlite_url):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         optuna.logging.get_logger("optuna").removeHandler(handler)
     assert [record.getMessage() for record in records] == []
+
+
+def test_an_epoch_report_is_one_upsert_and_reads_back_as_optuna_reads_it(any_url):
+    storage = open_storage(any_url)
+    study = optuna.create_study(study_name="reports", storage=storage)
+    trial = study.ask()
+    statements: list[str] = []
+    sa.event.listen(storage.engine, "before_cursor_execute", lambda conn, cursor, text, *rest: statements.append(text))
+    for step, value in enumerate([0.5, float("nan"), float("inf"), float("-inf")]):
+        trial.report(value, step)
+    assert len(statements) == 2 * 4  # the running check and the upsert, per report
+    storage.set_trial_intermediate_value(trial._trial_id, 0, 0.75)  # a step reported again replaces its value
+    reported = optuna.load_study(study_name="reports", storage=any_url).trials[0].intermediate_values
+    assert reported[0] == 0.75 and np.isnan(reported[1]) and reported[2] == float("inf") and reported[3] == float("-inf")
+    study.tell(trial, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_intermediate_value(trial._trial_id, 4, 0.1)
+    with pytest.raises(KeyError):
+        storage.set_trial_intermediate_value(trial._trial_id + 1000, 0, 0.1)
+    storage.engine.dispose()
