@@ -41,7 +41,7 @@ def _storage_flag(parser: argparse.ArgumentParser) -> None:
         help=f"database URL (default: $GAPSWEEP_STORAGE or {DEFAULT_URL}); e.g. "
         "postgresql://user@host:5432/db?sslmode=require, with the password in $PGPASSWORD or ~/.pgpass "
         "(not on the command line, where ps shows it), or an Optuna journal file on a shared folder: "
-        "journal:////shared/sweeps.log",
+        "journal:////shared/sweeps.log; launch and worker also take a storage proxy (gapsweep proxy): grpc://host:13000",
     )
 
 

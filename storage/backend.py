@@ -13,6 +13,8 @@ through ``engine.reading``, which serves a journal from a SQL snapshot of it.
 from __future__ import annotations
 
 import collections
+import contextlib
+import time
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -100,6 +102,9 @@ class Backend(Protocol):
     def failure(self, exc: BaseException) -> StorageError:
         """One line naming the storage and why it failed."""
 
+    def recover(self) -> None:
+        """Wait after a storage error before the next try."""
+
     def close(self) -> None:
         """Give the connections or files back."""
 
@@ -155,6 +160,10 @@ class SqlBackend:
 
     def failure(self, exc: BaseException) -> StorageError:
         return describe_failure(self.engine.url, exc)
+
+    def recover(self) -> None:
+        """A second: the pool reconnects on its next checkout."""
+        time.sleep(1.0)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -262,6 +271,10 @@ class ApiBackend:
         self.storage.delete_study(self.storage.get_study_id_from_name(study))
         return len(locations)
 
+    def recover(self) -> None:
+        """A second, then try again."""
+        time.sleep(1.0)
+
     def close(self) -> None:
         """Nothing stays open between one call and the next."""
 
@@ -351,6 +364,12 @@ class ProxyBackend(ApiBackend):
 
     def failure(self, exc: BaseException) -> StorageError:
         return StorageError(f"cannot use storage proxy grpc://{self.address}: {_reason(exc)}")
+
+    def recover(self) -> None:
+        """Until the proxy answers again (a restart), at most ``PROXY_WAIT_S``: a worker's five
+        tries in a row would otherwise all fall inside one restart."""
+        with contextlib.suppress(ConnectionError):
+            self.storage.wait_server_ready(timeout=PROXY_WAIT_S)
 
     def close(self) -> None:
         self.storage.close()

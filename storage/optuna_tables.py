@@ -20,6 +20,7 @@ import json
 import time
 from typing import Any, Iterator, Mapping
 
+import grpc
 import optuna
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -145,11 +146,13 @@ class LightHeartbeatStorage(optuna.storages.RDBStorage):
     """
 
     def record_heartbeat(self, trial_id: int) -> None:
+        """One beat; one lost to a dropped connection is skipped, where Optuna's heartbeat thread
+        would die of it and leave a live trial to be reaped as stale (the next beat tries again)."""
         insert = _INSERTS[self.engine.dialect.name](trial_heartbeats)
         upsert = insert.values(trial_id=trial_id, heartbeat=sa.func.now()).on_conflict_do_update(
             index_elements=[trial_heartbeats.c.trial_id], set_={"heartbeat": sa.func.now()}
         )
-        with transaction(self.engine, in_trial=True) as conn:
+        with contextlib.suppress(sa.exc.SQLAlchemyError), transaction(self.engine, in_trial=True) as conn:
             conn.execute(upsert)
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
@@ -298,7 +301,9 @@ class HeartbeatGrpcProxy(optuna.storages.GrpcStorageProxy, BaseHeartbeat):
             raise
 
     def record_heartbeat(self, trial_id: int) -> None:
-        self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+        """One beat; one lost while the proxy restarts is skipped (see ``LightHeartbeatStorage``)."""
+        with contextlib.suppress(grpc.RpcError):
+            self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         return []

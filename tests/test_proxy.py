@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator
@@ -45,12 +46,10 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def proxy(postgres_url: str) -> Iterator[str]:
-    """`gapsweep proxy` in front of a fresh schema (heartbeats every second): its grpc:// URL."""
-    port = _free_port()
+def _start_proxy(url: str, port: int) -> subprocess.Popen:
+    """`gapsweep proxy` in front of ``url`` at ``port`` (heartbeats every second), once it answers."""
     server = subprocess.Popen(
-        [GAPSWEEP, "proxy", "--storage", postgres_url, "--host", "127.0.0.1", "--port", str(port)],
+        [GAPSWEEP, "proxy", "--storage", url, "--host", "127.0.0.1", "--port", str(port)],
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     with quiet_experimental():
@@ -62,6 +61,14 @@ def proxy(postgres_url: str) -> Iterator[str]:
         pytest.fail(f"the proxy did not start: {server.communicate()[1][-2000:]}")
     finally:
         client.close()
+    return server
+
+
+@pytest.fixture
+def proxy(postgres_url: str) -> Iterator[str]:
+    """`gapsweep proxy` in front of a fresh schema: its grpc:// URL."""
+    port = _free_port()
+    server = _start_proxy(postgres_url, port)
     yield f"grpc://127.0.0.1:{port}"
     server.terminate()
     assert server.wait(timeout=30) != 0 and "Traceback" not in server.communicate()[1]
@@ -190,3 +197,33 @@ def test_jobs_behind_a_proxy_draw_apart_where_jobs_that_take_turns_draw_by_posit
     assert first_draw(1, "host:1", claims_in_turn=True) == first_draw(2, "host:2", claims_in_turn=True)
     # Behind a proxy two jobs may claim at the same size: each mixes in its own identity.
     assert first_draw(1, "host:1", claims_in_turn=False) != first_draw(2, "host:2", claims_in_turn=False)
+
+
+@pytest.mark.slow
+def test_a_worker_rides_out_a_proxy_killed_and_restarted_mid_sweep(postgres_url, tiny_space, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    prepare(_config(postgres_url, tiny_space, shared, trials=8, epochs=3)).close()
+    port = _free_port()
+    server = _start_proxy(postgres_url, port)
+    argv = [GAPSWEEP, "worker", "--study", "p", "--storage", f"grpc://127.0.0.1:{port}", "--no-progress", "--gpu", "none"]
+    worker = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    study = optuna.load_study(study_name="p", storage=postgres_url)
+    deadline = time.monotonic() + 240
+    while len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    server.kill()  # kill -9 of the proxy mid-sweep, then a restart on the same port
+    server.wait()
+    time.sleep(2)
+    server = _start_proxy(postgres_url, port)
+    try:
+        _, err = worker.communicate(timeout=400)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert worker.returncode == 0 and "Traceback" not in err, err[-3000:]
+    trials = study.get_trials()
+    spent = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(spent) == 8 and not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+    for failed in (t for t in trials if t.state.name == "FAIL"):  # the trial the outage cut off is run again
+        assert any(t.system_attrs.get("failed_trial") == failed.number or t.params == failed.params for t in spent)

@@ -508,7 +508,7 @@ def run_trials(
                 # Stopped at once (a second Ctrl-C): the trial Optuna just failed is queued again.
                 _requeue(study, objective.last_trial)
                 raise
-            except (*STORAGE_ERRORS, AssertionError) as exc:
+            except (*STORAGE_ERRORS, AssertionError, UnboundLocalError) as exc:
                 # A dropped connection fails at most this trial, whose parameters are queued
                 # again; the pool reconnects on the next checkout (pool_pre_ping).
                 cause = _database_failure(exc)
@@ -519,7 +519,7 @@ def run_trials(
                 if db_errors > MAX_DB_ERRORS:
                     raise error from None
                 print(f"gapsweep: database error {db_errors}/{MAX_DB_ERRORS}, continuing: {error}", file=sys.stderr)
-                time.sleep(1.0)
+                sweep.backend.recover()
                 _requeue(study, objective.last_trial)
                 continue
             finally:
@@ -700,10 +700,11 @@ def _database_failure(exc: BaseException) -> BaseException | None:
     """The database error behind ``exc``, or None where it is not one.
 
     When the write of a trial's result fails, Optuna (5.1) reads the trial back, finds it still
-    running and raises ``AssertionError("Should not reach.")`` over the database error: that
-    one is a database failure too.
+    running and raises ``AssertionError("Should not reach.")`` over the database error; when that
+    read fails too (a proxy that is away), an ``UnboundLocalError`` of its own. Both are database
+    failures.
     """
-    if isinstance(exc, AssertionError):
+    if isinstance(exc, (AssertionError, UnboundLocalError)):
         context = exc.__context__
         if not isinstance(context, STORAGE_ERRORS):
             return None
