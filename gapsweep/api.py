@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 
 from gapsweep import checks
-from gapsweep.errors import ConfigError, StudyNotFoundError
+from gapsweep.errors import ConfigError, StorageError, StudyNotFoundError
 from gapsweep.storage import artifacts, val_losses
 from gapsweep.storage.backend import open_backend
 from gapsweep.storage.engine import connect_existing, open_storage
@@ -38,7 +38,7 @@ from gapsweep.storage.reader import (
     study_reference,
 )
 from gapsweep.storage.studies import require_study
-from gapsweep.storage.url import as_text, journal_path, mask_text
+from gapsweep.storage.url import as_text, journal_path, mask_text, proxy_address
 from gapsweep.sweeps.analysis.rerank import Reranked, rerank
 from gapsweep.sweeps.analysis.selection import RULES, Selection, paired_select
 from gapsweep.sweeps.trial.score import DEFAULT_KAPPA
@@ -54,6 +54,10 @@ def reap_study(study: str, storage: str | None = None) -> list[int]:
 
     Returns the numbers of the trials it failed.
     """
+    if proxy_address(storage) is not None:  # its workers see no heartbeats: the proxy reaps
+        raise StorageError(
+            "a storage proxy reaps its studies itself once a heartbeat interval; to reap now, pass the database's own URL"
+        )
     backend = open_backend(storage, create=False)
     try:
         require_study(study, backend.storage)

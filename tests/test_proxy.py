@@ -170,6 +170,8 @@ def test_a_proxy_study_keeps_no_bytes_in_the_database_and_readers_are_sent_to_it
     assert main(["best", "--study", "p", "--storage", proxy]) == 1
     err = capsys.readouterr().err
     assert "is a storage proxy" in err and "--storage postgresql://" in err and "Traceback" not in err
+    assert main(["reap", "--study", "p", "--storage", proxy]) == 1
+    assert "a storage proxy reaps its studies itself" in capsys.readouterr().err
 
 
 def test_no_proxy_at_the_address_is_one_line(capsys, monkeypatch):
