@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Every run past {machine['nproc']} workers puts more processes than cores on the machine: the workers' "
         "database work and PostgreSQL's share them.",
         "![trials per second and connections by worker count](benchmarks/workers.png)",
-        f"Target (through the proxy): {middle} workers at least {TARGET_EFFICIENCY:.0%} of {middle}× one worker's rate: {efficiency} — "
+        f"Target: through the proxy, {middle} workers at least {TARGET_EFFICIENCY:.0%} of {middle}× one worker's rate: {efficiency} — "
         f"**{'met' if target['efficiency_met'] else 'missed'}**; {widest} workers on at most {TARGET_CONNECTIONS} "
         f"connections: {peaks} — **{'met' if target['connections_met'] else 'missed'}**; correctness checks "
         f"{'all passed' if target['all_correct'] else '**failed**'}.",

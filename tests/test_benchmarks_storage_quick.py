@@ -64,7 +64,8 @@ def test_workers_quick(tmp_path, postgres_server):
     payload = run_storage_quick("workers", tmp_path)
     per_worker = payload["settings"]["trials_per_worker"]
     rows = payload["rows"]
-    assert [(row["pool"], row["workers"]) for row in rows] == [(pool, n) for pool in ("default pool", "no pool") for n in (1, 2)]
+    ways = ("default pool", "no pool", "proxy", "proxy, 2 processes")
+    assert [(row["pool"], row["workers"]) for row in rows] == [(way, n) for way in ways for n in (1, 2)]
     for row in rows:
         assert row["correct"] is True and row["errors"] == [] and row["duplicates"] == 0
         assert row["budget"] == per_worker * row["workers"] == row["states"]["complete"] and row["states"]["running"] == 0
