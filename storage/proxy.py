@@ -48,8 +48,6 @@ from gapsweep.storage.optuna_tables import BUDGET_TAKEN, HEARTBEAT_ATTR, USER_AT
 from gapsweep.storage.studies import CONFIG_ATTR, quiet_optuna, room_for_new
 from gapsweep.storage.url import mask, parse
 
-DEFAULT_PORT = 13000
-
 
 class ProxiedStorage(AdmittingStorage):
     """The database as a storage proxy serves it: see the module docstring."""
