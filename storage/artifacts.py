@@ -203,13 +203,22 @@ def save(
     store.remove(replaced)
 
 
+def record_row(study: str, trial_number: int, kind: str, entry: dict[str, Any], *, data: bytes | None = None) -> dict[str, Any]:
+    """The row of an artifact a ``records`` entry describes: its bytes in the row (``data``), or
+    (None) at the entry's location in the study's store."""
+    return {
+        "study_name": study, "trial_number": trial_number, "kind": kind, "epoch": entry["epoch"],
+        "meta_json": json.dumps(entry["meta"]), "data": b"" if data is None else data,
+        "location": entry["location"] if data is None else None, "size": entry["size"],
+    }
+
+
 def index_rows(engine: Engine, rows: list[dict[str, Any]]) -> None:
     """Index artifacts whose bytes are stored already (``location``) or come with the row
     (``data``), in one transaction: how a journal's snapshot rebuilds its index."""
     if rows:
-        created = datetime.now(timezone.utc).replace(tzinfo=None)
         with engine.begin() as conn:
-            conn.execute(sa.insert(artifacts_table), [{**row, "created_at": created} for row in rows])
+            _insert_rows(conn, rows)
 
 
 def set_index(engine: Engine, study: str, trial_number: int, kind: str, entry: dict[str, Any] | None) -> None:
@@ -219,11 +228,12 @@ def set_index(engine: Engine, study: str, trial_number: int, kind: str, entry: d
     with engine.begin() as conn:
         conn.execute(sa.delete(artifacts_table).where(_where(study, trial_number, kind)))
         if entry:
-            conn.execute(sa.insert(artifacts_table).values(
-                study_name=study, trial_number=trial_number, kind=kind, epoch=entry["epoch"],
-                meta_json=json.dumps(entry["meta"]), data=b"", location=entry["location"], size=entry["size"],
-                created_at=datetime.now(timezone.utc).replace(tzinfo=None),
-            ))
+            _insert_rows(conn, [record_row(study, trial_number, kind, entry)])
+
+
+def _insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    created = datetime.now(timezone.utc).replace(tzinfo=None)
+    conn.execute(sa.insert(artifacts_table), [{**row, "created_at": created} for row in rows])
 
 
 def load(engine: Engine, study: str, trial_number: int, kind: str, *, store: ArtifactStore | None = None) -> Artifact | None:

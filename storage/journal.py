@@ -16,7 +16,6 @@ read results get a SQL snapshot of the log (``snapshot``), so every query runs a
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -125,14 +124,10 @@ def _index(engine: Engine, study: str, attrs: dict[str, Any], user_attrs: dict[s
         if not entry or named is None:
             continue
         kind, number = named
-        data = store.get(entry["location"]) if store is not None else b""
-        if data is None:
+        data = store.get(entry["location"]) if store is not None else None
+        if store is not None and data is None:
             continue  # removed meanwhile
-        rows.append({
-            "study_name": study, "trial_number": number, "kind": kind, "epoch": entry["epoch"],
-            "meta_json": json.dumps(entry["meta"]),
-            "data": data, "location": None if own else entry["location"], "size": entry["size"],
-        })
+        rows.append(artifacts.record_row(study, number, kind, entry, data=data))
     artifacts.index_rows(engine, rows)
     for key, entry in attrs.items():
         number = records.val_losses_of(key)

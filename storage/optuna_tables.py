@@ -4,10 +4,10 @@ Six things have no public form fast enough: reading the best k trials of a large
 ``ORDER BY … LIMIT k`` over Optuna's tables instead of loading every trial), writing a
 finished trial's dozen user attributes in one transaction instead of a commit each, reading a
 running trial's system attributes from the copy it loaded when it started, recording a
-heartbeat in one statement, an epoch's report in one upsert, and looking for stale trials once a heartbeat interval instead of
-before every trial. All are
-written against Optuna 5's RDB schema ``v3.2.0.a``; this module refuses another Optuna major
-version at import, and ``check_schema`` refuses a database of another schema, each in one line.
+heartbeat in one statement, an epoch's report in one upsert, and looking for stale trials once
+a heartbeat interval instead of before every trial. All are written against Optuna 5's RDB
+schema ``v3.2.0.a``; this module refuses another Optuna major version at import, and
+``check_schema`` refuses a database of another schema, each in one line.
 Two have no public form at all: heartbeats on a journal storage (``HeartbeatJournalStorage``)
 and through Optuna's gRPC proxy (``HeartbeatGrpcProxy``), on Optuna's ``BaseHeartbeat``; and a
 storage proxy's say over each new trial (``AdmittingStorage``, on ``_create_new_trial``).
@@ -266,7 +266,6 @@ class HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
 
     def get_heartbeat_stale_trial_callback(self) -> Any:
         return self.failed_trial_callback
-
 
 
 #: The trial system attribute that carries many user attributes to a storage proxy in one
