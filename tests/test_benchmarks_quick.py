@@ -63,6 +63,11 @@ def test_generalization_quick(tmp_path):
         plain, default = result["arms"]["plain"], result["arms"]["default"]
         assert plain["applied_penalty"] == 0
         assert default["applied_penalty"] <= 0.5 * default["val_se"] + 1e-9
+        # The small-gap bound is the best test loss among both sweeps' trials 30 % below plain's gap.
+        trials = [t for arm in ("default", "plain") for t in result["arms"][arm]["trials"]]
+        assert plain["pick"] in {t["number"] for t in result["arms"]["plain"]["trials"]}
+        small = [t["test_loss"] for t in trials if t["gap"] <= 0.7 * plain["gap"]]
+        assert result["small_gap_best_test"] == (min(small) if small else None)
     for row in payload["rows"]:
         # One seed has no interval over seeds (null in JSON); the rows still give the pooled one.
         assert row["seeds"] == 1 and row["diff_low"] is None and row["diff_high"] is None
