@@ -8,7 +8,9 @@ difference (default − plain) with its 95 % interval, the gap ratio, chance-lev
 overtuning; beside them, the paired rule's pick of the default sweep (``best --rule paired``), and
 a bound no selection rule can beat: the lowest test loss of any complete trial, in either sweep,
 whose gap is 30 % below plain's pick's (it peeks at the test rows, so it says whether the gap
-target can be met at the test-loss target by choosing among these trials at all).
+target can be met at the test-loss target by choosing among these trials at all). Other epochs
+than the restored ones keep no model, so for them the bound reads the stored curves: the lowest
+val loss of any epoch, of any trial pruned or not, whose gap is 30 % below plain's pick's.
 
 The default sweep's pick is then compared, on the same test rows, with what ``export`` can make of
 the same sweep — the pick refit on train + val rows, the average of the K best trials, the K best
@@ -34,8 +36,9 @@ from gapsweep.api import best_trials, list_trials, select_trials
 from gapsweep.sweeps.analysis.export import export_best, load_best_model
 from gapsweep.sweeps.data import losses as pure_losses
 from gapsweep.sweeps.data.datasets import Splits, load
+from gapsweep.storage import trial_keys
 from gapsweep.sweeps.run.reference import reference_test_losses
-from gapsweep.sweeps.trial.score import DEFAULT_KAPPA
+from gapsweep.sweeps.trial.score import DEFAULT_KAPPA, gap
 from gapsweep.sweeps.trial.trainer import prior_predictions
 
 NAME = "generalization"
@@ -141,7 +144,8 @@ def run_seed(task: str, seed: int, trials: int, space: dict[str, Any]) -> dict[s
             start = time.perf_counter()
             launch(config, progress=False)
             wall = time.perf_counter() - start
-            complete = list_trials(arm, url, states=["complete"])
+            every = list_trials(arm, url)
+            complete = [record for record in every if record.state == "COMPLETE"]
             tests = {record.number: _test_losses(load_best_model(arm, url, trial=record.number), splits) for record in complete}
             if "prior_test_loss" not in out:
                 out["prior_test_loss"] = _prior_test_loss(load_best_model(arm, url), splits)
@@ -182,10 +186,24 @@ def run_seed(task: str, seed: int, trials: int, space: dict[str, Any]) -> dict[s
             "paired_pick_gap": selection.pick.attrs.get("gap") if selection is not None else None,
             "n_tied": len(selection.tied) if selection is not None else None,
             "trials": per_trial,
+            # Every epoch any trial ran, pruned ones included: its gap and val loss.
+            "epochs": _epoch_points(every),
         }
     out.update(_paired(losses["default"], losses["plain"]))
     out["small_gap_best_test"] = _small_gap_best_test(out["arms"])
+    limit = (1 - TARGET_GAP_CUT) * (out["arms"]["plain"]["gap"] or 0.0)
+    small = [val for arm in out["arms"].values() for epoch_gap, val in arm["epochs"] if epoch_gap <= limit]
+    out["small_gap_best_val"] = min(small) if small else None
     return out
+
+
+def _epoch_points(records: list[Any]) -> list[list[float]]:
+    """``[gap, val loss]`` of every epoch the trials ran, read from their stored curves."""
+    points = []
+    for record in records:
+        curves = trial_keys.curves(record.attrs)
+        points += [[gap(train, val), val] for train, val in zip(curves.get("train_loss", []), curves.get("val_loss", []))]
+    return points
 
 
 def _small_gap_best_test(arms: dict[str, dict[str, Any]]) -> float | None:
@@ -232,6 +250,8 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # had a gap the target's cut smaller: that trial's test loss against plain's pick, per seed.
         gapped = [r for r in mine if (r["arms"]["plain"]["gap"] or 0.0) > (r["arms"]["plain"]["val_se"] or 0.0)]
         bound = [(r["small_gap_best_test"] - r["arms"]["plain"]["test_loss"]) / r["arms"]["plain"]["test_loss"] for r in gapped if r["small_gap_best_test"] is not None]
+        # The same over every epoch's curves, in val loss, against plain's pick's val loss.
+        epoch_bound = [(r["small_gap_best_val"] - r["arms"]["plain"]["val_loss"]) / r["arms"]["plain"]["val_loss"] for r in gapped if r["small_gap_best_val"] is not None]
         rows.append({
             "task": task,
             "seeds": len(mine),
@@ -249,6 +269,9 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "small_gap_seeds": len(bound),
             "small_gap_bound_pct": statistics.fmean(bound) if bound else None,
             "small_gap_within_target": sum(b <= TARGET_DIFF for b in bound),
+            "epoch_small_gap_seeds": len(epoch_bound),
+            "epoch_small_gap_val_pct": statistics.median(epoch_bound) if epoch_bound else None,
+            "epoch_small_gap_within_target": sum(b <= TARGET_DIFF for b in epoch_bound),
             "plain_chance_picks": sum(a["chance_level"] for a in arm["plain"]),
             "default_chance_picks": sum(a["chance_level"] for a in arm["default"]),
             "plain_overtuning": statistics.fmean(a["overtuning"] for a in arm["plain"]),
@@ -380,10 +403,11 @@ def main(argv: list[str] | None = None) -> None:
     table = report.markdown_table(rows, [
         "task", "seeds", "plain_test_loss", "diff_pct", "diff_low_pct", "diff_high_pct", "pooled_low_pct",
         "pooled_high_pct", "paired_rule_diff_pct", "plain_gap", "default_gap", "gap_ratio", "plain_val_se",
-        "gapped_seeds", "small_gap_seeds", "small_gap_bound_pct", "small_gap_within_target", "plain_chance_picks", "default_chance_picks", "plain_overtuning", "default_overtuning",
+        "gapped_seeds", "small_gap_seeds", "small_gap_bound_pct", "small_gap_within_target", "epoch_small_gap_seeds",
+        "epoch_small_gap_val_pct", "epoch_small_gap_within_target", "plain_chance_picks", "default_chance_picks", "plain_overtuning", "default_overtuning",
     ])
     per_seed = [
-        {"task": r["task"], "seed": r["seed"], "arm": arm, **{k: v for k, v in a.items() if k not in ("incumbents", "trials")}}
+        {"task": r["task"], "seed": r["seed"], "arm": arm, **{k: v for k, v in a.items() if k not in ("incumbents", "trials", "epochs")}}
         for r in results for arm, a in r["arms"].items()
     ]
     seed_table = report.markdown_table(per_seed, [
@@ -444,7 +468,10 @@ def main(argv: list[str] | None = None) -> None:
         f"where some complete trial of either sweep had a gap ≥ {TARGET_GAP_CUT:.0%} below plain's pick's; "
         "`small_gap_bound_pct`: the lowest test loss among those trials against plain's pick, as a share of it "
         "(mean over those seeds; it peeks at the test rows, so no selection rule meeting the gap cut could do "
-        f"better with these trials); `small_gap_within_target`: seeds where that bound is ≤ +{TARGET_DIFF:.0%}):\n\n" + table,
+        f"better with these trials); `small_gap_within_target`: seeds where that bound is ≤ +{TARGET_DIFF:.0%}; "
+        "`epoch_small_gap_*`: the same over every epoch of every trial, pruned ones included, read from the stored "
+        "curves in val loss (other epochs keep no model): seeds with such an epoch, the median over them of its "
+        f"lowest val loss against plain's pick's val loss, and seeds where that is ≤ +{TARGET_DIFF:.0%}):\n\n" + table,
         "![test-loss difference, gap and overtuning per task](benchmarks/generalization.png)",
         "Per seed:\n\n" + seed_table,
         f"Target: paired mean test-loss difference ≤ +{TARGET_DIFF:.0%} with its 95 % interval reaching 0 or below; "

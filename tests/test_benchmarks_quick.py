@@ -68,6 +68,11 @@ def test_generalization_quick(tmp_path):
         assert plain["pick"] in {t["number"] for t in result["arms"]["plain"]["trials"]}
         small = [t["test_loss"] for t in trials if t["gap"] <= 0.7 * plain["gap"]]
         assert result["small_gap_best_test"] == (min(small) if small else None)
+        # Every epoch's curve point is there, and the pick's own restored epoch among them.
+        epochs = [e for arm in ("default", "plain") for e in result["arms"][arm]["epochs"]]
+        assert any(val == pytest.approx(plain["val_loss"]) for _, val in result["arms"]["plain"]["epochs"])
+        small_epochs = [val for epoch_gap, val in epochs if epoch_gap <= 0.7 * plain["gap"]]
+        assert result["small_gap_best_val"] == (min(small_epochs) if small_epochs else None)
     for row in payload["rows"]:
         # One seed has no interval over seeds (null in JSON); the rows still give the pooled one.
         assert row["seeds"] == 1 and row["diff_low"] is None and row["diff_high"] is None
