@@ -31,7 +31,7 @@ from gapsweep.storage.proxy import ProxiedStorage
 from gapsweep.storage.studies import CONFIG_ATTR
 from gapsweep.sweeps.data.datasets import DataSpec
 from gapsweep.sweeps.run.config import SweepConfig
-from gapsweep.sweeps.run.launch import _resample_if_shared, prepare
+from gapsweep.sweeps.run.launch import _resample_if_shared, prepare, run_trials
 from gapsweep.sweeps.trial.objective import ObjectiveSettings
 
 pytestmark = pytest.mark.postgres
@@ -142,6 +142,27 @@ def test_two_workers_behind_the_proxy_spend_the_budget_and_leave_what_a_database
     with pytest.raises(BudgetTaken):
         backend.storage.create_new_trial(backend.storage.get_study_id_from_name("p"))
     backend.close()
+
+
+def test_a_worker_behind_the_proxy_counts_the_study_only_before_its_first_claim_and_after_a_refusal(
+    proxy, postgres_url, tiny_space, tmp_path
+):
+    # Each count reads every running trial back through the proxy; the proxy admits claims itself.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    config = _config(postgres_url, tiny_space, shared, trials=3, epochs=1, keep=0)
+    prepare(config).close()
+    sweep = prepare(config.override(storage=proxy))
+    counted = []
+    state_counts = sweep.backend.state_counts
+    sweep.backend.state_counts = lambda study: counted.append(study) or state_counts(study)
+    try:
+        assert run_trials(sweep, progress=False, log_file=tmp_path / "log") == 3
+    finally:
+        sweep.close()
+    assert len(counted) == 2  # the first claim's count, and the count after the budget refused the fourth
+    trials = optuna.load_study(study_name="p", storage=postgres_url).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
 
 
 @pytest.mark.slow

@@ -480,6 +480,10 @@ def run_trials(
     # A trial turns stale only after the grace period (3 heartbeats), so reaping once a heartbeat
     # interval finds every stale trial in time, and spares claims that follow each other closely.
     reaped_at = -math.inf
+    # Behind a storage proxy, which admits each new trial against the budget itself, a worker
+    # whose last claim was admitted claims again without counting the study first: a count reads
+    # every running trial back through the proxy. A refusal (BudgetTaken) turns counting back on.
+    admitted = False
     with _trial_log(log_path, config.study), _ProgressBar(study, config.trials, progress) as bar:
         while max_trials is None or ran < max_trials:
             if sweep.stop_requested or (deadline is not None and time.monotonic() >= deadline):
@@ -489,19 +493,27 @@ def run_trials(
                 if time.monotonic() - reaped_at >= heartbeat_settings()[0]:
                     sweep.backend.reap(study)
                     reaped_at = time.monotonic()
-                counts = sweep.backend.state_counts(config.study)
-                work = _work_in(counts, config.trials)
-                if work is None:
-                    break
+                if admitted and not sweep.backend.claims_in_turn:
+                    work = True
+                else:
+                    counts = sweep.backend.state_counts(config.study)
+                    work = _work_in(counts, config.trials)
+                    if work is None:
+                        break
+                    if work:
+                        _resample_if_shared(sweep, counts)
                 if work:
-                    _resample_if_shared(sweep, counts)
                     # No Optuna callbacks: they would cost a reload of the whole trial, and the guard
                     # already knows how it ended.
                     try:
                         study.optimize(guard, n_trials=1, catch=(TrainingDiverged, TrialFailed), gc_after_trial=False)
                     except BudgetTaken:  # a storage proxy saw other claims take the budget first
-                        work = False
+                        admitted = work = False
+                        counts = sweep.backend.state_counts(config.study)
+                        if _work_in(counts, config.trials) is None:
+                            break
                     else:
+                        admitted = True
                         bar.ended(study, guard.state)
                         failures.ended(guard.number, guard.state, guard.reason)
             except KeyboardInterrupt:
