@@ -190,10 +190,7 @@ def run_seed(task: str, seed: int, trials: int, space: dict[str, Any]) -> dict[s
             "epochs": _epoch_points(every),
         }
     out.update(_paired(losses["default"], losses["plain"]))
-    out["small_gap_best_test"] = _small_gap_best_test(out["arms"])
-    limit = (1 - TARGET_GAP_CUT) * (out["arms"]["plain"]["gap"] or 0.0)
-    small = [val for arm in out["arms"].values() for epoch_gap, val in arm["epochs"] if epoch_gap <= limit]
-    out["small_gap_best_val"] = min(small) if small else None
+    out.update(_small_gap_bounds(out["arms"]))
     return out
 
 
@@ -206,12 +203,19 @@ def _epoch_points(records: list[Any]) -> list[list[float]]:
     return points
 
 
-def _small_gap_best_test(arms: dict[str, dict[str, Any]]) -> float | None:
-    """The lowest test loss among both sweeps' complete trials whose gap is at least the target's
-    cut below plain's pick's: what a rule meeting the gap target could at best have picked."""
+def _small_gap_bounds(arms: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """What a rule meeting the gap target could at best have picked, among both sweeps' trials
+    and epochs whose gap is at least the target's cut below plain's pick's: the lowest test loss
+    of such a complete trial, and the lowest val loss of such an epoch."""
     limit = (1 - TARGET_GAP_CUT) * (arms["plain"]["gap"] or 0.0)
-    small = [t["test_loss"] for arm in arms.values() for t in arm["trials"] if t["gap"] is not None and t["gap"] <= limit]
-    return min(small) if small else None
+    tests = [t["test_loss"] for arm in arms.values() for t in arm["trials"] if t["gap"] is not None and t["gap"] <= limit]
+    vals = [val for arm in arms.values() for epoch_gap, val in arm["epochs"] if epoch_gap <= limit]
+    return {"small_gap_best_test": min(tests, default=None), "small_gap_best_val": min(vals, default=None)}
+
+
+def _excess_over_plain(results: list[dict[str, Any]], key: str, loss: str) -> list[float]:
+    """Per seed, result ``key`` above plain's pick's ``loss``, as a share of it (seeds without one left out)."""
+    return [(r[key] - r["arms"]["plain"][loss]) / r["arms"]["plain"][loss] for r in results if r[key] is not None]
 
 
 def _interval(values: list[float]) -> tuple[float, float, float]:
@@ -249,9 +253,9 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # Seeds whose plain pick has a gap its val rows resolve, and among them those where some trial
         # had a gap the target's cut smaller: that trial's test loss against plain's pick, per seed.
         gapped = [r for r in mine if (r["arms"]["plain"]["gap"] or 0.0) > (r["arms"]["plain"]["val_se"] or 0.0)]
-        bound = [(r["small_gap_best_test"] - r["arms"]["plain"]["test_loss"]) / r["arms"]["plain"]["test_loss"] for r in gapped if r["small_gap_best_test"] is not None]
+        bound = _excess_over_plain(gapped, "small_gap_best_test", "test_loss")
         # The same over every epoch's curves, in val loss, against plain's pick's val loss.
-        epoch_bound = [(r["small_gap_best_val"] - r["arms"]["plain"]["val_loss"]) / r["arms"]["plain"]["val_loss"] for r in gapped if r["small_gap_best_val"] is not None]
+        epoch_bound = _excess_over_plain(gapped, "small_gap_best_val", "val_loss")
         rows.append({
             "task": task,
             "seeds": len(mine),
